@@ -1,0 +1,83 @@
+"""nbtasks: background tasks for notebooks, with live progress and a persistent store.
+
+>>> import nbtasks
+>>> @nbtasks.task
+... def add(x, y):
+...     return x + y
+>>> add.delay(1, 2).get()
+3
+"""
+
+from __future__ import annotations
+
+import atexit
+from typing import Any
+
+from ._app import App, AsyncResult, configure, default_app, task
+from ._context import Context, current
+from ._errors import (
+    MaxRetriesExceededError,
+    NbtasksError,
+    ResultNotReady,
+    Retry,
+    SoftTimeLimitExceeded,
+    StoreError,
+    TaskCancelled,
+    TaskFailed,
+    TaskInterrupted,
+    TaskTimeout,
+    UnknownTaskId,
+    UntrustedValue,
+    WorkerLost,
+)
+from ._model import Progress, Request, TaskError, TaskStatus
+from ._result import GroupResult, TaskResult
+from ._store import flush_all as _flush_all
+from ._task import Signature, Task, chain, chord, group
+
+__version__ = "0.1.0"
+
+atexit.register(_flush_all)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext nbtasks``: the ``%%task`` and ``%tasks`` magics (IPython loads lazily)."""
+    from ._magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+__all__ = [
+    "App",
+    "AsyncResult",
+    "Context",
+    "GroupResult",
+    "MaxRetriesExceededError",
+    "NbtasksError",
+    "Progress",
+    "Request",
+    "ResultNotReady",
+    "Retry",
+    "Signature",
+    "SoftTimeLimitExceeded",
+    "StoreError",
+    "Task",
+    "TaskCancelled",
+    "TaskError",
+    "TaskFailed",
+    "TaskInterrupted",
+    "TaskResult",
+    "TaskStatus",
+    "TaskTimeout",
+    "UnknownTaskId",
+    "UntrustedValue",
+    "WorkerLost",
+    "chain",
+    "chord",
+    "configure",
+    "current",
+    "default_app",
+    "group",
+    "load_ipython_extension",
+    "task",
+]

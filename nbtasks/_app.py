@@ -1,0 +1,375 @@
+"""``App``, the composition root, and the default app.
+
+Each method is a few lines that hand over to a collaborator: the store (``_store``), the
+runtime (``_runtime``: executors, timer, canvas, cancellation) and the task model (``_task``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any, overload
+
+import diskcache
+
+from ._errors import NbtasksError, UnknownTaskId
+from ._model import FINISHED, SYSTEM_CLOCK, Clock, Request, TaskStatus
+from ._result import GroupResult, TaskResult
+from ._runtime import Runtime, Waiting
+from ._store import Store, new_id
+from ._task import Signature, Task, check_task_options, group, resolve_options
+
+_STATUS_NAMES = [s.value for s in TaskStatus]
+
+
+class App:
+    """A store, the tasks registered on it, and the executors that run them.
+
+    ``store``: a directory or an open ``diskcache.Cache`` (default: ``$NBTASKS_STORE``, else
+    ``./.nbtasks``). ``workers``: threads for thread tasks; ``process_workers``: worker
+    processes (default: the number of cores). ``trust=True`` accepts a store written by
+    someone else (its pickles are not verified).
+    """
+
+    def __init__(
+        self,
+        store: str | os.PathLike[str] | diskcache.Cache | None = None,
+        name: str = "default",
+        workers: int = 4,
+        process_workers: int | None = None,
+        *,
+        trust: bool = False,
+        dask: Any = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        for arg, value in (("workers", workers), ("process_workers", process_workers)):
+            if value is None and arg == "process_workers":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{arg} must be an int >= 1, got {value!r}")
+        if not isinstance(trust, bool):
+            raise TypeError(f"trust must be True or False, got {trust!r}")
+        if store is None:
+            store = os.environ.get("NBTASKS_STORE") or ".nbtasks"
+        self.name = name
+        self._store = Store(store, trust=trust)
+        settings = {
+            "thread": {"workers": workers},
+            "process": {"workers": process_workers or os.cpu_count() or 2},
+            "dask": {"client": dask},
+        }
+        self._runtime = Runtime(self._store, clock or SYSTEM_CLOCK, name, settings)
+        self._registry: dict[str, Task] = {}
+        self._cache_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<nbtasks.App {self.name!r} store={str(self._store.path)!r}>"
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    # ------------------------------------------------------------------ declaring
+
+    @overload
+    def task(self, fn: Callable[..., Any], /) -> Task: ...
+
+    @overload
+    def task(
+        self, fn: None = None, /, *, base: type[Task] | None = None, **options: Any
+    ) -> Callable[[Callable[..., Any]], Task]: ...
+
+    def task(
+        self, fn: Callable[..., Any] | None = None, /, *, base: type[Task] | None = None, **options: Any
+    ) -> Task | Callable[[Callable[..., Any]], Task]:
+        """Declare a task: ``@app.task`` or ``@app.task(name=..., retries=3, ...)``."""
+        opts = check_task_options(options)
+        if base is not None and not (isinstance(base, type) and issubclass(base, Task)):
+            raise TypeError(f"base must be a subclass of nbtasks.Task, got {base!r}")
+
+        def decorate(f: Callable[..., Any]) -> Task:
+            if not callable(f):
+                raise TypeError(f"@task decorates a function, got {f!r}")
+            from ._codec import task_name_of
+
+            cls = base or Task
+            t = cls()
+            name = opts.get("name") or task_name_of(f)
+            t._setup(self, f, {**opts, "name": name})
+            t.__doc__ = f.__doc__
+            t.__name__ = getattr(f, "__name__", name)  # type: ignore[attr-defined]
+            t.__wrapped__ = f  # type: ignore[attr-defined]
+            self._registry[name] = t  # re-running a cell replaces it (DESIGN principle 6)
+            return t
+
+        return decorate(fn) if fn is not None else decorate
+
+    def register(self, cls: type[Task]) -> Task:
+        """Register a class-based task (Celery style); returns its instance."""
+        if not (isinstance(cls, type) and issubclass(cls, Task)):
+            raise TypeError(f"register() takes a subclass of nbtasks.Task, got {cls!r}")
+        from ._codec import task_name_of
+
+        t = cls()
+        name = cls.name or task_name_of(cls)
+        t._setup(self, None, {"name": name})
+        self._registry[name] = t
+        return t
+
+    # ------------------------------------------------------------------ submitting
+
+    def _submit(
+        self,
+        task: Task,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+    ) -> TaskResult:
+        rt = self._runtime
+        opts, extras = resolve_options(task, options, rt.clock.time())
+        task_id = extras["task_id"]
+        if task_id is not None:
+            self._check_new_id(task_id)
+        job = rt.build(task, args, kwargs, opts, extras["metadata"], task_id)
+        if not opts.cache:
+            rt.submit([job])
+            return TaskResult(self, job.id, live=job.live, rec=job.live.rec)
+        with self._cache_lock:
+            hit_job, hit_id, key = rt.cached(task, job)
+            if hit_job is not None:
+                return TaskResult(self, hit_job.id, live=hit_job.live, cached=True)
+            if hit_id is not None:
+                return TaskResult(self, hit_id, cached=True)
+            rt.submit([job], cache_keys=[(key, job)])
+        return TaskResult(self, job.id, live=job.live, rec=job.live.rec)
+
+    def _check_new_id(self, task_id: str) -> None:
+        try:
+            self._store.get_record(task_id)
+        except UnknownTaskId:
+            return
+        raise ValueError(f"task_id={task_id!r} is already used in this store; pick a new id")
+
+    def _submit_many(
+        self,
+        task: Task,
+        calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+        options: dict[str, Any],
+        *,
+        chunk: bool = False,
+    ) -> GroupResult:
+        """map / starmap / chunks: every record, the group's included, in one transaction."""
+        rt = self._runtime
+        opts, extras = resolve_options(task, options, rt.clock.time())
+        if extras["task_id"] is not None:
+            raise ValueError("task_id cannot be given for a group of tasks")
+        gid = new_id()
+        jobs = [
+            rt.build(task, a, kw, opts, extras["metadata"], None, chunk=chunk, extra={"group_id": gid})
+            for a, kw in calls
+        ]
+        group_rec = {"id": gid, "members": [j.id for j in jobs], "task_name": task.name}
+        rt.submit(jobs, [group_rec])
+        return GroupResult(
+            self, gid, [TaskResult(self, j.id, live=j.live, rec=j.live.rec) for j in jobs]
+        )
+
+    def _submit_canvas(
+        self, items: Sequence[Signature | group], options: dict[str, Any]
+    ) -> TaskResult | GroupResult:
+        """Chains, groups and chords: stages committed together; later stages wait."""
+        rt = self._runtime
+        now = rt.clock.time()
+        jobs, waiting, groups = [], [], []
+        prev: list[Any] = []
+        prev_result: TaskResult | GroupResult | None = None
+        prev_group: str | None = None
+        result: TaskResult | GroupResult | None = None
+        for stage_no, item in enumerate(items):
+            sigs = item.tasks if isinstance(item, group) else [item]
+            gid = new_id() if isinstance(item, group) else None
+            stage = []
+            for sig in sigs:
+                call = {**sig.options, **(options if stage_no == 0 else {})}
+                opts, extras = resolve_options(sig.task, call, now)
+                args = sig.args
+                if prev and not sig.immutable:
+                    sig.task._check_args((None, *args), sig.kwargs)  # the parent's value comes first
+                else:
+                    sig.task._check_args(args, sig.kwargs)
+                extra: dict[str, Any] = {"group_id": gid}
+                if prev_group is not None:
+                    extra["parent_group"] = prev_group
+                elif prev:
+                    extra["parent_id"] = prev[0].id
+                job = rt.build(
+                    sig.task, args, dict(sig.kwargs), opts, extras["metadata"], extras["task_id"],
+                    check=False, extra=extra,
+                )
+                if prev:
+                    waiting.append(Waiting(job, list(prev), prev_group is not None, sig.immutable))
+                stage.append(job)
+            jobs += stage
+            members = [TaskResult(self, j.id, live=j.live, rec=j.live.rec, parent=prev_result) for j in stage]
+            if gid is not None:
+                groups.append({"id": gid, "members": [j.id for j in stage], "task_name": None})
+                result = GroupResult(self, gid, members)
+            else:
+                result = members[0]
+            prev, prev_result, prev_group = stage, result, gid
+        rt.submit(jobs, groups, waiting)
+        assert result is not None
+        return result
+
+    def submit(self, request: Request) -> TaskResult:
+        """Mognet: submit a Request made by ``task.create_request(...)``."""
+        if not isinstance(request, Request):
+            raise TypeError(f"submit() takes a Request (task.create_request(...)), got {request!r}")
+        task = self._registry.get(request.task_name)
+        if task is None:
+            raise ValueError(
+                f"no task named {request.task_name!r} is registered on {self!r}; "
+                f"registered: {', '.join(sorted(self._registry)) or 'none'}"
+            )
+        options: dict[str, Any] = {"metadata": dict(request.metadata), "priority": request.priority}
+        if request.id is not None:
+            options["task_id"] = request.id
+        result = self._submit(task, tuple(request.args), dict(request.kwargs), options)
+        request.id = result.id
+        return result
+
+    async def run(self, request: Request) -> Any:
+        """Mognet: submit the Request and await its return value."""
+        return await self.submit(request)
+
+    # ------------------------------------------------------------------ reading
+
+    def result(self, task_id: str) -> TaskResult:
+        """The stored TaskResult of any task, also one from an earlier kernel."""
+        if not isinstance(task_id, str):
+            raise TypeError(f"task_id must be a str, got {task_id!r}")
+        live = self._store.live.get(task_id)
+        return TaskResult(self, task_id, live=live, rec=live.rec if live else None)
+
+    def group_result(self, group_id: str) -> GroupResult:
+        rec = self._store.get_group(group_id)
+        return GroupResult(self, group_id, [self.result(tid) for tid in rec["members"]])
+
+    def results(
+        self,
+        status: str | TaskStatus | None = None,
+        task_name: str | None = None,
+        limit: int | None = None,
+    ) -> list[TaskResult]:
+        """Stored results, newest first (read as JSON: nothing is unpickled)."""
+        if status is not None:
+            status = _status(status, "status")
+        if task_name is not None and not isinstance(task_name, str):
+            raise TypeError(f"task_name must be a str, got {task_name!r}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+        recs = self._store.query(status=status, name=task_name, limit=limit)
+        return [TaskResult(self, r["id"], rec=r) for r in recs]
+
+    def purge(
+        self, older_than: float | timedelta | None = None, status: str | TaskStatus | None = None
+    ) -> int:
+        """Delete finished results (older_than: against finished_at); returns how many."""
+        cutoff = None
+        if older_than is not None:
+            seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+                raise ValueError(f"older_than must be seconds >= 0 or a timedelta, got {older_than!r}")
+            cutoff = self._runtime.clock.time() - seconds
+        statuses = None
+        if status is not None:
+            name = _status(status, "status")
+            if TaskStatus(name) not in FINISHED:
+                raise ValueError(f"purge(status={name!r}): only finished tasks can be purged")
+            statuses = [name]
+        return self._store.purge(cutoff, statuses)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
+        """Stop the executors (waiting for running tasks if ``wait``) and flush the store."""
+        self._runtime.shutdown(wait, cancel_pending)
+        if wait:
+            self._store.close()
+        else:
+            self._store.flush()
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown(wait=True)
+
+
+def _status(value: Any, argument: str) -> str:
+    name = value.value if isinstance(value, TaskStatus) else value
+    if name not in _STATUS_NAMES:
+        raise ValueError(f"{argument}={value!r} is not a status; use one of {', '.join(_STATUS_NAMES)}")
+    return str(name)
+
+
+# --------------------------------------------------------------------------- the default app
+
+_default: App | None = None
+_default_lock = threading.Lock()
+
+
+def default_app() -> App:
+    """The default App, created on first use from the settings of ``configure()``."""
+    global _default
+    app = _default
+    if app is None:
+        with _default_lock:
+            if _default is None:
+                _default = App(**_default_settings)
+            app = _default
+    return app
+
+
+_default_settings: dict[str, Any] = {}
+
+
+def configure(**settings: Any) -> App:
+    """Settings of the default app (store, name, workers, process_workers, trust, dask).
+    Replaces it; tasks declared on the old default app move to the new one."""
+    global _default
+    new = App(**settings)
+    with _default_lock:
+        old, _default = _default, new
+        _default_settings.clear()
+        _default_settings.update(settings)
+    if old is not None:
+        for name, t in old._registry.items():
+            t.app = new
+            new._registry[name] = t
+        old.shutdown(wait=False)
+    return new
+
+
+def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """``@nbtasks.task``: declare a task on the default app."""
+    return default_app().task(fn, **options) if fn is not None else default_app().task(**options)
+
+
+def AsyncResult(task_id: str, app: App | None = None) -> TaskResult:  # noqa: N802 - Celery's name
+    """The stored TaskResult of ``task_id`` (also from an earlier kernel)."""
+    return (app or default_app()).result(task_id)
+
+
+def app_for_store(path: Any) -> App:
+    app = default_app()
+    if app._store.path == path:
+        return app
+    return App(store=path)
+
+
+__all__ = ["App", "AsyncResult", "NbtasksError", "configure", "default_app", "task"]

@@ -1,0 +1,364 @@
+"""``Attempt``: the one place user code runs.
+
+An attempt claims its task (like ``Future.set_running_or_notify_cancel``: it fails if the task
+was cancelled or has expired, and then the task does not run), calls the function with its
+Context current, classifies the outcome (success, failure, retry, cancel, timeout), records it,
+then runs the hooks and tells the runtime (links, chains, chords). Executors only decide *where*
+an attempt runs: a thread, an event loop, a worker process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ._context import Context, _current, install_capture, install_tqdm_bridge, raise_in_thread
+from ._errors import (
+    MaxRetriesExceededError,
+    Retry,
+    SoftTimeLimitExceeded,
+    TaskCancelled,
+    TaskTimeout,
+)
+from ._model import MISSING, Clock, Request, TaskError, TaskStatus
+from ._store import HOST, Live, Store
+
+
+@dataclass
+class Options:
+    """A task's options resolved for one submit (task defaults overridden per call)."""
+
+    executor: str = "thread"
+    retries: int = 0
+    retry_backoff: float = 0.0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    timeout: float | None = None
+    soft_timeout: float | None = None
+    priority: int = 0
+    cache: bool = False
+    cache_ttl: float | None = None
+    detach: bool = False
+    expires: float | None = None  # epoch seconds
+    eta: float | None = None  # epoch seconds
+    link: list[Any] = field(default_factory=list)
+    link_error: list[Any] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Job:
+    """A submitted task in memory: what to call, with what, and how."""
+
+    live: Live
+    task: Any  # nbtasks.Task: has _invoke(ctx, args, kwargs), the hooks and is_async
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    request: Request
+    options: Options
+    chunk: bool = False  # a chunks() member: args is a list of argument tuples
+    cancel_reason: str | None = None
+    attempt: Attempt | None = None
+
+    @property
+    def id(self) -> str:
+        return self.live.id
+
+
+class Runtime(Protocol):
+    """What an attempt needs from the App that owns the task."""
+
+    store: Store
+    clock: Clock
+    lock: threading.Lock
+
+    def schedule(self, job: Job, delay: float) -> None: ...
+
+    def finished(self, job: Job) -> None: ...
+
+    def timed_out(self, job: Job) -> None: ...
+
+
+def worker_id() -> str:
+    return f"{HOST}:{os.getpid()}:{threading.current_thread().name}"
+
+
+class Attempt:
+    def __init__(self, job: Job, runtime: Runtime) -> None:
+        self.job = job
+        self.runtime = runtime
+        self.store = runtime.store
+        self.ctx = Context(self)
+        self.deadline: float | None = None
+        self.soft_deadline: float | None = None
+        self.in_user_code = False
+        job.attempt = self
+
+    @property
+    def request(self) -> Request:
+        return self.job.request
+
+    # ------------------------------------------------------------------ claim
+
+    def claim(self) -> bool:
+        """READY -> RUNNING, unless the task was cancelled or has expired."""
+        job, live, clock = self.job, self.job.live, self.runtime.clock
+        now = clock.time()
+        with self.runtime.lock:
+            if live.rec["status"] != TaskStatus.READY.value:
+                return False
+            if job.cancel_reason is not None or (
+                job.options.expires is not None and now >= job.options.expires
+            ):
+                reason = job.cancel_reason or "expired"
+                self.store.change(
+                    live, TaskStatus.CANCELLED, finished_at=now, reason=reason, state="CANCELLED"
+                )
+                claimed = False
+            else:
+                wid = worker_id()
+                self.request.worker_id = wid
+                fields: dict[str, Any] = {
+                    "state": "RUNNING",
+                    "last_attempted_at": now,
+                    "worker_ids": [*live.rec["worker_ids"], wid],
+                }
+                if live.rec.get("started_at") is None:
+                    fields["started_at"] = now
+                self.store.change(live, TaskStatus.RUNNING, **fields)
+                claimed = True
+        if not claimed:
+            self.runtime.finished(job)
+            return False
+        start = clock.monotonic()
+        if job.options.timeout is not None:
+            self.deadline = start + job.options.timeout
+        if job.options.soft_timeout is not None:
+            self.soft_deadline = start + job.options.soft_timeout
+        live.ctx = self.ctx
+        self.store.active[live.id] = self.ctx
+        install_capture()
+        install_tqdm_bridge()
+        return True
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> None:
+        """Run the attempt in the calling thread (thread and inline executors)."""
+        if not self.claim():
+            return
+        self.ctx.thread_id = threading.get_ident()
+        token = _current.set(self.ctx)
+        value: Any = MISSING
+        error: BaseException | None = None
+        self.in_user_code = True
+        try:
+            value = self._call()
+        except BaseException as exc:
+            error = exc
+        finally:
+            self.in_user_code = False
+            _current.reset(token)
+        self.end(value, error)
+
+    async def arun(self) -> None:
+        """Run the attempt as a coroutine on the running loop (``async def`` tasks)."""
+        import asyncio
+
+        if not self.claim():
+            return
+        self.ctx.loop = asyncio.get_running_loop()
+        token = _current.set(self.ctx)
+        value: Any = MISSING
+        error: BaseException | None = None
+        try:
+            value = await self._call()
+        except BaseException as exc:
+            error = exc
+        finally:
+            _current.reset(token)
+        self.end(value, error)
+
+    def _call(self) -> Any:
+        job = self.job
+        if job.chunk:
+            return [job.task._invoke(self.ctx, tuple(item), {}) for item in job.args]
+        return job.task._invoke(self.ctx, job.args, job.kwargs)
+
+    # ------------------------------------------------------------------ end
+
+    def end(self, value: Any, error: BaseException | None) -> None:
+        """Record the outcome, run the hooks, tell the runtime."""
+        job, live, ctx, store = self.job, self.job.live, self.ctx, self.store
+        store.active.pop(live.id, None)
+        now = self.runtime.clock.time()
+        stop = ctx._stop
+        if error is None and stop is not None and not isinstance(stop, SoftTimeLimitExceeded):
+            error = stop  # asked to stop but never checked: the value is discarded
+            value = MISSING
+        fields = ctx._snapshot(now) or {}
+        fields["metadata"] = self._merged_metadata()
+        einfo: TaskError | None = None
+        if error is None:
+            status = TaskStatus.SUCCESSFUL
+            live.value = value
+            fields.update(finished_at=now, state=status.value, result=None)
+            fields["rv"] = self._encode_rv(value)
+        elif isinstance(error, TaskCancelled):
+            status = TaskStatus.CANCELLED
+            fields.update(
+                finished_at=now,
+                state=status.value,
+                reason=job.cancel_reason or str(error) or "cancelled",
+            )
+        else:
+            einfo = store.codec.encode_exception(error)
+            errors = [*live.rec["errors"], einfo.to_json()]
+            if self._should_retry(error):
+                self._retry(error, errors, fields)
+                return
+            status = TaskStatus.FAILED
+            fields.update(finished_at=now, state=status.value, errors=errors)
+            exc_enc = store.codec.encode_exception_value(_root(error))
+            fields["exc"] = exc_enc
+        with self.runtime.lock:
+            store.change(live, status, **fields)
+        self._hooks(status, value, error, einfo)
+        self.runtime.finished(job)
+
+    def _encode_rv(self, value: Any) -> dict[str, Any]:
+        try:
+            return self.store.encode_value(self.job.id, "rv", value)
+        except TypeError as exc:
+            # A thread task may return what cannot be pickled: this process keeps it in
+            # memory; other processes get a clear error (docs/design.md, "return values").
+            return {"u": f"{type(value).__name__} value that {exc}"}
+
+    def _merged_metadata(self) -> dict[str, Any]:
+        merged = dict(self.job.live.rec.get("metadata") or {})
+        merged.update(self.request.metadata)
+        return merged
+
+    # ------------------------------------------------------------------ retries
+
+    def _should_retry(self, error: BaseException) -> bool:
+        if isinstance(error, Retry):
+            return True
+        opts = self.job.options
+        return self.request.retries < opts.retries and isinstance(error, opts.retry_on)
+
+    def make_retry(
+        self, exc: BaseException | None, countdown: float | None, max_retries: int | None
+    ) -> BaseException:
+        limit = self.job.options.retries if max_retries is None else max_retries
+        if self.request.retries >= limit:
+            if exc is not None:
+                return exc
+            return MaxRetriesExceededError(
+                f"task {self.request.task_name}[{self.request.id}] asked for a retry after "
+                f"{self.request.retries} retries (max_retries={limit})"
+            )
+        if countdown is not None and (countdown < 0 or countdown != countdown):
+            raise ValueError(f"retry(countdown={countdown!r}) must be >= 0")
+        return Retry(f"retry in {countdown or 0}s", exc=exc, countdown=countdown)
+
+    def _retry(
+        self, error: BaseException, errors: list[dict[str, str]], fields: dict[str, Any]
+    ) -> None:
+        job, live = self.job, self.job.live
+        opts = job.options
+        n = self.request.retries
+        if isinstance(error, Retry) and error.countdown is not None:
+            delay = error.countdown
+        else:
+            delay = opts.retry_backoff * (2**n) if opts.retry_backoff else 0.0
+        cause = error.exc if isinstance(error, Retry) and error.exc is not None else error
+        einfo = self.store.codec.encode_exception(cause)
+        if isinstance(error, Retry):
+            errors[-1] = einfo.to_json()
+        fields.update(errors=errors, state="RETRY", retries=n + 1)
+        with self.runtime.lock:
+            self.store.change(live, TaskStatus.READY, **fields)
+        self.request.retries = n + 1
+        self._hook("on_retry", cause, job.id, list(job.args), job.kwargs, einfo)
+        self.runtime.schedule(job, delay)
+
+    # ------------------------------------------------------------------ hooks
+
+    def _hooks(
+        self, status: TaskStatus, value: Any, error: BaseException | None, einfo: TaskError | None
+    ) -> None:
+        job = self.job
+        args, kwargs = list(job.args), job.kwargs
+        if status is TaskStatus.SUCCESSFUL:
+            self._hook("on_success", value, job.id, args, kwargs)
+        elif status is TaskStatus.FAILED:
+            self._hook("on_failure", _root(error), job.id, args, kwargs, einfo)
+        retval = value if status is TaskStatus.SUCCESSFUL else error
+        self._hook("after_return", status.value, retval, job.id, args, kwargs, einfo)
+
+    def _hook(self, name: str, *args: Any) -> None:
+        hook: Callable[..., Any] | None = getattr(self.job.task, name, None)
+        if hook is None:
+            return
+        try:
+            hook(*args)
+        except Exception as exc:
+            self.record_hook_error(name, exc)
+
+    def record_hook_error(self, where: str, exc: BaseException) -> None:
+        """A failing hook or link is recorded on its task, never lost (DESIGN principle 12)."""
+        err = self.store.codec.encode_exception(exc).to_json()
+        err["where"] = where
+        live = self.job.live
+        self.store.change(live, hook_errors=[*(live.rec.get("hook_errors") or []), err])
+
+    # ------------------------------------------------------------------ called by the context
+
+    def tick(self, ctx: Context) -> None:
+        """Every 0.1 s from the writer thread: persist progress/output; enforce time limits."""
+        now = self.runtime.clock.monotonic()
+        if self.soft_deadline is not None and not ctx._soft_fired and now >= self.soft_deadline:
+            ctx._soft_fired = True
+            ctx._request_stop(SoftTimeLimitExceeded(_limit_text(self, "soft_timeout")))
+            if ctx.thread_id is not None and self.in_user_code:
+                raise_in_thread(ctx.thread_id, SoftTimeLimitExceeded)
+        if (
+            self.deadline is not None
+            and now >= self.deadline
+            and not isinstance(ctx._stop, TaskTimeout)
+        ):
+            ctx._request_stop(TaskTimeout(_limit_text(self, "timeout")))
+            self.runtime.timed_out(self.job)
+        fields = ctx._snapshot(self.runtime.clock.time())
+        if fields:
+            self.store.change(self.job.live, **fields)
+
+    def merge_metadata(self, values: dict[str, Any], flush: bool) -> None:
+        live = self.job.live
+        merged = dict(live.rec.get("metadata") or {})
+        merged.update(values)
+        self.store.change(live, metadata=merged)
+        if flush:
+            self.store.flush()
+
+    def update_state(self, state: str | None, meta: Any) -> None:
+        fields: dict[str, Any] = {"result": meta, "metadata": self._merged_metadata()}
+        if state is not None:
+            fields["state"] = state
+        self.store.change(self.job.live, **fields)
+
+
+def _root(error: BaseException | None) -> BaseException | None:
+    if isinstance(error, Retry) and error.exc is not None:
+        return error.exc
+    return error
+
+
+def _limit_text(attempt: Attempt, option: str) -> str:
+    seconds = getattr(attempt.job.options, option)
+    return (
+        f"task {attempt.request.task_name}[{attempt.request.id}] ran past its "
+        f"{option} of {seconds:g}s"
+    )

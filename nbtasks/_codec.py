@@ -1,0 +1,227 @@
+"""The one serialization boundary (DESIGN principle 3).
+
+JSON for everything listings read; cloudpickle (imported lazily) only for arguments, return
+values and exceptions, and those pickles are signed with HMAC-SHA256 under a per-user key kept
+outside the store (SPEC §10). A value that is plain JSON (str, int, float, bool, None and lists
+or str-keyed dicts of them) is stored as JSON and never pickled: it is faster and safe to read.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import inspect
+import json
+import os
+import pickle
+import reprlib
+import textwrap
+import threading
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+from ._errors import UntrustedValue
+from ._model import TaskError
+
+_MAC_SIZE: Final = 32
+#: Encoded values at least this long are stored in their own store entry (a file, past
+#: diskcache's 32 KiB), not inline in the task's JSON record.
+INLINE_LIMIT: Final = 16 * 1024
+
+_cloudpickle: Any = None
+
+
+def cloudpickle() -> Any:
+    """The cloudpickle module, imported on first use (``import nbtasks`` stays light)."""
+    global _cloudpickle
+    if _cloudpickle is None:
+        import cloudpickle as cp
+
+        _cloudpickle = cp
+    return _cloudpickle
+
+
+# --------------------------------------------------------------------------- signing
+
+
+def key_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "nbtasks" / "key"
+
+
+def _load_key() -> bytes:
+    env = os.environ.get("NBTASKS_KEY")
+    if env is not None:
+        if not env:
+            raise ValueError("NBTASKS_KEY is set but empty; unset it or give it a secret string")
+        return env.encode()
+    path = key_path()
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = os.urandom(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return path.read_bytes()
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    return key
+
+
+class Signer:
+    """HMAC-SHA256 over pickles; one HMAC object made per key and ``copy()``-ed per use."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._key = key
+        self._base: Any = None
+        self._lock = threading.Lock()
+
+    def _mac(self) -> Any:
+        if self._base is None:
+            with self._lock:
+                if self._base is None:
+                    self._base = hmac.new(self._key or _load_key(), digestmod=hashlib.sha256)
+        return self._base.copy()
+
+    def sign(self, data: bytes) -> bytes:
+        mac = self._mac()
+        mac.update(data)
+        return mac.digest() + data
+
+    def verify(self, blob: bytes, where: str, trust: bool) -> bytes:
+        data = blob[_MAC_SIZE:]
+        if trust:
+            return data
+        mac = self._mac()
+        mac.update(data)
+        if len(blob) < _MAC_SIZE or not hmac.compare_digest(mac.digest(), blob[:_MAC_SIZE]):
+            raise UntrustedValue(
+                f"{where} is signed by another key (another user's store, or a store copied "
+                "from elsewhere), so it was not unpickled: unpickling runs code. If you trust "
+                "who wrote it, open the store with nbtasks.App(store, trust=True)."
+            )
+        return data
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _is_plain(value: Any, depth: int = 0) -> bool:
+    """True if JSON holds ``value`` exactly (exact types: a tuple or an IntEnum is not plain)."""
+    t = type(value)
+    if t is str or t is int or t is bool or value is None:
+        return True
+    if t is float:
+        return value == value and value not in (float("inf"), float("-inf"))
+    if depth > 20:
+        return False
+    if t is list:
+        return all(_is_plain(v, depth + 1) for v in value)
+    if t is dict:
+        return all(type(k) is str and _is_plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def dumps(value: Any) -> bytes:
+    """cloudpickle ``value``; a TypeError says which type could not be pickled."""
+    try:
+        return cloudpickle().dumps(value, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise TypeError(f"cannot be pickled: {exc}") from exc
+
+
+class Codec:
+    """Encodes values for one store: JSON when plain, else a signed cloudpickle."""
+
+    def __init__(self, signer: Signer, store_name: str, trust: bool = False) -> None:
+        self.signer = signer
+        self.store_name = store_name
+        self.trust = trust
+
+    def encode(self, value: Any) -> dict[str, Any]:
+        """``{"j": value}`` for plain JSON, else ``{"p": base64(signed pickle)}``."""
+        if _is_plain(value):
+            return {"j": value}
+        return {"p": base64.b64encode(self.signer.sign(dumps(value))).decode("ascii")}
+
+    def decode(self, enc: dict[str, Any], what: str) -> Any:
+        if "j" in enc:
+            return enc["j"]
+        blob = enc["p"]
+        raw = base64.b64decode(blob) if isinstance(blob, str) else blob
+        data = self.signer.verify(raw, f"{what} in the store {self.store_name}", self.trust)
+        return pickle.loads(data)
+
+    def encode_exception(self, exc: BaseException) -> TaskError:
+        cls = type(exc)
+        path = f"{cls.__module__}.{cls.__qualname__}"
+        tb = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
+        return TaskError(path, tb, str(exc))
+
+    def encode_exception_value(self, exc: BaseException) -> dict[str, Any] | None:
+        """The pickled exception (for ``__cause__``), or None if it does not round-trip."""
+        try:
+            data = dumps(exc)
+            pickle.loads(data)
+        except Exception:
+            return None
+        return {"p": base64.b64encode(self.signer.sign(data)).decode("ascii")}
+
+
+_repr = reprlib.Repr()
+_repr.maxstring = 60
+_repr.maxother = 60
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = 6
+
+
+def args_repr(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> str:
+    """A short text of the arguments, stored for listings (no unpickling to show them)."""
+    parts = [_repr.repr(a) for a in args]
+    parts += [f"{k}={_repr.repr(v)}" for k, v in kwargs.items()]
+    text = ", ".join(parts)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def task_name_of(fn: Callable[..., Any]) -> str:
+    """The default task name: ``__qualname__``, prefixed by the module unless ``__main__``."""
+    qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    module = getattr(fn, "__module__", None)
+    if not module or module == "__main__":
+        return qualname
+    return f"{module}.{qualname}"
+
+
+def code_hash(obj: Any) -> str:
+    """A hash of the normalised source of a function or class (joblib's lesson: never a cell
+    number or a temp file path). Falls back to the bytecode when there is no source."""
+    try:
+        source = inspect.getsource(obj)
+        lines = [line.rstrip() for line in textwrap.dedent(source).splitlines()]
+        text = "\n".join(line for line in lines if line)
+    except (OSError, TypeError):
+        code = getattr(obj, "__code__", None)
+        text = repr((code.co_code, code.co_consts, code.co_names)) if code else repr(obj)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def cache_key(task_name: str, fn_hash: str, args: Any, kwargs: Any) -> str:
+    """The cache key of a call: task name, code hash and the encoded arguments."""
+    h = hashlib.sha256()
+    h.update(task_name.encode())
+    h.update(b"\0")
+    h.update(fn_hash.encode())
+    h.update(b"\0")
+    if _is_plain([list(args), kwargs]):
+        h.update(json.dumps([list(args), kwargs], sort_keys=True).encode())
+    else:
+        h.update(dumps((tuple(args), sorted(kwargs.items()))))
+    return h.hexdigest()

@@ -1,0 +1,345 @@
+"""``Context``: what a running task sees, and ``current()``.
+
+``progress()`` is on the hot path: it only sets three attributes and checks one flag (DESIGN
+principle 7). The store's writer thread calls ``_tick()`` every 0.1 s to persist what changed
+(progress, output), so writes stay at <= 10 per second per task and the last value is always
+written when the attempt ends. The same tick notices timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import sys
+import threading
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from ._errors import Retry, SoftTimeLimitExceeded, TaskCancelled, TaskTimeout
+from ._model import Metadata, Progress, Request, check_json
+
+if TYPE_CHECKING:
+    from ._attempt import Attempt
+
+T = TypeVar("T")
+
+_current: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
+    "nbtasks_context", default=None
+)
+
+OUTPUT_LIMIT: Final = 64 * 1024  # characters of output kept per task (the tail)
+_NUMBER: Final = frozenset({int, float})
+
+
+def current() -> Context | None:
+    """The running task's Context anywhere below the task (same thread or coroutine), else None."""
+    return _current.get()
+
+
+class Context:
+    """The running attempt of a task: its Request, progress, metadata, state, cancellation.
+
+    Attribute access falls through to the Request, so ``ctx.id``, ``ctx.retries`` and
+    ``ctx.meta`` work as Celery's ``Task.request`` does.
+    """
+
+    def __init__(self, attempt: Attempt) -> None:
+        self._attempt = attempt
+        self.request: Request = attempt.request
+        self._cur: float | None = None
+        self._total: float | None = None
+        self._msg: str | None = None
+        self._stop: BaseException | None = None
+        self._soft_fired = False
+        self._out: list[str] = []
+        self._out_len = 0
+        self._out_total = 0
+        self._flushed: tuple[Any, ...] = (None, None, None, 0)
+        self._rate_base: tuple[float, float] | None = None
+        self.thread_id: int | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.request, name)
+
+    def __repr__(self) -> str:
+        return f"<Context {self.request.task_name}[{self.request.id}] attempt {self.retries + 1}>"
+
+    @property
+    def id(self) -> str:
+        return self.request.id or ""
+
+    @property
+    def meta(self) -> Metadata:
+        return self.request.metadata
+
+    @meta.setter
+    def meta(self, value: dict[str, Any]) -> None:
+        self.request.meta = value
+
+    @property
+    def metadata(self) -> Metadata:
+        return self.request.metadata
+
+    # ------------------------------------------------------------------ progress (hot path)
+
+    def progress(
+        self, current: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """Report progress. Costs a few attribute stores; raises TaskCancelled once cancelled."""
+        if self._stop is not None:
+            self._raise_stop()
+        if current.__class__ not in _NUMBER:
+            current = _number(current, "current")
+        self._cur = current
+        if total is not None:
+            self._total = total if total.__class__ in _NUMBER else _number(total, "total")
+        if message is not None:
+            if message.__class__ is not str:
+                raise TypeError(f"progress(message={message!r}) must be a str")
+            self._msg = message
+
+    def track(
+        self, iterable: Iterable[T], total: float | None = None, message: str | None = None
+    ) -> Iterator[T]:
+        """Iterate, reporting progress after each item (total: ``len(iterable)`` if it has one)."""
+        if total is None and hasattr(iterable, "__len__"):
+            total = len(iterable)  # type: ignore[arg-type]
+        self.progress(0, total, message)
+        progress = self.progress
+        i = 0
+        for item in iterable:
+            yield item
+            i += 1
+            progress(i)
+
+    # ------------------------------------------------------------------ cancellation
+
+    @property
+    def cancelled(self) -> bool:
+        return isinstance(self._stop, TaskCancelled)
+
+    def check_cancelled(self) -> None:
+        """Raise TaskCancelled (or TaskTimeout, SoftTimeLimitExceeded) if asked to stop."""
+        if self._stop is not None:
+            self._raise_stop()
+
+    def _raise_stop(self) -> None:
+        stop = self._stop
+        if isinstance(stop, SoftTimeLimitExceeded):
+            self._stop = None  # raised once; the task may catch it and clean up
+        assert stop is not None
+        raise stop
+
+    def _request_stop(self, exc: BaseException) -> None:
+        if self._stop is None or isinstance(self._stop, SoftTimeLimitExceeded):
+            self._stop = exc
+
+    # ------------------------------------------------------------------ metadata and state
+
+    def set_metadata(self, **values: Any) -> None:
+        """Merge keys into the stored metadata and commit them now (Mognet)."""
+        for key, value in values.items():
+            check_json(value, f"set_metadata({key}=...)")
+        self._attempt.merge_metadata(values, flush=True)
+
+    async def aset_metadata(self, **values: Any) -> None:
+        """``set_metadata`` without blocking the event loop."""
+        for key, value in values.items():
+            check_json(value, f"aset_metadata({key}=...)")
+        await asyncio.to_thread(self._attempt.merge_metadata, values, True)
+
+    def update_state(self, state: str | None = None, meta: Any = None) -> None:
+        """Celery's update_state: sets ``TaskResult.state`` and ``.result`` while running (meta
+        is the current result, not the metadata); ``request.meta`` keys are saved too."""
+        if state is not None and not isinstance(state, str):
+            raise TypeError(f"update_state(state={state!r}) must be a str")
+        check_json(meta, "update_state(meta=...)")
+        self._attempt.update_state(state, meta)
+
+    def retry(
+        self,
+        exc: BaseException | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+    ) -> Retry:
+        """Ask for another attempt (Celery): raises ``Retry``; ``raise ctx.retry(...)`` reads well."""
+        raise self._attempt.make_retry(exc, countdown, max_retries)
+
+    # ------------------------------------------------------------------ output
+
+    def _write(self, text: str) -> None:
+        self._out.append(text)
+        n = len(text)
+        self._out_len += n
+        self._out_total += n
+        if self._out_len > 2 * OUTPUT_LIMIT:
+            tail = "".join(self._out)[-OUTPUT_LIMIT:]
+            self._out = [tail]
+            self._out_len = len(tail)
+
+    def output(self) -> str:
+        text = "".join(self._out)
+        return text[-OUTPUT_LIMIT:]
+
+    # ------------------------------------------------------------------ the writer's tick
+
+    def _snapshot(self, now: float) -> dict[str, Any] | None:
+        """What changed since the last flush, as record fields (None if nothing did)."""
+        cur, total, msg, out_total = self._cur, self._total, self._msg, self._out_total
+        if (cur, total, msg, out_total) == self._flushed:
+            return None
+        fields: dict[str, Any] = {}
+        if cur is not None and (cur, total, msg) != self._flushed[:3]:
+            base = self._rate_base
+            if base is None:
+                self._rate_base = (now, float(cur))
+                rate = None
+            else:
+                dt = now - base[0]
+                rate = (float(cur) - base[1]) / dt if dt > 0 else None
+            fields["progress"] = Progress(cur, total, msg, rate).to_json()
+        if out_total != self._flushed[3]:
+            fields["output"] = self.output()
+            fields["output_total"] = out_total
+        self._flushed = (cur, total, msg, out_total)
+        return fields
+
+    def _tick(self) -> None:
+        self._attempt.tick(self)
+
+
+def _number(value: Any, name: str) -> float:
+    import numbers
+
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"progress({name}={value!r}) must be a number (int or float)")
+
+
+# --------------------------------------------------------------------------- output capture
+
+
+class _TaskStream:
+    """Stands in for sys.stdout/sys.stderr: text written by a running task's own thread (or
+    coroutine) goes to that task's output; everything else goes where it went before."""
+
+    def __init__(self, wrapped: Any) -> None:
+        self._wrapped = wrapped
+
+    def write(self, text: str) -> int:
+        ctx = _current.get()
+        if ctx is not None:
+            ctx._write(text)
+            return len(text)
+        return self._wrapped.write(text)  # type: ignore[no-any-return]
+
+    def flush(self) -> None:
+        if _current.get() is None:
+            self._wrapped.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped, name)
+
+
+_install_lock = threading.Lock()
+
+
+def install_capture() -> None:
+    """Put the stream proxies in place (again, if something replaced them) and route
+    StreamHandlers that write to the standard streams (basicConfig's included)."""
+    if isinstance(sys.stdout, _TaskStream) and isinstance(sys.stderr, _TaskStream):
+        return
+    with _install_lock:
+        if not isinstance(sys.stdout, _TaskStream):
+            sys.stdout = _TaskStream(sys.stdout)
+        if not isinstance(sys.stderr, _TaskStream):
+            sys.stderr = _TaskStream(sys.stderr)
+        _patch_logging()
+
+
+_logging_patched = False
+
+
+def _patch_logging() -> None:
+    """A handler configured before the task holds the old stream object, bypassing the
+    proxies (notes/store-findings.md): capture at the handler, for standard streams only."""
+    global _logging_patched
+    if _logging_patched:
+        return
+    _logging_patched = True
+    original_emit = logging.StreamHandler.emit
+
+    def emit(self: logging.StreamHandler[Any], record: logging.LogRecord) -> None:
+        ctx = _current.get()
+        if ctx is not None and _is_std_stream(self.stream):
+            try:
+                ctx._write(self.format(record) + self.terminator)
+            except Exception:
+                self.handleError(record)
+            return
+        original_emit(self, record)
+
+    logging.StreamHandler.emit = emit  # type: ignore[method-assign]
+
+
+def _is_std_stream(stream: Any) -> bool:
+    if isinstance(stream, _TaskStream):
+        return True
+    std = (sys.__stdout__, sys.__stderr__)
+    for s in (sys.stdout, sys.stderr):
+        if stream is s or stream is getattr(s, "_wrapped", None):
+            return True
+    return stream in std
+
+
+# --------------------------------------------------------------------------- tqdm bridge
+
+_tqdm_patched = False
+
+
+def install_tqdm_bridge() -> None:
+    """If tqdm is loaded, make its bars drive the running task's progress (once per process)."""
+    global _tqdm_patched
+    if _tqdm_patched:
+        return
+    std = sys.modules.get("tqdm.std")
+    if std is None:
+        return
+    _tqdm_patched = True
+    cls = std.tqdm
+    original_update = cls.update
+    original_close = cls.close
+
+    def update(self: Any, n: float | None = 1) -> Any:
+        out = original_update(self, n)
+        ctx = _current.get()
+        if ctx is not None:
+            ctx._cur, ctx._total = self.n, self.total
+            if self.desc:
+                ctx._msg = self.desc.rstrip(": ")
+        return out
+
+    def close(self: Any) -> Any:
+        ctx = _current.get()
+        if ctx is not None and not getattr(self, "disable", False):
+            ctx._cur, ctx._total = self.n, self.total
+        return original_close(self)
+
+    cls.update = update
+    cls.close = close
+
+
+def raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> None:
+    """Best effort: raise ``exc_type`` asynchronously in a thread (soft time limits)."""
+    import ctypes
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc_type)
+    )
+
+
+__all__ = ["Context", "SoftTimeLimitExceeded", "TaskCancelled", "TaskTimeout", "current"]

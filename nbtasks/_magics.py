@@ -1,0 +1,238 @@
+"""IPython magics: ``%%task`` and ``%tasks`` (``%load_ext nbtasks``).
+
+``%%task [--name NAME] [-o VAR]``
+    Run the cell in a background thread of the default app, in the user namespace.  The value
+    of the cell's last expression is the task's return value; the names the cell assigns are
+    set in the user namespace as the cell body runs (so all of them are there once the task
+    finished).  The task's widget is shown under the cell; ``-o VAR`` also stores the
+    ``TaskResult`` in ``VAR``.  ``print()`` in the body goes to the task's output, not to the
+    cell that happens to run.
+
+``%tasks [--status S] [--name NAME] [--page-size N]``
+    A live dashboard of the store: one row per task, newest first, with filters, paging and a
+    cancel button per unfinished task.
+``%tasks cancel ID``
+    Cancel a task; ``ID`` is a full id or the short id shown in widgets (its last 8 hex digits).
+``%tasks purge [--status S] [--older-than D]``
+    Delete finished results; ``D`` is seconds or a number with a unit: ``90s``, ``10m``,
+    ``2h``, ``7d``, ``1w``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime as _dt
+import re
+import shlex
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.display import display
+
+from . import _kernel, _view
+
+__all__ = ["NbtasksMagics", "build_cell_function", "load_ipython_extension", "parse_duration"]
+
+_UNITS = {
+    "": 1.0,
+    "s": 1.0,
+    "sec": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 604800.0,
+}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
+
+
+def parse_duration(text: str) -> _dt.timedelta:
+    """'3600', '90s', '10m', '2h', '7d', '1w' -> timedelta; UsageError otherwise."""
+    match = _DURATION.match(text.lower())
+    if match is None or match.group(2) not in _UNITS:
+        raise UsageError(
+            f"--older-than {text!r}: expected seconds or a number with a unit "
+            "(s, m, h, d, w), e.g. 90s, 10m, 2h, 7d"
+        )
+    return _dt.timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises IPython's UsageError instead of exiting the kernel."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}\n{self.format_usage().strip()}")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        raise UsageError(message or self.format_help())
+
+
+def _task_parser() -> _Parser:
+    parser = _Parser(prog="%%task", add_help=False)
+    parser.add_argument("--name", "-n", default=None, help="task name (default: cell[N])")
+    parser.add_argument("-o", "--output", default=None, help="store the TaskResult in this name")
+    return parser
+
+
+def _tasks_parser() -> _Parser:
+    parser = _Parser(prog="%tasks", add_help=False)
+    parser.add_argument("--status", "-s", default=None)
+    parser.add_argument("--name", "-n", default=None)
+    parser.add_argument("--page-size", type=int, default=20)
+    return parser
+
+
+def _purge_parser() -> _Parser:
+    parser = _Parser(prog="%tasks purge", add_help=False)
+    parser.add_argument("--status", "-s", action="append", default=None)
+    parser.add_argument("--older-than", default=None)
+    return parser
+
+
+def build_cell_function(
+    source: str, namespace: dict[str, Any], filename: str, name: str
+) -> Callable[[], Any]:
+    """A function that runs ``source`` in ``namespace`` and returns its last expression's value.
+
+    The cell is compiled here, in the cell thread, so a SyntaxError shows in the cell at once.
+    """
+    tree = ast.parse(source, filename, mode="exec")
+    last: ast.Expression | None = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(tree.body.pop().value)
+        ast.fix_missing_locations(last)
+    body_code = compile(tree, filename, "exec")
+    last_code = compile(last, filename, "eval") if last is not None else None
+
+    def run_cell() -> Any:
+        exec(body_code, namespace)
+        if last_code is not None:
+            return eval(last_code, namespace)
+        return None
+
+    run_cell.__name__ = run_cell.__qualname__ = name
+    run_cell.__module__ = "__main__"
+    run_cell.__doc__ = f"The body of a %%task cell:\n\n{source}"
+    return run_cell
+
+
+def _default_app() -> Any:
+    from ._app import default_app
+
+    return default_app()
+
+
+def _find_unfinished(app: Any, short: str) -> list[str]:
+    """Ids of READY/RUNNING tasks whose id starts or (short id) ends with ``short``."""
+    needle = short.lower().replace("-", "")
+    store = getattr(app, "_store", None)
+    summaries = getattr(store, "summaries", None)
+    if callable(summaries):
+        rows = summaries(status=list(_view.UNFINISHED), limit=None)
+        ids = [str(r["id"]) for r in rows]
+    else:
+        ids = [str(r.id) for s in _view.UNFINISHED for r in app.results(status=s)]
+    found = []
+    for task_id in ids:
+        compact = task_id.replace("-", "").lower()
+        if compact.startswith(needle) or compact.endswith(needle):
+            found.append(task_id)
+    return found
+
+
+@magics_class
+class NbtasksMagics(Magics):
+    """``%%task`` and ``%tasks``."""
+
+    @cell_magic("task")
+    def task(self, line: str, cell: str) -> None:
+        """Run this cell as a background task; see ``nbtasks._magics``."""
+        args = _task_parser().parse_args(shlex.split(line))
+        shell = self.shell
+        assert shell is not None
+        count = _kernel.execution_count()
+        name = args.name or (f"cell[{count}]" if count is not None else "cell")
+        source = shell.transform_cell(cell)
+        try:
+            filename = shell.compile.cache(source, count or 0, raw_code=cell)
+        except TypeError:  # IPython < 8.? has no raw_code
+            filename = shell.compile.cache(source, count or 0)
+        fn = build_cell_function(source, shell.user_ns, filename, name)
+        app = _default_app()
+        task = app.task(fn, name=name)
+        result = task.delay()
+        if args.output:
+            if not args.output.isidentifier():
+                raise UsageError(f"-o {args.output!r}: not a Python name")
+            shell.user_ns[args.output] = result
+        display(result)
+
+    @line_magic("tasks")
+    def tasks(self, line: str = "") -> None:
+        """Dashboard of the store's tasks; ``%tasks cancel ID``; ``%tasks purge ...``."""
+        argv = shlex.split(line)
+        if argv and argv[0] == "cancel":
+            self._cancel(argv[1:])
+        elif argv and argv[0] == "purge":
+            self._purge(argv[1:])
+        else:
+            args = _tasks_parser().parse_args(argv)
+            status = args.status.upper() if args.status else None
+            if status is not None and status not in _view.STATUSES:
+                raise UsageError(
+                    f"--status {args.status!r}: expected one of {', '.join(_view.STATUSES)}"
+                )
+            widget = _view.dashboard(
+                _default_app(), status=status, name=args.name, page_size=args.page_size
+            )
+            display(widget)
+
+    def _cancel(self, argv: Sequence[str]) -> None:
+        if len(argv) != 1:
+            raise UsageError("usage: %tasks cancel ID")
+        app = _default_app()
+        wanted = argv[0]
+        try:
+            result = app.result(wanted)
+        except KeyError:
+            matches = _find_unfinished(app, wanted)
+            if not matches:
+                raise UsageError(
+                    f"%tasks cancel: no unfinished task has the id {wanted!r}"
+                ) from None
+            if len(matches) > 1:
+                raise UsageError(
+                    f"%tasks cancel: {wanted!r} matches {len(matches)} tasks; give more of the id"
+                ) from None
+            result = app.result(matches[0])
+        label = f"{result.task_name} {_view.short_id(str(result.id))}"
+        if result.cancel():
+            print(f"cancelled {label}")
+        else:
+            result.refresh()
+            print(f"not cancelled: {label} is already {_view._status_str(result.status)}")
+
+    def _purge(self, argv: Sequence[str]) -> None:
+        args = _purge_parser().parse_args(list(argv))
+        statuses: list[str] | None = None
+        if args.status:
+            statuses = [s.strip().upper() for part in args.status for s in part.split(",") if s]
+            bad = [s for s in statuses if s not in _view.TERMINAL]
+            if bad:
+                raise UsageError(
+                    f"--status {', '.join(bad)}: only finished results can be purged "
+                    f"({', '.join(sorted(_view.TERMINAL))})"
+                )
+        older = parse_duration(args.older_than) if args.older_than else None
+        status_arg: Any = statuses[0] if statuses and len(statuses) == 1 else statuses
+        count = _default_app().purge(older_than=older, status=status_arg)
+        print(f"purged {count} task{'s' if count != 1 else ''}")
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext nbtasks``: register ``%%task`` and ``%tasks``."""
+    _kernel.warn_if_unsupported()
+    ipython.register_magics(NbtasksMagics)

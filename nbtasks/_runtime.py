@@ -1,0 +1,380 @@
+"""The machinery behind an App: submission, scheduling, cancellation and what follows a task.
+
+``Runtime`` is what an ``Attempt`` talks to (the ``_attempt.Runtime`` protocol): it owns the
+lock that orders claims against cancels, the executors (created on first use), a timer for
+countdowns, ETAs and retry backoff, and the canvas: tasks that wait for others (chains, chords)
+are committed READY at submit and dispatched when what they wait for succeeds, or CANCELLED
+with a reason naming the task that did not.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import executors
+from ._attempt import Job, Options
+from ._codec import args_repr, cache_key
+from ._errors import StoreError, TaskCancelled, UnknownTaskId
+from ._model import FINISHED, Clock, Metadata, Request, TaskStatus
+from ._store import Live, Store, new_id, owner_alive
+
+if TYPE_CHECKING:
+    from ._task import Task
+
+
+@dataclass(eq=False)
+class Waiting:
+    """A job that runs when its dependencies succeed (a chain link or a chord callback)."""
+
+    job: Job
+    deps: list[Job]
+    all_results: bool  # chord: the list of every dependency's value; chain: the one value
+    immutable: bool
+    remaining: set[str] = field(default_factory=set)
+
+
+class Runtime:
+    def __init__(self, store: Store, clock: Clock, app_name: str, settings: dict[str, Any]) -> None:
+        self.store = store
+        self.clock = clock
+        self.app_name = app_name
+        self.settings = settings
+        self.lock = threading.Lock()
+        self.jobs: dict[str, Job] = {}
+        self.waiting: dict[str, list[Waiting]] = {}  # dependency id -> jobs waiting on it
+        self.inflight: dict[str, Job] = {}  # cache key -> job in flight in this process
+        self._executors: dict[str, executors.Executor] = {}
+        self._executors_lock = threading.Lock()
+        self._timer: list[tuple[float, int, Job]] = []
+        self._timer_cond = threading.Condition()
+        self._timer_thread: threading.Thread | None = None
+        self._seq = itertools.count()
+        self.closed = False
+        store.on_cancel_request = self._cancel_requested
+
+    # ------------------------------------------------------------------ executors
+
+    def executor(self, name: str) -> executors.Executor:
+        ex = self._executors.get(name)
+        if ex is None:
+            with self._executors_lock:
+                ex = self._executors.get(name)
+                if ex is None:
+                    if self.closed:
+                        raise RuntimeError("this App has been shut down; create a new one")
+                    ex = self._executors[name] = executors.create(
+                        name, self, **self.settings.get(name, {})
+                    )
+        return ex
+
+    # ------------------------------------------------------------------ building jobs
+
+    def build(
+        self,
+        task: Task,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        opts: Options,
+        metadata: Metadata,
+        task_id: str | None,
+        *,
+        chunk: bool = False,
+        check: bool = True,
+        extra: dict[str, Any] | None = None,
+    ) -> Job:
+        """Validate the arguments and encode the READY record (nothing is stored yet)."""
+        if check and not chunk:
+            task._check_args(args, kwargs)
+        tid = task_id or new_id()
+        store = self.store
+        try:
+            enc_args = store.encode_value(tid, "args", list(args))
+            enc_kwargs = store.encode_value(tid, "kwargs", kwargs)
+        except TypeError as exc:
+            if opts.executor in ("process", "dask"):
+                raise TypeError(
+                    f"an argument of {task.name} {exc}; a {opts.executor} task's arguments "
+                    "must pickle (pass a path or a picklable value instead)"
+                ) from None
+            enc_args = enc_kwargs = {"u": str(exc)}  # thread tasks keep them in memory only
+        now = self.clock.time()
+        rec: dict[str, Any] = {
+            "id": tid,
+            "task_name": task.name,
+            "status": "READY",
+            "state": "READY",
+            "enqueued_at": now,
+            "started_at": None,
+            "finished_at": None,
+            "last_attempted_at": None,
+            "args_repr": args_repr(args, kwargs),
+            "args": enc_args,
+            "kwargs": enc_kwargs,
+            "backend": self.app_name,
+            "errors": [],
+            "worker_ids": [],
+            "metadata": dict(metadata),
+            "result": None,
+            "rv": None,
+            "exc": None,
+            "progress": None,
+            "output": "",
+            "output_total": 0,
+            "owner": store.owner,
+            "executor": opts.executor,
+            "priority": opts.priority,
+            "eta": opts.eta,
+            "expires": opts.expires,
+            "retries": 0,
+            "max_retries": opts.retries,
+            "reason": None,
+            "hook_errors": [],
+            "cache_key": None,
+            "chunk": chunk,
+        }
+        if extra:
+            rec.update(extra)
+        live = Live(rec, args, kwargs)
+        request = Request(
+            task_name=task.name or "",
+            args=list(args),
+            kwargs=kwargs,
+            id=tid,
+            metadata=Metadata(metadata),
+            priority=opts.priority,
+            eta=None,
+            expires=None,
+            parent_id=rec.get("parent_id"),
+        )
+        return Job(live, task, args, kwargs, request, opts, chunk=chunk)
+
+    # ------------------------------------------------------------------ submitting
+
+    def cached(self, task: Task, job: Job) -> tuple[Job | None, str | None, str]:
+        """For a ``cache=True`` submit: the job or stored id to reuse, and the cache key."""
+        key = cache_key(task.name or "", task.code_hash, job.args, job.kwargs)
+        hit = self.inflight.get(key)
+        if hit is not None and not hit.live.finished:
+            return hit, None, key
+        tid = self.store.find_cached(key)
+        if tid is None:
+            return None, None, key
+        try:
+            rec = self.store.get_record(tid)
+        except UnknownTaskId:
+            return None, None, key
+        status = rec["status"]
+        if status == "SUCCESSFUL":
+            ttl = job.options.cache_ttl
+            if ttl is None or self.clock.time() - (rec["finished_at"] or 0) <= ttl:
+                return None, tid, key
+        elif status in ("READY", "RUNNING") and owner_alive(rec.get("owner")):
+            return None, tid, key
+        return None, None, key
+
+    def submit(
+        self,
+        jobs: Sequence[Job],
+        groups: Sequence[dict[str, Any]] = (),
+        waiting: Sequence[Waiting] = (),
+        cache_keys: Sequence[tuple[str, Job]] = (),
+    ) -> None:
+        """Commit every READY record in one transaction, then hand the jobs over."""
+        if self.closed:
+            raise RuntimeError("this App has been shut down; create a new one")
+        for key, job in cache_keys:
+            job.live.rec["cache_key"] = key
+        self.store.create(
+            [j.live for j in jobs], groups, [(key, job.id) for key, job in cache_keys]
+        )
+        for key, job in cache_keys:
+            self.inflight[key] = job
+        waiting_ids = {w.job.id for w in waiting}
+        with self.lock:
+            for job in jobs:
+                self.jobs[job.id] = job
+            for w in waiting:
+                w.remaining = {d.id for d in w.deps}
+                for dep in w.deps:
+                    self.waiting.setdefault(dep.id, []).append(w)
+        for job in jobs:
+            if job.id not in waiting_ids:
+                self.dispatch(job)
+
+    def dispatch(self, job: Job) -> None:
+        """Run the job now, or when its ETA comes."""
+        eta = job.options.eta
+        if eta is not None:
+            delay = eta - self.clock.time()
+            job.options.eta = None
+            if delay > 0:
+                self.schedule(job, delay)
+                return
+        try:
+            self.executor(job.options.executor).submit(job)
+        except RuntimeError:  # shut down meanwhile
+            self.cancel_job(job, "the App was shut down before the task started")
+
+    # ------------------------------------------------------------------ the timer
+
+    def schedule(self, job: Job, delay: float) -> None:
+        if delay <= 0:
+            self.dispatch(job)
+            return
+        due = self.clock.monotonic() + delay
+        with self._timer_cond:
+            heapq.heappush(self._timer, (due, next(self._seq), job))
+            if self._timer_thread is None:
+                self._timer_thread = threading.Thread(
+                    target=self._run_timer, name="nbtasks-timer", daemon=True
+                )
+                self._timer_thread.start()
+            self._timer_cond.notify()
+
+    def _run_timer(self) -> None:
+        while True:
+            with self._timer_cond:
+                while True:
+                    if self.closed and not self._timer:
+                        return
+                    now = self.clock.monotonic()
+                    if self._timer and self._timer[0][0] <= now:
+                        job = heapq.heappop(self._timer)[2]
+                        break
+                    timeout = self._timer[0][0] - now if self._timer else None
+                    self._timer_cond.wait(timeout)
+            if job.live.rec["status"] == "READY":
+                try:
+                    self.executor(job.options.executor).submit(job)
+                except RuntimeError:
+                    self.cancel_job(job, "the App was shut down before the task started")
+
+    # ------------------------------------------------------------------ cancelling
+
+    def cancel(self, task_id: str) -> bool:
+        job = self.jobs.get(task_id)
+        if job is not None:
+            return self.cancel_job(job, "cancelled")
+        try:
+            rec = self.store.get_record(task_id)
+        except UnknownTaskId:
+            raise
+        if rec["status"] in {s.value for s in FINISHED}:
+            return False
+        self.store.request_cancel(task_id)  # its owner acts on it within ~0.1 s
+        return True
+
+    def cancel_job(self, job: Job, reason: str) -> bool:
+        live = job.live
+        with self.lock:
+            status = live.rec["status"]
+            if status in {s.value for s in FINISHED}:
+                return False
+            job.cancel_reason = reason
+            if status == "READY":
+                self.store.change(
+                    live,
+                    TaskStatus.CANCELLED,
+                    finished_at=self.clock.time(),
+                    state="CANCELLED",
+                    reason=reason,
+                )
+                running = False
+            else:
+                running = True
+        if running:
+            if job.attempt is not None:
+                job.attempt.ctx._request_stop(TaskCancelled(f"task {job.id} was {reason}"))
+            self.executor(job.options.executor).cancel_running(job)
+        else:
+            self.finished(job)
+        return True
+
+    def _cancel_requested(self, task_id: str) -> None:
+        """A cancel request from another process, seen by the writer's tick."""
+        job = self.jobs.get(task_id)
+        if job is not None:
+            self.cancel_job(job, "cancelled")
+        self.store.put_extra("x:" + task_id, None)
+
+    def timed_out(self, job: Job) -> None:
+        self.executor(job.options.executor).timed_out(job)
+
+    # ------------------------------------------------------------------ after a task
+
+    def finished(self, job: Job) -> None:
+        """A job reached its final status: links, waiting jobs, bookkeeping."""
+        live = job.live
+        status = live.rec["status"]
+        with self.lock:
+            self.jobs.pop(job.id, None)
+            dependents = self.waiting.pop(job.id, [])
+        key = live.rec.get("cache_key")
+        if key and self.inflight.get(key) is job:
+            del self.inflight[key]
+        if status == "SUCCESSFUL":
+            for sig in job.options.link:
+                self._link(job, sig, (live.value,))
+        elif status == "FAILED":
+            for sig in job.options.link_error:
+                self._link(job, sig, (job.id,))
+        for w in dependents:
+            if status == "SUCCESSFUL":
+                w.remaining.discard(job.id)
+                if not w.remaining:
+                    self._release(w)
+            else:
+                verb = {"FAILED": "failed", "CANCELLED": "was cancelled"}.get(
+                    status, "was interrupted"
+                )
+                self.cancel_job(w.job, f"task {job.id} ({job.request.task_name}) {verb}")
+
+    def _release(self, w: Waiting) -> None:
+        job = w.job
+        if not w.immutable:
+            values = [d.live.value for d in w.deps]
+            first = values if w.all_results else values[0]
+            job.args = (first, *job.args)
+            job.request.args = list(job.args)
+            try:
+                enc = self.store.encode_value(job.id, "args", list(job.args))
+            except TypeError as exc:
+                enc = {"u": str(exc)}
+            self.store.change(job.live, args=enc, args_repr=args_repr(job.args, job.kwargs))
+            job.live.args = job.args
+        self.dispatch(job)
+
+    def _link(self, job: Job, sig: Any, args: tuple[Any, ...]) -> None:
+        try:
+            sig.apply_async(args)
+        except Exception as exc:
+            if job.attempt is not None:
+                job.attempt.record_hook_error(f"link {sig!r}", exc)
+
+    # ------------------------------------------------------------------ shutdown
+
+    def shutdown(self, wait: bool, cancel_pending: bool) -> None:
+        self.closed = True
+        with self._timer_cond:
+            timed = [entry[2] for entry in self._timer]
+            self._timer.clear()
+            self._timer_cond.notify_all()
+        pending: list[Job] = []
+        for ex in list(self._executors.values()):
+            pending += ex.shutdown(wait=wait, cancel_pending=cancel_pending)
+        for job in [*timed, *pending]:
+            self.cancel_job(job, "the App was shut down before the task started")
+        if cancel_pending:
+            for job in list(self.jobs.values()):
+                if job.live.rec["status"] == "READY":
+                    self.cancel_job(job, "the App was shut down before the task started")
+        try:
+            self.store.flush()
+        except StoreError:
+            pass
+

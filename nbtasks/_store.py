@@ -1,0 +1,746 @@
+"""The store: the only user of diskcache, and the owner's live table of its tasks.
+
+Key layout (one diskcache ``Cache`` opened as a store, never as a cache)::
+
+    nbtasks:schema      int   schema version, checked on open
+    t:<task id>         str   the task's JSON record, tagged with its status (tag index)
+    g:<group id>        str   a group's JSON record (member ids)
+    v:<task id>:<what>  bytes a large signed pickle (arguments or return value)
+    k:<cache key>       str   the id of the task that computed a cached call
+    x:<task id>         str   a cancel request, written by anyone, acted on by the owner
+
+Task ids are time-ordered (a UUIDv7-like layout), so ``ORDER BY key DESC`` is newest first
+and inserts stay at the end of the B-tree.
+
+Writes follow DESIGN principle 2: ``create()`` commits READY records at submit (one transaction
+for a whole group); after that the owner changes its in-memory record and marks it dirty, and
+one writer thread group-commits the latest version of every dirty record, in order per task,
+within milliseconds at low load and at most ~0.2 s behind under load (back-pressure slows the
+workers down instead). The writer also ticks every 0.1 s: it flushes running tasks' throttled
+progress and output, and picks up cancel requests written by other processes.
+
+diskcache unpickles what it pickled (CVE-2025-69872), so ``_SafeDisk`` refuses pickle mode:
+the store holds JSON text and signed bytes only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import random
+import socket
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Final
+
+import diskcache
+
+from ._codec import INLINE_LIMIT, Codec, Signer
+from ._errors import StoreError, UnknownTaskId
+from ._model import FINISHED, MISSING, TaskStatus, check_transition
+
+SCHEMA: Final = 1
+DB_NAME: Final = "cache.db"
+MARKER: Final = "nbtasks-store.json"
+TICK: Final = 0.1  # seconds between progress flushes and cancel polls
+BACKLOG: Final = 4000  # dirty records past which workers wait for the writer
+_FINISHED_NAMES: Final = tuple(s.value for s in FINISHED)
+
+# --------------------------------------------------------------------------- ids
+
+_rng = random.Random(os.urandom(16))
+os.register_at_fork(after_in_child=lambda: _rng.seed(os.urandom(16)))
+
+
+def new_id() -> str:
+    """A time-ordered id: 48 bits of milliseconds then 80 random bits, in UUID text form.
+
+    A PRNG seeded once from os.urandom: ``uuid4()`` reads os.urandom per call, which releases
+    the GIL and costs 20-40 µs under load (notes/store-findings.md)."""
+    n = (int(time.time() * 1000) << 80) | _rng.getrandbits(80)
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-7{h[13:16]}-{h[16:20]}-{h[20:]}"
+
+
+# --------------------------------------------------------------------------- owners
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc), to tell a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    return stat[stat.rindex(b")") + 2 :].split()[19].decode()
+
+
+HOST: Final = socket.gethostname()
+
+
+def owner_token(pid: int | None = None) -> str:
+    pid = os.getpid() if pid is None else pid
+    return f"{HOST}:{pid}:{_start_time(pid) or '?'}"
+
+
+def owner_alive(owner: str | None) -> bool:
+    """False only when the owner surely is gone: same host, and its pid is dead or reused."""
+    if not owner:
+        return False
+    parts = owner.split(":")
+    if len(parts) < 3:
+        return False
+    host, pid_text, start = ":".join(parts[:-2]), parts[-2], parts[-1]
+    if host != HOST:
+        return True  # cannot tell from here
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    now = _start_time(pid)
+    if now is None:
+        return False
+    return start == "?" or now == start
+
+
+def owner_pid(owner: str | None) -> int | None:
+    try:
+        return int((owner or "").split(":")[-2])
+    except (IndexError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------- diskcache
+
+
+class _SafeDisk(diskcache.Disk):  # type: ignore[misc]
+    """A Disk that never pickles (so never unpickles) and writes its value files 0600."""
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        if type(value) not in (str, bytes, int, float) and not read:
+            raise TypeError(
+                f"internal error: the store holds only JSON text and signed bytes, "
+                f"not {type(value).__name__}"
+            )
+        size, mode, filename, db_value = super().store(value, read, key)
+        if filename is not None:
+            os.chmod(os.path.join(self._directory, filename), 0o600)
+        return size, mode, filename, db_value
+
+    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+        if mode == diskcache.core.MODE_PICKLE:
+            raise StoreError(
+                f"the store {self._directory} holds a pickled entry that nbtasks did not "
+                "write; it was not unpickled. Use a directory of its own for nbtasks."
+            )
+        return super().fetch(mode, filename, value, read)
+
+
+_SETTINGS: Final = {
+    "eviction_policy": "none",  # the default evicts past 1 GB and would drop results
+    "tag_index": True,  # status is the tag: listings by status use the index
+    "statistics": False,
+    "sqlite_synchronous": 1,
+}
+
+
+def _check_private_layout(cache: diskcache.Cache) -> None:
+    """The queries read diskcache's ``Cache`` table directly: fail loudly if it changed."""
+    cols = {row[1] for row in cache._sql("PRAGMA table_info(Cache)").fetchall()}
+    need = {"rowid", "key", "raw", "tag", "value", "mode", "filename"} - {"rowid"}
+    if not need <= cols:
+        raise StoreError(
+            f"diskcache {diskcache.__version__} changed its table layout (has {sorted(cols)}); "
+            "nbtasks needs diskcache 5.6.x: pip install 'diskcache>=5.6,<5.7'"
+        )
+
+
+def _remedy(path: Path) -> str:
+    return (
+        f"Move it aside (mv {path} {path}.broken) and nbtasks will create a new store there; "
+        "the old one is kept for inspection."
+    )
+
+
+def open_cache(directory: Path, trust: bool) -> diskcache.Cache:
+    """Open (creating if needed, owner-only) the diskcache behind a store, under a lock.
+
+    A new store is briefly a 0-byte cache.db; the marker file, written last under the lock,
+    tells "being created" from "damaged" (notes/store-findings.md)."""
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the store directory {directory}: {exc}") from exc
+    _check_owner(directory, trust)
+    db = directory / DB_NAME
+    marker = directory / MARKER
+    lock_fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        fresh = not marker.exists()
+        if fresh:
+            if db.exists() and db.stat().st_size > 0:
+                raise StoreError(
+                    f"{db} exists but is not an nbtasks store (no {MARKER}). "
+                    "Point nbtasks at an empty or new directory."
+                )
+            fd = os.open(db, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+        elif not db.exists() or db.stat().st_size == 0:
+            raise StoreError(
+                f"the store database {db} is {'missing' if not db.exists() else 'empty (0 bytes)'}"
+                f": the store is damaged and its records are lost. {_remedy(directory)}"
+            )
+        try:
+            cache = diskcache.Cache(str(directory), disk=_SafeDisk, timeout=60, **_SETTINGS)
+            schema = cache.get("nbtasks:schema", default=None)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"the store {db} cannot be read ({exc}). {_remedy(directory)}"
+            ) from exc
+        if fresh:
+            cache.set("nbtasks:schema", SCHEMA)
+            tmp = marker.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"schema": SCHEMA, "created": time.time()}, f)
+            os.replace(tmp, marker)
+        elif schema is None:
+            cache.close()
+            raise StoreError(f"the store {db} has lost its schema key. {_remedy(directory)}")
+        elif schema > SCHEMA:
+            cache.close()
+            raise StoreError(
+                f"the store {directory} was written by a newer nbtasks (schema {schema}; this "
+                f"one reads schema {SCHEMA}). Upgrade nbtasks: pip install -U nbtasks"
+            )
+        _check_private_layout(cache)
+        for name in (DB_NAME + "-wal", DB_NAME + "-shm"):
+            with contextlib.suppress(FileNotFoundError, PermissionError):
+                os.chmod(directory / name, 0o600)
+        return cache
+    finally:
+        os.close(lock_fd)
+
+
+def _check_owner(directory: Path, trust: bool) -> None:
+    if trust:
+        return
+    st = directory.stat()
+    if st.st_uid != os.getuid():
+        raise StoreError(
+            f"the store {directory} belongs to another user (uid {st.st_uid}); its pickles "
+            "could run their code as you. Open it with nbtasks.App(store, trust=True) "
+            "if you trust them."
+        )
+    if st.st_mode & 0o022:
+        raise StoreError(
+            f"the store {directory} can be written by others (mode {st.st_mode & 0o777:o}). "
+            f"Run `chmod 700 {directory}`, or open it with nbtasks.App(store, trust=True)."
+        )
+
+
+# --------------------------------------------------------------------------- live records
+
+
+class Live:
+    """A task in the owner's memory: its record (the truth this process reads first), the
+    in-memory values (arguments, return value) and the waiters to wake when it ends."""
+
+    __slots__ = ("_done", "args", "callbacks", "ctx", "id", "kwargs", "rec", "value")
+
+    def __init__(self, rec: dict[str, Any], args: Any = MISSING, kwargs: Any = MISSING) -> None:
+        self.id: str = rec["id"]
+        self.rec = rec
+        self.args = args
+        self.kwargs = kwargs
+        self.value: Any = MISSING
+        self.ctx: Any = None
+        self._done: threading.Event | None = None
+        self.callbacks: list[Callable[[Live], None]] = []
+
+    @property
+    def finished(self) -> bool:
+        return self.rec["status"] in _FINISHED_NAMES
+
+    def done_event(self) -> threading.Event:
+        ev = self._done
+        if ev is None:
+            with _event_lock:
+                ev = self._done
+                if ev is None:
+                    ev = self._done = threading.Event()
+        if self.finished:
+            ev.set()
+        return ev
+
+
+_event_lock = threading.Lock()
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class Store:
+    """One open store: diskcache, the codec, the live table and the writer thread."""
+
+    def __init__(
+        self, location: str | os.PathLike[str] | diskcache.Cache, *, trust: bool = False
+    ) -> None:
+        if isinstance(location, diskcache.Cache):
+            location = location.directory
+        if not isinstance(location, str | os.PathLike):
+            raise TypeError(
+                f"store must be a directory (str or PathLike) or a diskcache.Cache, "
+                f"got {type(location).__name__}"
+            )
+        self.path = Path(os.path.abspath(os.fspath(location)))
+        self.trust = trust
+        self.cache = open_cache(self.path, trust)
+        self.codec = Codec(Signer(), str(self.path), trust)
+        self.owner = owner_token()
+        self.live: dict[str, Live] = {}
+        self.active: dict[str, Any] = {}  # task id -> running Context in this process
+        self.on_cancel_request: Callable[[str], None] | None = None
+        self.writer_error: BaseException | None = None
+        self._dirty: dict[str, Live] = {}
+        self._extra: dict[str, Any] = {}  # key -> value (None deletes), written with the batch
+        self._dirty_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._drained = threading.Condition()
+        self._idle = True
+        self._closed = False
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
+        self.sweep()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ reading
+
+    def get_record(self, task_id: str) -> dict[str, Any]:
+        live = self.live.get(task_id)
+        if live is not None:
+            return live.rec
+        return self.read_record(task_id)
+
+    def read_record(self, task_id: str) -> dict[str, Any]:
+        """The committed record (never the in-memory one)."""
+        text = self._get("t:" + task_id)
+        if text is None:
+            raise UnknownTaskId(
+                f"no task with id {task_id!r} in the store {self.path}; "
+                "check the id, or open the store the task was submitted to"
+            )
+        rec: dict[str, Any] = json.loads(text)
+        return rec
+
+    def get_group(self, group_id: str) -> dict[str, Any]:
+        text = self._get("g:" + group_id)
+        if text is None:
+            raise UnknownTaskId(f"no group with id {group_id!r} in the store {self.path}")
+        rec: dict[str, Any] = json.loads(text)
+        return rec
+
+    def get_blob(self, key: str) -> bytes:
+        with self._dirty_lock:
+            pending = self._extra.get(key, MISSING)
+        if pending is not MISSING:
+            return pending  # type: ignore[no-any-return]
+        value = self._get(key)
+        if value is None:
+            raise StoreError(f"the value {key} is missing from the store {self.path}")
+        return value  # type: ignore[no-any-return]
+
+    def _get(self, key: str) -> Any:
+        try:
+            return self.cache.get(key, default=None, retry=True)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"reading {key} from the store {self.path} failed: {exc}. {_remedy(self.path)}"
+            ) from exc
+
+    def encode_value(self, task_id: str, what: str, value: Any) -> dict[str, Any]:
+        """Encode a value for a record; a large one goes to its own entry, written with the
+        record's next batch (or at once by ``create``)."""
+        enc = self.codec.encode(value)
+        blob = enc.get("p")
+        if blob is not None and len(blob) >= INLINE_LIMIT:
+            import base64
+
+            key = f"v:{task_id}:{what}"
+            with self._dirty_lock:
+                self._extra[key] = base64.b64decode(blob)
+            return {"k": key}
+        return enc
+
+    def decode_value(self, enc: dict[str, Any], what: str) -> Any:
+        if "k" in enc:
+            return self.codec.decode({"p": self.get_blob(enc["k"])}, what)
+        return self.codec.decode(enc, what)
+
+    # ------------------------------------------------------------------ queries
+
+    def query(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Committed records, newest first, read as JSON text (nothing unpickled).
+
+        By status: one indexed query on diskcache's tag column (private ``_sql``; the layout is
+        checked on open). Without: a range scan of the ``t:`` keys, newest first."""
+        self.flush()
+        sql, params = self._select("value", status, name)
+        sql += " LIMIT ? OFFSET ?"
+        params += [-1 if limit is None else limit, offset]
+        rows = self._sql(sql, params)
+        return [json.loads(r[0]) for r in rows]
+
+    def summaries(
+        self,
+        status: str | Iterable[str] | None = None,
+        name: str | None = None,
+        offset: int = 0,
+        limit: int | None = 50,
+    ) -> list[dict[str, Any]]:
+        """The fields a dashboard shows, extracted by SQLite's JSON functions (fast)."""
+        self.flush()
+        cols = (
+            "key, json_extract(value, '$.task_name'), tag, json_extract(value, '$.progress'),"
+            " json_extract(value, '$.enqueued_at'), json_extract(value, '$.started_at'),"
+            " json_extract(value, '$.finished_at')"
+        )
+        sql, params = self._select(cols, status, name)
+        sql += " LIMIT ? OFFSET ?"
+        params += [-1 if limit is None else limit, offset]
+        out = []
+        for key, task_name, st, prog, enq, start, fin in self._sql(sql, params):
+            out.append(
+                {
+                    "id": key[2:],
+                    "task_name": task_name,
+                    "status": st,
+                    "progress": json.loads(prog) if prog else None,
+                    "enqueued_at": enq,
+                    "started_at": start,
+                    "finished_at": fin,
+                }
+            )
+        return out
+
+    def count(self, status: str | Iterable[str] | None = None, name: str | None = None) -> int:
+        self.flush()
+        sql, params = self._select("count(*)", status, name, order=False)
+        return int(self._sql(sql, params)[0][0])
+
+    def _select(
+        self, cols: str, status: str | Iterable[str] | None, name: str | None, order: bool = True
+    ) -> tuple[str, list[Any]]:
+        params: list[Any] = []
+        if status is None:
+            sql = f"SELECT {cols} FROM Cache WHERE key >= 't:' AND key < 't;'"
+        else:
+            statuses = [status] if isinstance(status, str) else list(status)
+            marks = ",".join("?" * len(statuses))
+            sql = f"SELECT {cols} FROM Cache WHERE tag IN ({marks}) AND key >= 't:' AND key < 't;'"
+            params += statuses
+        if name is not None:
+            sql += " AND json_extract(value, '$.task_name') = ?"
+            params.append(name)
+        if order:
+            sql += " ORDER BY key DESC"
+        return sql, params
+
+    def _sql(self, sql: str, params: list[Any]) -> list[Any]:
+        try:
+            return self.cache._sql(sql, params).fetchall()  # type: ignore[no-any-return]
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"querying the store {self.path} failed: {exc}") from exc
+
+    def find_cached(self, key: str) -> str | None:
+        tid = self._get("k:" + key)
+        return tid if isinstance(tid, str) else None
+
+    # ------------------------------------------------------------------ writing
+
+    def create(
+        self,
+        lives: list[Live],
+        groups: Iterable[dict[str, Any]] = (),
+        cache_keys: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Commit READY records (and group records, cache index keys) in one transaction,
+        then put them in the live table. Raises StoreError and stores nothing on failure."""
+        with self._dirty_lock:
+            extra = [
+                (k, self._extra.pop(k))
+                for live in lives
+                for k in [f"v:{live.id}:args", f"v:{live.id}:kwargs"]
+                if k in self._extra
+            ]
+        try:
+            with self.cache.transact(retry=True):
+                for key, blob in extra:
+                    self.cache.set(key, blob)
+                for g in groups:
+                    self.cache.set("g:" + g["id"], json.dumps(g))
+                for key, tid in cache_keys:
+                    self.cache.set("k:" + key, tid)
+                for live in lives:
+                    rec = live.rec
+                    self.cache.set("t:" + live.id, json.dumps(rec), tag=rec["status"])
+        except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+            raise StoreError(
+                f"could not commit the new task(s) to the store {self.path}: {exc}; "
+                "nothing was stored"
+            ) from exc
+        for live in lives:
+            self.live[live.id] = live
+
+    def adopt(self, live: Live) -> None:
+        self.live[live.id] = live
+
+    def change(self, live: Live, status: TaskStatus | None = None, **fields: Any) -> None:
+        """Apply a change in memory (seen at once by this process) and mark it for the writer."""
+        if status is not None:
+            check_transition(live.id, TaskStatus(live.rec["status"]), status)
+            fields["status"] = status.value
+        live.rec.update(fields)  # one C call: atomic with the writer's json.dumps under the GIL
+        self.mark(live)
+        if status is not None and status in FINISHED:
+            self._finished(live)
+
+    def _finished(self, live: Live) -> None:
+        ev = live._done
+        if ev is not None:
+            ev.set()
+        for cb in live.callbacks:
+            cb(live)
+
+    def mark(self, live: Live) -> None:
+        with self._dirty_lock:
+            self._dirty[live.id] = live
+            backlog = len(self._dirty)
+        if self._writer is None:
+            self._start_writer()
+        if self._idle:
+            with self._cond:
+                self._cond.notify()
+        if backlog > BACKLOG and threading.current_thread() is not self._writer:
+            # Back-pressure: the workers slow down rather than let the store fall behind.
+            with self._drained:
+                self._drained.wait_for(lambda: len(self._dirty) < BACKLOG // 2, timeout=1.0)
+
+    def put_extra(self, key: str, value: Any) -> None:
+        """Write (or, with None, delete) a side entry with the next batch."""
+        with self._dirty_lock:
+            self._extra[key] = value
+        if self._writer is None:
+            self._start_writer()
+        with self._cond:
+            self._cond.notify()
+
+    def request_cancel(self, task_id: str) -> None:
+        """A cancel request for a task owned elsewhere: written at once, acted on by the owner."""
+        self.cache.set("x:" + task_id, str(time.time()), retry=True)
+
+    def _start_writer(self) -> None:
+        with self._writer_lock:
+            if self._writer is None and not self._closed:
+                t = threading.Thread(
+                    target=_writer_main,
+                    args=(weakref.ref(self),),
+                    name="nbtasks-writer",
+                    daemon=True,
+                )
+                self._writer = t
+                _open_stores.add(self)
+                t.start()
+
+    def _write_batch(self) -> int:
+        with self._dirty_lock:
+            batch, self._dirty = self._dirty, {}
+            extra, self._extra = self._extra, {}
+        if not batch and not extra:
+            return 0
+        try:
+            with self.cache.transact(retry=True):
+                for key, value in extra.items():
+                    if value is None:
+                        self.cache.delete(key, retry=True)
+                    else:
+                        self.cache.set(key, value)
+                for live in batch.values():
+                    rec = live.rec
+                    self.cache.set("t:" + live.id, json.dumps(rec), tag=rec["status"])
+        except Exception as exc:  # disk full, I/O error: keep the batch, retry next round
+            self.writer_error = exc
+            with self._dirty_lock:
+                for tid, live in batch.items():
+                    self._dirty.setdefault(tid, live)
+                for key, value in extra.items():
+                    self._extra.setdefault(key, value)
+            return -1
+        self.writer_error = None
+        for live in batch.values():
+            if live.finished and self.live.get(live.id) is live and live.id not in self._dirty:
+                del self.live[live.id]  # committed: readers find it in the store now
+        return len(batch)
+
+    def _tick(self) -> None:
+        for ctx in list(self.active.values()):
+            try:
+                ctx._tick()
+            except Exception as exc:  # pragma: no cover - a bug; show it, don't kill the writer
+                self.writer_error = exc
+        if self.on_cancel_request is not None and self.live:
+            rows = self._sql("SELECT key FROM Cache WHERE key >= 'x:' AND key < 'x;'", [])
+            for (key,) in rows:
+                tid = key[2:]
+                live = self.live.get(tid)
+                if live is not None and not live.finished:
+                    self.on_cancel_request(tid)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Block until everything changed so far is committed."""
+        if self._writer is None or threading.current_thread() is self._writer:
+            self._write_batch()
+            return
+        deadline = time.monotonic() + timeout
+        while (self._dirty or self._extra) and time.monotonic() < deadline:
+            with self._cond:
+                self._cond.notify()
+            with self._drained:
+                self._drained.wait(0.005)
+
+    def close(self) -> None:
+        self.flush()
+        self._closed = True
+        with self._cond:
+            self._cond.notify()
+        if self._writer is not None and self._writer is not threading.current_thread():
+            self._writer.join(timeout=5)
+        self._write_batch()
+        self.cache.close()
+        _open_stores.discard(self)
+
+    # ------------------------------------------------------------------ recovery and purge
+
+    def sweep(self) -> int:
+        """READY/RUNNING records whose owner process on this host is gone become INTERRUPTED."""
+        rows = self._sql(
+            "SELECT key, value FROM Cache WHERE tag IN ('READY', 'RUNNING') "
+            "AND key >= 't:' AND key < 't;'",
+            [],
+        )
+        dead = [(k, json.loads(v)) for k, v in rows]
+        dead = [(k, r) for k, r in dead if not owner_alive(r.get("owner"))]
+        if not dead:
+            return 0
+        now = time.time()
+        n = 0
+        with self.cache.transact(retry=True):
+            for key, _ in dead:
+                text = self.cache.get(key)
+                if text is None:
+                    continue
+                rec = json.loads(text)
+                if rec["status"] not in ("READY", "RUNNING") or owner_alive(rec.get("owner")):
+                    continue
+                interrupt_record(rec, now, f"its owner process {describe_owner(rec)} is gone")
+                self.cache.set(key, json.dumps(rec), tag=rec["status"])
+                n += 1
+        return n
+
+    def purge(self, older_than: float | None = None, status: Iterable[str] | None = None) -> int:
+        """Delete finished records (finished before ``older_than``, an epoch time)."""
+        self.flush()
+        statuses = list(status) if status is not None else list(_FINISHED_NAMES)
+        marks = ",".join("?" * len(statuses))
+        rows = self._sql(
+            f"SELECT key, value FROM Cache WHERE tag IN ({marks}) AND key >= 't:' AND key < 't;'",
+            statuses,
+        )
+        n = 0
+        with self.cache.transact(retry=True):
+            for key, text in rows:
+                rec = json.loads(text)
+                fin = rec.get("finished_at")
+                if older_than is not None and (fin is None or fin >= older_than):
+                    continue
+                tid = key[2:]
+                self.cache.delete(key)
+                self.cache.delete("x:" + tid)
+                for what in ("args", "kwargs", "rv", "exc"):
+                    self.cache.delete(f"v:{tid}:{what}")
+                if rec.get("cache_key"):
+                    self.cache.delete("k:" + rec["cache_key"])
+                n += 1
+        return n
+
+
+def describe_owner(rec: dict[str, Any]) -> str:
+    owner = rec.get("owner") or "?"
+    parts = owner.split(":")
+    return f"pid {parts[-2]} on {':'.join(parts[:-2])}" if len(parts) >= 3 else owner
+
+
+def interrupt_record(rec: dict[str, Any], now: float, why: str) -> None:
+    rec["status"] = TaskStatus.INTERRUPTED.value
+    rec["state"] = TaskStatus.INTERRUPTED.value
+    rec["finished_at"] = now
+    rec["reason"] = f"{why} (found at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))})"
+
+
+# --------------------------------------------------------------------------- the writer
+
+
+def _writer_main(ref: weakref.ref[Store]) -> None:
+    """Group-commit dirty records; tick every 0.1 s. Holds the store only weakly between rounds."""
+    next_tick = time.monotonic() + TICK
+    while True:
+        store = ref()
+        if store is None:
+            return
+        with store._cond:
+            store._idle = True
+            if not store._dirty and not store._extra and not store._closed:
+                store._cond.wait(timeout=max(0.0, next_tick - time.monotonic()))
+            store._idle = False
+        wrote = store._write_batch()
+        if wrote < 0:
+            time.sleep(TICK)  # the store failed (disk full?): retry after a pause
+        with store._drained:
+            store._drained.notify_all()
+        now = time.monotonic()
+        if now >= next_tick:
+            store._tick()
+            next_tick = now + TICK
+        if store._closed and not store._dirty and not store._extra:
+            return
+        del store
+
+
+_open_stores: weakref.WeakSet[Store] = weakref.WeakSet()
+
+
+def flush_all() -> None:
+    """At interpreter exit: flush what is pending in every open store."""
+    for store in list(_open_stores):
+        with contextlib.suppress(Exception):
+            store.flush(timeout=5.0)

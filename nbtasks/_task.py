@@ -1,0 +1,610 @@
+"""``Task``, the decorator's options, ``Signature`` and the canvas (chain, group, chord).
+
+Everything here validates and describes; submitting is the App's job (``app._submit``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ._attempt import Options
+from ._codec import code_hash, task_name_of
+from ._context import Context, current
+from ._errors import NbtasksError
+from ._model import Request, as_metadata, to_timestamp
+from .executors import check_name
+
+if TYPE_CHECKING:
+    from ._app import App
+    from ._result import GroupResult, TaskResult
+
+#: The options a task takes at declaration and (all of them) per call.
+TASK_OPTIONS = frozenset(
+    {
+        "name",
+        "bind",
+        "executor",
+        "retries",
+        "max_retries",
+        "retry_backoff",
+        "retry_on",
+        "timeout",
+        "soft_timeout",
+        "priority",
+        "cache",
+        "cache_ttl",
+        "detach",
+        "expires",
+        "shadow_name",
+    }
+)
+CALL_OPTIONS = frozenset(
+    TASK_OPTIONS - {"name", "bind"}
+    | {"countdown", "eta", "link", "link_error", "metadata", "task_id"}
+)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _number(value: Any, argument: str, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{argument} must be a number of seconds, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{argument}={value!r} must be a finite number of seconds")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{argument}={value!r} must be {'> 0' if positive else '>= 0'} seconds")
+    return value
+
+
+def _int(value: Any, argument: str, *, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{argument} must be an int, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{argument}={value!r} must be >= {minimum}")
+    return value
+
+
+def _bool(value: Any, argument: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{argument} must be True or False, got {value!r}")
+    return value
+
+
+def _exc_classes(value: Any, argument: str) -> tuple[type[BaseException], ...]:
+    items = value if isinstance(value, tuple | list) else (value,)
+    for item in items:
+        if not (isinstance(item, type) and issubclass(item, BaseException)):
+            raise TypeError(f"{argument} must be exception classes, got {item!r}")
+    return tuple(items)
+
+
+def _signatures(value: Any, argument: str) -> list[Signature]:
+    if value is None:
+        return []
+    items = value if isinstance(value, list | tuple) else [value]
+    for item in items:
+        if not isinstance(item, Signature):
+            raise TypeError(
+                f"{argument} takes a Signature (task.s(...)) or a list of them, got {item!r}"
+            )
+    return list(items)
+
+
+def _when(value: Any, argument: str, now: float) -> float:
+    """``expires``: seconds from now or an aware datetime -> an epoch time."""
+    if isinstance(value, datetime):
+        return to_timestamp(value, argument)
+    if isinstance(value, timedelta):
+        return now + _number(value.total_seconds(), argument)
+    return now + _number(value, argument)
+
+
+def check_task_options(options: Mapping[str, Any], where: str = "task") -> dict[str, Any]:
+    """Validate declaration options; returns them normalised (``max_retries`` -> ``retries``)."""
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in TASK_OPTIONS:
+            raise TypeError(
+                f"{where}() got an unknown option {key!r}; the options are "
+                f"{', '.join(sorted(TASK_OPTIONS))}"
+            )
+        if value is None and key not in ("name", "timeout", "soft_timeout", "cache_ttl"):
+            continue
+        if key == "name":
+            if value is not None and (not isinstance(value, str) or not value):
+                raise TypeError(f"name must be a non-empty str, got {value!r}")
+        elif key in ("bind", "cache", "detach"):
+            _bool(value, key)
+        elif key == "executor":
+            check_name(value)
+        elif key in ("retries", "max_retries"):
+            key = "retries"
+            _int(value, "retries", minimum=0)
+        elif key == "retry_backoff":
+            value = _number(value, key)
+        elif key == "retry_on":
+            value = _exc_classes(value, key)
+        elif key in ("timeout", "soft_timeout", "cache_ttl"):
+            if value is not None:
+                value = _number(value, key, positive=key != "cache_ttl")
+        elif key == "priority":
+            _int(value, key)
+        elif key == "expires":
+            if not isinstance(value, datetime | timedelta):
+                _number(value, key)
+        elif key == "shadow_name" and not isinstance(value, str):
+            raise TypeError(f"shadow_name must be a str, got {value!r}")
+        out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------- Task
+
+
+class Task:
+    """A task: a function (or a ``run`` method) plus its options. Celery's Task base class.
+
+    Subclass it for class-based tasks (``run`` and the four hooks), or pass it as ``base=``.
+    Calling the task object runs the plain function; nothing is persisted.
+    """
+
+    name: ClassVar[str | None] = None
+    bind: bool = False
+    executor: str = "thread"
+    retries: int = 0
+    retry_backoff: float = 0.0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    timeout: float | None = None
+    soft_timeout: float | None = None
+    priority: int = 0
+    cache: bool = False
+    cache_ttl: float | None = None
+    detach: bool = False
+    expires: float | datetime | None = None
+    shadow_name: str | None = None
+
+    app: App
+    _fn: Callable[..., Any] | None = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def _setup(self, app: App, fn: Callable[..., Any] | None, options: dict[str, Any]) -> None:
+        self.app = app
+        self._fn = fn
+        for key, value in options.items():
+            setattr(self, key, value)
+        if self.detach and self.executor != "process":
+            raise ValueError("detach=True needs executor='process' (a detached task is a process)")
+        target = fn if fn is not None else self.run
+        self._target = target
+        self._is_async = inspect.iscoroutinefunction(target)
+        sig = inspect.signature(target)
+        params = list(sig.parameters.values())
+        self._ctx_param = bool(params) and _is_context_annotation(params[0].annotation, target)
+        drop = 1 if (fn is not None and self.bind) or self._ctx_param else 0
+        if drop and not params:
+            raise TypeError(
+                f"task {self.name}: bind=True needs a first parameter for the task (self)"
+            )
+        self._signature = sig.replace(parameters=params[drop:])
+        self._code_hash: str | None = None
+
+    @property
+    def code_hash(self) -> str:
+        if self._code_hash is None:
+            self._code_hash = code_hash(self._fn if self._fn is not None else type(self))
+        return self._code_hash
+
+    def _invoke(self, ctx: Context, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        target = self._target
+        if self._ctx_param:
+            return target(ctx, *args, **kwargs)
+        if self._fn is not None and self.bind:
+            return target(self, *args, **kwargs)
+        return target(*args, **kwargs)
+
+    def _check_args(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(
+                f"arguments for task {self.name} do not match {self.name}{self._signature}: {exc}"
+            ) from None
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """The body of a class-based task."""
+        raise NotImplementedError(f"{type(self).__name__} must define run()")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the plain function in the calling thread: nothing is persisted."""
+        if self._ctx_param:
+            return self._target(current(), *args, **kwargs)
+        if self._fn is not None and self.bind:
+            return self._target(self, *args, **kwargs)
+        return self._target(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<@task {self.name} of {self.app.name}>"
+
+    # ------------------------------------------------------------------ hooks (Celery)
+
+    def on_success(
+        self, retval: Any, task_id: str, args: list[Any], kwargs: dict[str, Any]
+    ) -> None:
+        """Called after the task is recorded SUCCESSFUL."""
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: list[Any], kwargs: dict[str, Any], einfo: Any
+    ) -> None:
+        """Called after the task is recorded FAILED (einfo: a TaskError with the traceback)."""
+
+    def on_retry(
+        self, exc: BaseException, task_id: str, args: list[Any], kwargs: dict[str, Any], einfo: Any
+    ) -> None:
+        """Called when a failed attempt is about to be retried."""
+
+    def after_return(
+        self,
+        status: str,
+        retval: Any,
+        task_id: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        einfo: Any,
+    ) -> None:
+        """Called after every final status (and after on_success / on_failure)."""
+
+    # ------------------------------------------------------------------ the running request
+
+    @property
+    def request(self) -> Context:
+        """The running attempt's Context (bind=True: ``self.request.id``, ``.meta``, ...)."""
+        ctx = current()
+        if ctx is None:
+            raise NbtasksError(f"task {self.name} is not running: request exists only inside it")
+        return ctx
+
+    def update_state(
+        self, task_id: str | None = None, state: str | None = None, meta: Any = None
+    ) -> None:
+        self.request.update_state(state=state, meta=meta)
+
+    def retry(
+        self,
+        exc: BaseException | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **_: Any,
+    ) -> Any:
+        return self.request.retry(exc=exc, countdown=countdown, max_retries=max_retries)
+
+    def progress(
+        self, current: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        self.request.progress(current, total, message)
+
+    def set_metadata(self, **values: Any) -> None:
+        self.request.set_metadata(**values)
+
+    # ------------------------------------------------------------------ submitting
+
+    def delay(self, *args: Any, **kwargs: Any) -> TaskResult:
+        """Submit with default options; returns the TaskResult once the READY record is committed."""
+        return self.app._submit(self, args, kwargs, {})
+
+    def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> TaskResult:
+        """Submit with options: task_id, countdown, eta, expires, priority, link, link_error,
+        metadata, executor, timeout, retries and every task option."""
+        return self.app._submit(self, *_args_kwargs(args, kwargs), options)
+
+    def apply(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        throw: bool = False,
+    ) -> TaskResult:
+        """Run now in the calling thread, persisted; returns the finished TaskResult."""
+        a, kw = _args_kwargs(args, kwargs)
+        options: dict[str, Any] = {"executor": "inline", "metadata": metadata}
+        if task_id is not None:
+            options["task_id"] = task_id
+        result = self.app._submit(self, a, kw, options)
+        result.refresh()
+        if throw and result.status.value == "FAILED":
+            result.return_value  # noqa: B018 - raises TaskFailed with the cause
+        return result
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        return Signature(self, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        return Signature(self, args, kwargs, immutable=True)
+
+    def signature(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Signature:
+        immutable = bool(options.pop("immutable", False))
+        a, kw = _args_kwargs(args, kwargs)
+        return Signature(self, a, kw, options, immutable=immutable)
+
+    def map(self, iterable: Iterable[Any], **options: Any) -> GroupResult:
+        """One task per item: ``f(item)``."""
+        return self.app._submit_many(self, [((x,), {}) for x in iterable], options)
+
+    def starmap(self, iterable: Iterable[Sequence[Any]], **options: Any) -> GroupResult:
+        """One task per item: ``f(*item)``."""
+        calls = []
+        for item in iterable:
+            if not isinstance(item, Sequence) or isinstance(item, str | bytes):
+                raise TypeError(f"starmap items must be tuples of arguments, got {item!r}")
+            calls.append((tuple(item), {}))
+        return self.app._submit_many(self, calls, options)
+
+    def chunks(self, iterable: Iterable[Sequence[Any]], n: int, **options: Any) -> GroupResult:
+        """Celery's chunks: one task per chunk of at most ``n`` argument tuples."""
+        _int(n, "n", minimum=1)
+        items = []
+        for item in iterable:
+            if not isinstance(item, Sequence) or isinstance(item, str | bytes):
+                raise TypeError(f"chunks items must be tuples of arguments, got {item!r}")
+            self._check_args(tuple(item), {})
+            items.append(list(item))
+        parts = [(items[i : i + n],) for i in range(0, len(items), n)]
+        return self.app._submit_many(self, [(p, {}) for p in parts], options, chunk=True)
+
+    def create_request(self, *args: Any, **kwargs: Any) -> Request:
+        """Mognet: a Request to fill (``req.metadata[...] = ...``) and pass to ``app.submit``."""
+        self._check_args(args, kwargs)
+        return Request(task_name=self.name or "", args=list(args), kwargs=dict(kwargs))
+
+
+def _is_context_annotation(annotation: Any, fn: Callable[..., Any]) -> bool:
+    if annotation is Context:
+        return True
+    if isinstance(annotation, str):
+        return annotation in ("Context", "nbtasks.Context", "_context.Context")
+    return False
+
+
+def _args_kwargs(
+    args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if args is None:
+        a: tuple[Any, ...] = ()
+    elif isinstance(args, list | tuple):
+        a = tuple(args)
+    else:
+        raise TypeError(f"args must be a list or tuple, got {type(args).__name__}")
+    if kwargs is None:
+        kw: dict[str, Any] = {}
+    elif isinstance(kwargs, Mapping):
+        kw = dict(kwargs)
+    else:
+        raise TypeError(f"kwargs must be a dict, got {type(kwargs).__name__}")
+    return a, kw
+
+
+def resolve_options(
+    task: Task, call: Mapping[str, Any], now: float
+) -> tuple[Options, dict[str, Any]]:
+    """Task defaults overridden by per-call options, validated. Returns (Options, extras) with
+    extras holding task_id and metadata."""
+    unknown = set(call) - CALL_OPTIONS
+    if unknown:
+        raise TypeError(
+            f"apply_async() got unknown option(s) {', '.join(sorted(unknown))}; the options are "
+            f"{', '.join(sorted(CALL_OPTIONS))}"
+        )
+    call = dict(call)
+    countdown = call.pop("countdown", None)
+    eta = call.pop("eta", None)
+    link = _signatures(call.pop("link", None), "link")
+    link_error = _signatures(call.pop("link_error", None), "link_error")
+    extras = {"metadata": as_metadata(call.pop("metadata", None))}
+    task_id = call.pop("task_id", None)
+    if task_id is not None and (not isinstance(task_id, str) or not task_id.strip()):
+        raise TypeError(f"task_id must be a non-empty str, got {task_id!r}")
+    extras["task_id"] = task_id
+    over = check_task_options(call, "apply_async")
+    merged = {
+        key: getattr(task, key)
+        for key in (
+            "executor",
+            "retries",
+            "retry_backoff",
+            "retry_on",
+            "timeout",
+            "soft_timeout",
+            "priority",
+            "cache",
+            "cache_ttl",
+            "detach",
+        )
+    }
+    expires = over.pop("expires", task.expires)
+    over.pop("shadow_name", None)
+    merged.update(over)
+    if task._is_async and merged["executor"] == "thread":
+        merged["executor"] = "aio"
+    if merged["detach"] and merged["executor"] != "process":
+        raise ValueError("detach=True needs executor='process' (a detached task is a process)")
+    if countdown is not None and eta is not None:
+        raise ValueError("give countdown or eta, not both")
+    start: float | None = None
+    if countdown is not None:
+        start = now + _number(countdown, "countdown")
+    elif eta is not None:
+        if not isinstance(eta, datetime):
+            raise TypeError(f"eta must be a timezone-aware datetime, got {eta!r}")
+        start = to_timestamp(eta, "eta")
+    opts = Options(
+        **merged,
+        expires=None if expires is None else _when(expires, "expires", now),
+        eta=start,
+        link=link,
+        link_error=link_error,
+    )
+    return opts, extras
+
+
+# --------------------------------------------------------------------------- canvas
+
+
+class Signature:
+    """A task with arguments and options, to run later or compose (Celery's signature)."""
+
+    def __init__(
+        self,
+        task: Task,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        *,
+        immutable: bool = False,
+    ) -> None:
+        if not isinstance(task, Task):
+            raise TypeError(f"a Signature needs a task, got {task!r}")
+        self.task = task
+        self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
+        self.options = dict(options or {})
+        self.immutable = immutable
+        unknown = set(self.options) - CALL_OPTIONS
+        if unknown:
+            raise TypeError(f"signature() got unknown option(s) {', '.join(sorted(unknown))}")
+
+    def __repr__(self) -> str:
+        args = ", ".join([*map(repr, self.args), *(f"{k}={v!r}" for k, v in self.kwargs.items())])
+        return f"{self.task.name}{'.si' if self.immutable else '.s'}({args})"
+
+    def set(self, **options: Any) -> Signature:
+        self.options.update(options)
+        return self
+
+    def clone(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None) -> Signature:
+        """A copy with ``args`` prepended and ``kwargs`` merged (unless immutable)."""
+        if self.immutable:
+            return Signature(self.task, self.args, self.kwargs, self.options, immutable=True)
+        return Signature(
+            self.task,
+            (*args, *self.args),
+            {**self.kwargs, **(kwargs or {})},
+            self.options,
+        )
+
+    def apply_async(
+        self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> TaskResult:
+        sig = self.clone(args, kwargs)
+        return self.task.app._submit(self.task, sig.args, sig.kwargs, {**sig.options, **options})
+
+    def delay(self, *args: Any, **kwargs: Any) -> TaskResult:
+        return self.apply_async(args, kwargs)
+
+    def __or__(self, other: Any) -> chain:
+        return chain(self, other)
+
+
+class group:  # noqa: N801 - Celery's name
+    """Signatures run in parallel; ``apply_async()`` returns a GroupResult."""
+
+    def __init__(self, *tasks: Signature | Iterable[Signature]) -> None:
+        items: list[Any] = []
+        for t in tasks:
+            if isinstance(t, Signature):
+                items.append(t)
+            elif isinstance(t, Iterable):
+                items.extend(t)
+            else:
+                raise TypeError(f"group() takes signatures, got {t!r}")
+        for item in items:
+            if not isinstance(item, Signature):
+                raise TypeError(f"group() takes signatures (task.s(...)), got {item!r}")
+        if not items:
+            raise ValueError("group() needs at least one signature")
+        self.tasks: list[Signature] = items
+
+    def __repr__(self) -> str:
+        return f"group({', '.join(map(repr, self.tasks))})"
+
+    def apply_async(self, **options: Any) -> GroupResult:
+        return self.tasks[0].task.app._submit_canvas([self], options)  # type: ignore[return-value]
+
+    def delay(self) -> GroupResult:
+        return self.apply_async()
+
+    def __or__(self, other: Any) -> chain:
+        return chain(self, other)
+
+
+class chain:  # noqa: N801 - Celery's name
+    """Signatures run one after another, each getting the previous return value first."""
+
+    def __init__(self, *tasks: Signature | group | chain) -> None:
+        items: list[Signature | group] = []
+        for t in tasks:
+            if isinstance(t, chain):
+                items.extend(t.tasks)
+            elif isinstance(t, Signature | group):
+                items.append(t)
+            elif isinstance(t, chord):
+                items.extend([t.header, t.body])
+            else:
+                raise TypeError(f"chain() takes signatures or groups, got {t!r}")
+        if not items:
+            raise ValueError("chain() needs at least one signature")
+        self.tasks = items
+
+    def __repr__(self) -> str:
+        return " | ".join(map(repr, self.tasks))
+
+    def __or__(self, other: Any) -> chain:
+        return chain(self, other)
+
+    def _app(self) -> App:
+        first = self.tasks[0]
+        return (first.tasks[0] if isinstance(first, group) else first).task.app
+
+    def apply_async(self, **options: Any) -> TaskResult | GroupResult:
+        return self._app()._submit_canvas(self.tasks, options)
+
+    def delay(self) -> TaskResult | GroupResult:
+        return self.apply_async()
+
+
+class chord:  # noqa: N801 - Celery's name
+    """A group (header) whose results, as a list, go to a callback (body)."""
+
+    def __init__(self, header: group | Iterable[Signature], body: Signature | None = None) -> None:
+        self.header = header if isinstance(header, group) else group(*header)
+        self.body = body
+
+    def __call__(self, body: Signature) -> TaskResult:
+        self.body = body
+        return self.apply_async()
+
+    def apply_async(self, **options: Any) -> TaskResult:
+        if not isinstance(self.body, Signature):
+            raise TypeError("chord() needs a callback signature: chord(header, task.s())")
+        return self.body.task.app._submit_canvas([self.header, self.body], options)  # type: ignore[return-value]
+
+    def delay(self) -> TaskResult:
+        return self.apply_async()
