@@ -1,0 +1,493 @@
+"""Unit tests of nbtasks._view: text/HTML rendering, widgets and the view updater, no kernel.
+
+ipywidgets work outside a kernel (their comm is a ``comm.DummyComm``), so the widgets are
+built and their traits checked here; what reaches a frontend is checked in
+``tests/integration``.  Fakes stand in for TaskResult/GroupResult (duck typing, as _view
+reads them) except in the tests at the end, which use a real App and store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from nbtasks import _view
+
+REPO = Path(__file__).resolve().parents[1]
+T0 = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+
+
+class FakeResult:
+    """Duck-typed TaskResult: ``refresh()`` copies the fields of ``source`` (the 'store')."""
+
+    def __init__(self, **fields: Any) -> None:
+        self.source: dict[str, Any] = {
+            "id": "0190a1b2-c3d4-7e5f-8a9b-0123456789ab",
+            "task_name": "demo.train",
+            "status": "RUNNING",
+            "enqueued_at": T0,
+            "started_at": T0,
+            "finished_at": None,
+            "progress": None,
+            "metadata": {},
+            "output": "",
+            "errors": [],
+            "worker_ids": ["w1"],
+            "state": None,
+        }
+        self.source.update(fields)
+        self.cancelled = False
+        self.refreshes = 0
+        self.refresh()
+
+    def refresh(self) -> FakeResult:
+        self.refreshes += 1
+        for key, value in self.source.items():
+            setattr(self, key, value)
+        self.attempts = len(self.worker_ids)
+        return self
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        self.source["status"] = "CANCELLED"
+        return True
+
+
+def progress(current: float, total: float | None, message: str | None = None) -> Any:
+    fraction = None if not total else current / total
+    return SimpleNamespace(
+        current=current, total=total, fraction=fraction, message=message, rate=2.0, eta=4.0
+    )
+
+
+class FakeGroup:
+    def __init__(self, members: list[FakeResult]) -> None:
+        self.id = "0190a1b2-c3d4-7e5f-8a9b-ffffffffffff"
+        self.results = members
+
+    def completed_count(self) -> int:
+        return sum(r.status in _view.TERMINAL for r in self.results)
+
+    def cancel(self) -> None:
+        for r in self.results:
+            r.cancel()
+
+
+@pytest.fixture(autouse=True)
+def fresh_updater() -> Iterator[None]:
+    """Each test gets its own updater and view cache."""
+    _view._updater = None
+    _view._views.clear()
+    yield
+    if _view._updater is not None:
+        _view._updater.stop()
+    _view._updater = None
+    _view._views.clear()
+
+
+# ----------------------------------------------------------------------------- text and HTML
+def test_summary_line_is_one_line_with_name_short_id_status_and_progress() -> None:
+    r = FakeResult(progress=progress(42, 100, "loading"))
+    line = _view.summary_line(r)
+    assert line == "<TaskResult demo.train 456789ab RUNNING 42/100 (42%) · loading>"
+    assert "\n" not in line
+
+
+def test_short_id_is_the_random_end_of_a_time_ordered_id() -> None:
+    assert _view.short_id("0190a1b2-c3d4-7e5f-8a9b-0123456789ab") == "456789ab"
+    assert _view.short_id("abc") == "abc"
+
+
+def test_summary_line_of_a_failed_task_names_the_exception() -> None:
+    err = SimpleNamespace(exception_class_path="builtins.ZeroDivisionError", traceback="tb")
+    r = FakeResult(status="FAILED", errors=[err], finished_at=T0)
+    assert _view.summary_line(r).endswith("FAILED ZeroDivisionError>")
+
+
+def test_group_summary_counts_statuses() -> None:
+    members = [FakeResult(status=s) for s in ("SUCCESSFUL", "SUCCESSFUL", "RUNNING", "FAILED")]
+    line = _view.summary_line(FakeGroup(members))
+    assert "3/4 finished" in line
+    assert "2 SUCCESSFUL" in line and "1 RUNNING" in line and "1 FAILED" in line
+
+
+def test_html_escapes_everything_user_controlled() -> None:
+    err = SimpleNamespace(exception_class_path="x.<E>", traceback="<script>alert(1)</script>")
+    r = FakeResult(
+        task_name="<b>name</b>",
+        status="FAILED",
+        finished_at=T0,
+        errors=[err],
+        progress=progress(1, 2, "<img src=x>"),
+        output="<i>out</i>",
+    )
+    page = _view.html_bundle(r)["text/html"]
+    for raw in ("<b>name</b>", "<script>", "<img src=x>", "<i>out</i>", "x.<E>"):
+        assert raw not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_mimebundle_outside_a_kernel_is_text_and_html_and_honours_include_exclude() -> None:
+    r = FakeResult()
+    bundle = _view.mimebundle(r)
+    assert bundle is not None and set(bundle) == {"text/plain", "text/html"}
+    assert _view.mimebundle(r, include=["text/plain"]) == {"text/plain": bundle["text/plain"]}
+    assert set(_view.mimebundle(r, exclude=["text/html"]) or {}) == {"text/plain"}
+
+
+def test_text_path_never_imports_ipywidgets_or_ipython() -> None:
+    code = (
+        "import sys, types\n"
+        "from nbtasks import _view\n"
+        "r = types.SimpleNamespace(id='i', task_name='t', status='RUNNING', progress=None)\n"
+        "b = _view.mimebundle(r)\n"
+        "assert set(b) == {'text/plain', 'text/html'}, b\n"
+        "bad = [m for m in ('ipywidgets', 'IPython', 'ipykernel') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(None, ""), (0, "0.0 s"), (3.25, "3.2 s"), (42.4, "42 s"), (725, "12:05"), (3723, "1:02:03")],
+)
+def test_fmt_duration(seconds: float | None, text: str) -> None:
+    assert _view.fmt_duration(seconds) == text
+
+
+def test_progress_and_timing_text() -> None:
+    now = T0 + dt.timedelta(seconds=5)
+    snap = _view.snapshot(FakeResult(progress=progress(3, 10, "step")))
+    assert _view.progress_text(snap) == "3/10 (30%) · step"
+    assert _view.timing_text(snap, now) == "elapsed 5.0 s · 2/s · ETA 4.0 s"
+    unknown_total = _view.snapshot(FakeResult(progress=progress(7, None)))
+    assert _view.progress_text(unknown_total) == "7 done"
+    ready = _view.snapshot(FakeResult(status="READY", started_at=None))
+    assert _view.timing_text(ready, now) == "waiting 5.0 s"
+    done = _view.snapshot(FakeResult(status="SUCCESSFUL", finished_at=now))
+    assert _view.timing_text(done, now) == "took 5.0 s"
+
+
+def test_store_summary_rows_are_read_without_loading_results() -> None:
+    row = {
+        "id": "abc-123",
+        "task_name": "t",
+        "status": "RUNNING",
+        "progress": [5, 20, "m", 2.5],
+        "enqueued_at": T0.timestamp(),
+        "started_at": T0.isoformat(),
+        "finished_at": None,
+    }
+    snap = _view._summary_snapshot(row)
+    assert (snap.current, snap.total, snap.fraction, snap.message) == (5, 20, 0.25, "m")
+    assert snap.eta == 6.0
+    assert snap.enqueued_at == T0 and snap.started_at == T0
+
+
+# ----------------------------------------------------------------------------- widgets
+def test_task_widget_shows_state_and_sets_only_changed_traits() -> None:
+    r = FakeResult(progress=progress(1, 4, "one"), metadata={"user": "dkl"})
+    view = _view.TaskView(r)
+    assert view.live
+    assert view._bar.value == 0.25 and view._bar.max == 1.0
+    assert "RUNNING" in view._header.value and "demo.train" in view._header.value
+    assert "1/4 (25%) · one" in view._info.value
+    assert view._meta.selected_index is None  # metadata collapsed
+    assert view._meta.titles == ("metadata (1 key)",)
+    assert view._cancel.layout.display is None
+
+    view._handle.source["progress"] = progress(3, 4, "three")
+    before = _view.updater_stats().messages
+    assert view.poll() is True
+    assert view._bar.value == 0.75
+    sent = _view.updater_stats().messages - before
+    assert 1 <= sent <= 3  # bar, info (elapsed changes too); nothing else
+    before = _view.updater_stats().messages
+    view.poll()
+    assert _view.updater_stats().messages - before <= 1  # only the elapsed time may change
+
+
+def test_task_widget_final_states() -> None:
+    r = FakeResult(progress=progress(1, 4))
+    view = _view.TaskView(r)
+    err = SimpleNamespace(exception_class_path="builtins.ValueError", traceback="Traceback: boom")
+    r.source.update(status="FAILED", errors=[err], finished_at=T0 + dt.timedelta(seconds=2))
+    assert view.poll() is False
+    assert view._bar.bar_style == "danger"
+    assert "FAILED" in view._header.value
+    assert "builtins.ValueError" in view._error.value and "Traceback: boom" in view._error.value
+    assert view._error.layout.display is None
+    assert view._cancel.disabled and view._cancel.layout.display == "none"
+
+    ok = FakeResult(status="SUCCESSFUL", finished_at=T0, progress=None)
+    assert _view.TaskView(ok)._bar.value == 1.0  # full bar without progress reports
+    assert not _view.TaskView(ok).live
+
+
+def test_task_widget_retry_count() -> None:
+    r = FakeResult(worker_ids=["w1", "w2", "w3"])
+    view = _view.TaskView(r)
+    assert "retry 2" in view._header.value
+
+
+def test_output_tail_is_appended_with_append_stdout() -> None:
+    r = FakeResult(output="a\n")
+    view = _view.TaskView(r)
+    assert [o["text"] for o in view._out.outputs] == ["a\n"]
+    r.source["output"] = "a\nb\n"
+    view.poll()
+    r.source["output"] = "a\nb\nc\n"
+    view.poll()
+    assert "".join(o["text"] for o in view._out.outputs) == "a\nb\nc\n"
+    assert len(view._out.outputs) == 3  # one append per new piece
+    # the task's bounded tail rolled over: the widget starts over with the tail
+    r.source["output"] = "b\nc\nd\n"
+    view._last_reset = 0.0
+    view.poll()
+    assert "".join(o["text"] for o in view._out.outputs) == "b\nc\nd\n"
+
+
+def test_output_widget_is_compacted() -> None:
+    r = FakeResult(output="")
+    view = _view.TaskView(r)
+    text = ""
+    for i in range(_view.OUTPUT_MAX_APPENDS + 5):
+        text += f"line {i}\n"
+        r.source["output"] = text
+        view._last_reset = 0.0
+        view.poll()
+    assert len(view._out.outputs) < _view.OUTPUT_MAX_APPENDS
+    assert "".join(o["text"] for o in view._out.outputs).endswith(text[-50:])
+
+
+def test_cancel_button_cancels_and_nudges_the_updater() -> None:
+    r = FakeResult(progress=progress(1, 4))
+    view = _view.TaskView(r)
+    view._cancel.click()
+    assert view._handle.cancelled
+    deadline = time.monotonic() + 5
+    while view.live and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "CANCELLED" in view._header.value
+    assert view._cancel.layout.display == "none"
+
+
+def test_updater_error_is_shown_in_the_widget() -> None:
+    r = FakeResult()
+    view = _view.TaskView(r)
+
+    def broken() -> None:
+        raise OSError("store unreachable")
+
+    view._handle.refresh = broken  # type: ignore[method-assign]
+    assert view.failed(OSError("store unreachable")) is True
+    assert "store unreachable" in view._problem.value
+    assert view._problem.layout.display is None
+
+
+def test_group_widget_aggregates_and_expands() -> None:
+    members = [FakeResult(status="READY", started_at=None) for _ in range(4)]
+    group = FakeGroup(members)
+    view = _view.GroupView(group)
+    assert view._bar.value == 0.0 and view.live
+    assert "0/4</b> finished" in view._counts.value
+    view._members[0].source.update(status="SUCCESSFUL", finished_at=T0)
+    view._members[1].source.update(status="RUNNING", progress=progress(1, 2))
+    view.poll()
+    assert view._bar.value == pytest.approx((1 + 0.5) / 4)
+    assert 'data-status="SUCCESSFUL"' in view._counts.value
+    assert view._table.value == ""  # collapsed: members not rendered
+    view._expand.selected_index = 0
+    view.poll()
+    assert view._table.value.count("<tr>") == 5  # header + 4 members
+    for m in view._members:
+        m.source.update(status="SUCCESSFUL", finished_at=T0)
+    assert view.poll() is False
+    assert view._bar.bar_style == "success" and view._bar.value == 1.0
+
+
+# ----------------------------------------------------------------------------- updater
+class CountingView:
+    def __init__(self, polls_until_done: int) -> None:
+        self.left = polls_until_done
+        self.live = True
+        self.next_due = 0.0
+        self.min_period = _view.PERIOD
+        self.times: list[float] = []
+
+    def poll(self) -> bool:
+        self.times.append(time.monotonic())
+        self.left -= 1
+        self.live = self.left > 0
+        return self.live
+
+    def failed(self, exc: BaseException) -> bool:
+        return False
+
+
+def test_updater_polls_at_most_ten_times_a_second_stops_and_restarts() -> None:
+    up = _view.updater()
+    view = CountingView(8)
+    up.register(view)
+    deadline = time.monotonic() + 5
+    while up.running and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not up.running, "the updater must stop when nothing displayed is live"
+    assert len(view.times) == 8
+    gaps = [b - a for a, b in zip(view.times, view.times[1:], strict=False)]
+    assert min(gaps) >= 0.09, gaps
+    started = _view.updater_stats().threads_started
+    again = CountingView(2)
+    up.register(again)
+    deadline = time.monotonic() + 5
+    while again.live and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(again.times) == 2
+    assert _view.updater_stats().threads_started == started + 1
+
+
+def test_only_one_updater_thread_for_many_views() -> None:
+    up = _view.updater()
+    views = [CountingView(5) for _ in range(30)]
+    for v in views:
+        up.register(v)
+    names = [t.name for t in threading.enumerate() if t.name == "nbtasks-view-updater"]
+    assert len(names) == 1
+    deadline = time.monotonic() + 5
+    while any(v.live for v in views) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert all(len(v.times) == 5 for v in views)
+
+
+def test_a_failing_view_does_not_stop_the_others() -> None:
+    class Boom(CountingView):
+        def poll(self) -> bool:
+            raise RuntimeError("boom")
+
+    up = _view.updater()
+    bad, good = Boom(1), CountingView(3)
+    up.register(bad)
+    up.register(good)
+    deadline = time.monotonic() + 5
+    while up.running and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(good.times) == 3
+    assert "boom" in _view.updater_stats().last_error
+
+
+# ----------------------------------------------------------------------------- dashboard
+class FakeStore:
+    def __init__(self, n: int) -> None:
+        base = T0.timestamp()
+        self.rows = [
+            {
+                "id": f"{i:08x}-0000-7000-8000-{i:012x}",
+                "task_name": "even" if i % 2 == 0 else "odd",
+                "status": "RUNNING" if i % 10 == 0 else "SUCCESSFUL",
+                "progress": [i % 7, 7, None, None],
+                "enqueued_at": base + i,
+                "started_at": base + i,
+                "finished_at": None if i % 10 == 0 else base + i + 1,
+            }
+            for i in range(n)
+        ][::-1]
+        self.queries = 0
+
+    def _match(self, status: Any, name: str | None) -> list[dict[str, Any]]:
+        statuses = (
+            None if status is None else ({status} if isinstance(status, str) else set(status))
+        )
+        return [
+            r
+            for r in self.rows
+            if (statuses is None or r["status"] in statuses)
+            and (name is None or r["task_name"] == name)
+        ]
+
+    def summaries(
+        self, status: Any = None, name: str | None = None, offset: int = 0, limit: int | None = 50
+    ) -> list[dict[str, Any]]:
+        self.queries += 1
+        rows = self._match(status, name)[offset:]
+        return rows if limit is None else rows[:limit]
+
+    def count(self, status: Any = None, name: str | None = None) -> int:
+        return len(self._match(status, name))
+
+
+class FakeApp:
+    def __init__(self, n: int) -> None:
+        self._store = FakeStore(n)
+        self.cancelled: list[str] = []
+
+    def result(self, task_id: str) -> Any:
+        app = self
+
+        class R:
+            def cancel(self) -> bool:
+                app.cancelled.append(task_id)
+                return True
+
+        return R()
+
+
+def _row_texts(board: _view.Dashboard) -> list[str]:
+    return [
+        c.value
+        for c, r in zip(board._cells, board._rows, strict=True)
+        if r.layout.display != "none"
+    ]
+
+
+def test_dashboard_pages_filters_and_cancels() -> None:
+    app = FakeApp(45)
+    board = _view.Dashboard(app, page_size=20)
+    rows = _row_texts(board)
+    assert len(rows) == 20
+    assert "tasks 1-20 of 45" in board._page.value
+    assert board._prev.disabled and not board._next.disabled
+    assert app._store.rows[0]["id"] in rows[0]  # newest first
+    # a cancel button only on unfinished rows
+    visible = [b.layout.visibility for b in board._buttons]
+    assert visible[0] == "hidden" and "visible" in visible
+    board._move(+1)
+    board.poll()
+    assert "tasks 21-40 of 45" in board._page.value
+    board._move(+1)
+    board.poll()
+    assert "tasks 41-45 of 45" in board._page.value and board._next.disabled
+    assert len(_row_texts(board)) == 5
+    board._status.value = "RUNNING"
+    board.poll()
+    assert "of 5" in board._page.value and board.offset == 0
+    assert all('data-status="RUNNING"' in t for t in _row_texts(board))
+    board._name.value = "odd"
+    board.poll()
+    assert "tasks 0-0 of 0" in board._page.value
+    board._name.value = ""
+    board.poll()
+    first_running = board._row_ids[0]
+    board._buttons[0].click()
+    assert app.cancelled == [first_running]
+
+
+def test_dashboard_opens_fast_on_a_big_store() -> None:
+    app = FakeApp(100_000)
+    t0 = time.perf_counter()
+    board = _view.Dashboard(app, page_size=20)
+    elapsed = time.perf_counter() - t0
+    assert "of 100000" in board._page.value
+    assert elapsed < 1.0
