@@ -39,6 +39,25 @@ __version__ = "0.1.0"
 
 atexit.register(_flush_all)
 
+# Errors are recorded by class path: make it the public one (``nbtasks.TaskTimeout``).
+for _cls in (
+    MaxRetriesExceededError,
+    NbtasksError,
+    ResultNotReady,
+    Retry,
+    SoftTimeLimitExceeded,
+    StoreError,
+    TaskCancelled,
+    TaskFailed,
+    TaskInterrupted,
+    TaskTimeout,
+    UnknownTaskId,
+    UntrustedValue,
+    WorkerLost,
+):
+    _cls.__module__ = "nbtasks"
+del _cls
+
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext nbtasks``: the ``%%task`` and ``%tasks`` magics (IPython loads lazily)."""

@@ -84,7 +84,12 @@ class App:
     ) -> Callable[[Callable[..., Any]], Task]: ...
 
     def task(
-        self, fn: Callable[..., Any] | None = None, /, *, base: type[Task] | None = None, **options: Any
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        base: type[Task] | None = None,
+        **options: Any,
     ) -> Task | Callable[[Callable[..., Any]], Task]:
         """Declare a task: ``@app.task`` or ``@app.task(name=..., retries=3, ...)``."""
         opts = check_task_options(options)
@@ -169,7 +174,9 @@ class App:
             raise ValueError("task_id cannot be given for a group of tasks")
         gid = new_id()
         jobs = [
-            rt.build(task, a, kw, opts, extras["metadata"], None, chunk=chunk, extra={"group_id": gid})
+            rt.build(
+                task, a, kw, opts, extras["metadata"], None, chunk=chunk, extra={"group_id": gid}
+            )
             for a, kw in calls
         ]
         group_rec = {"id": gid, "members": [j.id for j in jobs], "task_name": task.name}
@@ -198,7 +205,9 @@ class App:
                 opts, extras = resolve_options(sig.task, call, now)
                 args = sig.args
                 if prev and not sig.immutable:
-                    sig.task._check_args((None, *args), sig.kwargs)  # the parent's value comes first
+                    sig.task._check_args(
+                        (None, *args), sig.kwargs
+                    )  # the parent's value comes first
                 else:
                     sig.task._check_args(args, sig.kwargs)
                 extra: dict[str, Any] = {"group_id": gid}
@@ -207,14 +216,23 @@ class App:
                 elif prev:
                     extra["parent_id"] = prev[0].id
                 job = rt.build(
-                    sig.task, args, dict(sig.kwargs), opts, extras["metadata"], extras["task_id"],
-                    check=False, extra=extra,
+                    sig.task,
+                    args,
+                    dict(sig.kwargs),
+                    opts,
+                    extras["metadata"],
+                    extras["task_id"],
+                    check=False,
+                    extra=extra,
                 )
                 if prev:
                     waiting.append(Waiting(job, list(prev), prev_group is not None, sig.immutable))
                 stage.append(job)
             jobs += stage
-            members = [TaskResult(self, j.id, live=j.live, rec=j.live.rec, parent=prev_result) for j in stage]
+            members = [
+                TaskResult(self, j.id, live=j.live, rec=j.live.rec, parent=prev_result)
+                for j in stage
+            ]
             if gid is not None:
                 groups.append({"id": gid, "members": [j.id for j in stage], "task_name": None})
                 result = GroupResult(self, gid, members)
@@ -270,7 +288,9 @@ class App:
             status = _status(status, "status")
         if task_name is not None and not isinstance(task_name, str):
             raise TypeError(f"task_name must be a str, got {task_name!r}")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
             raise ValueError(f"limit must be an int >= 0, got {limit!r}")
         recs = self._store.query(status=status, name=task_name, limit=limit)
         return [TaskResult(self, r["id"], rec=r) for r in recs]
@@ -281,9 +301,13 @@ class App:
         """Delete finished results (older_than: against finished_at); returns how many."""
         cutoff = None
         if older_than is not None:
-            seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
+            seconds = (
+                older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
+            )
             if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
-                raise ValueError(f"older_than must be seconds >= 0 or a timedelta, got {older_than!r}")
+                raise ValueError(
+                    f"older_than must be seconds >= 0 or a timedelta, got {older_than!r}"
+                )
             cutoff = self._runtime.clock.time() - seconds
         statuses = None
         if status is not None:
@@ -313,7 +337,9 @@ class App:
 def _status(value: Any, argument: str) -> str:
     name = value.value if isinstance(value, TaskStatus) else value
     if name not in _STATUS_NAMES:
-        raise ValueError(f"{argument}={value!r} is not a status; use one of {', '.join(_STATUS_NAMES)}")
+        raise ValueError(
+            f"{argument}={value!r} is not a status; use one of {', '.join(_STATUS_NAMES)}"
+        )
     return str(name)
 
 
@@ -360,7 +386,7 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     return default_app().task(fn, **options) if fn is not None else default_app().task(**options)
 
 
-def AsyncResult(task_id: str, app: App | None = None) -> TaskResult:  # noqa: N802 - Celery's name
+def AsyncResult(task_id: str, app: App | None = None) -> TaskResult:
     """The stored TaskResult of ``task_id`` (also from an earlier kernel)."""
     return (app or default_app()).result(task_id)
 

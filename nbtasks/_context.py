@@ -110,10 +110,8 @@ class Context:
             total = len(iterable)  # type: ignore[arg-type]
         self.progress(0, total, message)
         progress = self.progress
-        i = 0
-        for item in iterable:
+        for i, item in enumerate(iterable, 1):
             yield item
-            i += 1
             progress(i)
 
     # ------------------------------------------------------------------ cancellation
@@ -166,7 +164,7 @@ class Context:
         countdown: float | None = None,
         max_retries: int | None = None,
     ) -> Retry:
-        """Ask for another attempt (Celery): raises ``Retry``; ``raise ctx.retry(...)`` reads well."""
+        """Ask for another attempt (Celery): raises ``Retry`` (``raise ctx.retry(...)`` reads well)."""
         raise self._attempt.make_retry(exc, countdown, max_retries)
 
     # ------------------------------------------------------------------ output

@@ -71,7 +71,7 @@ class MaxRetriesExceededError(NbtasksError):
     """``ctx.retry()`` was called after the last allowed retry."""
 
 
-class Retry(NbtasksError):  # noqa: N818 - Celery's name
+class Retry(NbtasksError):
     """Raised by ``ctx.retry()``; tells the runner to schedule another attempt."""
 
     def __init__(

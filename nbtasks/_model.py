@@ -34,7 +34,7 @@ class _Missing:
 MISSING: Final = _Missing()
 
 
-class TaskStatus(str, enum.Enum):
+class TaskStatus(enum.StrEnum):
     """The status of a task; the values are the names (django-tasks' four plus two)."""
 
     READY = "READY"
@@ -43,9 +43,6 @@ class TaskStatus(str, enum.Enum):
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
     INTERRUPTED = "INTERRUPTED"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def is_finished(self) -> bool:
@@ -98,7 +95,7 @@ def check_json(value: Any, where: str) -> None:
     """Raise TypeError naming ``where`` unless ``value`` is JSON (tuples allowed: they become lists)."""
     if isinstance(value, _JSON_SCALARS):
         if isinstance(value, float) and not math.isfinite(value):
-            raise TypeError(f"{where} = {value!r} is not JSON: use a finite number or a string")
+            raise TypeError(f"{where} = {value!r} is not JSON: use a finite number or a str")
         return
     if isinstance(value, list | tuple):
         for i, item in enumerate(value):

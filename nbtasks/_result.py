@@ -275,7 +275,9 @@ class TaskResult:
             live = self._app._store.live.get(self.id)
             if live is not None:  # it became ours (e.g. adopted): wait on the event
                 return self.wait(None if deadline is None else deadline - time.monotonic())
-            time.sleep(delay if deadline is None else min(delay, max(0, deadline - time.monotonic())))
+            time.sleep(
+                delay if deadline is None else min(delay, max(0, deadline - time.monotonic()))
+            )
             delay = min(delay * 2, 0.1)
 
     def get(self, timeout: float | None = None) -> Any:
@@ -436,4 +438,3 @@ class GroupResult:
         from . import _view
 
         return _view.mimebundle(self, include, exclude)
-

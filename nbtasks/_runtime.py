@@ -377,4 +377,3 @@ class Runtime:
             self.store.flush()
         except StoreError:
             pass
-

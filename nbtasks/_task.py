@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._attempt import Options
-from ._codec import code_hash, task_name_of
+from ._codec import code_hash
 from ._context import Context, current
 from ._errors import NbtasksError
 from ._model import Request, as_metadata, to_timestamp
@@ -296,7 +296,7 @@ class Task:
     # ------------------------------------------------------------------ submitting
 
     def delay(self, *args: Any, **kwargs: Any) -> TaskResult:
-        """Submit with default options; returns the TaskResult once the READY record is committed."""
+        """Submit; returns the TaskResult once the READY record is committed."""
         return self.app._submit(self, args, kwargs, {})
 
     def apply_async(
@@ -523,7 +523,7 @@ class Signature:
         return chain(self, other)
 
 
-class group:  # noqa: N801 - Celery's name
+class group:
     """Signatures run in parallel; ``apply_async()`` returns a GroupResult."""
 
     def __init__(self, *tasks: Signature | Iterable[Signature]) -> None:
@@ -555,7 +555,7 @@ class group:  # noqa: N801 - Celery's name
         return chain(self, other)
 
 
-class chain:  # noqa: N801 - Celery's name
+class chain:
     """Signatures run one after another, each getting the previous return value first."""
 
     def __init__(self, *tasks: Signature | group | chain) -> None:
@@ -590,7 +590,7 @@ class chain:  # noqa: N801 - Celery's name
         return self.apply_async()
 
 
-class chord:  # noqa: N801 - Celery's name
+class chord:
     """A group (header) whose results, as a list, go to a callback (body)."""
 
     def __init__(self, header: group | Iterable[Signature], body: Signature | None = None) -> None:
