@@ -28,6 +28,7 @@ limit=50)`` ≤ 50 ms; one record ≤ 25 µs.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import random
 import statistics
@@ -139,19 +140,23 @@ def measure_nbtasks(store: str) -> dict[str, Any]:
         for attr in ("summaries", "summary", "list_summaries", "scan"):
             fn = getattr(store_obj, attr, None) if store_obj is not None else None
             if callable(fn):
+                kwargs: dict[str, Any] = {}
+                if "limit" in inspect.signature(fn).parameters:
+                    kwargs["limit"] = None  # every task, not a first page
+                call = f"app._store.{attr}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
                 try:
                     t0 = time.perf_counter()
-                    res = fn()
+                    res = fn(**kwargs)
                     if not isinstance(res, list | tuple | dict):
                         res = list(res)
                     out["private"] = {
-                        "call": f"app._store.{attr}()",
+                        "call": call,
                         "s": time.perf_counter() - t0,
                         "count": len(res),
                     }
                 except Exception as exc:
                     out["private"] = {
-                        "call": f"app._store.{attr}()",
+                        "call": call,
                         "error": f"{type(exc).__name__}: {exc}",
                     }
                 break

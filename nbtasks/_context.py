@@ -164,7 +164,7 @@ class Context:
         countdown: float | None = None,
         max_retries: int | None = None,
     ) -> Retry:
-        """Ask for another attempt (Celery): raises ``Retry`` (``raise ctx.retry(...)`` reads well)."""
+        """Ask for another attempt (Celery): raises ``Retry``; write ``raise ctx.retry(...)``."""
         raise self._attempt.make_retry(exc, countdown, max_retries)
 
     # ------------------------------------------------------------------ output

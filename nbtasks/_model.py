@@ -92,7 +92,7 @@ _JSON_SCALARS: Final = (str, int, float, bool, type(None))
 
 
 def check_json(value: Any, where: str) -> None:
-    """Raise TypeError naming ``where`` unless ``value`` is JSON (tuples allowed: they become lists)."""
+    """Raise TypeError naming ``where`` unless ``value`` is JSON (a tuple becomes a list)."""
     if isinstance(value, _JSON_SCALARS):
         if isinstance(value, float) and not math.isfinite(value):
             raise TypeError(f"{where} = {value!r} is not JSON: use a finite number or a str")
