@@ -113,6 +113,7 @@ class Snapshot:
     errors: tuple[tuple[str, str], ...] = ()
     attempts: int = 0
     state: str | None = None
+    reason: str | None = None  # why it was cancelled or interrupted
 
     @property
     def is_finished(self) -> bool:
@@ -227,8 +228,13 @@ def snapshot(obj: Any) -> Snapshot:
         errors=tuple(errors),
         attempts=attempts,
         state=None if state is None else str(state),
+        reason=_opt_str(getattr(obj, "reason", None)),
         **_progress_fields(getattr(obj, "progress", None)),
     )
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _summary_snapshot(row: Mapping[str, Any]) -> Snapshot:
@@ -328,7 +334,10 @@ def timing_text(snap: Snapshot, now: _dt.datetime | None = None) -> str:
         return f"waiting {fmt_duration((now - snap.enqueued_at).total_seconds())}"
     spent = elapsed(snap, now)
     if snap.is_finished:
-        return f"took {fmt_duration(spent)}" if spent is not None else ""
+        took = f"took {fmt_duration(spent)}" if spent is not None else ""
+        if snap.reason and snap.status in ("CANCELLED", "INTERRUPTED"):
+            return f"{snap.status.lower()}: {snap.reason}" + (f" · {took}" if took else "")
+        return took
     parts = [f"elapsed {fmt_duration(spent)}"] if spent is not None else []
     if rate := fmt_rate(snap.rate):
         parts.append(rate)

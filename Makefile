@@ -1,0 +1,42 @@
+# `make demo` and `make test` each build .venv and install what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: demo test test-fast lab bench lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -U pip
+
+$(VENV)/.core: $(PY) pyproject.toml
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.core
+	$(PIP) install -e '.[test,notebook,bench]'
+	touch $@
+
+demo: $(VENV)/.core
+	$(VENV)/bin/nbtasks demo
+
+test: $(VENV)/.test
+	$(PY) -m pytest -p no:cacheprovider
+
+test-fast: $(VENV)/.test
+	$(PY) -m pytest -p no:cacheprovider -m "not kernel and not browser and not slow"
+
+lab: $(VENV)/.test
+	$(VENV)/bin/jupyter lab notebooks/quickstart.ipynb
+
+bench: $(VENV)/.test
+	for b in throughput latency progress store processes; do $(PY) benchmarks/$$b.py || exit 1; done
+
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check nbtasks tests benchmarks
+	$(VENV)/bin/ruff format --check nbtasks tests benchmarks
+	$(VENV)/bin/mypy nbtasks
+
+clean:
+	rm -rf $(VENV) .nbtasks build *.egg-info
