@@ -60,6 +60,12 @@ def kernel_env(store: Path | None = None) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="session")
+def helpers() -> Any:
+    """This module, so tests reach its helpers without importing a module named conftest."""
+    return sys.modules[__name__]
+
+
 # ----------------------------------------------------------------------------- real kernel
 @dataclass
 class Cell:
