@@ -80,8 +80,16 @@ class Runtime(Protocol):
     def timed_out(self, job: Job) -> None: ...
 
 
+_worker_ids: dict[tuple[int, int], str] = {}
+
+
 def worker_id() -> str:
-    return f"{HOST}:{os.getpid()}:{threading.current_thread().name}"
+    """``host:pid:thread name``, made once per thread."""
+    key = (os.getpid(), threading.get_ident())
+    wid = _worker_ids.get(key)
+    if wid is None:
+        wid = _worker_ids[key] = f"{HOST}:{key[0]}:{threading.current_thread().name}"
+    return wid
 
 
 class Attempt:
@@ -299,9 +307,9 @@ class Attempt:
         self._hook("after_return", status.value, retval, job.id, args, kwargs, einfo)
 
     def _hook(self, name: str, *args: Any) -> None:
-        hook: Callable[..., Any] | None = getattr(self.job.task, name, None)
-        if hook is None:
-            return
+        if name not in self.job.task._hooks:
+            return  # the base class's hooks do nothing
+        hook: Callable[..., Any] = getattr(self.job.task, name)
         try:
             hook(*args)
         except Exception as exc:

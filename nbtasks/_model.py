@@ -118,7 +118,8 @@ class Metadata(dict[str, Any]):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        self.update(*args, **kwargs)
+        if args or kwargs:
+            self.update(*args, **kwargs)
 
     def __setitem__(self, key: str, value: Any) -> None:
         if not isinstance(key, str):
@@ -129,6 +130,13 @@ class Metadata(dict[str, Any]):
     def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         for k, v in dict(*args, **kwargs).items():
             self[k] = v
+
+    @classmethod
+    def trusted(cls, values: Mapping[str, Any]) -> Metadata:
+        """A copy of values already checked (no second check on the submit path)."""
+        m = cls()
+        dict.update(m, values)
+        return m
 
     def setdefault(self, key: str, default: Any = None) -> Any:
         if key not in self:
@@ -172,7 +180,8 @@ class Request:
     options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        self.metadata = as_metadata(self.metadata)
+        if type(self.metadata) is not Metadata:
+            self.metadata = as_metadata(self.metadata)
 
     @property
     def meta(self) -> Metadata:

@@ -261,7 +261,7 @@ class TaskResult:
         """Block until finished (woken by a notification for this process's tasks)."""
         live = self._source()
         if live is not None:
-            if not live.done_event().wait(timeout):
+            if not live.wait(timeout):
                 raise TimeoutError(f"task {self.task_name}[{self.id}] did not finish in {timeout}s")
             return self.refresh()
         deadline = None if timeout is None else time.monotonic() + timeout

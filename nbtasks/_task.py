@@ -194,7 +194,13 @@ class Task:
                 f"task {self.name}: bind=True needs a first parameter for the task (self)"
             )
         self._signature = sig.replace(parameters=params[drop:])
+        self._fast_check = _fast_check(params[drop:])
         self._code_hash: str | None = None
+        self._hooks = frozenset(
+            name
+            for name in ("on_success", "on_failure", "on_retry", "after_return")
+            if getattr(type(self), name) is not getattr(Task, name)
+        )
 
     @property
     def code_hash(self) -> str:
@@ -211,6 +217,16 @@ class Task:
         return target(*args, **kwargs)
 
     def _check_args(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        fast = self._fast_check
+        if fast is not None:  # plain parameters: a few comparisons instead of Signature.bind
+            names, required = fast
+            n = len(args)
+            if (
+                n <= len(names)
+                and (not kwargs or all(k in names[n:] for k in kwargs))
+                and (n >= required or all(name in kwargs for name in names[n:required]))
+            ):
+                return
         try:
             self._signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -374,6 +390,14 @@ class Task:
         """Mognet: a Request to fill (``req.metadata[...] = ...``) and pass to ``app.submit``."""
         self._check_args(args, kwargs)
         return Request(task_name=self.name or "", args=list(args), kwargs=dict(kwargs))
+
+
+def _fast_check(params: list[inspect.Parameter]) -> tuple[tuple[str, ...], int] | None:
+    """(names, how many are required) when every parameter is plain positional-or-keyword."""
+    if any(p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params):
+        return None
+    required = sum(1 for p in params if p.default is inspect.Parameter.empty)
+    return tuple(p.name for p in params), required
 
 
 def _is_context_annotation(annotation: Any, fn: Callable[..., Any]) -> bool:
