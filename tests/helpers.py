@@ -1,0 +1,70 @@
+"""Helpers shared by the core tests (plain functions; the fixtures are in conftest.py).
+
+Not in conftest.py: tests/integration has a conftest of its own, and ``from conftest import``
+would find whichever was imported first.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nbtasks
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.002) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+def committed(app: nbtasks.App, task_id: str) -> dict[str, Any]:
+    """The record as committed to disk (not this process's in-memory version)."""
+    return app.store.read_record(task_id)
+
+
+def stored_count(store: Path) -> int:
+    """How many task records a store holds, read through a second, independent App."""
+    other = nbtasks.App(store=store)
+    try:
+        return other.store.count()
+    finally:
+        other.shutdown()
+
+
+def run_python(code: str, timeout: float = 60.0, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (same environment: the test key and store)."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(REPO),
+        check=False,
+        **kwargs,
+    )
+
+
+def start_python(code: str, **kwargs: Any) -> subprocess.Popen[str]:
+    """Start ``code`` in a fresh interpreter; stdout is a pipe of text lines."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(REPO),
+        **kwargs,
+    )
