@@ -57,7 +57,7 @@ class Job:
     kwargs: dict[str, Any]
     request: Request
     options: Options
-    chunk: bool = False  # a chunks() member: args is a list of argument tuples
+    chunk: bool = False  # a chunks() member: args is (a list of argument tuples,)
     cancel_reason: str | None = None
     attempt: Attempt | None = None
 
@@ -191,7 +191,7 @@ class Attempt:
     def _call(self) -> Any:
         job = self.job
         if job.chunk:
-            return [job.task._invoke(self.ctx, tuple(item), {}) for item in job.args]
+            return [job.task._invoke(self.ctx, tuple(item), {}) for item in job.args[0]]
         return job.task._invoke(self.ctx, job.args, job.kwargs)
 
     # ------------------------------------------------------------------ end
