@@ -228,8 +228,7 @@ class Attempt:
                 return
             status = TaskStatus.FAILED
             fields.update(finished_at=now, state=status.value, errors=errors)
-            exc_enc = store.codec.encode_exception_value(_root(error))
-            fields["exc"] = exc_enc
+            fields["exc"] = store.codec.encode_exception_value(_root(error) or error)
         with self.runtime.lock:
             store.change(live, status, **fields)
         self._hooks(status, value, error, einfo)
@@ -359,6 +358,7 @@ class Attempt:
 
 
 def _root(error: BaseException | None) -> BaseException | None:
+    """The exception a Retry carries, else the error itself."""
     if isinstance(error, Retry) and error.exc is not None:
         return error.exc
     return error

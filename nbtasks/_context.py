@@ -281,7 +281,7 @@ def _patch_logging() -> None:
             return
         original_emit(self, record)
 
-    logging.StreamHandler.emit = emit  # type: ignore[method-assign]
+    logging.StreamHandler.emit = emit  # type: ignore[method-assign,assignment]
 
 
 def _is_std_stream(stream: Any) -> bool:

@@ -297,7 +297,7 @@ class TaskResult:
         fut: asyncio.Future[None] = loop.create_future()
 
         def wake(_: Live) -> None:
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
+            loop.call_soon_threadsafe(_resolve, fut)
 
         live.callbacks.append(wake)
         if not live.finished:
@@ -346,6 +346,11 @@ class TaskResult:
 
 
 _FINISHED_NAMES = frozenset(s.value for s in FINISHED)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _duration(seconds: float) -> str:

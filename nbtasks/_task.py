@@ -367,7 +367,7 @@ class Task:
 
     def starmap(self, iterable: Iterable[Sequence[Any]], **options: Any) -> GroupResult:
         """One task per item: ``f(*item)``."""
-        calls = []
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         for item in iterable:
             if not isinstance(item, Sequence) or isinstance(item, str | bytes):
                 raise TypeError(f"starmap items must be tuples of arguments, got {item!r}")
@@ -442,7 +442,7 @@ def resolve_options(
     eta = call.pop("eta", None)
     link = _signatures(call.pop("link", None), "link")
     link_error = _signatures(call.pop("link_error", None), "link_error")
-    extras = {"metadata": as_metadata(call.pop("metadata", None))}
+    extras: dict[str, Any] = {"metadata": as_metadata(call.pop("metadata", None))}
     task_id = call.pop("task_id", None)
     if task_id is not None and (not isinstance(task_id, str) or not task_id.strip()):
         raise TypeError(f"task_id must be a non-empty str, got {task_id!r}")
@@ -586,6 +586,7 @@ class chain:
         items: list[Signature | group] = []
         for t in tasks:
             if isinstance(t, chain):
+                assert isinstance(t.tasks, list)
                 items.extend(t.tasks)
             elif isinstance(t, Signature | group):
                 items.append(t)
@@ -595,7 +596,7 @@ class chain:
                 raise TypeError(f"chain() takes signatures or groups, got {t!r}")
         if not items:
             raise ValueError("chain() needs at least one signature")
-        self.tasks = items
+        self.tasks: list[Signature | group] = items
 
     def __repr__(self) -> str:
         return " | ".join(map(repr, self.tasks))
