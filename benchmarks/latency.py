@@ -36,20 +36,24 @@ def now() -> float:
     return time.perf_counter()
 
 
-def sample_tpe(ex: ThreadPoolExecutor) -> tuple[float, float]:
+def sample_tpe(ex: ThreadPoolExecutor) -> tuple[float, float, float]:
+    """(submit→start, round trip, time for submit() to return), in seconds."""
     t0 = time.perf_counter()
     f = ex.submit(now)
+    ts = time.perf_counter()
     started = f.result()
     t1 = time.perf_counter()
-    return started - t0, t1 - t0
+    return started - t0, t1 - t0, ts - t0
 
 
-def sample_nbtasks(t: Any) -> tuple[float, float]:
+def sample_nbtasks(t: Any) -> tuple[float, float, float]:
+    """(submit→start, round trip, time for delay() to return), in seconds."""
     t0 = time.perf_counter()
     r = t.delay()
+    ts = time.perf_counter()
     started = r.get(timeout=30)
     t1 = time.perf_counter()
-    return started - t0, t1 - t0
+    return started - t0, t1 - t0, ts - t0
 
 
 def body(rep: Report) -> None:
@@ -76,7 +80,7 @@ def body(rep: Report) -> None:
     rep.line()
 
     # name -> per run: list of (start latency, round trip) in seconds
-    data: dict[str, list[list[tuple[float, float]]]] = {"TPE(2)": []}
+    data: dict[str, list[list[tuple[float, float, float]]]] = {"TPE(2)": []}
     errors: list[str] = []
     rng = random.Random(12345)
     with tempdir("nbtasks-latency-") as store, ThreadPoolExecutor(2) as ex:
@@ -96,7 +100,7 @@ def body(rep: Report) -> None:
                 for fn in samplers.values():
                     fn()
             for run in range(1, args.runs + 1):
-                per_run: dict[str, list[tuple[float, float]]] = {k: [] for k in samplers}
+                per_run: dict[str, list[tuple[float, float, float]]] = {k: [] for k in samplers}
                 for _ in range(args.samples):
                     names = list(samplers)
                     rng.shuffle(names)
@@ -105,7 +109,7 @@ def body(rep: Report) -> None:
                         per_run[name].append(samplers[name]())
                 for name, vals in per_run.items():
                     data[name].append(vals)
-                    st = [s * 1e6 for s, _ in vals]
+                    st = [s * 1e6 for s, *_ in vals]
                     rep.line(
                         f"  run {run}: {name:<15} submit→start median"
                         f" {statistics.median(st):7.1f} µs, p99 {percentile(st, 99):7.1f} µs"
@@ -122,11 +126,12 @@ def body(rep: Report) -> None:
     for name, runs in data.items():
         if not runs:
             continue
-        med_s = [statistics.median([s for s, _ in r]) * 1e6 for r in runs]
-        p99_s = [percentile([s for s, _ in r], 99) * 1e6 for r in runs]
-        med_rt = [statistics.median([rt for _, rt in r]) * 1e6 for r in runs]
-        back = [statistics.median([rt - s for s, rt in r]) * 1e6 for r in runs]
-        pooled = [s * 1e6 for r in runs for s, _ in r]
+        med_s = [statistics.median([s for s, *_ in r]) * 1e6 for r in runs]
+        p99_s = [percentile([s for s, *_ in r], 99) * 1e6 for r in runs]
+        med_rt = [statistics.median([rt for _, rt, _ in r]) * 1e6 for r in runs]
+        back = [statistics.median([rt - s for s, rt, _ in r]) * 1e6 for r in runs]
+        sub = [statistics.median([x for *_, x in r]) * 1e6 for r in runs]
+        pooled = [s * 1e6 for r in runs for s, *_ in r]
         summary[name] = {"med": med_s, "pooled_p99": percentile(pooled, 99)}
         rows.append(
             [
@@ -137,12 +142,14 @@ def body(rep: Report) -> None:
                 f"{percentile(pooled, 99):.0f}",
                 f"{max(pooled):.0f}",
                 "{:.0f} / {:.0f} / {:.0f}".format(*mmm(med_rt)),
+                f"{statistics.median(sub):.0f}",
                 f"{statistics.median(back):.0f}",
             ]
         )
     rep.line("Per-run figures as min / median / max over runs; 'pooled' is over every sample")
     rep.line("of every run; 'start→back' is the median time from the task's first line to the")
-    rep.line("result back in the caller.")
+    rep.line("result back in the caller; 'submit returns' the median time for submit()/delay()")
+    rep.line("to return (nbtasks commits the READY record there).")
     rep.table(
         [
             "executor",
@@ -152,6 +159,7 @@ def body(rep: Report) -> None:
             "pooled p99",
             "max",
             "round trip median",
+            "submit returns",
             "start→back",
         ],
         rows,

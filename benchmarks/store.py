@@ -444,6 +444,17 @@ def body(rep: Report) -> None:
             targets.append([label, f"{m * scale:.2f} {unit}", verdict(m <= limit)])
         else:
             targets.append([label, "n/a", verdict(None)])
+    priv_s = [d["private"]["s"] for d in nb if "s" in d.get("private", {})]
+    if priv_s:
+        m = statistics.median(priv_s)
+        count_ok = all(d["private"]["count"] == n for d in nb if "s" in d.get("private", {}))
+        targets.append(
+            [
+                f"summary ≤ 0.5 s via the private {nb[0]['private']['call']}",
+                f"{m * 1e3:.2f} ms" + ("" if count_ok else " (WRONG count)"),
+                verdict(m <= 0.5 and count_ok),
+            ]
+        )
     if nb:
         c = nb[0]
         ok = (
