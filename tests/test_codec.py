@@ -1,0 +1,260 @@
+"""nbtasks._codec: JSON or signed cloudpickle, exceptions, argument text, task identity."""
+
+from __future__ import annotations
+
+import enum
+import os
+import stat
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import nbtasks
+from nbtasks import _codec
+from nbtasks._codec import Codec, Signer
+
+
+def make_codec(key: bytes = b"k1", trust: bool = False) -> Codec:
+    return Codec(Signer(key), "/some/store", trust)
+
+
+class Color(enum.IntEnum):
+    RED = 1
+
+
+def module_level(x: int) -> int:
+    return x + 1
+
+
+# --------------------------------------------------------------------------- values
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["s", 1, 1.5, True, None, [1, "a", None], {"a": {"b": [1, 2]}}, [], {}],
+)
+def test_plain_json_is_stored_as_json(value: Any) -> None:
+    codec = make_codec()
+    enc = codec.encode(value)
+    assert enc == {"j": value}
+    assert codec.decode(enc, "v") == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        (1, 2),
+        {1: "int key"},
+        b"bytes",
+        {1, 2},
+        Color.RED,
+        float("nan"),
+        [(1,)],
+        module_level,
+        lambda x: x * 2,
+    ],
+    ids=[
+        "tuple",
+        "int-key",
+        "bytes",
+        "set",
+        "intenum",
+        "nan",
+        "nested-tuple",
+        "function",
+        "lambda",
+    ],
+)
+def test_other_values_are_signed_pickles_that_round_trip_exactly(value: Any) -> None:
+    codec = make_codec()
+    enc = codec.encode(value)
+    assert set(enc) == {"p"} and isinstance(enc["p"], str)  # base64 text
+    out = codec.decode(enc, "v")
+    if callable(value):
+        assert out(3) == value(3)
+    elif value != value:  # nan
+        assert out != out
+    else:
+        assert out == value
+        assert type(out) is type(value)
+
+
+def test_a_pickle_signed_by_another_key_is_never_unpickled() -> None:
+    enc = make_codec(b"alice").encode((1, 2))
+    with pytest.raises(nbtasks.UntrustedValue) as info:
+        make_codec(b"bob").decode(enc, "the rv of task X")
+    message = str(info.value)
+    assert "the rv of task X" in message
+    assert "/some/store" in message
+    assert "trust=True" in message
+    # trust=True accepts it.
+    assert make_codec(b"bob", trust=True).decode(enc, "v") == (1, 2)
+
+
+def test_a_tampered_pickle_does_not_verify() -> None:
+    import base64
+
+    codec = make_codec()
+    raw = bytearray(base64.b64decode(codec.encode((1, 2))["p"]))
+    raw[-2] ^= 0xFF
+    with pytest.raises(nbtasks.UntrustedValue):
+        codec.decode({"p": base64.b64encode(bytes(raw)).decode()}, "v")
+    with pytest.raises(nbtasks.UntrustedValue):
+        codec.decode({"p": b"short"}, "v")
+
+
+def test_unpicklable_values_raise_type_error() -> None:
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        make_codec().encode(threading.Lock())
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        _codec.dumps(x for x in range(3))
+
+
+# --------------------------------------------------------------------------- the key
+
+
+def test_key_comes_from_nbtasks_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NBTASKS_KEY", "secret-a")
+    blob = Signer().sign(b"data")  # the key is read on first use
+    monkeypatch.setenv("NBTASKS_KEY", "secret-b")
+    b = Signer()
+    assert Signer(b"secret-a").verify(blob, "w", trust=False) == b"data"
+    with pytest.raises(nbtasks.UntrustedValue):
+        b.verify(blob, "w", trust=False)
+
+
+def test_empty_nbtasks_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NBTASKS_KEY", "")
+    with pytest.raises(ValueError, match="NBTASKS_KEY"):
+        Signer().sign(b"x")
+
+
+def test_without_nbtasks_key_a_0600_key_file_is_made_in_the_config_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("NBTASKS_KEY")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    path = _codec.key_path()
+    assert path == tmp_path / "cfg" / "nbtasks" / "key"
+    blob = Signer().sign(b"data")
+    assert path.exists()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    key = path.read_bytes()
+    assert len(key) == 32
+    # The same key is used next time (and by another Signer).
+    assert Signer().verify(blob, "w", trust=False) == b"data"
+    assert Signer(key).verify(blob, "w", trust=False) == b"data"
+    assert path.read_bytes() == key
+
+
+# --------------------------------------------------------------------------- exceptions
+
+
+def test_encode_exception_gives_class_path_traceback_and_message() -> None:
+    codec = make_codec()
+    try:
+        1 / 0  # noqa: B018
+    except ZeroDivisionError as exc:
+        err = codec.encode_exception(exc)
+    assert err.exception_class_path == "builtins.ZeroDivisionError"
+    assert err.exception_class is ZeroDivisionError
+    assert "Traceback" in err.traceback and "1 / 0" in err.traceback
+    assert err.message == "division by zero"
+    assert codec.encode_exception(nbtasks.TaskTimeout("t")).exception_class_path == (
+        "nbtasks.TaskTimeout"
+    )
+
+
+class Unpicklable(Exception):
+    def __init__(self, a: int, b: int) -> None:  # pickling calls cls(*args): one arg, fails
+        super().__init__(f"{a}-{b}")
+
+
+def test_exception_value_round_trips_when_it_can() -> None:
+    codec = make_codec()
+    enc = codec.encode_exception_value(ValueError("boom"))
+    assert enc is not None
+    out = codec.decode(enc, "exc")
+    assert type(out) is ValueError and out.args == ("boom",)
+    assert codec.encode_exception_value(Unpicklable(1, 2)) is None
+
+
+# --------------------------------------------------------------------------- argument text
+
+
+def test_args_repr_is_short_text() -> None:
+    assert _codec.args_repr((1, "a"), {"k": [1, 2]}) == "1, 'a', k=[1, 2]"
+    assert _codec.args_repr((), {}) == ""
+    long = _codec.args_repr(("x" * 1000,) * 10, {})
+    assert len(long) <= 200 and long.endswith("...")
+    assert len(_codec.args_repr((list(range(1000)),), {})) < 100
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def test_task_name_of() -> None:
+    assert _codec.task_name_of(module_level) == f"{__name__}.module_level"
+
+    def inner() -> None: ...
+
+    assert _codec.task_name_of(inner) == (f"{__name__}.test_task_name_of.<locals>.inner")
+    inner.__module__ = "__main__"
+    assert _codec.task_name_of(inner) == "test_task_name_of.<locals>.inner"
+
+
+def _exec_function(source: str, name: str = "f") -> Any:
+    ns: dict[str, Any] = {}
+    exec(compile(source, "<cell-1>", "exec"), ns)
+    return ns[name]
+
+
+def test_code_hash_is_the_normalised_source(tmp_path: Path) -> None:
+    def write(name: str, text: str) -> Any:
+        path = tmp_path / f"{name}.py"
+        path.write_text(text)
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod.f
+
+    a = write("mod_a", "def f(x):\n    return x + 1\n")
+    b = write("mod_b", "\n\n\ndef f(x):   \n\n    return x + 1\n")  # other place, blank lines
+    c = write("mod_c", "def f(x):\n    return x + 2\n")
+    assert _codec.code_hash(a) == _codec.code_hash(b)  # not the file path or the line number
+    assert _codec.code_hash(a) != _codec.code_hash(c)
+    assert len(_codec.code_hash(a)) == 32
+
+
+def test_code_hash_without_source_uses_the_bytecode() -> None:
+    f1 = _exec_function("def f(x):\n    return x + 1\n")
+    f2 = _exec_function("def f(x):\n    return x + 1\n")
+    f3 = _exec_function("def f(x):\n    return x * 7\n")
+    assert _codec.code_hash(f1) == _codec.code_hash(f2)
+    assert _codec.code_hash(f1) != _codec.code_hash(f3)
+
+
+def test_cache_key_covers_name_code_and_arguments() -> None:
+    k = _codec.cache_key("t", "h", (1, 2), {"a": 1, "b": 2})
+    assert k == _codec.cache_key("t", "h", [1, 2], {"b": 2, "a": 1})  # kwargs order ignored
+    assert k != _codec.cache_key("u", "h", (1, 2), {"a": 1, "b": 2})
+    assert k != _codec.cache_key("t", "h2", (1, 2), {"a": 1, "b": 2})
+    assert k != _codec.cache_key("t", "h", (1, 3), {"a": 1, "b": 2})
+    assert k != _codec.cache_key("t", "h", (1, 2), {"a": 1, "b": 3})
+    # Non-JSON arguments are keyed too, and deterministically.
+    s1 = _codec.cache_key("t", "h", ((1, 2), b"x"), {})
+    assert s1 == _codec.cache_key("t", "h", ((1, 2), b"x"), {})
+    assert s1 != _codec.cache_key("t", "h", ((1, 3), b"x"), {})
+    # A tuple and a list are different arguments.
+    assert _codec.cache_key("t", "h", ((1, 2),), {}) != _codec.cache_key("t", "h", ([1, 2],), {})
+
+
+def test_cloudpickle_is_imported_lazily_by_the_codec() -> None:
+    assert _codec.cloudpickle() is __import__("cloudpickle")
+    assert os.environ["NBTASKS_KEY"]  # the suite's key is in place
