@@ -371,6 +371,30 @@ def test_own_changes_are_seen_at_once_in_memory(app: nbtasks.App) -> None:
     r.wait(10)
 
 
+@pytest.mark.xfail(
+    reason="BUG: Store.flush() returns while the writer thread still holds the swapped batch "
+    "in an uncommitted transaction (it only checks that _dirty/_extra are empty), so "
+    "app.results() right after r.wait() misses the finished task",
+    strict=True,
+)
+def test_own_finished_task_is_listed_right_after_wait(app: nbtasks.App) -> None:
+    """SPEC 3: the submitting process sees its own tasks' changes at once; listings flush
+    first. A large record makes the writer's commit long enough to be caught in flight."""
+
+    @app.task
+    def large() -> str:
+        return "x" * 2_000_000
+
+    missed = []
+    for _ in range(10):
+        r = large.delay()
+        r.wait(10)
+        listed = app.results(status="SUCCESSFUL", limit=1)
+        if [x.id for x in listed] != [r.id]:
+            missed.append(r.id)
+    assert missed == []
+
+
 def test_illegal_transition_through_the_store_is_refused(app: nbtasks.App) -> None:
     @app.task
     def one() -> int:
@@ -724,9 +748,8 @@ def test_purge_deletes_records_and_their_values(app: nbtasks.App, store_path: Pa
 
     r = big.delay(b"q" * 40_000)
     assert len(r.get(10)) == 80_000
-    app.store.flush()
-    keys = {k for k, *_ in _records(store_path)}
-    assert {f"t:{r.id}", f"v:{r.id}:args", f"v:{r.id}:rv"} <= keys
+    want = {f"t:{r.id}", f"v:{r.id}:args", f"v:{r.id}:rv"}
+    wait_until(lambda: want <= {k for k, *_ in _records(store_path)})  # see the flush test
     assert app.purge() == 1
     keys = {k for k, *_ in _records(store_path)}
     assert not {k for k in keys if r.id in k}
