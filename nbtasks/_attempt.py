@@ -29,7 +29,8 @@ from ._store import HOST, Live, Store
 
 @dataclass
 class Options:
-    """A task's options resolved for one submit (task defaults overridden per call)."""
+    """A task's options resolved for one submit (task defaults overridden per call).
+    Never changed after it is made: one instance may serve many submits of a task."""
 
     executor: str = "thread"
     retries: int = 0
@@ -60,6 +61,7 @@ class Job:
     chunk: bool = False  # a chunks() member: args is (a list of argument tuples,)
     cancel_reason: str | None = None
     attempt: Attempt | None = None
+    timer_done: bool = False  # its countdown/ETA has been waited for
 
     @property
     def id(self) -> str:

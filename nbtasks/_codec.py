@@ -180,8 +180,13 @@ _repr.maxother = 60
 _repr.maxlist = _repr.maxtuple = _repr.maxdict = 6
 
 
+_SHORT_TYPES: Final = (int, float, bool, type(None))
+
+
 def args_repr(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> str:
     """A short text of the arguments, stored for listings (no unpickling to show them)."""
+    if not kwargs and len(args) <= 6 and all(type(a) in _SHORT_TYPES for a in args):
+        return ", ".join(map(repr, args))  # numbers: repr is short and reprlib is slow
     parts = [_repr.repr(a) for a in args]
     parts += [f"{k}={_repr.repr(v)}" for k, v in kwargs.items()]
     text = ", ".join(parts)

@@ -202,9 +202,9 @@ class Runtime:
     def dispatch(self, job: Job) -> None:
         """Run the job now, or when its ETA comes."""
         eta = job.options.eta
-        if eta is not None:
+        if eta is not None and not job.timer_done:
             delay = eta - self.clock.time()
-            job.options.eta = None
+            job.timer_done = True
             if delay > 0:
                 self.schedule(job, delay)
                 return

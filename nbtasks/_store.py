@@ -244,7 +244,7 @@ def _remedy(path: Path) -> str:
     )
 
 
-def open_cache(directory: Path, trust: bool) -> diskcache.Cache:
+def open_cache(directory: Path, trust: bool, adopt: bool = False) -> diskcache.Cache:
     """Open (creating if needed, owner-only) the diskcache behind a store, under a lock.
 
     A new store is briefly a 0-byte cache.db; the marker file, written last under the lock,
@@ -261,13 +261,14 @@ def open_cache(directory: Path, trust: bool) -> diskcache.Cache:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         fresh = not marker.exists()
         if fresh:
-            if db.exists() and db.stat().st_size > 0:
+            if db.exists() and db.stat().st_size > 0 and not adopt:
                 raise StoreError(
                     f"{db} exists but is not an nbtasks store (no {MARKER}). "
                     "Point nbtasks at an empty or new directory."
                 )
             fd = os.open(db, os.O_RDWR | os.O_CREAT, 0o600)
             os.close(fd)
+            os.chmod(db, 0o600)
         elif not db.exists() or db.stat().st_size == 0:
             raise StoreError(
                 f"the store database {db} is {'missing' if not db.exists() else 'empty (0 bytes)'}"
@@ -375,7 +376,8 @@ class Store:
     def __init__(
         self, location: str | os.PathLike[str] | diskcache.Cache, *, trust: bool = False
     ) -> None:
-        if isinstance(location, diskcache.Cache):
+        adopt = isinstance(location, diskcache.Cache)
+        if adopt:  # an open Cache the user gave us: its directory becomes the store
             location = location.directory
         if not isinstance(location, str | os.PathLike):
             raise TypeError(
@@ -384,7 +386,7 @@ class Store:
             )
         self.path = Path(os.path.abspath(os.fspath(location)))
         self.trust = trust
-        self.cache = open_cache(self.path, trust)
+        self.cache = open_cache(self.path, trust, adopt)
         self.codec = Codec(Signer(), str(self.path), trust)
         self.owner = owner_token()
         self.live: dict[str, Live] = {}
@@ -401,6 +403,7 @@ class Store:
         self._drained = threading.Condition()
         self._idle = True
         self._signalled = False  # the idle writer has been notified already
+        self._last_commit = 0.0  # monotonic time of the last commit, by anyone
         self._closed = False
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
@@ -693,6 +696,7 @@ class Store:
                             self._extra.setdefault(key, value)
                 return -1
         self.writer_error = None
+        self._last_commit = time.monotonic()
         for tid, live in batch.items():
             if live.finished and self.live.get(tid) is live and tid not in self._dirty:
                 del self.live[tid]  # committed: readers find it in the store now
@@ -712,17 +716,10 @@ class Store:
                 if live is not None and not live.finished:
                     self.on_cancel_request(tid)
 
-    def flush(self, timeout: float = 10.0) -> None:
-        """Block until everything changed so far is committed."""
-        if self._writer is None or threading.current_thread() is self._writer:
-            self._write_batch()
-            return
-        deadline = time.monotonic() + timeout
-        while (self._dirty or self._extra) and time.monotonic() < deadline:
-            with self._cond:
-                self._cond.notify()
-            with self._drained:
-                self._drained.wait(0.005)
+    def flush(self) -> None:
+        """Commit everything changed so far, in the calling thread; when it returns, a commit
+        the writer had under way has finished too (it holds the same lock)."""
+        self._write_batch()
 
     def close(self) -> None:
         self.flush()
@@ -819,9 +816,15 @@ def _writer_main(ref: weakref.ref[Store]) -> None:
                 store._cond.wait(timeout=max(0.0, next_tick - time.monotonic()))
             store._idle = False
             store._signalled = False
-        if store._dirty and not store._closed and len(store._dirty) < BACKLOG:
-            # Let changes gather for a moment: a submit's commit takes them along, and a burst
-            # of finishing tasks shares one commit. Still within milliseconds at low load.
+        # Let changes gather for a moment: a burst of finishing tasks shares one commit, and
+        # while tasks are being submitted their commits carry the changes along, so the writer
+        # stays out of their way. Still within milliseconds at low load.
+        while (
+            store._dirty
+            and not store._closed
+            and len(store._dirty) < BACKLOG
+            and time.monotonic() - store._last_commit < COALESCE
+        ):
             time.sleep(COALESCE)
         wrote = store._write_batch()
         if wrote < 0:
@@ -844,4 +847,4 @@ def flush_all() -> None:
     """At interpreter exit: flush what is pending in every open store."""
     for store in list(_open_stores):
         with contextlib.suppress(Exception):
-            store.flush(timeout=5.0)
+            store.flush()

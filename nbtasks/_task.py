@@ -16,7 +16,7 @@ from ._attempt import Options
 from ._codec import code_hash
 from ._context import Context, current
 from ._errors import NbtasksError
-from ._model import Request, as_metadata, to_timestamp
+from ._model import Metadata, Request, as_metadata, to_timestamp
 from .executors import check_name
 
 if TYPE_CHECKING:
@@ -172,12 +172,14 @@ class Task:
 
     app: App
     _fn: Callable[..., Any] | None = None
+    _default_options: Options | None = None  # delay()'s options, resolved on first use
 
     # ------------------------------------------------------------------ set-up
 
     def _setup(self, app: App, fn: Callable[..., Any] | None, options: dict[str, Any]) -> None:
         self.app = app
         self._fn = fn
+        self._default_options = None
         for key, value in options.items():
             setattr(self, key, value)
         if self.detach and self.executor != "process":
@@ -431,6 +433,16 @@ def resolve_options(
 ) -> tuple[Options, dict[str, Any]]:
     """Task defaults overridden by per-call options, validated. Returns (Options, extras) with
     extras holding task_id and metadata."""
+    if not call and task.expires is None:
+        # delay(): the task's own options, resolved once (a relative `expires` cannot be).
+        opts = task._default_options
+        if opts is None:
+            opts = task._default_options = _resolve(task, {}, now)[0]
+        return opts, {"metadata": Metadata(), "task_id": None}
+    return _resolve(task, call, now)
+
+
+def _resolve(task: Task, call: Mapping[str, Any], now: float) -> tuple[Options, dict[str, Any]]:
     unknown = set(call) - CALL_OPTIONS
     if unknown:
         raise TypeError(

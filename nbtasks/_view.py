@@ -995,7 +995,7 @@ class Dashboard(_BaseView):
         self._buttons: list[Any] = []
         self._rows: list[Any] = []
         for i in range(page_size):
-            cell = w.HTML(value="")
+            cell = w.HTML(value="", layout=w.Layout(flex="0 1 54em"))
             button = w.Button(
                 description="Cancel",
                 button_style="warning",
@@ -1075,8 +1075,8 @@ class Dashboard(_BaseView):
     # -- rendering (the cell thread once, then the updater thread) --------------------------
     @staticmethod
     def _row_html(snap: Snapshot | None, now: _dt.datetime | None = None) -> str:
-        cols = "grid-template-columns:16em 6em 8em 13em 6em 6em"
-        style = f'style="display:grid;{cols};gap:0 8px;align-items:center;width:60em"'
+        cols = "grid-template-columns:minmax(6em,14em) 6em 8em 11em 6em 5em"
+        style = f'style="display:grid;{cols};gap:0 8px;align-items:center;max-width:54em"'
         if snap is None:
             heads = ("task", "id", "status", "progress", "started", "duration")
             cells = "".join(f"<b>{h}</b>" for h in heads)
