@@ -339,7 +339,11 @@ def timing_text(snap: Snapshot, now: _dt.datetime | None = None) -> str:
     spent = elapsed(snap, now)
     if snap.is_finished:
         took = f"took {fmt_duration(spent)}" if spent is not None else ""
-        if snap.reason and snap.status in ("CANCELLED", "INTERRUPTED"):
+        if (
+            snap.reason
+            and snap.status in ("CANCELLED", "INTERRUPTED")
+            and (snap.reason.lower() not in ("cancelled", "interrupted"))
+        ):
             return f"{snap.status.lower()}: {snap.reason}" + (f" · {took}" if took else "")
         return took
     parts = [f"elapsed {fmt_duration(spent)}"] if spent is not None else []
@@ -990,7 +994,7 @@ class Dashboard(_BaseView):
         self._prev.on_click(lambda _b: self._move(-1))
         self._next.on_click(lambda _b: self._move(+1))
         self._refresh_btn.on_click(lambda _b: self._rearm())
-        header = w.HTML(value=self._row_html(None))
+        header = w.HTML(value=self._row_html(None), layout=w.Layout(flex="0 1 54em"))
         self._cells: list[Any] = []
         self._buttons: list[Any] = []
         self._rows: list[Any] = []
