@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import json
 import os
 import random
@@ -35,7 +36,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -326,6 +327,19 @@ def _check_owner(directory: Path, trust: bool) -> None:
 # --------------------------------------------------------------------------- live records
 
 
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """Pause the cyclic GC while decoding many records: each of its passes walks every object
+    made so far, which tripled the time to read 100,000 records (and JSON makes no cycles)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class Live:
     """A task in the owner's memory: its record (the truth this process reads first), the
     in-memory values (arguments, return value) and the waiters to wake when it ends."""
@@ -494,7 +508,8 @@ class Store:
         sql += " LIMIT ? OFFSET ?"
         params += [-1 if limit is None else limit, offset]
         rows = self._sql(sql, params)
-        return [json.loads(r[0]) for r in rows]
+        with _no_gc():
+            return [json.loads(r[0]) for r in rows]
 
     def summaries(
         self,
@@ -514,18 +529,20 @@ class Store:
         sql += " LIMIT ? OFFSET ?"
         params += [-1 if limit is None else limit, offset]
         out = []
-        for key, task_name, st, prog, enq, start, fin in self._sql(sql, params):
-            out.append(
-                {
-                    "id": key[2:],
-                    "task_name": task_name,
-                    "status": st,
-                    "progress": json.loads(prog) if prog else None,
-                    "enqueued_at": enq,
-                    "started_at": start,
-                    "finished_at": fin,
-                }
-            )
+        rows = self._sql(sql, params)
+        with _no_gc():
+            for key, task_name, st, prog, enq, start, fin in rows:
+                out.append(
+                    {
+                        "id": key[2:],
+                        "task_name": task_name,
+                        "status": st,
+                        "progress": json.loads(prog) if prog else None,
+                        "enqueued_at": enq,
+                        "started_at": start,
+                        "finished_at": fin,
+                    }
+                )
         return out
 
     def count(self, status: str | Iterable[str] | None = None, name: str | None = None) -> int:
