@@ -102,7 +102,9 @@ def build_cell_function(
     tree = ast.parse(source, filename, mode="exec")
     last: ast.Expression | None = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = ast.Expression(tree.body.pop().value)
+        node = tree.body.pop()
+        assert isinstance(node, ast.Expr)
+        last = ast.Expression(node.value)
         ast.fix_missing_locations(last)
     body_code = compile(tree, filename, "exec")
     last_code = compile(last, filename, "eval") if last is not None else None
@@ -147,7 +149,7 @@ def _find_unfinished(app: Any, short: str) -> list[str]:
 class NbtasksMagics(Magics):
     """``%%task`` and ``%tasks``."""
 
-    @cell_magic("task")
+    @cell_magic
     def task(self, line: str, cell: str) -> None:
         """Run this cell as a background task; see ``nbtasks._magics``."""
         args = _task_parser().parse_args(shlex.split(line))
@@ -170,7 +172,7 @@ class NbtasksMagics(Magics):
             shell.user_ns[args.output] = result
         display(result)
 
-    @line_magic("tasks")
+    @line_magic
     def tasks(self, line: str = "") -> None:
         """Dashboard of the store's tasks; ``%tasks cancel ID``; ``%tasks purge ...``."""
         argv = shlex.split(line)
@@ -185,9 +187,13 @@ class NbtasksMagics(Magics):
                 raise UsageError(
                     f"--status {args.status!r}: expected one of {', '.join(_view.STATUSES)}"
                 )
-            widget = _view.dashboard(
-                _default_app(), status=status, name=args.name, page_size=args.page_size
-            )
+            app = _default_app()
+            if not _kernel.in_kernel():  # terminal IPython: text, no widget machinery
+                print(
+                    _view.dashboard_text(app, status=status, name=args.name, limit=args.page_size)
+                )
+                return
+            widget = _view.dashboard(app, status=status, name=args.name, page_size=args.page_size)
             display(widget)
 
     def _cancel(self, argv: Sequence[str]) -> None:

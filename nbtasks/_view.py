@@ -1131,6 +1131,33 @@ class Dashboard(_BaseView):
 _dashboards: weakref.WeakSet[Dashboard] = weakref.WeakSet()
 
 
+def dashboard_text(
+    app: Any, status: str | None = None, name: str | None = None, limit: int = 20
+) -> str:
+    """``%tasks`` outside a kernel: the newest ``limit`` tasks as a text table."""
+    store = getattr(app, "_store", None)
+    summaries = getattr(store, "summaries", None)
+    if callable(summaries):
+        rows = [_summary_snapshot(r) for r in summaries(status=status, name=name, limit=limit)]
+        count = getattr(store, "count", None)
+        total = int(count(status=status, name=name)) if callable(count) else len(rows)
+    else:
+        rows = [snapshot(r) for r in app.results(status=status, task_name=name, limit=limit)]
+        total = len(rows)
+    now = _now()
+    lines = [f"{'task':24} {'id':8}  {'status':11} {'progress':>8}  {'started':16} duration"]
+    for snap in rows:
+        pct = "" if snap.fraction is None else f"{100 * snap.fraction:.0f}%"
+        if snap.status == "SUCCESSFUL":
+            pct = "100%"
+        lines.append(
+            f"{snap.name[:24]:24} {snap.short_id:8}  {snap.status:11} {pct:>8}  "
+            f"{fmt_when(snap.started_at, now):16} {fmt_duration(elapsed(snap, now))}"
+        )
+    lines.append(f"({len(rows)} of {total} tasks)")
+    return "\n".join(lines)
+
+
 def dashboard(
     app: Any, status: str | None = None, name: str | None = None, page_size: int = 20
 ) -> ipywidgets.Widget:
@@ -1233,6 +1260,8 @@ class _Updater:
                         _stats.errors += 1
                         _stats.last_error = repr(exc)
                         live = view.failed(exc)
+                        if not live:
+                            view.live = False
                     _stats.polls += 1
                     cost = time.perf_counter() - t0
                     period = max(view.min_period, share, cost * _COST_FACTOR)

@@ -9,6 +9,7 @@ reads them) except in the tests at the end, which use a real App and store.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
 import threading
@@ -491,3 +492,79 @@ def test_dashboard_opens_fast_on_a_big_store() -> None:
     elapsed = time.perf_counter() - t0
     assert "of 100000" in board._page.value
     assert elapsed < 1.0
+
+
+# ----------------------------------------------------------------------------- real core
+TERMINAL_SCRIPT = """
+import sys
+from IPython.core.interactiveshell import InteractiveShell
+import nbtasks
+
+shell = InteractiveShell.instance()
+shell.run_line_magic("load_ext", "nbtasks")
+
+@nbtasks.task
+def add(x, y):
+    nbtasks.current().progress(1, 1, "added")
+    return x + y
+
+r = add.delay(1, 2)
+r.wait(10)
+data, _ = shell.display_formatter.format(r)
+assert set(data) == {"text/plain", "text/html"}, data
+assert data["text/plain"].startswith("<TaskResult add ") and "SUCCESSFUL" in data["text/plain"]
+result = shell.run_cell("%%task -o t --name sum\\nx = 20\\nx + 22")
+assert result.success, result
+t = shell.user_ns["t"]
+assert t.wait(10).return_value == 42 and shell.user_ns["x"] == 20
+tasks = shell.run_cell("%tasks")   # outside a kernel: a text table, not a widget
+assert tasks.success, tasks
+bad = [m for m in ("ipywidgets", "ipykernel") if m in sys.modules]
+assert not bad, bad
+print("OK")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_terminal_ipython_gets_text_and_no_widget_machinery(tmp_path: Path) -> None:
+    """Terminal IPython: text/HTML reprs, working magics, and ipywidgets never imported."""
+    env = {**os.environ, "NBTASKS_STORE": str(tmp_path / "store")}
+    proc = subprocess.run(
+        [sys.executable, "-c", TERMINAL_SCRIPT],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr
+    assert "(2 of 2 tasks)" in proc.stdout and "SUCCESSFUL" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_dashboard_opens_well_under_a_second_on_a_store_of_100k_tasks(tmp_path: Path) -> None:
+    import nbtasks
+
+    with nbtasks.App(store=tmp_path / "store", workers=2) as app:
+
+        @app.task
+        def noop(x: int) -> int:
+            return x
+
+        noop.map(range(100_000)).wait(90)
+    app = nbtasks.App(store=tmp_path / "store")
+    try:
+        t0 = time.perf_counter()
+        board = _view.Dashboard(app, page_size=20)
+        opened = time.perf_counter() - t0
+        assert "tasks 1-20 of 100000" in board._page.value
+        board._move(+1)
+        t0 = time.perf_counter()
+        board.poll()
+        paged = time.perf_counter() - t0
+        assert "tasks 21-40 of 100000" in board._page.value
+    finally:
+        app.shutdown()
+    assert opened < 0.5, opened
+    assert paged < 0.5, paged
