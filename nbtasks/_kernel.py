@@ -12,7 +12,7 @@ What lives here and why:
   (ipywidgets#4001, ipykernel#1450, fixed by ipykernel#1451 in 7.1); the view updater relies on
   exactly that, so those versions get a warning once.
 - ``route_comm_to_helper_subshell()``: on ipykernel versions with kernel subshells and per-comm
-  reply routing (``BaseComm._reply_subshell_for``, ipykernel >= 7.2), messages for a given comm
+  reply routing (``BaseComm._reply_subshell_for``, ipykernel >= 7.4), messages for a given comm
   (e.g. a Cancel button's clicks) can be handled by a dedicated subshell thread, so the button
   works while the main shell is busy running another cell.  Without that the click waits until
   the kernel is idle.  Everything here is best effort: any surprise disables the routing and the

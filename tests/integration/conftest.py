@@ -93,6 +93,7 @@ class KernelDriver:
         self.msgs: list[tuple[float, dict[str, Any]]] = []
         self.models: dict[str, dict[str, Any]] = {}  # comm_id -> current widget state
         self.updates: list[tuple[float, str, dict[str, Any]]] = []  # (t, comm_id, state)
+        self._sent: dict[str, tuple[int, float]] = {}  # msg_id -> (index in msgs, time sent)
 
     # -- iopub ---------------------------------------------------------------------------------
     def now(self) -> float:
@@ -129,16 +130,26 @@ class KernelDriver:
 
     def execute(self, code: str) -> str:
         """Send an execute_request and return at once (``wait()`` collects it)."""
-        return str(self.kc.execute(code, store_history=True))
+        msg_id = str(self.kc.execute(code, store_history=True))
+        self._sent[msg_id] = (len(self.msgs), self.now())
+        return msg_id
 
     def wait(self, msg_id: str, timeout: float = 60, check: bool = True) -> Cell:
-        cell = Cell(msg_id=msg_id, started=self.now(), finished=0.0)
+        """Collect the outputs of an executed cell, also those another drain already read."""
+        first, sent = self._sent.pop(msg_id, (len(self.msgs), self.now()))
+        cell = Cell(msg_id=msg_id, started=sent, finished=0.0)
         end = time.monotonic() + timeout
         idle = False
+        seen = first
         while not idle:
-            if time.monotonic() > end:
-                raise TimeoutError(f"cell {msg_id} did not finish in {timeout} s")
-            msg = self._take(0.05)
+            if seen < len(self.msgs):
+                msg: dict[str, Any] | None = self.msgs[seen][1]
+                seen += 1
+            else:
+                if time.monotonic() > end:
+                    raise TimeoutError(f"cell {msg_id} did not finish in {timeout} s")
+                msg = self._take(0.05)
+                seen = len(self.msgs)
             if msg is None or msg["parent_header"].get("msg_id") != msg_id:
                 continue
             kind, content = msg["msg_type"], msg["content"]
