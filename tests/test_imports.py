@@ -192,8 +192,6 @@ KNOWN: dict[str, str] = {
     "_result": "BUG(DESIGN): _result imports _app lazily in _restore_result (unpickling); the "
     "only upward edge the table allows is _view on first display",
     "_cli": "BUG(DESIGN): _cli imports _context; its row allows _app, _store, _result, _model",
-    "_worker": "BUG(DESIGN): _worker (executors/) imports _task; the executors' row allows "
-    "_attempt, _store, _codec, _model, _errors",
 }
 
 

@@ -69,11 +69,6 @@ def test_store_reopens_with_its_records(store_path: Path, make_app: AppFactory) 
     assert again.args == [1, 2]
 
 
-@pytest.mark.xfail(
-    reason="BUG: App(store=<open diskcache.Cache>) on a fresh Cache raises StoreError "
-    "'exists but is not an nbtasks store' (SPEC 1 accepts an open diskcache.Cache)",
-    strict=True,
-)
 def test_open_cache_object_is_accepted_as_the_store(tmp_path: Path) -> None:
     """SPEC 1: ``store`` is a directory or an open ``diskcache.Cache``."""
     cache = diskcache.Cache(str(tmp_path / "existing"))
@@ -371,12 +366,6 @@ def test_own_changes_are_seen_at_once_in_memory(app: nbtasks.App) -> None:
     r.wait(10)
 
 
-@pytest.mark.xfail(
-    reason="BUG: Store.flush() returns while the writer thread still holds the swapped batch "
-    "in an uncommitted transaction (it only checks that _dirty/_extra are empty), so "
-    "app.results() right after r.wait() misses the finished task",
-    strict=True,
-)
 def test_own_finished_task_is_listed_right_after_wait(app: nbtasks.App) -> None:
     """SPEC 3: the submitting process sees its own tasks' changes at once; listings flush
     first. A large record makes the writer's commit long enough to be caught in flight."""
