@@ -300,6 +300,37 @@ def test_results_and_widgets_after_kernel_restart(kernel: KernelDriver) -> None:
     assert listed.displays  # a list of stored results shows without error
 
 
+@pytest.mark.timeout(90)
+def test_detached_process_task_is_live_after_restart(kernel: KernelDriver) -> None:
+    """A detached process task outlives the kernel; the new kernel's widget follows it live."""
+    kernel.run(
+        "import time, nbtasks\n"
+        "@nbtasks.task(executor='process', detach=True)\n"
+        "def far(n, dt):\n"
+        "    ctx = nbtasks.current()\n"
+        "    for i in range(n):\n"
+        "        time.sleep(dt)\n"
+        "        ctx.progress(i + 1, n, f'step {i + 1}')\n"
+        "    return n\n"
+        "r = far.delay(40, 0.1)\n"
+        "r"
+    )
+    bar = kernel.part(last_task_widget(kernel), "nbtasks-bar")
+    wait_for(kernel, lambda: kernel.models[bar]["value"] >= 0.1, timeout=20)
+    task_id = kernel.value("r.id")
+    kernel.km.restart_kernel(now=True)
+    kernel.kc.wait_for_ready(timeout=60)
+    shown = kernel.run(f"import nbtasks\nnbtasks.AsyncResult({task_id!r})")
+    assert "application/vnd.jupyter.widget-view+json" in shown.displays[-1]
+    root = last_task_widget(kernel)
+    bar = kernel.part(root, "nbtasks-bar")
+    assert status_of(kernel, root) == "RUNNING"
+    wait_for(kernel, lambda: status_of(kernel, root) == "SUCCESSFUL", timeout=20)
+    values = [v for _, v in kernel.values(bar)]
+    assert len(values) >= 5 and nondecreasing(values) and values[-1] == 1.0, values
+    assert kernel.value(f"nbtasks.AsyncResult({task_id!r}).return_value") == 40
+
+
 @pytest.mark.timeout(60)
 def test_quickstart_notebook_runs_without_errors(tmp_path: Path, helpers: Any) -> None:
     import nbclient
@@ -335,6 +366,8 @@ def test_quickstart_notebook_runs_without_errors(tmp_path: Path, helpers: Any) -
         if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
     ]
     assert len(widget_outputs) >= 3
+    # nbconvert gets a static rendering and one line of text beside the widget
+    assert all("text/html" in o["data"] and "text/plain" in o["data"] for o in widget_outputs[:2])
 
 
 # ----------------------------------------------------------------------------------------------
