@@ -193,8 +193,8 @@ class NbtasksMagics(Magics):
                     _view.dashboard_text(app, status=status, name=args.name, limit=args.page_size)
                 )
                 return
-            widget = _view.dashboard(app, status=status, name=args.name, page_size=args.page_size)
-            display(widget)
+            board = _view.dashboard(app, status=status, name=args.name, page_size=args.page_size)
+            display(board)
 
     def _cancel(self, argv: Sequence[str]) -> None:
         if len(argv) != 1:

@@ -38,12 +38,9 @@ import traceback
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from . import _kernel
-
-if TYPE_CHECKING:  # pragma: no cover
-    import ipywidgets
 
 __all__ = [
     "Dashboard",
@@ -969,6 +966,7 @@ class Dashboard(_BaseView):
         self.offset = 0
         self.min_period = 1.0
         self._dirty = False
+        self._last: tuple[list[Snapshot], int | None] = ([], None)
         self._row_ids: list[str | None] = [None] * page_size
         self._status = w.Dropdown(
             options=[("all", "")] + [(s, s) for s in STATUSES],
@@ -1101,9 +1099,23 @@ class Dashboard(_BaseView):
             f"<span>{html.escape(fmt_duration(spent))}</span></div>"
         )
 
+    def _repr_mimebundle_(
+        self, include: Iterable[str] | None = None, exclude: Iterable[str] | None = None
+    ) -> dict[str, Any]:
+        """The widget, plus a text table and a static HTML table (nbconvert)."""
+        bundle = dict(self.root._repr_mimebundle_() or {})
+        snaps, total = self._last
+        bundle["text/plain"] = _table_text(snaps, total)
+        rows = "".join(self._row_html(snap) for snap in snaps)
+        bundle["text/html"] = (
+            f'<div class="nbtasks-dashboard-static">{self._row_html(None)}{rows}</div>'
+        )
+        return _filter_bundle(bundle, include, exclude)
+
     def poll(self) -> bool:
         self._dirty = False
         snaps, total = self._query()
+        self._last = (snaps, total)
         now = _now()
         for i in range(self.page_size):
             snap = snaps[i] if i < len(snaps) else None
@@ -1131,6 +1143,21 @@ class Dashboard(_BaseView):
 _dashboards: weakref.WeakSet[Dashboard] = weakref.WeakSet()
 
 
+def _table_text(rows: Sequence[Snapshot], total: int | None) -> str:
+    now = _now()
+    lines = [f"{'task':24} {'id':8}  {'status':11} {'progress':>8}  {'started':16} duration"]
+    for snap in rows:
+        pct = "" if snap.fraction is None else f"{100 * snap.fraction:.0f}%"
+        if snap.status == "SUCCESSFUL":
+            pct = "100%"
+        lines.append(
+            f"{snap.name[:24]:24} {snap.short_id:8}  {snap.status:11} {pct:>8}  "
+            f"{fmt_when(snap.started_at, now):16} {fmt_duration(elapsed(snap, now))}"
+        )
+    lines.append(f"({len(rows)} of {total if total is not None else '?'} tasks)")
+    return "\n".join(lines)
+
+
 def dashboard_text(
     app: Any, status: str | None = None, name: str | None = None, limit: int = 20
 ) -> str:
@@ -1144,27 +1171,16 @@ def dashboard_text(
     else:
         rows = [snapshot(r) for r in app.results(status=status, task_name=name, limit=limit)]
         total = len(rows)
-    now = _now()
-    lines = [f"{'task':24} {'id':8}  {'status':11} {'progress':>8}  {'started':16} duration"]
-    for snap in rows:
-        pct = "" if snap.fraction is None else f"{100 * snap.fraction:.0f}%"
-        if snap.status == "SUCCESSFUL":
-            pct = "100%"
-        lines.append(
-            f"{snap.name[:24]:24} {snap.short_id:8}  {snap.status:11} {pct:>8}  "
-            f"{fmt_when(snap.started_at, now):16} {fmt_duration(elapsed(snap, now))}"
-        )
-    lines.append(f"({len(rows)} of {total} tasks)")
-    return "\n".join(lines)
+    return _table_text(rows, total)
 
 
 def dashboard(
     app: Any, status: str | None = None, name: str | None = None, page_size: int = 20
-) -> ipywidgets.Widget:
-    """Build the ``%tasks`` dashboard (in the cell thread) and return its root widget."""
+) -> Dashboard:
+    """Build the ``%tasks`` dashboard (in the cell thread); ``display()`` shows it."""
     view = Dashboard(app, status=status, name=name, page_size=page_size)
     updater().register(view)
-    return view.root
+    return view
 
 
 # ----------------------------------------------------------------------------- the updater

@@ -459,6 +459,10 @@ def test_dashboard_pages_filters_and_cancels() -> None:
     rows = _row_texts(board)
     assert len(rows) == 20
     assert "tasks 1-20 of 45" in board._page.value
+    bundle = board._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["text/plain"].endswith("(20 of 45 tasks)")
+    assert bundle["text/html"].count("data-task-id") == 20
     assert board._prev.disabled and not board._next.disabled
     assert app._store.rows[0]["id"] in rows[0]  # newest first
     # a cancel button only on unfinished rows
