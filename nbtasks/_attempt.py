@@ -62,6 +62,7 @@ class Job:
     cancel_reason: str | None = None
     attempt: Attempt | None = None
     timer_done: bool = False  # its countdown/ETA has been waited for
+    payload: bytes | None = None  # a process task's pickled (task, options), made at submit
 
     @property
     def id(self) -> str:

@@ -19,7 +19,7 @@ import reprlib
 import textwrap
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -134,6 +134,26 @@ def dumps(value: Any) -> bytes:
         return cloudpickle().dumps(value, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
     except Exception as exc:
         raise TypeError(f"cannot be pickled: {exc}") from exc
+
+
+def loads(data: bytes) -> Any:
+    """Unpickle what ``dumps`` made. Only for bytes that never left this user's processes (a
+    worker process's task); what comes from a store goes through ``Codec.decode`` (signed)."""
+    return pickle.loads(data)
+
+
+def find_unpicklable(named: Iterable[tuple[str, Any]]) -> tuple[str, str, str] | None:
+    """The first (name, type, error) whose value cannot be pickled, to name it in a message."""
+    for name, value in named:
+        try:
+            dumps(value)
+        except TypeError as exc:
+            cls = type(value)
+            kind = cls.__qualname__
+            if cls.__module__ != "builtins":
+                kind = f"{cls.__module__}.{kind}"
+            return name, kind, str(exc.__cause__ or exc)
+    return None
 
 
 class Codec:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import executors
 from ._attempt import Job, Options
-from ._codec import args_repr, cache_key
+from ._codec import args_repr, cache_key, find_unpicklable
 from ._errors import StoreError, TaskCancelled, UnknownTaskId
 from ._model import FINISHED, Clock, Metadata, Request, TaskStatus
 from ._store import Live, Store, new_id, owner_alive
@@ -98,8 +98,7 @@ class Runtime:
         except TypeError as exc:
             if opts.executor in ("process", "dask"):
                 raise TypeError(
-                    f"an argument of {task.name} {exc}; a {opts.executor} task's arguments "
-                    "must pickle (pass a path or a picklable value instead)"
+                    _unpicklable_argument(task, args, kwargs, opts.executor, exc)
                 ) from None
             enc_args = enc_kwargs = {"u": str(exc)}  # thread tasks keep them in memory only
         now = self.clock.time()
@@ -144,7 +143,10 @@ class Runtime:
             expires=None,
             parent_id=rec.get("parent_id"),
         )
-        return Job(live, task, args, kwargs, request, opts, chunk=chunk)
+        job = Job(live, task, args, kwargs, request, opts, chunk=chunk)
+        if opts.executor == "process":  # the task itself must pickle too: fail before storing
+            job.payload = self.executor("process").encode(task, opts)  # type: ignore[attr-defined]
+        return job
 
     # ------------------------------------------------------------------ submitting
 
@@ -180,6 +182,10 @@ class Runtime:
         """Commit every READY record in one transaction, then hand the jobs over."""
         if self.closed:
             raise RuntimeError("this App has been shut down; create a new one")
+        # The executors exist before anything is stored: one that cannot be made (dask not
+        # installed, no cluster to reach) fails the submit with nothing half-written.
+        for name in {job.options.executor for job in jobs}:
+            self.executor(name)
         for key, job in cache_keys:
             job.live.rec["cache_key"] = key
         self.store.create(
@@ -370,3 +376,24 @@ class Runtime:
             self.store.flush()
         except StoreError:
             pass
+
+
+def _unpicklable_argument(
+    task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], executor: str, exc: Exception
+) -> str:
+    """A TypeError message naming the argument that cannot be pickled, and its type."""
+    try:
+        named = list(task._signature.bind_partial(*args, **kwargs).arguments.items())
+    except (TypeError, AttributeError):
+        named = [*((f"#{i}", a) for i, a in enumerate(args)), *kwargs.items()]
+    found = find_unpicklable(named)
+    what = (
+        f"argument {found[0]!r} of task {task.name} is a {found[1]}, which "
+        f"cannot be pickled ({found[2]})"
+        if found is not None
+        else f"an argument of task {task.name} {exc}"
+    )
+    return (
+        f"{what}; a {executor} task's arguments must pickle: pass a path or a picklable value "
+        "instead"
+    )

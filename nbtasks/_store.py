@@ -604,6 +604,27 @@ class Store:
     def adopt(self, live: Live) -> None:
         self.live[live.id] = live
 
+    # A worker process owns its task's record while it runs it (DESIGN principle 2): this
+    # process hands the record over (``release``), then only mirrors what the worker wrote
+    # (``observe``); the worker flushes before it reports, so what is mirrored is durable.
+
+    def release(self, live: Live) -> None:
+        """Hand a task's record over to another process: commit what is pending for it here."""
+        if live.id in self._dirty:
+            self.flush()
+
+    def observe(self, live: Live, fields: dict[str, Any]) -> None:
+        """Mirror fields that the task's owner in another process wrote: in memory only, never
+        written from here. Waiters wake when the status becomes final."""
+        status = fields.get("status")
+        if status is not None and status != live.rec["status"]:
+            check_transition(live.id, TaskStatus(live.rec["status"]), TaskStatus(status))
+        live.rec.update(fields)
+        if status is not None and status in _FINISHED_NAMES:
+            if self.live.get(live.id) is live and live.id not in self._dirty:
+                del self.live[live.id]  # committed by its owner: readers find it in the store
+            self._finished(live)
+
     def change(self, live: Live, status: TaskStatus | None = None, **fields: Any) -> None:
         """Apply a change in memory (seen at once by this process) and mark it for the writer."""
         if status is not None:

@@ -1,0 +1,463 @@
+"""The child side of the process executor (SPEC §7): the zygote that forks workers, and the worker.
+
+The parent (``executors/process.py``) starts one **zygote** per pool as a new interpreter
+(``subprocess``: a threaded kernel is never forked). The zygote imports what a worker needs once,
+ignores SIGINT (the notebook's Interrupt button signals the kernel's whole process group), then
+forks a worker for each request it gets on its control socket: forking a single-threaded process
+is safe, and a warm fork costs a few milliseconds where a new interpreter costs ~80 ms. It reaps
+its children and reports each exit status, so the parent can say "killed by SIGSEGV". A worker
+forked with ``detached`` starts its own session: it outlives the kernel.
+
+A **worker** owns the task it runs for the attempt (DESIGN principle 2): it opens the store itself
+and runs the core's ``Attempt`` (claim, call, record, hooks), so progress, metadata, state, output,
+heartbeats and the result go from the child to the store and survive the parent. It commits a
+task's record before it reports the task finished or retried, so what the parent is told is
+durable, and it hands the record back to the parent then. Everything the worker writes to its
+file descriptors 1 and 2 (C code, subprocesses) is captured into the running task's output.
+
+While the parent lives, it enforces hard timeouts and cancels by terminating the worker. A worker
+whose parent is gone (a detached task after a kernel restart) enforces them itself: it records the
+outcome and exits. It also acts on cancel requests (``x:<id>`` keys) written by any process.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Final
+
+from . import _codec
+from ._attempt import Attempt, Job, Options, _limit_text
+from ._errors import SoftTimeLimitExceeded, TaskCancelled, TaskTimeout
+from ._model import MISSING, SYSTEM_CLOCK, Metadata, Request
+from ._store import Live, Store, _start_time
+
+HEARTBEAT: Final = 5.0  # seconds between heartbeats written to a running task's record
+MONITOR: Final = 0.2  # seconds between the monitor thread's checks
+_LOADED_MAX: Final = 64  # unpickled (task, options) payloads kept per worker
+
+# The bootstrap the parent runs as ``python -c BOOT CONFIG FD``: the parent's sys.path first, so
+# the worker imports nbtasks (and the user's modules) from where the parent does.
+BOOT: Final = (
+    "import sys, json; c = json.loads(sys.argv[1]); sys.path[:] = c['path']; "
+    "from nbtasks._worker import zygote; zygote(int(sys.argv[2]), c)"
+)
+
+
+# --------------------------------------------------------------------------- the zygote
+
+
+def zygote(ctrl_fd: int, config: dict[str, Any]) -> None:
+    """Fork a worker per request on the control socket; report exits; end with the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the workers
+    _codec.cloudpickle()  # preload: every worker unpickles
+    import ctypes  # noqa: F401  (the workers flush C stdio through it)
+
+    ctrl = socket.socket(fileno=ctrl_fd)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    ctrl_fd = ctrl.fileno()
+    while True:
+        ready, _, _ = select.select([ctrl_fd, wake_r], [], [])
+        if wake_r in ready:
+            try:
+                os.read(wake_r, 4096)
+            except BlockingIOError:
+                pass
+        _reap(ctrl)
+        if ctrl_fd not in ready:
+            continue
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(ctrl, 65536, 1)
+        except (BlockingIOError, InterruptedError):
+            continue
+        except OSError:
+            break
+        if not data:
+            break  # the parent is gone: pool workers see their own socket close and exit
+        request = json.loads(data)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                ctrl.close()
+                signal.set_wakeup_fd(-1)
+                os.close(wake_r)
+                os.close(wake_w)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                worker_main(fds[0], config, bool(request.get("detached")))
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        for fd in fds:
+            os.close(fd)
+        _send(ctrl, {"forked": request["n"], "pid": pid})
+    os._exit(0)
+
+
+def _reap(ctrl: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        _send(ctrl, {"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+
+
+def _send(ctrl: socket.socket, message: dict[str, Any]) -> None:
+    try:
+        ctrl.send(json.dumps(message).encode())
+    except OSError:
+        pass  # the parent is gone; the loop ends at the next read
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+def worker_main(fd: int, config: dict[str, Any], detached: bool) -> None:
+    if detached:
+        os.setsid()  # its own session: kernel restarts and Interrupt do not reach it
+    out_r, keep_err = _redirect_stdio(detached)
+    Worker(Connection(fd), config, detached, out_r, keep_err).serve()
+
+
+def _redirect_stdio(detached: bool) -> tuple[int, int | None]:
+    """fds 1 and 2 go to a pipe read into the running task's output; stdin is /dev/null. A pool
+    worker keeps a copy of the old stderr for what it writes between tasks; a detached one does
+    not (it must not hold the kernel's stderr open)."""
+    keep_err = None if detached else os.dup(2)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    r, w = os.pipe()
+    os.dup2(w, 1)
+    os.dup2(w, 2)
+    os.close(w)
+    os.close(null)
+    os.set_blocking(r, False)
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(line_buffering=True)
+    return r, keep_err
+
+
+class _NoApp:
+    """What ``task.app`` is inside a worker process: submitting from there is not supported."""
+
+    name = "worker"
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(
+            "a task running in a worker process cannot use its App (submit other tasks from "
+            "the notebook instead)"
+        )
+
+
+class _Unrunnable:
+    """Stands in for a task whose payload or arguments could not be loaded in the worker, so
+    the failure is recorded like any other (with its traceback). It has no hooks."""
+
+    def __init__(self, name: str, error: BaseException) -> None:
+        self.name = name
+        self._error = error
+        self._hooks: frozenset[str] = frozenset()
+        self.app = _NoApp()
+
+    def _invoke(self, ctx: Any, args: Any, kwargs: Any) -> Any:
+        raise self._error
+
+
+class _ChildRuntime:
+    """The ``_attempt.Runtime`` of a worker: reports to the parent instead of scheduling."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.store = worker.store
+        self.clock = SYSTEM_CLOCK
+        self.lock = threading.Lock()
+
+    def schedule(self, job: Job, delay: float) -> None:
+        """A retry. A pool worker commits the READY record and hands it back to the parent (it
+        may go to another worker); a detached one runs the next attempt itself."""
+        w = self.worker
+        if w.detached:
+            w.retry_delay = delay
+            self.store.flush()
+            return
+        self.store.change(job.live, owner=w.parent_owner)
+        self.store.flush()
+        self.store.live.pop(job.id, None)
+        w.send(("retry", job.id, delay, dict(job.live.rec)))
+
+    def finished(self, job: Job) -> None:
+        self.store.flush()
+        self.store.live.pop(job.id, None)
+        self.worker.send(("done", job.id, dict(job.live.rec)))
+
+    def timed_out(self, job: Job) -> None:
+        pass  # the parent terminates this process; an orphan's monitor thread records it
+
+
+class _WorkerAttempt(Attempt):
+    """An attempt that ends once: the main thread and the monitor thread (which terminates an
+    orphan's task) may both try, and the output pipe is drained into the task first."""
+
+    def __init__(self, job: Job, runtime: _ChildRuntime, worker: Worker) -> None:
+        super().__init__(job, runtime)  # type: ignore[arg-type]
+        self.worker = worker
+        self.ended = False
+
+    def end(self, value: Any, error: BaseException | None) -> None:
+        with self.worker.end_lock:
+            if self.ended:
+                return
+            self.ended = True
+            self.worker.drain_output()
+            super().end(value, error)
+
+
+class Worker:
+    def __init__(
+        self,
+        conn: Connection,
+        config: dict[str, Any],
+        detached: bool,
+        out_r: int,
+        keep_err: int | None,
+    ) -> None:
+        self.conn = conn
+        self.detached = detached
+        self.parent_owner: str = config["owner"]
+        self.store = Store(config["store"], trust=bool(config["trust"]))
+        self.store.on_cancel_request = self._cancel_requested
+        self.runtime = _ChildRuntime(self)
+        self.pid = os.getpid()
+        self._send_lock = threading.Lock()
+        self.end_lock = threading.Lock()
+        self.attempt: _WorkerAttempt | None = None
+        self.retry_delay: float | None = None
+        self.orphaned = False
+        self._cancel: str | None = None
+        self._wake = threading.Event()
+        self._loaded: dict[bytes, tuple[Any, Options]] = {}  # payload -> (task, options)
+        self._peer = socket.socket(fileno=os.dup(conn.fileno()))
+        self._out_r = out_r
+        self._out_lock = threading.Lock()
+        self._out_ctx: Any = None
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._keep_err = keep_err
+        self._fflush = _c_fflush()
+        fault_dir = config.get("faults")
+        if fault_dir:
+            import faulthandler
+
+            path = Path(fault_dir) / f"{self.pid}.txt"
+            self._fault_file = open(path, "w")  # noqa: SIM115  (open for the process's life)
+            faulthandler.enable(self._fault_file, all_threads=False)  # the task's thread
+        for target, name in ((self._read_output, "output"), (self._monitor, "monitor")):
+            threading.Thread(target=target, name=f"nbtasks-worker-{name}", daemon=True).start()
+
+    # ------------------------------------------------------------------ the loop
+
+    def serve(self) -> None:
+        self.send(("ready", self.pid, _start_time(self.pid), self.store.owner))
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                break  # the parent is gone (or shut the pool down)
+            if message[0] == "run":
+                self.run(message[1], message[2])
+                if self.detached:
+                    break
+            elif message[0] == "stop":
+                break
+        self.store.close()
+        fault = getattr(self, "_fault_file", None)
+        if fault is not None:
+            fault.close()
+            os.unlink(fault.name)
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            try:
+                self.conn.send(message)
+            except OSError:
+                self.orphaned = True
+
+    def run(self, rec: dict[str, Any], payload: bytes) -> None:
+        tid = rec["id"]
+        store = self.store
+        task: Any
+        try:
+            task, options = self._load(payload)
+            args = tuple(store.decode_value(rec["args"], f"the args of task {tid}"))
+            kwargs = store.decode_value(rec["kwargs"], f"the kwargs of task {tid}")
+        except Exception as exc:  # e.g. a module the worker cannot import
+            task, options, args, kwargs = _Unrunnable(rec["task_name"], exc), Options(), (), {}
+        rec["owner"] = store.owner  # this process owns the record for the attempt
+        live = Live(rec, args, kwargs)
+        store.adopt(live)
+        request = Request(
+            task_name=rec["task_name"],
+            args=list(args),
+            kwargs=kwargs,
+            id=tid,
+            metadata=Metadata(rec.get("metadata") or {}),
+            retries=rec.get("retries") or 0,
+            priority=rec.get("priority") or 0,
+            parent_id=rec.get("parent_id"),
+        )
+        job = Job(live, task, args, kwargs, request, options, chunk=bool(rec.get("chunk")))
+        while True:
+            self.retry_delay = None
+            attempt = _WorkerAttempt(job, self.runtime, self)
+            self._out_ctx = attempt.ctx
+            self.attempt = attempt
+            try:
+                attempt.run()
+            except SoftTimeLimitExceeded:
+                pass  # raised asynchronously just as the task returned: recorded already
+            finally:
+                self.attempt = None
+                self._out_ctx = None
+            if self.retry_delay is None:
+                return
+            time.sleep(self.retry_delay)  # a detached task retries in its own process
+
+    def _load(self, payload: bytes) -> tuple[Any, Options]:
+        hit = self._loaded.get(payload)
+        if hit is None:
+            task, options = _codec.loads(payload)
+            task.app = _NoApp()
+            task._target = task._fn if task._fn is not None else task.run
+            if len(self._loaded) >= _LOADED_MAX:
+                self._loaded.clear()
+            hit = self._loaded[payload] = (task, options)
+        return hit
+
+    # ------------------------------------------------------------------ output capture
+
+    def _read_output(self) -> None:
+        poller = select.poll()
+        poller.register(self._out_r, select.POLLIN)
+        while True:
+            poller.poll()
+            with self._out_lock:
+                if not self._read_available():
+                    return
+
+    def _read_available(self) -> bool:
+        """Route what the pipe holds now (call with _out_lock held); False at end of file."""
+        while True:
+            try:
+                data = os.read(self._out_r, 65536)
+            except BlockingIOError:
+                return True
+            if not data:
+                return False
+            text = self._decoder.decode(data)
+            ctx = self._out_ctx
+            if ctx is not None:
+                ctx._write(text)
+            elif self._keep_err is not None:
+                os.write(self._keep_err, text.encode(errors="replace"))
+
+    def drain_output(self) -> None:
+        """Before a task's outcome is recorded: move what it wrote to fds 1 and 2 into it."""
+        for stream in (sys.__stdout__, sys.__stderr__):
+            if stream is not None:
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+        self._fflush()
+        with self._out_lock:  # the reader thread holds it while it routes what it read
+            self._read_available()
+
+    # ------------------------------------------------------------------ the monitor
+
+    def _cancel_requested(self, task_id: str) -> None:
+        """The store's writer saw a cancel request (``x:<id>``) for our task."""
+        self._cancel = task_id
+        self._wake.set()
+
+    def _monitor(self) -> None:
+        """Heartbeats; and for a worker whose parent is gone (or a detached one): cancel
+        requests and the hard timeout, enforced by recording the outcome and exiting."""
+        last_beat = time.monotonic()
+        while True:
+            self._wake.wait(MONITOR)
+            self._wake.clear()
+            attempt = self.attempt
+            if attempt is None or attempt.ended:
+                continue
+            now = time.monotonic()
+            if not self.orphaned and self._parent_gone():
+                self.orphaned = True
+            on_its_own = self.orphaned or self.detached
+            if self._cancel == attempt.job.id and on_its_own:
+                self._terminate(attempt, TaskCancelled(f"task {attempt.job.id} was cancelled"))
+            elif self.orphaned and attempt.deadline is not None and now >= attempt.deadline:
+                self._terminate(attempt, TaskTimeout(_limit_text(attempt, "timeout")))
+            elif now - last_beat >= HEARTBEAT:
+                last_beat = now
+                with self.end_lock:
+                    if not attempt.ended:
+                        self.store.change(attempt.job.live, heartbeat=time.time())
+
+    def _parent_gone(self) -> bool:
+        """While a task runs the parent sends nothing, so a readable socket means end of file."""
+        try:
+            return self._peer.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    def _terminate(self, attempt: _WorkerAttempt, error: BaseException) -> None:
+        """Record the attempt's outcome (no retry: the process ends) and exit."""
+        job = attempt.job
+        with self.end_lock:
+            if attempt.ended:
+                return
+            attempt.ended = True
+            if isinstance(error, TaskCancelled):
+                job.cancel_reason = "cancelled"
+                self.store.put_extra("x:" + job.id, None)
+            job.options = dataclasses.replace(job.options, retries=job.request.retries)
+            self.drain_output()
+            Attempt.end(attempt, MISSING, error)
+        self.store.close()
+        os._exit(0)
+
+
+def _c_fflush() -> Any:
+    """``fflush(NULL)`` from libc (C stdio buffers), or a no-op where it is not available."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        fflush = libc.fflush
+        fflush.argtypes = [ctypes.c_void_p]
+        return lambda: fflush(None)
+    except (OSError, AttributeError):
+        return lambda: None
