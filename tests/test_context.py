@@ -761,3 +761,106 @@ def test_tqdm_imported_inside_the_first_task_drives_its_progress(store_path: Pat
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "100/100 epochs"
+
+
+# --------------------------------------------------------------------------- every executor
+
+EXECUTORS = ["thread", "inline", "async"]
+
+
+def _declare(app: nbtasks.App, kind: str, body: Callable[[nbtasks.Context, int], Any]) -> Any:
+    """The same task body as a thread, inline or ``async def`` task."""
+    if kind == "async":
+
+        async def coro(ctx: nbtasks.Context, x: int) -> Any:
+            await asyncio.sleep(0)
+            return body(ctx, x)
+
+        return app.task(coro, name=f"behaviour.{kind}.{body.__name__}")
+
+    def fn(ctx: nbtasks.Context, x: int) -> Any:
+        return body(ctx, x)
+
+    return app.task(fn, name=f"behaviour.{kind}.{body.__name__}", executor=kind)
+
+
+def _works(ctx: nbtasks.Context, x: int) -> int:
+    assert nbtasks.current() is ctx
+    ctx.set_metadata(x=x)
+    ctx.request.meta = {"via": "request"}
+    ctx.update_state(state="HALF", meta=[x])
+    ctx.progress(1, 2, "half")
+    print(f"out {x}")
+    logging.getLogger("nbtasks.tests.behaviour").warning("warned %d", x)
+    ctx.progress(2)
+    return x * 2
+
+
+def _fails(ctx: nbtasks.Context, x: int) -> None:
+    raise LookupError(f"no {x}")
+
+
+def _spins(ctx: nbtasks.Context, x: int) -> None:
+    while True:
+        ctx.progress(1)
+        time.sleep(0.002)
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_behaviour_success_on_every_executor(
+    app: nbtasks.App,
+    reader: nbtasks.App,
+    kind: str,
+    capfd: pytest.CaptureFixture[str],
+    root_logging: None,
+) -> None:
+    logging.basicConfig(force=True)
+    t = _declare(app, kind, _works)
+    r = t.delay(21)
+    assert r.get(10) == 42
+    wait_until(lambda: reader.result(r.id).is_finished)
+    for res in (r.refresh(), reader.result(r.id)):
+        assert res.status is TaskStatus.SUCCESSFUL and res.state == "SUCCESSFUL"
+        assert res.return_value == 42
+        assert res.metadata == {"x": 21, "via": "request"}
+        assert res.progress is not None
+        assert (res.progress.current, res.progress.total, res.progress.message) == (2, 2, "half")
+        assert "out 21\n" in res.output and "warned 21" in res.output
+        assert res.attempts == 1
+    out, err = capfd.readouterr()
+    assert "out 21" not in out + err and "warned 21" not in out + err
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_behaviour_failure_and_retries_on_every_executor(
+    app: nbtasks.App, reader: nbtasks.App, kind: str
+) -> None:
+    t = _declare(app, kind, _fails)
+    r = t.apply_async((3,), retries=1)
+    r.wait(10)
+    assert r.status is TaskStatus.FAILED
+    assert r.attempts == 2
+    assert [e.exception_class_path for e in r.errors] == ["builtins.LookupError"] * 2
+    with pytest.raises(nbtasks.TaskFailed, match="no 3") as info:
+        r.return_value  # noqa: B018
+    assert isinstance(info.value.__cause__, LookupError)
+    wait_until(lambda: reader.result(r.id).is_finished)
+    assert reader.result(r.id).status is TaskStatus.FAILED
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_behaviour_timeout_on_every_executor(app: nbtasks.App, kind: str) -> None:
+    t = _declare(app, kind, _spins)
+    r = t.apply_async((0,), timeout=0.1)
+    r.wait(10)
+    assert r.status is TaskStatus.FAILED
+    assert r.errors[-1].exception_class_path == "nbtasks.TaskTimeout"
+
+
+@pytest.mark.parametrize("kind", ["thread", "async"])
+def test_behaviour_cancel_on_every_background_executor(app: nbtasks.App, kind: str) -> None:
+    t = _declare(app, kind, _spins)
+    r = t.delay(0)
+    wait_until(lambda: r.refresh().status is TaskStatus.RUNNING)
+    assert r.cancel() is True
+    assert r.wait(10).status is TaskStatus.CANCELLED

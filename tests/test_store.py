@@ -744,3 +744,19 @@ def test_purge_deletes_records_and_their_values(app: nbtasks.App, store_path: Pa
     assert not {k for k in keys if r.id in k}
     with pytest.raises(nbtasks.UnknownTaskId):
         app.result(r.id)
+
+
+# --------------------------------------------------------------------------- where the store is
+
+
+def test_store_defaults_to_nbtasks_store_then_dot_nbtasks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NBTASKS_STORE", str(tmp_path / "from-env"))
+    with nbtasks.App() as a:
+        assert a.store.path == tmp_path / "from-env"
+    monkeypatch.delenv("NBTASKS_STORE")
+    monkeypatch.chdir(tmp_path)
+    with nbtasks.App() as b:
+        assert b.store.path == tmp_path / ".nbtasks"
+    assert (tmp_path / ".nbtasks" / "cache.db").exists()

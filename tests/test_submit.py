@@ -838,3 +838,37 @@ def test_shutdown_cancel_pending_and_submit_after_shutdown(
     assert committed(make_app(), later.id)["status"] == "CANCELLED"
     with pytest.raises(RuntimeError, match="shut down"):
         tasks.add.delay(1, 2)
+
+
+def test_app_as_a_context_manager_waits_and_flushes(store_path: Path) -> None:
+    with nbtasks.App(store=store_path) as a:
+
+        @a.task
+        def slow(x: int) -> int:
+            time.sleep(0.05)
+            return x
+
+        results = [slow.delay(i) for i in range(3)]
+    # shutdown(wait=True) on exit: every task ran and is committed.
+    reader = nbtasks.App(store=store_path)
+    try:
+        assert [reader.result(r.id).return_value for r in results] == [0, 1, 2]
+    finally:
+        reader.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "word"),
+    [
+        ({"workers": 0}, ValueError, "workers"),
+        ({"workers": "4"}, ValueError, "workers"),
+        ({"process_workers": -1}, ValueError, "process_workers"),
+        ({"name": ""}, TypeError, "name"),
+        ({"trust": "yes"}, TypeError, "trust"),
+    ],
+)
+def test_bad_app_settings_name_the_setting(
+    store_path: Path, kwargs: dict[str, Any], exc: type[Exception], word: str
+) -> None:
+    with pytest.raises(exc, match=word):
+        nbtasks.App(store=store_path, **kwargs)
