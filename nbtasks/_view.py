@@ -28,6 +28,7 @@ text/html rendering, for nbconvert and for frontends without the widget manager.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import datetime as _dt
 import html
@@ -354,20 +355,27 @@ def timing_text(snap: Snapshot, now: _dt.datetime | None = None) -> str:
 def summary_line(obj: Any) -> str:
     """One line of text for a TaskResult or GroupResult (terminal IPython, logs)."""
     if _is_group(obj):
-        counts, total, fraction = _group_counts([snapshot(r) for r in obj.results])
-        done = sum(counts.get(s, 0) for s in TERMINAL)
-        tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-        return (
-            f"<GroupResult {short_id(str(getattr(obj, 'id', '?')))} {done}/{total} finished"
-            f" ({100 * fraction:.0f}%){': ' + tally if tally else ''}>"
-        )
-    snap = snapshot(obj)
+        return _group_line(str(getattr(obj, "id", "?")), [snapshot(r) for r in obj.results])
+    return _task_line(snapshot(obj))
+
+
+def _task_line(snap: Snapshot) -> str:
     parts = [f"<TaskResult {snap.name} {snap.short_id} {snap.status}"]
     if text := progress_text(snap):
         parts.append(text)
     if snap.errors and snap.status == "FAILED":
         parts.append(snap.errors[-1][0].rsplit(".", 1)[-1])
     return " ".join(parts) + ">"
+
+
+def _group_line(group_id: str, snaps: Sequence[Snapshot]) -> str:
+    counts, total, fraction = _group_counts(snaps)
+    done = sum(counts.get(s, 0) for s in TERMINAL)
+    tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    return (
+        f"<GroupResult {short_id(group_id)} {done}/{total} finished"
+        f" ({100 * fraction:.0f}%){': ' + tally if tally else ''}>"
+    )
 
 
 def _badge(status: str) -> str:
@@ -458,11 +466,14 @@ def task_html(snap: Snapshot, now: _dt.datetime | None = None) -> str:
 
 
 def group_html(obj: Any) -> str:
-    snaps = [snapshot(r) for r in obj.results]
+    return _group_html(str(getattr(obj, "id", "?")), [snapshot(r) for r in obj.results])
+
+
+def _group_html(group_id: str, snaps: Sequence[Snapshot]) -> str:
     counts, total, fraction = _group_counts(snaps)
     return (
         f'<div class="nbtasks-group-static"><b>group</b> <code>'
-        f"{html.escape(short_id(str(getattr(obj, 'id', '?'))))}</code> "
+        f"{html.escape(short_id(group_id))}</code> "
         f"{_html_bar(fraction, _group_status(counts, total), '20em')} "
         f"{html.escape(_counts_text(counts, total))}</div>"
     )
@@ -470,8 +481,15 @@ def group_html(obj: Any) -> str:
 
 def html_bundle(obj: Any) -> dict[str, Any]:
     """text/plain + text/html for anything but a live kernel."""
-    rich = group_html(obj) if _is_group(obj) else task_html(snapshot(obj))
-    return {"text/plain": summary_line(obj), "text/html": rich}
+    if _is_group(obj):
+        snaps = [snapshot(r) for r in obj.results]
+        group_id = str(getattr(obj, "id", "?"))
+        return {
+            "text/plain": _group_line(group_id, snaps),
+            "text/html": _group_html(group_id, snaps),
+        }
+    snap = snapshot(obj)
+    return {"text/plain": _task_line(snap), "text/html": task_html(snap)}
 
 
 def _filter_bundle(
@@ -502,7 +520,7 @@ def mimebundle(
             pass  # no ipywidgets in this kernel: fall back to HTML
         else:
             bundle = dict(view.root._repr_mimebundle_() or {})
-            bundle.update(html_bundle(obj))
+            bundle.update(view.static_bundle())
             return _filter_bundle(bundle, include, exclude)
     return _filter_bundle(html_bundle(obj), include, exclude)
 
@@ -561,11 +579,21 @@ def _show(widget: Any, visible: bool) -> int:
 
 
 def _copy_handle(obj: Any) -> Any:
-    """A private handle the updater may refresh without changing the user's snapshot."""
-    try:
-        return copy.copy(obj)
-    except Exception:
-        return obj
+    """A private handle the updater may refresh without changing the user's snapshot.
+
+    A shallow copy of the instance's fields: not ``copy.copy``, which goes through
+    ``TaskResult.__reduce__`` (made for pickling) and would look the task up again, opening
+    an App for a store other than the default app's.
+    """
+    fields = getattr(obj, "__dict__", None)
+    if fields is None:
+        try:
+            return copy.copy(obj)
+        except Exception:
+            return obj
+    clone = object.__new__(type(obj))
+    clone.__dict__.update(fields)
+    return clone
 
 
 def _refresh(handle: Any) -> None:
@@ -582,6 +610,8 @@ class _View(Protocol):
     def poll(self) -> bool: ...
 
     def failed(self, exc: BaseException) -> bool: ...
+
+    def static_bundle(self) -> dict[str, Any]: ...
 
 
 class _BaseView:
@@ -643,6 +673,7 @@ class TaskView(_BaseView):
         snap = snapshot(obj)
         now = _now()
         self.task_id = snap.id
+        self.last = snap
         self._header = w.HTML(value=_header_html(snap), layout=w.Layout(flex="1 1 auto"))
         self._header.add_class("nbtasks-header")
         self._cancel = w.Button(
@@ -707,6 +738,10 @@ class TaskView(_BaseView):
         self.live = not snap.is_finished
         self._cancel_routed = _kernel.route_comm_to_helper_subshell(self._cancel.comm)
 
+    def static_bundle(self) -> dict[str, Any]:
+        """text/plain and text/html of the last snapshot, to go beside the widget."""
+        return {"text/plain": _task_line(self.last), "text/html": task_html(self.last)}
+
     @staticmethod
     def _meta_title(snap: Snapshot) -> str:
         n = len(snap.metadata)
@@ -730,6 +765,7 @@ class TaskView(_BaseView):
     def poll(self) -> bool:
         _refresh(self._handle)
         snap = snapshot(self._handle)
+        self.last = snap
         self.render(snap)
         self._ok()
         self._note((snap.status, snap.current, snap.message, len(snap.output), snap.attempts))
@@ -901,6 +937,14 @@ class GroupView(_BaseView):
         self.live = status in UNFINISHED
         self._table_due = 0.0
         _kernel.route_comm_to_helper_subshell(self._cancel.comm)
+
+    def static_bundle(self) -> dict[str, Any]:
+        """text/plain and text/html of the last snapshots, to go beside the widget."""
+        snaps = list(self._snaps)
+        return {
+            "text/plain": _group_line(self.group_id, snaps),
+            "text/html": _group_html(self.group_id, snaps),
+        }
 
     def _title_html(self, status: str) -> str:
         return (
@@ -1314,4 +1358,6 @@ def updater() -> _Updater:
     with _updater_lock:
         if _updater is None:
             _updater = _Updater()
+            # no widget messages while the interpreter shuts down
+            atexit.register(_updater.stop)
         return _updater
