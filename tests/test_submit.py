@@ -872,3 +872,28 @@ def test_bad_app_settings_name_the_setting(
 ) -> None:
     with pytest.raises(exc, match=word):
         nbtasks.App(store=store_path, **kwargs)
+
+
+def test_a_failing_link_is_recorded_on_its_task(t: Tasks, reader: nbtasks.App) -> None:
+    r = t.add.apply_async((1, 2), link=t.add.s(1, 2))  # add(3, 1, 2): too many arguments
+    assert r.get(10) == 3
+    wait_until(lambda: r.refresh().hook_errors)
+    (err,) = r.hook_errors
+    assert err.exception_class_path == "builtins.TypeError"
+    assert "t.add" in err.traceback
+    assert r.status is TaskStatus.SUCCESSFUL
+    wait_until(lambda: reader.result(r.id).hook_errors)
+    assert reader.result(r.id).hook_errors[0].exception_class_path == "builtins.TypeError"
+
+
+def test_cancelling_the_head_of_a_chain_cancels_the_rest(t: Tasks) -> None:
+    res = (t.add.s(1, 2).set(countdown=0.3) | t.add.s(1) | t.add.s(2)).apply_async()
+    middle = res.parent
+    assert isinstance(middle, nbtasks.TaskResult)
+    head = middle.parent
+    assert isinstance(head, nbtasks.TaskResult)
+    assert head.cancel() is True
+    for r in (middle, res):
+        r.wait(10)
+        assert r.status is TaskStatus.CANCELLED
+    assert head.id in (middle.reason or "") and "cancelled" in (middle.reason or "")
