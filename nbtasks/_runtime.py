@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from . import executors
 from ._attempt import Job, Options
 from ._codec import args_repr, cache_key, find_unpicklable
 from ._errors import StoreError, TaskCancelled, UnknownTaskId
-from ._model import FINISHED, Clock, Metadata, Request, TaskStatus
+from ._model import FINISHED, Clock, Metadata, Request, TaskStatus, to_datetime
 from ._store import Live, Store, new_id, owner_alive
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ class Runtime:
             "backend": self.app_name,
             "errors": [],
             "worker_ids": [],
-            "metadata": dict(metadata),
+            "metadata": json.loads(json.dumps(metadata)) if metadata else {},
             "owner": store.owner,
             "executor": opts.executor,
         }
@@ -139,8 +140,8 @@ class Runtime:
             id=tid,
             metadata=Metadata.trusted(metadata),
             priority=opts.priority,
-            eta=None,
-            expires=None,
+            eta=to_datetime(opts.eta),
+            expires=to_datetime(opts.expires),
             parent_id=rec.get("parent_id"),
         )
         job = Job(live, task, args, kwargs, request, opts, chunk=chunk)
@@ -328,10 +329,15 @@ class Runtime:
                 if not w.remaining:
                     self._release(w)
             else:
-                verb = {"FAILED": "failed", "CANCELLED": "was cancelled"}.get(
-                    status, "was interrupted"
-                )
-                self.cancel_job(w.job, f"task {job.id} ({job.request.task_name}) {verb}")
+                # Name the task that broke the chain, also further down it.
+                cause = job.chain_cause
+                if cause is None:
+                    verb = {"FAILED": "failed", "CANCELLED": "was cancelled"}.get(
+                        status, "was interrupted"
+                    )
+                    cause = f"task {job.id} ({job.request.task_name}) {verb}"
+                w.job.chain_cause = cause
+                self.cancel_job(w.job, cause)
 
     def _release(self, w: Waiting) -> None:
         job = w.job

@@ -1,0 +1,708 @@
+"""Dask: tasks run on a ``dask.distributed`` cluster; this process stays their owner.
+
+Dask schedules (priorities, data locality, resilience, many machines); nbtasks keeps what Dask
+does not: the record in the store, metadata, retries with backoff, caching, widgets. The
+client process owns every record (DESIGN principle 2): workers never open the store. What a
+running task reports comes back through Dask itself (no shared filesystem): the worker side
+(``_dask_worker``) logs events on a topic of this executor's own, and the client subscribed to
+it. One dispatcher thread here applies them, in order, with ``store.change``:
+
+* a "started" event claims the task (READY -> RUNNING) with the worker's start time and id;
+* progress, output and ``update_state`` arrive throttled at the source (<= 10/s per task),
+  ``set_metadata`` at once, and the last values with the return value;
+* finished futures are gathered in batches, and ``Attempt.end`` records the outcome, runs the
+  hooks, retries (nbtasks' policy with backoff: Dask's own ``retries`` stay 0) and tells the
+  runtime (links, chains, chords).
+
+Cancel and ``timeout`` cancel the Dask future and record CANCELLED / ``TaskTimeout`` at once;
+the worker notices its cancelled key at its next tick, and the task stops at its next
+``progress()``/``check_cancelled()`` (Dask cannot stop a running thread). A worker lost while
+it ran a task (the scheduler's ``remove-worker`` event names the tasks it was processing, or
+the future errs with ``KilledWorker``) fails the attempt with ``WorkerLost``: retried by the
+task's policy, instead of silently re-run by Dask. Futures cancelled behind our back (the
+client lost its scheduler connection, or was closed) leave their tasks INTERRUPTED with a
+reason that says so.
+
+Workers need nbtasks installed (as they need any library the tasks use); the task functions
+themselves travel by value (cloudpickle), so notebook functions work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import queue
+import sys
+import threading
+import time
+import traceback
+import uuid
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from .._attempt import Attempt, Job
+from .._codec import cloudpickle
+from .._errors import Retry, TaskCancelled, WorkerLost
+from .._model import MISSING, TaskStatus
+from . import _dask_worker
+
+if TYPE_CHECKING:
+    from .._attempt import Runtime
+
+BATCH: Final = 2000  # queue items handled per round (finished futures gathered at once)
+WATCHDOG: Final = 1.0  # seconds between checks that the client is still alive
+
+
+class RemoteTraceback(Exception):
+    """The worker's traceback text, attached as ``__cause__`` of the exception it raised
+    (as ``concurrent.futures.process`` does): the record shows where it failed remotely."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+class _Flight:
+    """One attempt of a job on Dask: its key, future and how far it got."""
+
+    __slots__ = ("addr", "attempt", "claimed", "ended", "future", "job", "key")
+
+    def __init__(self, job: Job, attempt: Attempt, key: str) -> None:
+        self.job = job
+        self.attempt = attempt
+        self.key = key
+        self.future: Any = None
+        self.claimed = False  # READY -> RUNNING recorded (the worker said it started)
+        self.ended = False  # its outcome is recorded (or it was dropped): ignore the rest
+        self.addr: str | None = None  # the worker running it
+
+
+class DaskExecutor:
+    name = "dask"
+
+    def __init__(self, runtime: Runtime, client: Any = None) -> None:
+        try:
+            import distributed  # noqa: F401  (here, not at import: ``import nbtasks`` stays lean)
+        except ModuleNotFoundError as exc:
+            raise ImportError(
+                f"the 'dask' executor needs {exc.name}: pip install 'nbtasks[dask]'"
+            ) from exc
+        self.runtime = runtime
+        self.store = runtime.store
+        self.client, self._own_client = _connect(client)
+        self.topic = f"nbtasks-{uuid.uuid4().hex}"
+        self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._flights: dict[str, _Flight] = {}  # Dask key -> flight
+        self._by_id: dict[str, _Flight] = {}  # task id -> its current flight
+        self._stopping = False
+        self._closed = False
+        self._hub = _Hub.of(self.client)
+        self._hub.listen(self.topic, self._on_event)
+        self._hub.listen("all", self._on_cluster_event)
+        self._thread = threading.Thread(target=self._dispatch, name="nbtasks-dask", daemon=True)
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"<DaskExecutor {self.client.scheduler.address if self.client.scheduler else '?'}>"
+
+    # ------------------------------------------------------------------ submitting
+
+    def submit(self, job: Job) -> None:
+        if self._stopping:
+            raise RuntimeError("this App has been shut down; create a new one")
+        req, opts, live = job.request, job.options, job.live
+        n = req.retries
+        key = f"{req.task_name}-{job.id}" if n == 0 else f"{req.task_name}-{job.id}-{n}"
+        head: dict[str, Any] = {"id": job.id, "topic": self.topic, "name": req.task_name}
+        if n:
+            head["retries"] = n
+        if opts.retries:
+            head["max_retries"] = opts.retries
+        if req.metadata:
+            head["meta"] = dict(req.metadata)
+        if opts.priority:
+            head["priority"] = opts.priority
+        if req.parent_id:
+            head["parent_id"] = req.parent_id
+        if opts.timeout is not None:
+            head["timeout"] = opts.timeout
+        if opts.soft_timeout is not None:
+            head["soft_timeout"] = opts.soft_timeout
+        if opts.expires is not None:
+            head["expires"] = opts.expires
+        if job.chunk:
+            head["chunk"] = True
+        try:
+            blob = _dask_worker.task_blob(job.task)
+        except TypeError as exc:
+            self._fail_unsent(job, exc)
+            return
+        flight = _Flight(job, Attempt(job, self.runtime), key)
+        with self._lock:
+            self._flights[key] = flight
+            self._by_id[job.id] = flight
+        if self._on_live_finished not in live.callbacks:
+            live.callbacks.append(self._on_live_finished)
+        try:
+            future = self.client.submit(
+                _dask_worker.run,
+                blob,
+                head,
+                job.args,
+                job.kwargs,
+                key=key,
+                priority=opts.priority,
+                pure=False,
+            )
+        except Exception as exc:
+            with self._lock:
+                self._forget(flight)
+            if self.client.status not in ("running", "connecting"):
+                self._interrupt_unsent(job, f"the Dask client is {self.client.status}: {exc}")
+            else:
+                self._fail_unsent(job, exc)
+            return
+        flight.future = future
+        future.add_done_callback(self._on_done)
+
+    def cancel_running(self, job: Job) -> bool:
+        # The runtime has set the context's stop (TaskCancelled) already.
+        self._queue.put(("stop", job.id))
+        return True
+
+    def timed_out(self, job: Job) -> None:
+        # Called by the store's tick once the deadline passed (the context holds TaskTimeout).
+        self._queue.put(("stop", job.id))
+
+    # ------------------------------------------------------------------ shutting down
+
+    def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> list[Job]:
+        with self._lock:
+            self._stopping = True
+            unstarted = []
+            if cancel_pending:
+                unstarted = [f for f in self._flights.values() if not f.claimed and not f.ended]
+                for flight in unstarted:
+                    flight.ended = True
+                    self._forget(flight)
+        for flight in unstarted:
+            self._cancel_future(flight)
+        if wait:
+            with self._lock:
+                while self._flights and self._thread.is_alive():
+                    self._idle.wait(WATCHDOG)
+        self._queue.put(("close",))
+        if wait and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+        return [f.job for f in unstarted]
+
+    def _close(self) -> None:
+        """The dispatcher's last act: stop listening, close the client if we made it."""
+        if self._closed:
+            return
+        self._closed = True
+        self._hub.unlisten(self.topic, self._on_event)
+        self._hub.unlisten("all", self._on_cluster_event)
+        if self._own_client:
+            try:
+                self.client.close()
+            except Exception:  # pragma: no cover - closing a client whose cluster is gone
+                pass
+
+    # ------------------------------------------------------------------ called by Dask (its loop)
+
+    def _on_event(self, event: tuple[float, Any]) -> None:
+        self._queue.put(("event", event[1]))
+
+    def _on_cluster_event(self, event: tuple[float, Any]) -> None:
+        msg = event[1]
+        if isinstance(msg, dict) and msg.get("action") == "remove-worker":
+            flights = self._flights
+            if any(key in flights for key in msg.get("processing-tasks") or ()):
+                self._queue.put(("lost", msg))
+
+    def _on_done(self, future: Any) -> None:
+        self._queue.put(("done", future))
+
+    def _on_live_finished(self, live: Any) -> None:
+        # The record ended outside the dispatcher (a READY task cancelled or expired):
+        # drop the future. May run under the runtime's lock: only queue it.
+        self._queue.put(("gone", live.id))
+
+    # ------------------------------------------------------------------ the dispatcher thread
+
+    def _dispatch(self) -> None:
+        get = self._queue.get
+        closing = False
+        while True:
+            try:
+                items = [get(timeout=WATCHDOG)]
+            except queue.Empty:
+                items = []
+            while len(items) < BATCH:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            done: list[Any] = []
+            for item in items:
+                kind = item[0]
+                if kind == "done":
+                    done.append(item[1])
+                elif kind == "close":
+                    closing = True
+                else:
+                    self._guard(self._handle, item)
+            if done:
+                self._guard(self._finish_batch, done)
+            self._guard(self._watchdog)
+            with self._lock:
+                if not self._flights:
+                    self._idle.notify_all()
+                    if closing:
+                        self._close()
+                        return
+
+    def _guard(self, fn: Callable[..., None], *args: Any) -> None:
+        """Background machinery never fails silently (DESIGN principle 12)."""
+        try:
+            fn(*args)
+        except Exception:  # pragma: no cover - a bug: say so where someone will see it
+            print(
+                "nbtasks: internal error in the Dask executor's dispatcher:\n"
+                + traceback.format_exc(),
+                file=sys.__stderr__,
+            )
+
+    def _handle(self, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        if kind == "event":
+            msg = item[1]
+            flight = self._flights.get(str(msg.get("k"))) if isinstance(msg, dict) else None
+            if flight is None or flight.ended:
+                return  # an attempt already recorded (or not ours)
+            if not flight.claimed and not self._claim(flight, msg):
+                return
+            self._apply(flight, msg)
+        elif kind == "stop":
+            flight = self._by_id.get(item[1])
+            if flight is None or flight.ended or not flight.claimed:
+                return
+            self._cancel_future(flight)
+            stop = flight.attempt.ctx._stop or TaskCancelled(f"task {flight.job.id} was cancelled")
+            self._end(flight, MISSING, stop)
+        elif kind == "gone":
+            flight = self._by_id.get(item[1])
+            if flight is not None and not flight.ended and flight.job.live.finished:
+                with self._lock:
+                    flight.ended = True
+                    self._forget(flight)
+                self._cancel_future(flight)
+        elif kind == "lost":
+            self._worker_lost(item[1])
+
+    # ------------------------------------------------------------------ claiming and updates
+
+    def _claim(self, flight: _Flight, info: dict[str, Any]) -> bool:
+        """READY -> RUNNING with the worker's start time and id (as ``Attempt.claim``)."""
+        attempt, live = flight.attempt, flight.job.live
+        first = live.rec.get("started_at") is None
+        if not attempt.claim():  # cancelled or expired meanwhile: the record says so already
+            with self._lock:
+                flight.ended = True
+                self._forget(flight)
+            self._cancel_future(flight)
+            return False
+        flight.claimed = True
+        flight.addr = info.get("a")
+        now = time.time()
+        start = min(info.get("t") or now, now)  # never after "now": clocks may differ
+        fields: dict[str, Any] = {"last_attempted_at": start}
+        if first:
+            fields["started_at"] = start
+        wid = info.get("w")
+        if wid:
+            fields["worker_ids"] = [*live.rec["worker_ids"][:-1], wid]
+            flight.job.request.worker_id = wid
+        self.store.change(live, **fields)
+        if attempt.deadline is not None:
+            attempt.deadline -= min(now - start, flight.job.options.timeout or 0.0)
+        return True
+
+    def _apply(self, flight: _Flight, msg: dict[str, Any]) -> None:
+        """What the worker sent, into the record. Progress and output go into this process's
+        Context of the attempt, as a local task's ``progress()`` and ``print()`` would: the
+        store's tick persists them (<= 10/s) and ``Attempt.end`` writes the last values."""
+        live, request, ctx = flight.job.live, flight.job.request, flight.attempt.ctx
+        rec = live.rec
+        fields: dict[str, Any] = {}
+        if "p" in msg:
+            ctx._cur, ctx._total, ctx._msg = msg["p"]
+        if "ot" in msg:
+            ctx._write(msg["o"])
+            ctx._out_total = msg["ot"]  # the worker's count (its tail may have skipped some)
+        flush = "m" in msg
+        if flush or "rm" in msg:
+            merged = dict(rec.get("metadata") or {})
+            merged.update(msg.get("m") or {})
+            if "rm" in msg:
+                request.metadata.update(msg["rm"])
+                merged.update(request.metadata)
+            fields["metadata"] = merged
+        if "r" in msg:
+            fields["result"] = msg["r"]
+        if "st" in msg:
+            fields["state"] = msg["st"]
+        if fields:
+            self.store.change(live, **fields)
+        if flush:
+            self.store.flush()  # set_metadata commits at once, as in the core
+
+    # ------------------------------------------------------------------ outcomes
+
+    def _finish_batch(self, futures: list[Any]) -> None:
+        finished: list[tuple[_Flight, Any]] = []
+        for future in futures:
+            flight = self._flights.get(future.key)
+            if flight is None or flight.ended or flight.future is not future:
+                continue
+            status = future.status
+            if status == "finished":
+                finished.append((flight, future))
+            elif status == "error":
+                self._errored(flight, future)
+            elif status == "cancelled":
+                self._cancelled_elsewhere(flight, future)
+        if not finished:
+            return
+        try:
+            payloads = self.client.gather([f for _, f in finished])
+        except Exception:
+            payloads = [_result_or_error(f) for _, f in finished]
+        for (flight, future), payload in zip(finished, payloads, strict=True):
+            if flight.ended:
+                continue
+            if isinstance(payload, _Failure):
+                if future.status == "cancelled":
+                    self._cancelled_elsewhere(flight, future)
+                else:
+                    self._end_remote_error(flight, payload.exc, {})
+                continue
+            ok, value, info = payload
+            if info.get("expired"):
+                self._expired(flight)
+                continue
+            if not flight.claimed and not self._claim(flight, info):
+                continue
+            self._apply(flight, info)
+            if ok:
+                self._end(flight, value, None)
+            else:
+                self._end(flight, MISSING, decode_error(value))
+
+    def _expired(self, flight: _Flight) -> None:
+        """The worker found the task past ``expires`` and did not run it."""
+        if flight.claimed or self._claim(flight, {}):  # claim() records CANCELLED "expired"
+            self._end(flight, MISSING, TaskCancelled("expired"))
+
+    def _errored(self, flight: _Flight, future: Any) -> None:
+        """The Dask task itself failed: a worker lost too often (KilledWorker), or the
+        wrapper could not run (e.g. nbtasks is not installed on the worker)."""
+        try:
+            exc = future.exception(timeout=5)
+        except Exception as err:
+            exc = err
+        from distributed import KilledWorker
+
+        if isinstance(exc, KilledWorker):
+            exc = WorkerLost(
+                f"task {flight.job.request.task_name}[{flight.job.id}] was running on Dask "
+                f"workers that died ({exc})"
+            )
+        self._end_remote_error(flight, exc, {})
+
+    def _end_remote_error(self, flight: _Flight, exc: BaseException, info: dict[str, Any]) -> None:
+        if not flight.claimed and not self._claim(flight, info):
+            return
+        self._end(flight, MISSING, exc)
+
+    def _worker_lost(self, msg: dict[str, Any]) -> None:
+        """The scheduler removed a worker: tasks that had started on it lost their attempt."""
+        addr = msg.get("worker") or "?"
+        why = msg.get("stimulus_id") or "unknown"
+        for key in msg.get("processing-tasks") or ():
+            flight = self._flights.get(key)
+            if flight is None or flight.ended or not flight.claimed:
+                # Not started there (only queued on it): Dask runs it elsewhere.
+                continue
+            if flight.addr is not None and flight.addr != addr:
+                continue
+            self._cancel_future(flight)  # Dask would re-run it; nbtasks' retry policy decides
+            req = flight.job.request
+            self._end(
+                flight,
+                MISSING,
+                WorkerLost(
+                    f"task {req.task_name}[{flight.job.id}]: the Dask worker {addr} running it "
+                    f"was lost (its process died or stopped answering; scheduler stimulus "
+                    f"{why!r})"
+                ),
+            )
+
+    def _cancelled_elsewhere(self, flight: _Flight, future: Any) -> None:
+        """A future cancelled behind our back: the client lost the scheduler or was closed."""
+        exc = getattr(getattr(future, "_state", None), "exception", None)
+        reason = getattr(exc, "reason", None)
+        addr = _scheduler_address(self.client)
+        if reason == "scheduler-connection-lost":
+            why = f"the Dask client lost its connection to the scheduler {addr}"
+        elif self.client.status in ("closing", "closed"):
+            why = f"the Dask client of scheduler {addr} was closed"
+        else:
+            why = f"its Dask future was cancelled outside nbtasks (reason: {reason or 'unknown'})"
+        self._interrupt(flight, why)
+
+    def _watchdog(self) -> None:
+        """Nothing stays RUNNING forever: a closed client interrupts what it had in flight."""
+        if self.client.status in ("closing", "closed") and self._flights:
+            addr = _scheduler_address(self.client)
+            for flight in list(self._flights.values()):
+                if not flight.ended:
+                    self._interrupt(flight, f"the Dask client of scheduler {addr} was closed")
+
+    def _end(self, flight: _Flight, value: Any, error: BaseException | None) -> None:
+        with self._lock:
+            if flight.ended:
+                return
+            flight.ended = True
+            self._forget(flight)
+        flight.attempt.end(value, error)
+
+    def _interrupt(self, flight: _Flight, why: str) -> None:
+        with self._lock:
+            if flight.ended:
+                return
+            flight.ended = True
+            self._forget(flight)
+        job, live = flight.job, flight.job.live
+        runtime = self.runtime
+        with runtime.lock:
+            if live.finished:
+                return
+            self.store.active.pop(live.id, None)
+            self.store.change(
+                live,
+                TaskStatus.INTERRUPTED,
+                finished_at=runtime.clock.time(),
+                state=TaskStatus.INTERRUPTED.value,
+                reason=f"{why}; it may not have finished",
+            )
+        runtime.finished(job)
+
+    def _interrupt_unsent(self, job: Job, why: str) -> None:
+        runtime = self.runtime
+        with runtime.lock:
+            if job.live.finished:
+                return
+            self.store.change(
+                job.live,
+                TaskStatus.INTERRUPTED,
+                finished_at=runtime.clock.time(),
+                state=TaskStatus.INTERRUPTED.value,
+                reason=f"it could not be sent to Dask: {why}",
+            )
+        runtime.finished(job)
+
+    def _fail_unsent(self, job: Job, exc: BaseException) -> None:
+        """It cannot be sent at all: the attempt fails (and may retry, like any failure)."""
+        attempt = Attempt(job, self.runtime)
+        if attempt.claim():
+            attempt.end(MISSING, exc)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _forget(self, flight: _Flight) -> None:
+        """Under ``self._lock``."""
+        if self._flights.get(flight.key) is flight:
+            del self._flights[flight.key]
+        if self._by_id.get(flight.job.id) is flight:
+            del self._by_id[flight.job.id]
+
+    def _cancel_future(self, flight: _Flight) -> None:
+        future = flight.future
+        if future is not None and not future.done():
+            try:
+                future.cancel(reason="nbtasks", msg="cancelled by nbtasks")
+            except Exception:  # pragma: no cover - the client is gone: nothing to cancel
+                pass
+        flight.future = None
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class _Failure:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _result_or_error(future: Any) -> Any:
+    try:
+        return future.result(timeout=60)
+    except BaseException as exc:
+        return _Failure(exc)
+
+
+def decode_error(err: dict[str, Any]) -> BaseException:
+    """The worker's error back as an exception: the original when it unpickles, else a stand-in
+    with the same class path; the worker's traceback text is its ``__cause__``."""
+    exc: BaseException | None = None
+    if "cls" in err:
+        data = err.get("exc")
+        if data is not None:
+            try:
+                exc = cloudpickle().loads(data)
+            except Exception:
+                exc = None
+        if isinstance(exc, BaseException):
+            # Its frames are the worker's: the traceback text below tells them as they were.
+            exc = exc.with_traceback(None)
+        else:
+            exc = _standin(err["cls"], err.get("msg", ""))
+        exc.__cause__ = RemoteTraceback('\n"""\n' + err.get("tb", "") + '"""')
+    retry = err.get("retry")
+    if retry is not None:
+        return Retry(retry.get("msg") or "retry", exc=exc, countdown=retry.get("countdown"))
+    assert exc is not None
+    return exc
+
+
+_standins: dict[str, type[Exception]] = {}
+
+
+def _standin(path: str, message: str) -> BaseException:
+    """An exception of a class that did not travel (it does not pickle, or is not importable
+    here), named like the original so the record keeps its class path."""
+    cls = _standins.get(path)
+    if cls is None:
+        module, _, qualname = path.rpartition(".")
+        cls = type(
+            qualname.rpartition(".")[2] or "RemoteError",
+            (Exception,),
+            {"__module__": module or "builtins", "__qualname__": qualname},
+        )
+        _standins[path] = cls
+    return cls(message)
+
+
+# --------------------------------------------------------------------------- the client
+
+
+def _connect(client: Any) -> tuple[Any, bool]:
+    """The Client to use and whether this executor made it (and so closes it)."""
+    import distributed
+
+    if client is None:
+        try:
+            return distributed.default_client(), False
+        except ValueError:
+            raise ValueError(
+                "executor='dask' needs a Dask cluster, and no Dask client exists in this "
+                "process: pass one with nbtasks.App(dask=Client(...)) or "
+                "nbtasks.configure(dask='tcp://scheduler:8786'), or create a "
+                "distributed.Client() before submitting"
+            ) from None
+    if isinstance(client, distributed.Client):
+        if client.asynchronous:
+            raise TypeError(
+                "App(dask=...) needs a synchronous distributed.Client (asynchronous=False): "
+                "nbtasks talks to it from its own threads"
+            )
+        return client, False
+    if isinstance(client, str) or hasattr(client, "scheduler_address"):
+        try:
+            return distributed.Client(client, set_as_default=False), True
+        except OSError as exc:
+            raise OSError(f"App(dask={client!r}): cannot reach the Dask scheduler: {exc}") from exc
+    raise TypeError(
+        "App(dask=...) takes a distributed.Client, a cluster (e.g. LocalCluster) or a "
+        f"scheduler address such as 'tcp://127.0.0.1:8786', got {client!r}"
+    )
+
+
+def _scheduler_address(client: Any) -> str:
+    try:
+        return str(client.scheduler.address)
+    except AttributeError:
+        return "(unknown)"
+
+
+class _Hub:
+    """One event handler per topic per Client (Dask keeps only one), fanned out to every
+    executor on that client; a handler the user had set keeps being called."""
+
+    _hubs: weakref.WeakKeyDictionary[Any, _Hub] = weakref.WeakKeyDictionary()
+    _lock = threading.Lock()
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.listeners: dict[str, list[Callable[[Any], None]]] = {}
+        self.previous: dict[str, Any] = {}
+        self.tasks: set[asyncio.Future[Any]] = set()
+
+    @classmethod
+    def of(cls, client: Any) -> _Hub:
+        with cls._lock:
+            hub = cls._hubs.get(client)
+            if hub is None:
+                hub = cls._hubs[client] = cls(client)
+            return hub
+
+    def listen(self, topic: str, fn: Callable[[Any], None]) -> None:
+        with self._lock:
+            fns = self.listeners.get(topic)
+            if fns is None:
+                fns = self.listeners[topic] = []
+                self.previous[topic] = self.client._event_handlers.get(topic)
+                self.client.subscribe_topic(topic, self._fan_out(topic))
+            fns.append(fn)
+
+    def unlisten(self, topic: str, fn: Callable[[Any], None]) -> None:
+        with self._lock:
+            fns = self.listeners.get(topic)
+            if not fns or fn not in fns:
+                return
+            fns.remove(fn)
+            if fns:
+                return
+            del self.listeners[topic]
+            previous = self.previous.pop(topic, None)
+        try:
+            if previous is not None:
+                self.client.subscribe_topic(topic, previous)
+            elif self.client.status == "running":
+                self.client.unsubscribe_topic(topic)
+        except Exception:  # pragma: no cover - the client is closing
+            pass
+
+    def _fan_out(self, topic: str) -> Callable[[Any], None]:
+        def handler(event: Any) -> None:
+            previous = self.previous.get(topic)
+            if previous is not None:
+                result = previous(event)
+                if inspect.isawaitable(result):  # a coroutine handler: Dask would await it
+                    task = asyncio.ensure_future(result)
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
+            for fn in list(self.listeners.get(topic, ())):
+                fn(event)
+
+        return handler
