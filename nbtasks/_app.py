@@ -10,16 +10,18 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
-import diskcache
-
+from . import _result
 from ._errors import NbtasksError, UnknownTaskId
 from ._model import FINISHED, SYSTEM_CLOCK, Clock, Request, TaskStatus
 from ._result import GroupResult, TaskResult
 from ._runtime import Runtime, Waiting
 from ._store import Store, new_id
 from ._task import Signature, Task, check_task_options, group, resolve_options
+
+if TYPE_CHECKING:
+    import diskcache
 
 _STATUS_NAMES = [s.value for s in TaskStatus]
 
@@ -396,6 +398,9 @@ def app_for_store(path: Any) -> App:
     if app._store.path == path:
         return app
     return App(store=path)
+
+
+_result.app_for_store = app_for_store
 
 
 __all__ = ["App", "AsyncResult", "NbtasksError", "configure", "default_app", "task"]

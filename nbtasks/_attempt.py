@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ._context import Context, _current, install_capture, install_tqdm_bridge, raise_in_thread
@@ -23,29 +23,8 @@ from ._errors import (
     TaskCancelled,
     TaskTimeout,
 )
-from ._model import MISSING, Clock, Request, TaskError, TaskStatus
+from ._model import MISSING, Clock, Options, Request, TaskError, TaskStatus
 from ._store import HOST, Live, Store
-
-
-@dataclass
-class Options:
-    """A task's options resolved for one submit (task defaults overridden per call).
-    Never changed after it is made: one instance may serve many submits of a task."""
-
-    executor: str = "thread"
-    retries: int = 0
-    retry_backoff: float = 0.0
-    retry_on: tuple[type[BaseException], ...] = (Exception,)
-    timeout: float | None = None
-    soft_timeout: float | None = None
-    priority: int = 0
-    cache: bool = False
-    cache_ttl: float | None = None
-    detach: bool = False
-    expires: float | None = None  # epoch seconds
-    eta: float | None = None  # epoch seconds
-    link: list[Any] = field(default_factory=list)
-    link_error: list[Any] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -62,6 +41,7 @@ class Job:
     cancel_reason: str | None = None
     attempt: Attempt | None = None
     timer_done: bool = False  # its countdown/ETA has been waited for
+    chain_cause: str | None = None  # why the chain before it broke, if it did
     payload: bytes | None = None  # a process task's pickled (task, options), made at submit
 
     @property
@@ -104,6 +84,8 @@ class Attempt:
         self.deadline: float | None = None
         self.soft_deadline: float | None = None
         self.in_user_code = False
+        self.no_more_retries = False
+        self._meta0 = dict(job.request.metadata)
         job.attempt = self
 
     @property
@@ -246,13 +228,20 @@ class Attempt:
             return {"u": f"{type(value).__name__} value that {exc}"}
 
     def _merged_metadata(self) -> dict[str, Any]:
+        """The stored metadata plus what the task changed in ``request.metadata`` (Celery's
+        ``request.meta``); a key set with ``set_metadata`` is not put back to its old value."""
         merged = dict(self.job.live.rec.get("metadata") or {})
-        merged.update(self.request.metadata)
+        before = self._meta0
+        for key, value in self.request.metadata.items():
+            if key not in before or before[key] != value:
+                merged[key] = value
         return merged
 
     # ------------------------------------------------------------------ retries
 
     def _should_retry(self, error: BaseException) -> bool:
+        if self.no_more_retries:
+            return False
         if isinstance(error, Retry):
             return True
         opts = self.job.options
@@ -263,6 +252,7 @@ class Attempt:
     ) -> BaseException:
         limit = self.job.options.retries if max_retries is None else max_retries
         if self.request.retries >= limit:
+            self.no_more_retries = True  # max_retries overrides the task's retries (Celery)
             if exc is not None:
                 return exc
             return MaxRetriesExceededError(
@@ -328,6 +318,7 @@ class Attempt:
 
     def tick(self, ctx: Context) -> None:
         """Every 0.1 s from the writer thread: persist progress/output; enforce time limits."""
+        install_tqdm_bridge()  # tqdm may have been imported by the task itself
         now = self.runtime.clock.monotonic()
         if self.soft_deadline is not None and not ctx._soft_fired and now >= self.soft_deadline:
             ctx._soft_fired = True

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._app import App
-from ._context import Context
 from ._errors import NbtasksError
 from ._model import Progress, TaskStatus, to_datetime
 from ._result import TaskResult
@@ -188,11 +187,11 @@ def run_demo(store: str) -> int:
             self.update_state(state="PROGRESS", meta={"epoch": epoch, "loss": round(loss, 4)})
         return {"loss": round(loss, 4)}
 
-    @app.task(name="demo.fetch", retries=2, retry_backoff=0.1)
-    def fetch(ctx: Context, url: str) -> str:
-        ctx.set_metadata(url=url)
-        print(f"attempt {ctx.retries + 1}: GET {url}")
-        if ctx.retries == 0:
+    @app.task(name="demo.fetch", retries=2, retry_backoff=0.1, bind=True)
+    def fetch(self: Any, url: str) -> str:
+        self.set_metadata(url=url)
+        print(f"attempt {self.request.retries + 1}: GET {url}")
+        if self.request.retries == 0:
             raise ConnectionError(f"{url}: connection reset (the demo fails the first attempt)")
         return f"200 OK from {url}"
 

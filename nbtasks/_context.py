@@ -9,7 +9,7 @@ written when the attempt ends. The same tick notices timeouts.
 from __future__ import annotations
 
 import asyncio
-import contextvars
+import importlib.abc
 import logging
 import sys
 import threading
@@ -17,16 +17,14 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ._errors import Retry, SoftTimeLimitExceeded, TaskCancelled, TaskTimeout
-from ._model import Metadata, Progress, Request, check_json
+from ._model import CURRENT, Metadata, Progress, Request, check_json
 
 if TYPE_CHECKING:
     from ._attempt import Attempt
 
 T = TypeVar("T")
 
-_current: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
-    "nbtasks_context", default=None
-)
+_current = CURRENT  # the ContextVar behind current(); it lives with the data model
 
 OUTPUT_LIMIT: Final = 64 * 1024  # characters of output kept per task (the tail)
 _NUMBER: Final = frozenset({int, float})
@@ -297,15 +295,54 @@ def _is_std_stream(stream: Any) -> bool:
 # --------------------------------------------------------------------------- tqdm bridge
 
 _tqdm_patched = False
+_tqdm_hook_installed = False
 
 
 def install_tqdm_bridge() -> None:
-    """If tqdm is loaded, make its bars drive the running task's progress (once per process)."""
-    global _tqdm_patched
+    """Make tqdm bars drive the running task's progress: now if tqdm is loaded, else as soon
+    as it is imported (a task may import it itself)."""
+    global _tqdm_hook_installed
     if _tqdm_patched:
         return
     std = sys.modules.get("tqdm.std")
-    if std is None:
+    if std is not None:
+        _patch_tqdm(std)
+    elif not _tqdm_hook_installed:
+        _tqdm_hook_installed = True
+        sys.meta_path.insert(0, _TqdmImportHook())
+
+
+class _TqdmImportHook(importlib.abc.MetaPathFinder):
+    """Patches ``tqdm.std`` right after it is imported (and does nothing else)."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != "tqdm.std" or _tqdm_patched:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _PatchingLoader(spec.loader)
+                return spec
+        return None
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        _patch_tqdm(module)
+
+
+def _patch_tqdm(std: Any) -> None:
+    global _tqdm_patched
+    if _tqdm_patched:
         return
     _tqdm_patched = True
     cls = std.tqdm
@@ -325,6 +362,8 @@ def install_tqdm_bridge() -> None:
         ctx = _current.get()
         if ctx is not None and not getattr(self, "disable", False):
             ctx._cur, ctx._total = self.n, self.total
+            if self.desc:
+                ctx._msg = self.desc.rstrip(": ")
         return original_close(self)
 
     cls.update = update

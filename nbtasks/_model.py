@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import importlib
 import math
 import time as _time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
@@ -153,6 +154,44 @@ def as_metadata(value: Any, argument: str = "metadata") -> Metadata:
         return Metadata(value)
     except TypeError as exc:
         raise TypeError(f"{argument}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- options
+
+#: The executors a task may name (``aio`` is internal: ``async def`` tasks on an event loop).
+EXECUTOR_NAMES: Final = ("thread", "inline", "process", "dask")
+
+
+def check_executor(name: Any, argument: str = "executor") -> str:
+    if name not in EXECUTOR_NAMES:
+        valid = ", ".join(repr(n) for n in EXECUTOR_NAMES)
+        raise ValueError(f"{argument}={name!r} is not an executor; use one of {valid}")
+    return str(name)
+
+
+@dataclass
+class Options:
+    """A task's options resolved for one submit (task defaults overridden per call).
+    Never changed after it is made: one instance may serve many submits of a task."""
+
+    executor: str = "thread"
+    retries: int = 0
+    retry_backoff: float = 0.0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    timeout: float | None = None
+    soft_timeout: float | None = None
+    priority: int = 0
+    cache: bool = False
+    cache_ttl: float | None = None
+    detach: bool = False
+    expires: float | None = None  # epoch seconds
+    eta: float | None = None  # epoch seconds
+    link: list[Any] = field(default_factory=list)
+    link_error: list[Any] = field(default_factory=list)
+
+
+#: The running task's Context in this thread or coroutine (``nbtasks.current()``).
+CURRENT: contextvars.ContextVar[Any] = contextvars.ContextVar("nbtasks_context", default=None)
 
 
 # --------------------------------------------------------------------------- requests

@@ -331,7 +331,9 @@ class TaskResult:
         if self.cached:
             parts.append("(cached)")
         if self.status is TaskStatus.FAILED and self.errors:
-            parts.append(f"{self.errors[-1].exception_class_path}: {self.errors[-1].message}")
+            err = self.errors[-1]
+            first = err.message.strip().splitlines()[0] if err.message.strip() else ""
+            parts.append(f"{err.exception_class_path}: {first}")
         if self.reason and self.status in (TaskStatus.CANCELLED, TaskStatus.INTERRUPTED):
             parts.append(self.reason)
         return f"<TaskResult {' '.join(parts)}>"
@@ -363,10 +365,14 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f}min"
 
 
-def _restore_result(store: Any, task_id: str) -> TaskResult:
-    from ._app import app_for_store
+#: Set by ``_app`` at import: the App to use for a store path when a TaskResult is unpickled
+#: (injected, so that this module does not import the App).
+app_for_store: Any = None
 
-    return app_for_store(store).result(task_id)
+
+def _restore_result(store: Any, task_id: str) -> TaskResult:
+    result: TaskResult = app_for_store(store).result(task_id)
+    return result
 
 
 class GroupResult:

@@ -606,7 +606,7 @@ class Store:
 
     # A worker process owns its task's record while it runs it (DESIGN principle 2): this
     # process hands the record over (``release``), then only mirrors what the worker wrote
-    # (``observe``); the worker flushes before it reports, so what is mirrored is durable.
+    # (``observe``). If that process dies, this one owns the record again.
 
     def release(self, live: Live) -> None:
         """Hand a task's record over to another process: commit what is pending for it here."""
@@ -614,15 +614,13 @@ class Store:
             self.flush()
 
     def observe(self, live: Live, fields: dict[str, Any]) -> None:
-        """Mirror fields that the task's owner in another process wrote: in memory only, never
-        written from here. Waiters wake when the status becomes final."""
+        """Mirror fields that the task's owner in another process wrote (or is writing): in
+        memory only, never written from here. Waiters wake when the status becomes final."""
         status = fields.get("status")
         if status is not None and status != live.rec["status"]:
             check_transition(live.id, TaskStatus(live.rec["status"]), TaskStatus(status))
         live.rec.update(fields)
         if status is not None and status in _FINISHED_NAMES:
-            if self.live.get(live.id) is live and live.id not in self._dirty:
-                del self.live[live.id]  # committed by its owner: readers find it in the store
             self._finished(live)
 
     def change(self, live: Live, status: TaskStatus | None = None, **fields: Any) -> None:

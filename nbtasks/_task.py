@@ -12,15 +12,21 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ._attempt import Options
 from ._codec import code_hash
-from ._context import Context, current
 from ._errors import NbtasksError
-from ._model import Metadata, Request, as_metadata, to_timestamp
-from .executors import check_name
+from ._model import (
+    CURRENT,
+    Metadata,
+    Options,
+    Request,
+    as_metadata,
+    check_executor,
+    to_timestamp,
+)
 
 if TYPE_CHECKING:
     from ._app import App
+    from ._context import Context
     from ._result import GroupResult, TaskResult
 
 #: The options a task takes at declaration and (all of them) per call.
@@ -123,7 +129,7 @@ def check_task_options(options: Mapping[str, Any], where: str = "task") -> dict[
         elif key in ("bind", "cache", "detach"):
             _bool(value, key)
         elif key == "executor":
-            check_name(value)
+            check_executor(value)
         elif key in ("retries", "max_retries"):
             key = "retries"
             _int(value, "retries", minimum=0)
@@ -243,7 +249,7 @@ class Task:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the plain function in the calling thread: nothing is persisted."""
         if self._ctx_param:
-            return self._target(current(), *args, **kwargs)
+            return self._target(CURRENT.get(), *args, **kwargs)
         if self._fn is not None and self.bind:
             return self._target(self, *args, **kwargs)
         return self._target(*args, **kwargs)
@@ -284,7 +290,7 @@ class Task:
     @property
     def request(self) -> Context:
         """The running attempt's Context (bind=True: ``self.request.id``, ``.meta``, ...)."""
-        ctx = current()
+        ctx: Context | None = CURRENT.get()
         if ctx is None:
             raise NbtasksError(f"task {self.name} is not running: request exists only inside it")
         return ctx
@@ -344,7 +350,12 @@ class Task:
         result = self.app._submit(self, a, kw, options)
         result.refresh()
         if throw and result.status.value == "FAILED":
-            result.return_value  # noqa: B018 - raises TaskFailed with the cause
+            try:
+                result.return_value  # noqa: B018 - raises TaskFailed from the original
+            except NbtasksError as exc:
+                if exc.__cause__ is not None:
+                    raise exc.__cause__ from None  # Celery's apply(throw=True): the task's own
+                raise
         return result
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
@@ -403,8 +414,8 @@ def _fast_check(params: list[inspect.Parameter]) -> tuple[tuple[str, ...], int] 
 
 
 def _is_context_annotation(annotation: Any, fn: Callable[..., Any]) -> bool:
-    if annotation is Context:
-        return True
+    if isinstance(annotation, type):  # nbtasks.Context, without importing _context here
+        return annotation.__name__ == "Context" and annotation.__module__.startswith("nbtasks")
     if isinstance(annotation, str):
         return annotation in ("Context", "nbtasks.Context", "_context.Context")
     return False

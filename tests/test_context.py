@@ -113,13 +113,6 @@ def test_request_meta_never_deletes_set_metadata_keys(
     assert reader.result(r.id).get_metadata() == expected
 
 
-@pytest.mark.xfail(
-    reason="BUG: a key given at submit and changed by set_metadata() while running is "
-    "reverted at the end: the final merge applies the stale request.metadata over the "
-    "stored metadata (set_metadata(user_id='dkl') after submit metadata user_id='dol' "
-    "ends as 'dol')",
-    strict=True,
-)
 def test_set_metadata_overrides_a_key_given_at_submit(
     app: nbtasks.App, reader: nbtasks.App
 ) -> None:
@@ -242,11 +235,6 @@ def test_parent_id_in_a_chain(app: nbtasks.App) -> None:
     assert parents == [None, first.id]
 
 
-@pytest.mark.xfail(
-    reason="BUG: ctx.request.eta and ctx.request.expires are always None inside the task "
-    "(Runtime.build makes the Request with eta=None, expires=None; SPEC 4 lists them)",
-    strict=True,
-)
 def test_request_eta_and_expires_inside_the_task(app: nbtasks.App) -> None:
     seen: dict[str, Any] = {}
 
@@ -493,12 +481,6 @@ def test_retry_past_max_retries_raises_exc_or_max_retries_exceeded(app: nbtasks.
     assert b.errors[-1].exception_class_path == "nbtasks.MaxRetriesExceededError"
 
 
-@pytest.mark.xfail(
-    reason="BUG: retry(exc=..., max_retries=1) in a task declared retries=5 runs 6 attempts: "
-    "past max_retries the exc is raised and then auto-retried under the task's retries "
-    "(Celery: max_retries overrides the limit for this execution, the task fails)",
-    strict=True,
-)
 def test_retry_max_retries_overrides_the_tasks_retries(app: nbtasks.App) -> None:
     @app.task(retries=5)
     def with_exc(ctx: nbtasks.Context) -> None:
@@ -738,11 +720,6 @@ def test_tqdm_inside_a_task_drives_its_progress(
     assert "epochs" not in out + err and "slow" not in out + err
 
 
-@pytest.mark.xfail(
-    reason="BUG: the tqdm bridge is installed only when an attempt starts and tqdm is already "
-    "imported; a task that imports tqdm itself (first use in the process) reports no progress",
-    strict=True,
-)
 def test_tqdm_imported_inside_the_first_task_drives_its_progress(store_path: Path) -> None:
     proc = run_python(
         f"""

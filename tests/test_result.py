@@ -425,11 +425,6 @@ def test_repr_is_one_line(app: nbtasks.App) -> None:
     assert "ValueError" in repr(a)
 
 
-@pytest.mark.xfail(
-    reason="BUG: TaskResult.__repr__ embeds the exception message as is, so a multi-line "
-    "message gives a multi-line repr (SPEC 5: elsewhere its repr is one line of text)",
-    strict=True,
-)
 def test_repr_is_one_line_with_a_multi_line_error(app: nbtasks.App) -> None:
     @app.task
     def fails() -> None:

@@ -262,11 +262,6 @@ def test_metadata_at_submit_is_stored_with_the_ready_record(t: Tasks, reader: nb
     assert r.metadata["user_id"] == "dol"
 
 
-@pytest.mark.xfail(
-    reason="BUG: the submitting process's TaskResult.metadata keeps a tuple given at submit "
-    "while every other reader gets a list (SPEC 4: a tuple comes back as a list)",
-    strict=True,
-)
 def test_metadata_tuple_is_a_list_in_the_submitting_process_too(t: Tasks) -> None:
     r = t.add.apply_async((1, 2), metadata={"tags": ("a", "b")})
     r.wait(10)
@@ -341,11 +336,6 @@ def test_apply_of_a_failing_task_returns_it_failed(t: Tasks) -> None:
         r.return_value  # noqa: B018
 
 
-@pytest.mark.xfail(
-    reason="BUG: apply(throw=True) raises nbtasks.TaskFailed, not the task's own exception "
-    "(SPEC 3: 'throw=True re-raises the task's exception', as Celery's apply does)",
-    strict=True,
-)
 def test_apply_throw_re_raises_the_tasks_exception(t: Tasks) -> None:
     with pytest.raises(ZeroDivisionError, match="boom"):
         t.boom.apply(throw=True)
@@ -427,12 +417,6 @@ def test_chain_failure_cancels_the_rest_naming_the_failed_task(
     assert failed.parent is not None and failed.parent.get(10) == 3
 
 
-@pytest.mark.xfail(
-    reason="BUG: in a chain, members after the first cancelled one get a reason naming their "
-    "cancelled predecessor ('task X (t.add) was cancelled'), not the task that failed "
-    "(SPEC 3: the members after it end CANCELLED with a reason naming the failed task)",
-    strict=True,
-)
 def test_every_later_chain_member_names_the_failed_task(t: Tasks) -> None:
     res = (t.add.s(1, 2) | t.boom.s() | t.add.s(1) | t.add.s(2)).apply_async()
     res.wait(10)

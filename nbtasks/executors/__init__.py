@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from .._model import check_executor
+
 if TYPE_CHECKING:
     from .._attempt import Job, Runtime
 
@@ -38,11 +40,7 @@ EXECUTORS: Final[dict[str, str]] = {
 }
 
 
-def check_name(name: Any, argument: str = "executor") -> str:
-    if name not in EXECUTORS or name == "aio":
-        valid = ", ".join(repr(n) for n in EXECUTORS if n != "aio")
-        raise ValueError(f"{argument}={name!r} is not an executor; use one of {valid}")
-    return str(name)
+check_name = check_executor  # validation lives with the option types, in _model
 
 
 def create(name: str, runtime: Runtime, **settings: Any) -> Executor:
