@@ -188,13 +188,7 @@ def _violations(module: str) -> list[str]:
 
 
 # Deviations from DESIGN's table found by this test (to fix in nbtasks, then drop the mark).
-KNOWN: dict[str, str] = {
-    "_task": "BUG(DESIGN): _task imports _attempt (Options), _context (Context, current) and "
-    "executors (check_name); its row allows _codec, _model, _errors",
-    "_result": "BUG(DESIGN): _result imports _app lazily in _restore_result (unpickling); the "
-    "only upward edge the table allows is _view on first display",
-    "_cli": "BUG(DESIGN): _cli imports _context; its row allows _app, _store, _result, _model",
-}
+KNOWN: dict[str, str] = {}  # modules that break their row, with the reason (none now)
 
 
 def _params() -> list[object]:
@@ -236,16 +230,7 @@ def test_the_walker_sees_relative_lazy_and_type_checking_imports() -> None:
 def _third_party_params() -> list[object]:
     out: list[object] = []
     for pkg in THIRD_PARTY_HOMES:
-        marks = []
-        if pkg == "diskcache":
-            marks = [
-                pytest.mark.xfail(
-                    reason="BUG(DESIGN): _app imports diskcache (for the store= type); "
-                    "diskcache belongs in _store only",
-                    strict=True,
-                )
-            ]
-        out.append(pytest.param(pkg, marks=marks, id=pkg))
+        out.append(pytest.param(pkg, id=pkg))
     return out
 
 
