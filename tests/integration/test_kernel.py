@@ -405,8 +405,10 @@ def test_updater_overhead_with_50_live_tasks(kernel: KernelDriver, tmp_path: Pat
     kernel.drain(window)
     baseline = (cpu() - c0) / (time.monotonic() - t0)
 
+    opened = len(kernel.models)
     shown = kernel.run("for t in tasks:\n    display(t)")
     assert len(shown.displays) == 50
+    comms_per_task = (len(kernel.models) - opened) / 50
     kernel.drain(0.5)
     n0, s0 = len(kernel.updates), kernel.value("vars(nbtasks._view.updater_stats())")
     c0, t0 = cpu(), time.monotonic()
@@ -419,6 +421,7 @@ def test_updater_overhead_with_50_live_tasks(kernel: KernelDriver, tmp_path: Pat
     bar_updates = sum(1 for t, cid, s in kernel.updates[n0:] if cid in bars and "value" in s)
     figures = {
         "live_task_widgets": 50,
+        "comms_per_task_widget": round(comms_per_task, 1),
         "window_s": round(spent, 2),
         "widget_updates_per_s": round(updates / spent, 1),
         "bar_updates_per_s_per_task": round(bar_updates / spent / 50, 2),
@@ -432,6 +435,7 @@ def test_updater_overhead_with_50_live_tasks(kernel: KernelDriver, tmp_path: Pat
     (tmp_path / "updater_figures.json").write_text(json.dumps(figures, indent=1))
     print("\nupdater figures:", json.dumps(figures))
     assert figures["updater_errors"] == 0
+    assert comms_per_task <= 20, "shared layouts/styles keep a burst of widgets small"
     # 50 live widgets share the updater's budget (MAX_POLLS_PER_SECOND): ~4 updates/s each
     assert 2 <= figures["bar_updates_per_s_per_task"] <= 10.5, figures
     assert figures["kernel_cpu_overhead_pct"] < 30, figures
