@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import asyncio
 import datetime as _dt
+import inspect
 import re
 import shlex
 from collections.abc import Callable, Sequence
@@ -106,14 +108,30 @@ def build_cell_function(
         assert isinstance(node, ast.Expr)
         last = ast.Expression(node.value)
         ast.fix_missing_locations(last)
-    body_code = compile(tree, filename, "exec")
-    last_code = compile(last, filename, "eval") if last is not None else None
+    # Top-level ``await`` works as in a notebook cell: the body then runs in asyncio.run()
+    # inside the task's thread.
+    flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    body_code = compile(tree, filename, "exec", flags=flags)
+    last_code = compile(last, filename, "eval", flags=flags) if last is not None else None
+    is_async = any(
+        c is not None and c.co_flags & inspect.CO_COROUTINE for c in (body_code, last_code)
+    )
+
+    def run_sync() -> Any:
+        exec(body_code, namespace)
+        return eval(last_code, namespace) if last_code is not None else None
+
+    async def run_async() -> Any:
+        done = eval(body_code, namespace)
+        if inspect.iscoroutine(done):
+            await done
+        if last_code is None:
+            return None
+        value = eval(last_code, namespace)
+        return await value if inspect.iscoroutine(value) else value
 
     def run_cell() -> Any:
-        exec(body_code, namespace)
-        if last_code is not None:
-            return eval(last_code, namespace)
-        return None
+        return asyncio.run(run_async()) if is_async else run_sync()
 
     run_cell.__name__ = run_cell.__qualname__ = name
     run_cell.__module__ = "__main__"

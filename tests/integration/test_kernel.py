@@ -176,6 +176,12 @@ def test_task_cell_magic(kernel: KernelDriver) -> None:
         42,
         True,
     ]
+    # top-level await works as in any cell
+    kernel.run(
+        "%%task -o r3\nimport asyncio\nawait asyncio.sleep(0.05)\n"
+        "z = 5\nawait asyncio.sleep(0, z * 2)"
+    )
+    assert kernel.value("[r3.wait(10).return_value, z]") == [10, 5]
     # a cell that does not compile fails in the cell, before anything is stored
     count_before = len(kernel.value("[t.id for t in nbtasks.default_app().results()]"))
     bad = kernel.run("%%task\nx = (", check=False)
