@@ -6,7 +6,8 @@
     set in the user namespace as the cell body runs (so all of them are there once the task
     finished).  The task's widget is shown under the cell; ``-o VAR`` also stores the
     ``TaskResult`` in ``VAR``.  ``print()`` in the body goes to the task's output, not to the
-    cell that happens to run.
+    cell that happens to run.  Top-level ``await`` works (the body then runs in ``asyncio.run``
+    in the task's thread).
 
 ``%tasks [--status S] [--name NAME] [--page-size N]``
     A live dashboard of the store: one row per task, newest first, with filters, paging and a
