@@ -146,8 +146,7 @@ def test_cancel_button_works_while_another_cell_runs(kernel: KernelDriver) -> No
         assert seen - clicked < 2.0
     else:
         assert seen - cell.finished < 2.0
-    button_state = kernel.models[button]
-    assert button_state.get("disabled") is True
+    wait_for(kernel, lambda: kernel.models[button].get("disabled") is True, timeout=2)
     time.sleep(0.3)  # the store's writer commits within 0.2 s (SPEC §3)
     assert store_status(kernel.store, task_id) == "CANCELLED"
 
