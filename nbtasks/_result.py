@@ -321,7 +321,7 @@ class TaskResult:
     # ------------------------------------------------------------------ display
 
     def __repr__(self) -> str:
-        parts = [f"{self.task_name}[{self.id[:8]}]", self.status.value]
+        parts = [f"{self.task_name}[{short_id(self.id)}]", self.status.value]
         prog = self.progress
         if prog is not None and not self.is_finished:
             parts.append(str(prog))
@@ -346,8 +346,22 @@ class TaskResult:
     def __reduce__(self) -> Any:
         return (_restore_result, (self._app._store.path, self.id))
 
+    def __copy__(self) -> TaskResult:
+        """A handle on the same task in the same App (no store is opened)."""
+        new = TaskResult.__new__(TaskResult)
+        new.__dict__.update(self.__dict__)
+        new._rec = dict(self._rec)
+        return new
+
 
 _FINISHED_NAMES = frozenset(s.value for s in FINISHED)
+
+
+def short_id(task_id: str) -> str:
+    """Eight characters that tell tasks apart: ids start with a shared timestamp, so the
+    short form is the end of the id."""
+    compact = str(task_id).replace("-", "")
+    return compact[-8:] if len(compact) > 8 else compact
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -443,7 +457,7 @@ class GroupResult:
 
     def __repr__(self) -> str:
         counts = " ".join(f"{k}={v}" for k, v in sorted(self.counts().items()))
-        return f"<GroupResult {self.id[:8]} {len(self.results)} tasks {counts}>"
+        return f"<GroupResult {short_id(self.id)} {len(self.results)} tasks {counts}>"
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any] | None:
         from . import _view

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import _kernel
+from ._result import short_id
 
 __all__ = [
     "Dashboard",
@@ -126,16 +127,6 @@ class Snapshot:
     @property
     def short_id(self) -> str:
         return short_id(self.id)
-
-
-def short_id(task_id: str) -> str:
-    """Eight characters that tell tasks apart.
-
-    Ids are time-ordered (their first characters are a timestamp shared by tasks submitted
-    together), so the short form is the *end* of the id.
-    """
-    compact = str(task_id).replace("-", "")
-    return compact[-8:] if len(compact) > 8 else compact
 
 
 def _status_str(value: Any) -> str:
