@@ -90,14 +90,18 @@ def new_id() -> str:
 
 
 def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc), to tell a reused pid."""
+    """The process's start time in clock ticks since boot (/proc), to tell a reused pid; None
+    if there is no such process, or only its zombie (it has ended, not been reaped yet)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    return stat[stat.rindex(b")") + 2 :].split()[19].decode()
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    if fields[0] == b"Z":
+        return None
+    return fields[19].decode()
 
 
 HOST: Final = socket.gethostname()
@@ -609,9 +613,13 @@ class Store:
     # (``observe``). If that process dies, this one owns the record again.
 
     def release(self, live: Live) -> None:
-        """Hand a task's record over to another process: commit what is pending for it here."""
+        """Hand a task's record over to another process: commit what is pending for it here
+        (or wait for the commit under way that carries it)."""
         if live.id in self._dirty:
             self.flush()
+        else:
+            with self._write_lock:
+                pass
 
     def observe(self, live: Live, fields: dict[str, Any]) -> None:
         """Mirror fields that the task's owner in another process wrote (or is writing): in

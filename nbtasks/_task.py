@@ -257,6 +257,12 @@ class Task:
     def __repr__(self) -> str:
         return f"<@task {self.name} of {self.app.name}>"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A task pickles without its App (to run in a worker process, or in a closure that
+        calls it there): its class, function and options."""
+        state = {k: v for k, v in vars(self).items() if k not in _NOT_PICKLED}
+        return (_restore_task, (type(self), state))
+
     # ------------------------------------------------------------------ hooks (Celery)
 
     def on_success(
@@ -411,6 +417,17 @@ def _fast_check(params: list[inspect.Parameter]) -> tuple[tuple[str, ...], int] 
         return None
     required = sum(1 for p in params if p.default is inspect.Parameter.empty)
     return tuple(p.name for p in params), required
+
+
+#: What a pickled Task leaves behind: its App and what is derived from the function again.
+_NOT_PICKLED = frozenset({"app", "_target", "_signature", "_default_options"})
+
+
+def _restore_task(cls: type[Task], state: dict[str, Any]) -> Task:
+    task = cls.__new__(cls)
+    task.__dict__.update(state)
+    task._target = task._fn if task._fn is not None else task.run
+    return task
 
 
 def _is_context_annotation(annotation: Any, fn: Callable[..., Any]) -> bool:

@@ -23,6 +23,7 @@ outcome and exits. It also acts on cancel requests (``x:<id>`` keys) written by 
 from __future__ import annotations
 
 import codecs
+import collections
 import dataclasses
 import json
 import os
@@ -40,8 +41,8 @@ from typing import Any, Final
 from . import _codec
 from ._attempt import Attempt, Job, Options, _limit_text
 from ._errors import SoftTimeLimitExceeded, TaskCancelled, TaskTimeout
-from ._model import MISSING, SYSTEM_CLOCK, Metadata, Request
-from ._store import Live, Store, _start_time
+from ._model import MISSING, SYSTEM_CLOCK, Metadata, Request, TaskStatus
+from ._store import Live, Store, _start_time, describe_owner
 
 HEARTBEAT: Final = 5.0  # seconds between heartbeats written to a running task's record
 MONITOR: Final = 0.2  # seconds between the monitor thread's checks
@@ -208,8 +209,9 @@ class _ChildRuntime:
         w.send(("retry", job.id, delay, dict(job.live.rec)))
 
     def finished(self, job: Job) -> None:
-        self.store.flush()
-        self.store.live.pop(job.id, None)
+        """Report the final record at once; this process's writer commits it within
+        milliseconds (group commit, as in the core). Should this process die first, the
+        parent writes what it was told."""
         self.worker.send(("done", job.id, dict(job.live.rec)))
 
     def timed_out(self, job: Job) -> None:
@@ -225,11 +227,25 @@ class _WorkerAttempt(Attempt):
         self.worker = worker
         self.ended = False
 
+    def claim(self) -> bool:
+        if not super().claim():
+            return False
+        soft = self.job.options.soft_timeout
+        if soft is not None:
+            # A signal interrupts a blocking call (time.sleep, I/O), which an exception set
+            # from another thread cannot: SIGALRM raises SoftTimeLimitExceeded in this thread
+            # (as billiard does for Celery), and the core's tick does not raise it again.
+            self.soft_deadline = None
+            signal.setitimer(signal.ITIMER_REAL, soft)
+        return True
+
     def end(self, value: Any, error: BaseException | None) -> None:
         with self.worker.end_lock:
             if self.ended:
                 return
             self.ended = True
+            if self.job.options.soft_timeout is not None:
+                signal.setitimer(signal.ITIMER_REAL, 0)
             self.worker.drain_output()
             super().end(value, error)
 
@@ -250,6 +266,7 @@ class Worker:
         self.store.on_cancel_request = self._cancel_requested
         self.runtime = _ChildRuntime(self)
         self.pid = os.getpid()
+        self._zygote_pid = os.getppid()
         self._send_lock = threading.Lock()
         self.end_lock = threading.Lock()
         self.attempt: _WorkerAttempt | None = None
@@ -272,23 +289,37 @@ class Worker:
             path = Path(fault_dir) / f"{self.pid}.txt"
             self._fault_file = open(path, "w")  # noqa: SIM115  (open for the process's life)
             faulthandler.enable(self._fault_file, all_threads=False)  # the task's thread
+        signal.signal(signal.SIGALRM, self._soft_timeout)
         for target, name in ((self._read_output, "output"), (self._monitor, "monitor")):
             threading.Thread(target=target, name=f"nbtasks-worker-{name}", daemon=True).start()
 
     # ------------------------------------------------------------------ the loop
 
     def serve(self) -> None:
+        """Run the jobs the parent sends, in order. It sends the next one before this one ends
+        (so no round trip is waited for), and "cancel" for one still queued here."""
         self.send(("ready", self.pid, _start_time(self.pid), self.store.owner))
+        queue: collections.deque[tuple[dict[str, Any], bytes]] = collections.deque()
+        cancelled: set[str] = set()
+        stop = False
         while True:
             try:
-                message = self.conn.recv()
+                while not stop and (not queue or self.conn.poll()):
+                    message = self.conn.recv()
+                    if message[0] == "run":
+                        queue.append((message[1], message[2]))
+                    elif message[0] == "cancel":
+                        cancelled.add(message[1])
+                    elif message[0] == "stop":
+                        stop = True
             except (EOFError, OSError):
-                break  # the parent is gone (or shut the pool down)
-            if message[0] == "run":
-                self.run(message[1], message[2])
-                if self.detached:
-                    break
-            elif message[0] == "stop":
+                stop = self.orphaned = True  # the parent is gone
+            if not queue or (stop and self.orphaned and not self.detached):
+                break
+            rec, payload = queue.popleft()
+            self.run(rec, payload, rec["id"] in cancelled)
+            cancelled.discard(rec["id"])
+            if self.detached:
                 break
         self.store.close()
         fault = getattr(self, "_fault_file", None)
@@ -303,7 +334,7 @@ class Worker:
             except OSError:
                 self.orphaned = True
 
-    def run(self, rec: dict[str, Any], payload: bytes) -> None:
+    def run(self, rec: dict[str, Any], payload: bytes, cancelled: bool = False) -> None:
         tid = rec["id"]
         store = self.store
         task: Any
@@ -327,6 +358,8 @@ class Worker:
             parent_id=rec.get("parent_id"),
         )
         job = Job(live, task, args, kwargs, request, options, chunk=bool(rec.get("chunk")))
+        if cancelled:
+            job.cancel_reason = "cancelled"  # the claim records it CANCELLED; it never runs
         while True:
             self.retry_delay = None
             attempt = _WorkerAttempt(job, self.runtime, self)
@@ -348,7 +381,6 @@ class Worker:
         if hit is None:
             task, options = _codec.loads(payload)
             task.app = _NoApp()
-            task._target = task._fn if task._fn is not None else task.run
             if len(self._loaded) >= _LOADED_MAX:
                 self._loaded.clear()
             hit = self._loaded[payload] = (task, options)
@@ -393,6 +425,12 @@ class Worker:
         with self._out_lock:  # the reader thread holds it while it routes what it read
             self._read_available()
 
+    def _soft_timeout(self, signum: int, frame: Any) -> None:
+        attempt = self.attempt
+        if attempt is not None and attempt.in_user_code and not attempt.ended:
+            attempt.ctx._soft_fired = True
+            raise SoftTimeLimitExceeded(_limit_text(attempt, "soft_timeout"))
+
     # ------------------------------------------------------------------ the monitor
 
     def _cancel_requested(self, task_id: str) -> None:
@@ -414,7 +452,11 @@ class Worker:
             if not self.orphaned and self._parent_gone():
                 self.orphaned = True
             on_its_own = self.orphaned or self.detached
-            if self._cancel == attempt.job.id and on_its_own:
+            if self.orphaned and not self.detached:
+                # A pool worker dies with its parent (as on a kernel restart); its task is
+                # recorded INTERRUPTED, as the store's sweep would do.
+                self._terminate(attempt, None)
+            elif self._cancel == attempt.job.id and on_its_own:
                 self._terminate(attempt, TaskCancelled(f"task {attempt.job.id} was cancelled"))
             elif self.orphaned and attempt.deadline is not None and now >= attempt.deadline:
                 self._terminate(attempt, TaskTimeout(_limit_text(attempt, "timeout")))
@@ -425,7 +467,10 @@ class Worker:
                         self.store.change(attempt.job.live, heartbeat=time.time())
 
     def _parent_gone(self) -> bool:
-        """While a task runs the parent sends nothing, so a readable socket means end of file."""
+        """The zygote ends when the parent does (or shuts the pool down): this process is then
+        re-parented; or the parent's end of the socket is closed (and nothing is unread)."""
+        if os.getppid() != self._zygote_pid:
+            return True
         try:
             return self._peer.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
         except BlockingIOError:
@@ -433,19 +478,35 @@ class Worker:
         except OSError:
             return True
 
-    def _terminate(self, attempt: _WorkerAttempt, error: BaseException) -> None:
-        """Record the attempt's outcome (no retry: the process ends) and exit."""
+    def _terminate(self, attempt: _WorkerAttempt, error: BaseException | None) -> None:
+        """Record the attempt's outcome (no retry: the process ends; None: INTERRUPTED, its
+        parent is gone) and exit."""
         job = attempt.job
         with self.end_lock:
             if attempt.ended:
                 return
             attempt.ended = True
-            if isinstance(error, TaskCancelled):
-                job.cancel_reason = "cancelled"
-                self.store.put_extra("x:" + job.id, None)
-            job.options = dataclasses.replace(job.options, retries=job.request.retries)
             self.drain_output()
-            Attempt.end(attempt, MISSING, error)
+            if error is None:
+                self.store.active.pop(job.id, None)
+                now = time.time()
+                parent = describe_owner({"owner": self.parent_owner})
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+                fields = attempt.ctx._snapshot(now) or {}
+                self.store.change(
+                    job.live,
+                    TaskStatus.INTERRUPTED,
+                    **fields,
+                    finished_at=now,
+                    state="INTERRUPTED",
+                    reason=f"its parent process {parent} died (noticed at {when})",
+                )
+            else:
+                if isinstance(error, TaskCancelled):
+                    job.cancel_reason = "cancelled"
+                    self.store.put_extra("x:" + job.id, None)
+                job.options = dataclasses.replace(job.options, retries=job.request.retries)
+                Attempt.end(attempt, MISSING, error)
         self.store.close()
         os._exit(0)
 

@@ -8,33 +8,40 @@ principle 10). The pieces:
 - a **zygote** (``_worker.zygote``): a new interpreter started with ``subprocess`` (a threaded
   kernel is never forked) that preloads nbtasks, diskcache and cloudpickle, ignores SIGINT, forks
   the workers and reports their exit status;
-- **workers**: each runs one task at a time and owns its record while it runs it; it writes
-  progress, output, heartbeats and the result to the store itself and commits before it reports
-  ``done``, so the parent only mirrors what is already durable (``Store.observe``);
-- one **supervisor thread** here: it reads the workers' reports, gives the next job to a worker
-  that became free, mirrors running tasks' records from the store (~10 times a second) so this
-  process's ``TaskResult`` and widgets see them live, enforces hard timeouts and cancels
-  (SIGTERM, then SIGKILL after a grace period) and turns a worker's death into the task's outcome
-  (``WorkerLost`` with the signal or exit code, ``TaskTimeout``, ``CANCELLED``), retries
+- **workers**: each owns the record of the task it runs (DESIGN principle 2). It claims it,
+  writes progress, output, heartbeats and the result to the store itself (group-committed by its
+  own writer, as the core does), and reports the final record here at once, so waiters wake
+  without a store round trip. This process mirrors what it is told (``Store.observe``) and never
+  writes the record while the worker lives; if the worker dies, this process owns the record
+  again: it writes the outcome, and persists any final record the worker reported but may not
+  have committed yet;
+- one **supervisor thread** here: it reads the workers' reports, keeps every worker fed (one job
+  running and one queued in its socket, as ``ProcessPoolExecutor`` does, so a worker never waits
+  for a round trip to this process), mirrors running tasks' records from the store ~10 times a
+  second (this process's ``TaskResult``s and widgets see them live), enforces hard timeouts and
+  cancels (SIGTERM, then SIGKILL after a grace period) and turns a worker's death into its task's
+  outcome (``WorkerLost`` naming the signal or exit code, ``TaskTimeout``, ``CANCELLED``), retries
   included, through the core's ``Attempt.end``.
 
-A submit hands the job to an idle worker from the submitting thread (no thread hop); the job's
-payload, the task and its options pickled with cloudpickle, was made at submit
-(``Runtime.build``), so what cannot be pickled fails there and nothing is stored.
+A submit hands the job to a worker from the submitting thread (no thread hop). Its payload (the
+task and its options, pickled with cloudpickle) was made at submit by ``Runtime.build``, so what
+cannot be pickled fails there and nothing is stored.
 
-A **detached** task (``detach=True``) gets a worker of its own, forked in a new session: a
-kernel restart, the kernel dying or Interrupt do not reach it. Its record names it as owner
-before it starts, so a new kernel's store sweep leaves it RUNNING; it keeps writing progress and
-its result, and acts on cancel requests and its hard timeout by itself once the parent is gone.
+A **detached** task (``detach=True``) gets a worker of its own, forked in a new session: a kernel
+restart, the kernel dying or Interrupt do not reach it. Its record names that worker as its owner
+before it starts, so a new kernel's sweep leaves it RUNNING; once its parent is gone it acts on
+cancel requests and its hard timeout by itself.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import heapq
 import itertools
 import json
 import os
+import selectors
 import shutil
 import signal
 import socket
@@ -43,15 +50,15 @@ import sys
 import tempfile
 import threading
 import time
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from .._attempt import Attempt, Job, Options, _limit_text
+from .._attempt import Attempt, Job, Options
 from .._codec import dumps, find_unpicklable
-from .._errors import TaskCancelled, TaskTimeout, UnknownTaskId, WorkerLost
+from .._errors import TaskCancelled, TaskTimeout, WorkerLost
 from .._model import FINISHED, MISSING
-from .._store import _start_time
+from .._store import HOST, _start_time
 from .._worker import BOOT
 
 if TYPE_CHECKING:
@@ -61,10 +68,10 @@ if TYPE_CHECKING:
 GRACE: Final = 2.0  # seconds between SIGTERM and SIGKILL
 EXIT_WAIT: Final = 1.0  # after a worker's socket closes: how long its exit status may take
 POLL: Final = 0.1  # seconds between reads of running tasks' records (live progress)
+RETAIN: Final = 2.0  # seconds a reported final record stays in memory (the worker commits it)
 STOP_WAIT: Final = 5.0  # shutdown: how long workers get to exit before SIGKILL
+DEPTH: Final = 2  # jobs a pool worker holds: the running one and the next
 _FINISHED_NAMES: Final = frozenset(s.value for s in FINISHED)
-#: Task attributes that only make sense in this process (the App and what derives from it).
-_PARENT_ONLY: Final = frozenset({"app", "_target", "_signature", "_default_options"})
 
 
 class _Proc:
@@ -78,20 +85,27 @@ class _Proc:
         self.start: str | None = None  # its start time (/proc), so a reused pid is not signalled
         self.owner: str | None = None
         self.ready = False
-        self.job: Job | None = None
-        self.delivered = False
-        self.handed_at = 0.0
-        self.deadline: float | None = None
+        self.jobs: collections.deque[Job] = collections.deque()  # sent, in order; [0] runs
+        self.undelivered: set[str] = set()  # jobs whose send failed (it was dying)
+        self.waiting: Job | None = None  # a detached worker's job, sent once it is ready
+        self.head_since = 0.0
+        self.deadline: float | None = None  # the running job's hard timeout
+        self.polled = 0.0
+        self.recent: collections.deque[tuple[float, Job]] = collections.deque()
         self.stop: BaseException | None = None  # why we terminate it (timeout, cancel)
         self.signalled: str | None = None
         self.kill_at: float | None = None
         self.eof_at: float | None = None
         self.code: int | None = None
         self.code_known = False
-        self.polled = 0.0
+
+    @property
+    def capacity(self) -> int:
+        return 1 if self.detached else DEPTH
 
     def __repr__(self) -> str:
-        return f"<worker {self.pid} {'detached ' if self.detached else ''}job={self.job}>"
+        kind = "detached " if self.detached else ""
+        return f"<worker {self.pid} {kind}jobs={[j.id for j in self.jobs]}>"
 
 
 class ProcessExecutor:
@@ -102,23 +116,24 @@ class ProcessExecutor:
         self.store = runtime.store
         self.size = workers
         self.grace = grace
-        self.error: BaseException | None = None  # the pool cannot start workers (or a bug)
+        self.error: BaseException | None = None  # workers cannot start (or a bug)
         self._start_failures = 0
         self._lock = threading.Lock()
         self._queue: list[tuple[int, int, Job]] = []
         self._seq = itertools.count()
         self._nums = itertools.count()
-        self._idle: list[_Proc] = []
         self._procs: dict[int, _Proc] = {}  # request number -> process
         self._by_pid: dict[int, _Proc] = {}
-        self._by_conn: dict[Connection, _Proc] = {}
-        self._running: dict[str, _Proc] = {}  # task id -> the process it was handed to
+        self._running: dict[str, _Proc] = {}  # task id -> the process it was sent to
+        self._register: list[_Proc] = []  # new processes for the supervisor's selector
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._faults = Path(tempfile.mkdtemp(prefix="nbtasks-workers-"))
         self._zygote: subprocess.Popen[bytes] | None = None
         self._ctrl: socket.socket | None = None
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         with self._lock:
             for _ in range(workers):
                 self._fork(detached=False)
@@ -132,11 +147,9 @@ class ProcessExecutor:
     def encode(self, task: Task, options: Options) -> bytes:
         """The payload a worker runs: the task without its App, and its options (no links: the
         parent runs those). A TypeError names what in the task cannot be pickled."""
-        clone = object.__new__(type(task))
-        clone.__dict__.update({k: v for k, v in vars(task).items() if k not in _PARENT_ONLY})
         opts = dataclasses.replace(options, link=[], link_error=[])
         try:
-            return dumps((clone, opts))
+            return dumps((task, opts))  # Task.__reduce__ leaves the App behind
         except TypeError as exc:
             raise TypeError(_unpicklable_task(task, exc)) from None
 
@@ -149,75 +162,80 @@ class ProcessExecutor:
             error = self.error
             if error is None:
                 if job.options.detach:
-                    self._fork(detached=True, job=job)
+                    self._fork(detached=True).waiting = job
                     return
-                if not self._idle:
+                proc = self._least_busy()
+                if proc is None:
                     heapq.heappush(self._queue, (-job.options.priority, next(self._seq), job))
-                    return
-                proc = self._idle.pop()
-                self._reserve(proc, job)
-        if error is not None:  # recorded on the task, not raised after it was stored
-            Attempt(job, self.runtime).end(MISSING, WorkerLost(str(error)))
-        elif not self._hand(proc, job):
-            self._give(proc)
+                else:
+                    self._send(proc, job)
+                return
+        # The pool cannot start workers: recorded on the task (it is stored already).
+        Attempt(job, self.runtime).end(MISSING, WorkerLost(str(error)))
 
-    def _reserve(self, proc: _Proc, job: Job) -> None:
-        proc.job = job
-        proc.delivered = False
-        self._running[job.id] = proc
+    def _least_busy(self) -> _Proc | None:
+        best = None
+        for p in self._procs.values():
+            if p.detached or not p.ready or p.signalled or p.eof_at is not None:
+                continue
+            if len(p.jobs) < p.capacity and (best is None or len(p.jobs) < len(best.jobs)):
+                best = p
+                if not p.jobs:
+                    break
+        return best
 
-    def _hand(self, proc: _Proc, job: Job) -> bool:
-        """Hand a reserved job's record to its worker and send the job; False (and the worker
-        is free again) if it was cancelled meanwhile."""
+    def _send(self, proc: _Proc, job: Job) -> bool:
+        """Hand a job's record over to a worker and send it (with _lock held, so a worker gets
+        its jobs in the order of ``proc.jobs``). False if it was cancelled meanwhile."""
         live, store = job.live, self.store
         if proc.detached:
-            # The record names the detached process as owner before it starts: a new kernel's
-            # sweep must not take it for an orphan of this one.
+            # The record names the detached process as its owner before it starts: a new
+            # kernel's sweep must not take it for an orphan of this one.
             store.change(live, owner=proc.owner)
         store.release(live)
         with self.runtime.lock:
             if live.rec["status"] != "READY" or job.cancel_reason is not None:
-                with self._lock:
-                    self._unreserve(proc, job)
                 return False
             rec = dict(live.rec)
             store.observe(live, {"status": "RUNNING"})
-        timeout = job.options.timeout
-        proc.handed_at = time.monotonic()
-        proc.polled = proc.handed_at
-        proc.deadline = None if timeout is None else proc.handed_at + timeout
+        proc.jobs.append(job)
+        self._running[job.id] = proc
+        if len(proc.jobs) == 1:
+            self._started(proc)
         try:
             proc.conn.send(("run", rec, job.payload))
-        except OSError:
-            return True  # it died: its death puts the job back in the queue
-        proc.delivered = True
+        except OSError:  # it is dying: its death puts the job back in the queue
+            proc.undelivered.add(job.id)
         return True
 
-    def _unreserve(self, proc: _Proc, job: Job) -> None:
-        if proc.job is job:
-            proc.job = None
-        if self._running.get(job.id) is proc:
-            del self._running[job.id]
+    def _started(self, proc: _Proc) -> None:
+        """proc.jobs[0] is running now (as far as this process can tell)."""
+        now = time.monotonic()
+        proc.head_since = proc.polled = now
+        timeout = proc.jobs[0].options.timeout if proc.jobs else None
+        proc.deadline = None if timeout is None else now + timeout
 
-    def _give(self, proc: _Proc) -> None:
-        """A pool worker is free: give it the next job that is still READY, or make it idle."""
-        while True:
-            with self._lock:
-                if proc.signalled or proc.eof_at is not None:
-                    return  # it is going away; a replacement takes its place
-                if not self._queue:
-                    self._idle.append(proc)
-                    return
-                job = heapq.heappop(self._queue)[2]
-                self._reserve(proc, job)
-            if self._hand(proc, job):
-                return
+    def _fill(self, proc: _Proc) -> None:
+        """Give a worker queued jobs up to its depth (with _lock held)."""
+        while (
+            self._queue
+            and len(proc.jobs) < proc.capacity
+            and not proc.signalled
+            and proc.eof_at is None
+        ):
+            self._send(proc, heapq.heappop(self._queue)[2])
 
     def cancel_running(self, job: Job) -> bool:
         with self._lock:
             proc = self._running.get(job.id)
-            if proc is None:
+            if proc is None or job not in proc.jobs:
                 return False
+            if proc.jobs[0] is not job:  # queued in the worker: it records CANCELLED itself
+                try:
+                    proc.conn.send(("cancel", job.id))
+                except OSError:
+                    pass
+                return True
             if proc.stop is None:
                 proc.stop = TaskCancelled(f"task {job.id} was {job.cancel_reason or 'cancelled'}")
         self._terminate(proc)
@@ -235,6 +253,10 @@ class ProcessExecutor:
             if cancel_pending:
                 pending = [entry[2] for entry in self._queue]
                 self._queue.clear()
+                for p in self._procs.values():
+                    if p.waiting is not None:
+                        pending.append(p.waiting)
+                        p.waiting = None
         self._wakeup()
         if wait and self._thread is not threading.current_thread():
             self._thread.join()
@@ -262,24 +284,23 @@ class ProcessExecutor:
             child.close()
         self._ctrl = parent
 
-    def _fork(self, detached: bool, job: Job | None = None) -> _Proc:
-        """Ask the zygote for a worker (call with _lock held); it reports ``ready`` itself."""
+    def _fork(self, detached: bool) -> _Proc:
+        """Ask the zygote for a worker (with _lock held); the worker reports ``ready``."""
         if self._ctrl is None:
             self._start_zygote()
         assert self._ctrl is not None
         mine, theirs = socket.socketpair()
         proc = _Proc(next(self._nums), Connection(mine.detach()), detached)
         self._procs[proc.n] = proc
-        self._by_conn[proc.conn] = proc
-        if job is not None:
-            self._reserve(proc, job)
+        self._register.append(proc)
         request = json.dumps({"n": proc.n, "detached": detached}).encode()
         try:
-            socket.send_fds(self._ctrl, [request], [theirs.fileno()])
-        except OSError:  # the zygote is gone: start another one
-            self._zygote_gone()
-            self._start_zygote()
-            socket.send_fds(self._ctrl, [request], [theirs.fileno()])
+            try:
+                socket.send_fds(self._ctrl, [request], [theirs.fileno()])
+            except OSError:  # the zygote is gone: start another one
+                self._zygote_gone()
+                self._start_zygote()
+                socket.send_fds(self._ctrl, [request], [theirs.fileno()])
         finally:
             theirs.close()
         self._wakeup()
@@ -303,15 +324,13 @@ class ProcessExecutor:
             if proc.signalled is None:
                 proc.kill_at = time.monotonic() + self.grace
                 proc.signalled = "SIGTERM"
-                if proc in self._idle:
-                    self._idle.remove(proc)
             self._signal(proc, signal.SIGTERM)
         self._wakeup()
 
     def _signal(self, proc: _Proc, sig: signal.Signals) -> None:
         pid = proc.pid
         if pid is None or proc.code_known:
-            return  # not started yet: signalled when it reports (see _on_forked)
+            return  # not started yet: signalled when it reports ready
         if proc.start is not None and _start_time(pid) != proc.start:
             return  # gone, and its pid reused
         try:
@@ -322,7 +341,7 @@ class ProcessExecutor:
     def _wakeup(self) -> None:
         try:
             os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
+        except OSError:
             pass
 
     # ------------------------------------------------------------------ the supervisor
@@ -330,37 +349,45 @@ class ProcessExecutor:
     def _supervise(self) -> None:
         try:
             while not self._finished():
-                with self._lock:
-                    conns = [p.conn for p in self._procs.values() if p.eof_at is None]
-                    ctrl = self._ctrl
-                objects: list[Any] = [self._wake_r, *conns]
-                if ctrl is not None:
-                    objects.append(ctrl)
-                for obj in wait(objects, self._next_timer()):
-                    if obj == self._wake_r:
+                self._update_selector()
+                for key, _ in self._selector.select(self._next_timer()):
+                    if key.data is None:
                         os.read(self._wake_r, 4096)
-                    elif obj is ctrl:
+                    elif key.data == "ctrl":
                         self._zygote_message()
                     else:
-                        self._message(self._by_conn[obj])  # type: ignore[index]
+                        self._message(key.data)
                 self._timers()
                 self._poll()
             self._stop_workers()
-        except BaseException as exc:  # pragma: no cover - a bug: show it on the next submit
+        except BaseException as exc:  # pragma: no cover - a bug: shown on the next submit
             self.error = exc
             raise
         finally:
             self._close()
 
+    def _update_selector(self) -> None:
+        with self._lock:
+            new, self._register = self._register, []
+            ctrl = self._ctrl
+        for proc in new:
+            if proc.eof_at is None:
+                self._selector.register(proc.conn, selectors.EVENT_READ, proc)
+        registered = {k.fileobj for k in self._selector.get_map().values() if k.data == "ctrl"}
+        for old in registered:
+            if old is not ctrl:
+                self._selector.unregister(old)
+        if ctrl is not None and ctrl not in registered:
+            self._selector.register(ctrl, selectors.EVENT_READ, "ctrl")
+
     def _finished(self) -> bool:
-        """Shutting down, and nothing left to wait for: no queued job, no pool worker busy, no
-        detached task still starting (one that runs is left to itself)."""
+        """Shutting down and nothing left to wait for: no queued job, no pool worker busy, no
+        detached task still starting (a running one is left to itself)."""
         with self._lock:
             if not self._stopping or self._queue:
                 return False
             return not any(
-                p.job is not None and (not p.detached or not p.delivered)
-                for p in self._procs.values()
+                p.waiting is not None or (p.jobs and not p.detached) for p in self._procs.values()
             )
 
     def _next_timer(self) -> float:
@@ -390,60 +417,77 @@ class ProcessExecutor:
         with self._lock:
             if "forked" in message:
                 proc = self._procs.get(message["forked"])
-                if proc is None:
-                    return
-                proc.pid = message["pid"]
-                self._by_pid[proc.pid] = proc
-            else:
-                proc = self._by_pid.get(message["exit"])
-                if proc is None:
-                    return
-                proc.code, proc.code_known = message["code"], True
-        if "exit" in message:
-            self._maybe_dead(proc)
+                if proc is not None:
+                    proc.pid = message["pid"]
+                    self._by_pid[message["pid"]] = proc
+                return
+            proc = self._by_pid.get(message["exit"])
+            if proc is None:
+                return
+            proc.code, proc.code_known = message["code"], True
+        self._maybe_dead(proc)
 
     def _message(self, proc: _Proc) -> None:
         try:
             message = proc.conn.recv()
         except (EOFError, OSError):
             proc.eof_at = time.monotonic()
+            try:
+                self._selector.unregister(proc.conn)
+            except (KeyError, ValueError):
+                pass
             self._maybe_dead(proc)
             return
         kind = message[0]
         if kind == "ready":
-            proc.pid, proc.start, proc.owner = message[1], message[2], message[3]
             with self._lock:
-                self._by_pid[proc.pid] = proc
+                proc.pid, proc.start, proc.owner = message[1], message[2], message[3]
+                self._by_pid[message[1]] = proc
+                proc.ready = True
                 self._start_failures = 0
-            proc.ready = True
-            if proc.signalled:
-                self._signal(proc, signal.SIGTERM)
-            elif proc.detached:
-                job = proc.job
-                if job is not None and not self._hand(proc, job):
-                    self._stop_one(proc)
+                if proc.signalled:
+                    self._signal(proc, signal.SIGTERM)
+                elif proc.detached:
+                    job, proc.waiting = proc.waiting, None
+                    if job is None or not self._send(proc, job):
+                        self._stop_one(proc)
+                else:
+                    self._fill(proc)
+            return
+        # "done" or "retry": the head job, always (a worker runs its jobs in order)
+        cancel_next = False
+        with self._lock:
+            job = proc.jobs.popleft() if proc.jobs else None
+            if job is not None and self._running.get(job.id) is proc:
+                del self._running[job.id]
+            if proc.jobs:
+                self._started(proc)
+                # Cancelled while queued: the worker may have started it before it read the
+                # cancel message, so it is terminated like any running task.
+                head = proc.jobs[0]
+                if head.cancel_reason is not None and proc.stop is None:
+                    proc.stop = TaskCancelled(f"task {head.id} was {head.cancel_reason}")
+                    cancel_next = True
             else:
-                self._give(proc)
-        elif kind in ("done", "retry"):
-            job = proc.job
-            with self._lock:
-                if job is not None:
-                    self._unreserve(proc, job)
                 proc.deadline = None
             if not proc.detached:
-                self._give(proc)
-            if job is None or job.id != message[1]:
-                return  # pragma: no cover - a report for a job we no longer track
-            if kind == "done":
-                self._done(job, message[2])
-            else:
-                self._retry(job, message[3], message[2])
+                self._fill(proc)
+        if cancel_next:
+            self._terminate(proc)
+        if job is None or job.id != message[1]:  # pragma: no cover - a protocol bug
+            raise RuntimeError(f"worker {proc.pid} reported {message[:2]} for {job}")
+        if kind == "done":
+            proc.recent.append((time.monotonic(), job))
+            self._done(job, message[2])
+        else:
+            self._retry(job, message[3], message[2])
 
     def _done(self, job: Job, rec: dict[str, Any]) -> None:
         live = job.live
-        if rec["status"] == "SUCCESSFUL" and rec.get("rv") is not None:
-            enc = rec["rv"]
-            if "j" in enc or job.options.link or job.id in getattr(self.runtime, "waiting", {}):
+        enc = rec.get("rv")
+        if rec["status"] == "SUCCESSFUL" and enc is not None:
+            waiting = getattr(self.runtime, "waiting", {})
+            if "j" in enc or job.options.link or job.id in waiting:
                 try:
                     live.value = self.store.decode_value(enc, f"the value of task {job.id}")
                 except Exception:
@@ -463,17 +507,20 @@ class ProcessExecutor:
             self._dead(proc)
 
     def _dead(self, proc: _Proc) -> None:
+        """A worker is gone (its socket closed and its exit status is known, or overdue)."""
         with self._lock:
             if self._procs.pop(proc.n, None) is None:
                 return
-            self._by_conn.pop(proc.conn, None)
             if proc.pid is not None:
                 self._by_pid.pop(proc.pid, None)
-            if proc in self._idle:
-                self._idle.remove(proc)
-            job = proc.job
-            if job is not None:
-                self._unreserve(proc, job)
+            jobs = list(proc.jobs)
+            proc.jobs.clear()
+            for job in jobs:
+                if self._running.get(job.id) is proc:
+                    del self._running[job.id]
+            if proc.waiting is not None:
+                jobs.append(proc.waiting)  # a detached worker that never started
+                proc.waiting = None
             if not proc.ready:
                 self._start_failures += 1
                 if self._start_failures >= 3 and self.error is None:
@@ -486,12 +533,50 @@ class ProcessExecutor:
             failed = [e[2] for e in self._queue] if self.error is not None else []
             if failed:
                 self._queue.clear()
+            for p in self._procs.values():  # queued jobs may go to the other workers now
+                if p.ready and not p.detached:
+                    self._fill(p)
         proc.conn.close()
+        self._persist_reported(proc)
         fault = self._fault_text(proc)
-        if job is not None:
-            self._lost(proc, job, fault)
-        for queued in failed:
-            Attempt(queued, self.runtime).end(MISSING, WorkerLost(str(self.error)))
+        for i, job in enumerate(jobs):
+            if i == 0 and proc.ready and job.id not in proc.undelivered:
+                self._lost(proc, job, fault)
+            else:
+                self._requeue(job)
+        for job in failed:
+            Attempt(job, self.runtime).end(MISSING, WorkerLost(str(self.error)))
+
+    def _persist_reported(self, proc: _Proc) -> None:
+        """Final records the dead worker reported but may not have committed: write them."""
+        store = self.store
+        for _, job in proc.recent:
+            live = job.live
+            try:
+                stored = store.read_record(job.id)["status"]
+            except Exception:
+                stored = None
+            if stored not in _FINISHED_NAMES:
+                live.rec["owner"] = store.owner
+                store.adopt(live)
+                store.mark(live)
+        proc.recent.clear()
+
+    def _requeue(self, job: Job) -> None:
+        """A job the dead worker never started: back to READY and to another worker."""
+        live = job.live
+        with self.runtime.lock:
+            status = live.rec["status"]
+            cancelled = status == "RUNNING" and job.cancel_reason is not None
+            if status == "RUNNING" and not cancelled:
+                self.store.observe(live, {"status": "READY"})
+        if cancelled:
+            Attempt(job, self.runtime).end(MISSING, TaskCancelled(str(job.cancel_reason)))
+        elif status in ("READY", "RUNNING"):
+            if self.error is not None:
+                Attempt(job, self.runtime).end(MISSING, WorkerLost(str(self.error)))
+            else:
+                self.runtime.schedule(job, 0.0)
 
     def _fault_text(self, proc: _Proc) -> str:
         """What faulthandler wrote when the worker crashed (a Python traceback), if anything."""
@@ -506,39 +591,38 @@ class ProcessExecutor:
         return text[-4000:]
 
     def _lost(self, proc: _Proc, job: Job, fault: str) -> None:
-        """A worker died with a job: the job's outcome, from what the worker last committed."""
+        """A worker died running a job: its outcome, from what the worker last committed."""
         live, store = job.live, self.store
-        if not proc.delivered:  # it never reached the worker: run it elsewhere
-            with self.runtime.lock:
-                status = live.rec["status"]
-                cancelled = status == "RUNNING" and job.cancel_reason is not None
-                if status == "RUNNING" and not cancelled:
-                    store.observe(live, {"status": "READY"})
-            if cancelled:
-                Attempt(job, self.runtime).end(MISSING, TaskCancelled(str(job.cancel_reason)))
-            elif status in ("READY", "RUNNING"):
-                if self.error is not None:
-                    Attempt(job, self.runtime).end(MISSING, WorkerLost(str(self.error)))
-                else:
-                    self.runtime.schedule(job, 0.0)
-            return
         try:
             rec: dict[str, Any] | None = store.read_record(job.id)
-        except (UnknownTaskId, Exception):
+        except Exception:
             rec = None
-        retries = live.rec.get("retries") or 0
         if rec is not None:
             status = rec["status"]
             if status in _FINISHED_NAMES:  # it finished just before it died
                 self._done(job, rec)
                 return
-            if status == "READY" and (rec.get("retries") or 0) > retries:  # asked for a retry
-                n = rec.get("retries") or 0
+            n = rec.get("retries") or 0
+            if status == "READY" and n > (live.rec.get("retries") or 0):  # it asked for a retry
                 backoff = job.options.retry_backoff
                 self._retry(job, rec, backoff * 2 ** (n - 1) if backoff else 0.0)
                 return
             store.observe(live, {k: v for k, v in rec.items() if k != "status"})
+        if rec is None or rec["status"] == "READY":  # it died before committing its claim
+            now = time.time()
+            store.observe(
+                live,
+                {
+                    "worker_ids": [
+                        *live.rec.get("worker_ids", []),
+                        f"{HOST}:{proc.pid}:MainThread",
+                    ],
+                    "started_at": live.rec.get("started_at") or now,
+                    "last_attempted_at": now,
+                },
+            )
         store.observe(live, {"owner": store.owner})  # this process owns the record again
+        store.adopt(live)
         job.request.retries = live.rec.get("retries") or 0
         error = proc.stop or WorkerLost(_death(proc, job, fault))
         if isinstance(error, TaskTimeout | TaskCancelled) and proc.signalled == "SIGKILL":
@@ -556,16 +640,15 @@ class ProcessExecutor:
 
     def _timers(self) -> None:
         now = time.monotonic()
+        store = self.store
         with self._lock:
             procs = list(self._procs.values())
         for p in procs:
-            job = p.job
+            job = p.jobs[0] if p.jobs else None
             deadline = p.deadline
             due = deadline is not None and now >= deadline
-            if due and job is not None and p.delivered and p.stop is None:
-                p.stop = TaskTimeout(
-                    f"{_limit_text_for(job)}; its worker process {p.pid} was terminated"
-                )
+            if due and job is not None and p.stop is None:
+                p.stop = TaskTimeout(f"{_limit(job)}; its worker process {p.pid} was terminated")
                 self._terminate(p)
             if p.kill_at is not None and now >= p.kill_at and p.eof_at is None:
                 p.kill_at = None
@@ -573,54 +656,63 @@ class ProcessExecutor:
                 self._signal(p, signal.SIGKILL)
             if p.eof_at is not None:
                 self._maybe_dead(p)
+            # Reported final records stay readable from memory while the worker commits them.
+            while p.recent and now - p.recent[0][0] >= RETAIN:
+                live = p.recent.popleft()[1].live
+                if store.live.get(live.id) is live and live.finished:
+                    del store.live[live.id]
 
     def _poll(self) -> None:
         """Mirror running tasks' records from the store, so this process sees them live."""
         now = time.monotonic()
         with self._lock:
-            busy = [p for p in self._procs.values() if p.delivered and p.job is not None]
-        for p in busy:
-            job = p.job
-            if job is None or now - p.polled < POLL:
-                continue
+            heads = [
+                (p, p.jobs[0])
+                for p in self._procs.values()
+                if p.jobs and now - p.polled >= POLL and p.jobs[0].id not in p.undelivered
+            ]
+        for p, job in heads:
             p.polled = now
             try:
                 rec = self.store.read_record(job.id)
             except Exception:
                 continue
-            if p.job is job and rec["status"] == "RUNNING":
+            if p.jobs and p.jobs[0] is job and rec["status"] == "RUNNING":
                 self.store.observe(job.live, {k: v for k, v in rec.items() if k != "status"})
 
     def _stop_workers(self) -> None:
-        """Shutdown: every pool worker is idle now; stop them, wait, and let the zygote go."""
+        """Shutdown: the pool workers are idle now; stop them, wait, and let the zygote go."""
         with self._lock:
+            detached = [p for p in self._procs.values() if p.detached]
             pool = [p for p in self._procs.values() if not p.detached]
-            for p in self._procs.values():
-                if p.detached:  # keeps running on its own; we stop listening
-                    p.conn.close()
             self._procs = {p.n: p for p in pool}
-            self._idle.clear()
+        for p in detached:  # keeps running on its own; this process stops listening
+            try:
+                self._selector.unregister(p.conn)
+            except (KeyError, ValueError):
+                pass
+            p.conn.close()
         for p in pool:
             self._stop_one(p)
         deadline = time.monotonic() + STOP_WAIT
         while self._procs and time.monotonic() < deadline:
-            with self._lock:
-                conns = [p.conn for p in self._procs.values() if p.eof_at is None]
-                ctrl = self._ctrl
-            objects: list[Any] = [*conns] + ([ctrl] if ctrl is not None else [])
-            for obj in wait(objects, 0.05):
-                if obj is ctrl:
+            self._update_selector()
+            for key, _ in self._selector.select(0.05):
+                if key.data == "ctrl":
                     self._zygote_message()
+                elif key.data is not None:
+                    self._message(key.data)
                 else:
-                    self._message(self._by_conn[obj])  # type: ignore[index]
+                    os.read(self._wake_r, 4096)
             for p in list(self._procs.values()):
                 self._maybe_dead(p)
         for p in list(self._procs.values()):
             self._signal(p, signal.SIGKILL)
         with self._lock:
-            self._zygote_gone()  # it exits when its socket closes; detached ones stay
+            self._zygote_gone()  # it exits when its socket closes; detached workers stay
 
     def _close(self) -> None:
+        self._selector.close()
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -629,10 +721,7 @@ class ProcessExecutor:
         shutil.rmtree(self._faults, ignore_errors=True)
 
 
-def _limit_text_for(job: Job) -> str:
-    attempt = job.attempt
-    if attempt is not None:
-        return _limit_text(attempt, "timeout")
+def _limit(job: Job) -> str:
     return (
         f"task {job.request.task_name}[{job.id}] ran past its timeout of {job.options.timeout:g}s"
     )

@@ -1,0 +1,532 @@
+"""The process executor with real processes (SPEC §7, issue 3): tasks from ``__main__``, crashes
+by exit code, SIGKILL and a real segfault, hard and soft timeouts, cancel, unpicklable arguments,
+retries, live progress and captured output, shutdown without zombies, a parent that SIGKILLs
+itself (orphans INTERRUPTED, detached tasks live on), and a real Jupyter kernel restarted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+import pytest
+
+import nbtasks
+
+if TYPE_CHECKING:
+    from conftest import KernelDriver
+
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def pool_pids(app: nbtasks.App) -> list[int]:
+    ex = app._runtime._executors["process"]
+    return wait_until(
+        lambda: [p.pid for p in ex._procs.values() if p.ready and not p.detached] or None
+    )
+
+
+def run_script(name: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(REPO),
+        check=False,
+    )
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[nbtasks.App]:
+    a = nbtasks.App(store=tmp_path / "store", process_workers=2)
+    try:
+        yield a
+    finally:
+        a.shutdown(wait=True, cancel_pending=True)
+
+
+# ----------------------------------------------------------------------------- notebook code
+
+
+@pytest.mark.timeout(60)
+def test_tasks_defined_in_a_main_script_run_in_workers(tmp_path: Path) -> None:
+    """Functions, a lambda calling another task, a closure over an instance of a class defined in
+    ``__main__``, and such an instance as argument and return value (isinstance holds)."""
+    done = run_script("process_main.py", str(tmp_path / "store"))
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["add_offset"] == 101
+    assert out["helper"] == 202
+    assert out["closure"][:2] == [7, 5] and out["closure"][2] != out["parent_pid"]
+    assert out["grow_items"] == [1, 0, 1, 2] and out["grow_is_acc"] is True
+
+
+@pytest.mark.timeout(30)
+def test_closure_over_a_class_defined_in_the_test(app: nbtasks.App) -> None:
+    class Point:
+        def __init__(self, x: int, y: int) -> None:
+            self.x, self.y = x, y
+
+        def norm2(self) -> int:
+            return self.x**2 + self.y**2
+
+    origin = Point(3, 4)
+
+    @app.task(executor="process")
+    def far_from_origin(p: Point) -> tuple[int, int]:
+        return (Point(p.x - origin.x, p.y - origin.y).norm2(), os.getpid())
+
+    value, pid = far_from_origin.delay(Point(6, 8)).get(timeout=20)
+    assert value == 25 and pid != os.getpid()
+
+
+# ----------------------------------------------------------------------------- crashes
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("how", "expected"),
+    [
+        ("exit", "exited with code 3"),
+        ("sigkill", "was killed by SIGKILL"),
+        ("segfault", "was killed by SIGSEGV (Segmentation fault)"),
+    ],
+)
+def test_a_crash_fails_only_its_task(app: nbtasks.App, how: str, expected: str) -> None:
+    @app.task(executor="process")
+    def crash(how: str) -> None:
+        if how == "exit":
+            os._exit(3)
+        if how == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        import ctypes
+
+        ctypes.string_at(0)  # a real segfault
+
+    @app.task(executor="process")
+    def steady(n: int) -> int:
+        for _ in range(n):
+            time.sleep(0.02)
+        return n
+
+    other = steady.delay(40)  # on the other worker, while this one dies
+    wait_until(lambda: other.refresh().status is nbtasks.TaskStatus.RUNNING)
+    r = crash.delay(how).wait(20)
+    assert r.status is nbtasks.TaskStatus.FAILED
+    [error] = r.errors
+    assert error.exception_class_path == "nbtasks.WorkerLost"
+    assert error.exception_class is nbtasks.WorkerLost
+    assert expected in error.message and "crash[" in error.message
+    if how == "segfault":  # faulthandler's view of the crash, from the dead worker
+        assert "Segmentation fault" in error.traceback and "string_at" in error.traceback
+    with pytest.raises(nbtasks.TaskFailed, match="WorkerLost"):
+        r.get()
+    assert other.get(timeout=20) == 40  # the pool carried on
+    assert steady.delay(1).get(timeout=20) == 1  # and the next task on this App runs
+    assert len(pool_pids(app)) == 2  # the dead worker was replaced
+
+
+@pytest.mark.timeout(60)
+def test_retries_apply_to_a_lost_worker(app: nbtasks.App, tmp_path: Path) -> None:
+    marks = tmp_path / "attempts"
+
+    @app.task(executor="process", retries=2)
+    def flaky(path: str) -> int:
+        with open(path, "a") as f:
+            f.write("x")
+        n = len(Path(path).read_text())
+        if n < 3:
+            os._exit(1)
+        return n
+
+    r = flaky.delay(str(marks)).wait(30)
+    assert r.status is nbtasks.TaskStatus.SUCCESSFUL and r.return_value == 3
+    assert [e.exception_class_path for e in r.errors] == ["nbtasks.WorkerLost"] * 2
+    assert r.attempts == 3 and len(set(r.worker_ids)) == 3
+
+
+# ----------------------------------------------------------------------------- time limits
+
+
+@pytest.mark.timeout(60)
+def test_timeout_terminates_the_worker(app: nbtasks.App) -> None:
+    @app.task(executor="process", timeout=0.5)
+    def sleeper(ignore_term: bool) -> None:
+        if ignore_term:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(30)
+
+    t0 = time.monotonic()
+    r = sleeper.delay(False).wait(20)
+    took = time.monotonic() - t0
+    assert r.status is nbtasks.TaskStatus.FAILED
+    assert r.errors[-1].exception_class_path == "nbtasks.TaskTimeout"
+    assert "ran past its timeout of 0.5s" in r.errors[-1].message
+    assert took < 0.5 + 1.0, took  # SIGTERM: no grace period needed
+
+    t0 = time.monotonic()
+    r = sleeper.delay(True).wait(20)  # ignores SIGTERM: SIGKILL after the 2 s grace period
+    took = time.monotonic() - t0
+    assert r.errors[-1].exception_class_path == "nbtasks.TaskTimeout"
+    assert "killed after the 2s grace period" in r.errors[-1].message
+    assert 0.5 + 2.0 <= took < 0.5 + 2.0 + 1.0, took
+    assert r.status is nbtasks.TaskStatus.FAILED
+
+
+@pytest.mark.timeout(30)
+def test_soft_timeout_raises_inside_the_task(app: nbtasks.App) -> None:
+    @app.task(executor="process", soft_timeout=0.3)
+    def polite() -> str:
+        try:
+            time.sleep(10)
+        except nbtasks.SoftTimeLimitExceeded:
+            return "cleaned up"
+        return "not interrupted"
+
+    assert polite.delay().get(timeout=20) == "cleaned up"
+
+
+# ----------------------------------------------------------------------------- cancel
+
+
+@pytest.mark.timeout(30)
+def test_cancel_terminates_a_running_task_and_a_ready_one_never_starts(
+    tmp_path: Path,
+) -> None:
+    app = nbtasks.App(store=tmp_path / "store", process_workers=1)
+    try:
+
+        @app.task(executor="process")
+        def mark_and_sleep(path: str, seconds: float) -> None:
+            Path(path).write_text("started")
+            time.sleep(seconds)
+
+        running = mark_and_sleep.delay(str(tmp_path / "a"), 30)
+        queued = mark_and_sleep.delay(str(tmp_path / "b"), 0)  # behind it in the worker
+        waiting = mark_and_sleep.delay(str(tmp_path / "c"), 0)  # READY here, not sent yet
+        wait_until(lambda: (tmp_path / "a").exists())
+        pid = pool_pids(app)[0]
+        assert waiting.cancel() and queued.cancel()
+        t0 = time.monotonic()
+        assert running.cancel() is True
+        running.wait(10)
+        assert time.monotonic() - t0 < 1.5
+        assert running.status is nbtasks.TaskStatus.CANCELLED
+        assert wait_until(lambda: not alive(pid))  # terminated, not asked
+        for r in (queued, waiting):
+            assert r.wait(10).status is nbtasks.TaskStatus.CANCELLED
+        assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+        assert running.cancel() is False  # finished already
+        assert mark_and_sleep.delay(str(tmp_path / "d"), 0).get(timeout=20) is None
+    finally:
+        app.shutdown()
+
+
+# ----------------------------------------------------------------------------- submit checks
+
+
+@pytest.mark.timeout(30)
+def test_unpicklable_arguments_and_functions_fail_at_submit(
+    app: nbtasks.App, tmp_path: Path
+) -> None:
+    @app.task(executor="process")
+    def ident(value: Any) -> Any:
+        return value
+
+    lock = threading.Lock()
+    with open(tmp_path / "f.txt", "w") as fh:
+        cases = [
+            (lock, r"argument 'value' of task .*ident is a _thread\.lock"),
+            (fh, r"argument 'value' of task .*ident is a _io\.TextIOWrapper"),
+            ((x for x in "ab"), r"argument 'value' of task .*ident is a generator"),
+        ]
+        for value, message in cases:
+            with pytest.raises(TypeError, match=message):
+                ident.delay(value)
+            with pytest.raises(TypeError, match=message):
+                ident.apply_async(kwargs={"value": value})
+
+    def uses_lock() -> None:
+        with lock:
+            pass
+
+    with pytest.raises(TypeError, match=r"closure variable 'lock' is a _thread\.lock"):
+        app.task(uses_lock, executor="process").delay()
+    assert app.store.count() == 0  # nothing was stored
+    assert app.results() == []
+
+
+# ----------------------------------------------------------------------------- the child's state
+
+
+@pytest.mark.timeout(30)
+def test_progress_state_metadata_and_output_come_from_the_worker(app: nbtasks.App) -> None:
+    @app.task(executor="process", bind=True)
+    def chatty(self: nbtasks.Task, n: int) -> str:
+        import ctypes
+        import logging
+
+        logging.getLogger("chatty").warning("a log line")
+        print("a print line")
+        os.write(1, b"an fd-level line\n")
+        libc = ctypes.CDLL(None)
+        libc.printf(b"a C stdio line\n")  # buffered by libc: flushed into the output at the end
+        self.set_metadata(user="dkl")
+        self.update_state(state="PROGRESS", meta={"phase": 1})
+        for i in range(n):
+            time.sleep(0.05)
+            self.progress(i + 1, n, "step")
+        return "ok"
+
+    r = chatty.delay(30)
+    first = wait_until(lambda: r.refresh().progress)  # mirrored from the store, live
+    wait_until(lambda: r.refresh().progress.current > first.current)
+    assert r.status is nbtasks.TaskStatus.RUNNING and r.state == "PROGRESS"
+    assert r.result == {"phase": 1} and r.metadata == {"user": "dkl"}
+    assert r.get(timeout=20) == "ok"
+    out = r.output
+    for line in ("a log line", "a print line", "an fd-level line", "a C stdio line"):
+        assert line in out, out
+    assert r.progress.current == 30 and r.state == "SUCCESSFUL"
+    other = nbtasks.App(store=app.store.path)  # the store has it all, written by the worker
+    try:
+        stored = wait_until(lambda: (s := other.result(r.id)).is_finished and s)
+        assert stored.output == out and stored.metadata == {"user": "dkl"}
+        assert stored.return_value == "ok"
+    finally:
+        other.shutdown()
+
+
+@pytest.mark.timeout(30)
+def test_workers_ignore_sigint(app: nbtasks.App) -> None:
+    """The notebook's Interrupt button signals the kernel's whole process group."""
+
+    @app.task(executor="process")
+    def nap() -> str:
+        time.sleep(0.5)
+        return "done"
+
+    r = nap.delay()
+    wait_until(lambda: r.refresh().status is nbtasks.TaskStatus.RUNNING)
+    for pid in pool_pids(app):
+        os.kill(pid, signal.SIGINT)
+    assert r.get(timeout=20) == "done"
+
+
+# ----------------------------------------------------------------------------- lifecycle
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_stops_the_pool_leaves_detached_tasks_and_no_zombies(tmp_path: Path) -> None:
+    app = nbtasks.App(store=tmp_path / "store", process_workers=2)
+
+    @app.task(executor="process")
+    def quick(x: int) -> int:
+        return x
+
+    @app.task(executor="process", detach=True)
+    def lasting(seconds: float) -> int:
+        time.sleep(seconds)
+        return os.getpid()
+
+    assert [r.get(timeout=20) for r in [quick.delay(i) for i in range(10)]] == list(range(10))
+    far = lasting.delay(1.5)
+    wait_until(lambda: app.store.read_record(far.id)["status"] == "RUNNING")  # committed
+    ex = app._runtime._executors["process"]
+    zygote = ex._zygote.pid
+    workers = pool_pids(app)
+    detached = psutil.Process(int(app.store.read_record(far.id)["owner"].split(":")[-2]))
+    app.shutdown()
+    assert not any(alive(p) for p in [zygote, *workers])
+    assert detached.is_running() and detached.status() != psutil.STATUS_ZOMBIE
+    zombies = [c for c in psutil.Process().children(recursive=True) if c.status() == "zombie"]
+    assert zombies == []
+    other = nbtasks.App(store=tmp_path / "store")
+    try:
+        result = other.result(far.id)
+        assert result.status is nbtasks.TaskStatus.RUNNING  # a new App's sweep leaves it
+        assert result.wait(20).return_value == detached.pid
+    finally:
+        other.shutdown()
+    wait_until(lambda: not alive(detached.pid))
+
+
+@pytest.mark.timeout(30)
+def test_import_nbtasks_stays_light(tmp_path: Path) -> None:
+    """cloudpickle and the process executor load on the first process task only."""
+    code = f"""
+import sys, nbtasks
+app = nbtasks.App(store={str(tmp_path / "s")!r})
+t = app.task(lambda: 1)
+assert t.delay().get(timeout=10) == 1
+print(sorted(m for m in ("cloudpickle", "nbtasks.executors.process", "nbtasks._worker")
+             if m in sys.modules))
+p = app.task(lambda: 2, executor="process", name="p")
+assert p.delay().get(timeout=20) == 2
+print(sorted(m for m in ("cloudpickle", "nbtasks.executors.process") if m in sys.modules))
+app.shutdown()
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == [
+        "[]",
+        "['cloudpickle', 'nbtasks.executors.process']",
+    ]
+
+
+# ----------------------------------------------------------------------------- orphans
+
+
+@pytest.mark.timeout(60)
+def test_parent_sigkilled_orphans_interrupted_detached_live_then_done(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    done = run_script("process_orphans.py", str(store))
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    in_thread, in_pool, far, forever = info["ids"]
+    app = nbtasks.App(store=store)  # opening the store sweeps it
+    try:
+        r = app.result(in_thread)
+        assert r.status is nbtasks.TaskStatus.INTERRUPTED
+        assert f"pid {info['pid']}" in (r.reason or "") and "is gone" in (r.reason or "")
+        with pytest.raises(nbtasks.TaskInterrupted):
+            r.get()
+        pool = app.result(in_pool).wait(10)  # its worker noticed its parent die
+        assert pool.status is nbtasks.TaskStatus.INTERRUPTED
+        assert f"parent process pid {info['pid']}" in (pool.reason or "")
+        # The detached task lives on: RUNNING, its progress moving, then its result.
+        live = app.result(far)
+        assert live.status is nbtasks.TaskStatus.RUNNING
+        before = wait_until(lambda: live.refresh().progress)
+        wait_until(lambda: (p := live.refresh().progress) is None or p.current > before.current)
+        assert live.wait(20).return_value == 300
+        assert live.progress.message == "step 30"
+        # The other detached task is cancelled from here; it terminates itself.
+        pid = int(info["owners"][forever].split(":")[-2])
+        assert alive(pid)
+        stop = app.result(forever)
+        assert stop.status is nbtasks.TaskStatus.RUNNING and stop.cancel() is True
+        assert stop.wait(10).status is nbtasks.TaskStatus.CANCELLED
+        wait_until(lambda: not alive(pid))
+    finally:
+        app.shutdown()
+
+
+@pytest.mark.timeout(30)
+def test_a_reused_pid_is_not_taken_for_the_owner(tmp_path: Path) -> None:
+    """The sweep compares pid and start time: this pid with another start time is gone."""
+    app = nbtasks.App(store=tmp_path / "store")
+
+    @app.task
+    def noop() -> None:
+        pass
+
+    r = noop.apply_async(countdown=60)
+    app.store.change(r._live, owner=f"{app.store.owner.rsplit(':', 1)[0]}:1")  # pid: this one
+    app.store.flush()
+    other = nbtasks.App(store=tmp_path / "store")
+    try:
+        stored = other.result(r.id)
+        assert stored.status is nbtasks.TaskStatus.INTERRUPTED
+        assert f"pid {os.getpid()}" in (stored.reason or "")
+    finally:
+        other.shutdown()
+        app.shutdown(wait=False)
+
+
+# ----------------------------------------------------------------------------- a real kernel
+
+KERNEL_SETUP = """
+import os, time, nbtasks
+
+@nbtasks.task(executor="process", detach=True)
+def far(n, dt):
+    ctx = nbtasks.current()
+    for i in range(n):
+        time.sleep(dt)
+        ctx.progress(i + 1, n, f"step {i + 1}")
+    return n
+
+@nbtasks.task(executor="process", detach=True)
+def forever():
+    while True:
+        time.sleep(0.05)
+
+@nbtasks.task(executor="process")
+def in_pool(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+@nbtasks.task
+def in_thread():
+    time.sleep(60)
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(90)
+def test_detached_task_survives_a_kernel_restart(kernel: KernelDriver) -> None:
+    kernel.run(KERNEL_SETUP)
+    # Interrupt (SIGINT to the kernel's process group) does not reach the workers.
+    kernel.run("short = in_pool.delay(1.0)\nwhile short.refresh().status.value == 'READY': pass")
+    kernel.km.interrupt_kernel()
+    assert kernel.value("short.get(timeout=20) != os.getpid()") is True
+    kernel.run(
+        "a, b = far.delay(25, 0.1), forever.delay()\n"
+        "c, d = in_pool.delay(60), in_thread.delay()\n"
+        "store = nbtasks.default_app().store\n"
+        "store.flush()\n"
+        "while not all(store.read_record(x.id)['status'] == 'RUNNING' for x in (a, b, c, d)):\n"
+        "    time.sleep(0.02)\n"
+        "    store.flush()"
+    )
+    ids = kernel.value("[a.id, b.id, c.id, d.id]")
+    kernel_pid = kernel.pid()
+    kernel.km.restart_kernel(now=False)  # graceful: ipykernel terminates its process group
+    kernel.kc.wait_for_ready(timeout=60)
+    assert kernel.pid() != kernel_pid
+    kernel.run(f"import time, nbtasks\nids = {ids!r}\nR = [nbtasks.AsyncResult(i) for i in ids]")
+    assert kernel.value("[r.status.value for r in R]") == [
+        "RUNNING",
+        "RUNNING",
+        "INTERRUPTED",
+        "INTERRUPTED",
+    ]
+    first = kernel.value("R[0].refresh().progress.current")
+    time.sleep(0.5)
+    assert kernel.value("R[0].refresh().progress.current") > first  # live in the new kernel
+    assert kernel.value("R[1].cancel()") is True  # a detached task cancelled from here
+    assert kernel.value("R[1].wait(10).status.value") == "CANCELLED"
+    assert kernel.value("R[0].get(timeout=30)") == 25
+    assert kernel.value("R[0].progress.message") == "step 25"
