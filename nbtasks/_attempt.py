@@ -15,7 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ._context import Context, _current, install_capture, install_tqdm_bridge, raise_in_thread
+from ._context import (
+    Context,
+    _current,
+    clear_async_exc,
+    install_capture,
+    install_tqdm_bridge,
+    raise_in_thread,
+)
 from ._errors import (
     MaxRetriesExceededError,
     Retry,
@@ -84,6 +91,7 @@ class Attempt:
         self.deadline: float | None = None
         self.soft_deadline: float | None = None
         self.in_user_code = False
+        self._async_lock = threading.Lock()
         self.no_more_retries = False
         self._meta0 = dict(job.request.metadata)
         job.attempt = self
@@ -151,9 +159,23 @@ class Attempt:
         except BaseException as exc:
             error = exc
         finally:
-            self.in_user_code = False
+            self._leave_user_code()
             _current.reset(token)
         self.end(value, error)
+
+    def _leave_user_code(self) -> None:
+        """Stop soft time limits from landing here: under the lock the tick posts them with,
+        mark the user code done and withdraw one that was posted but has not fired yet. If it
+        fires meanwhile (at any bytecode), it is caught and the step is done again."""
+        while True:
+            try:
+                with self._async_lock:
+                    self.in_user_code = False
+                    if self.ctx._soft_fired and self.ctx.thread_id is not None:
+                        clear_async_exc(self.ctx.thread_id)
+                return
+            except SoftTimeLimitExceeded:
+                continue
 
     async def arun(self) -> None:
         """Run the attempt as a coroutine on the running loop (``async def`` tasks)."""
@@ -323,8 +345,9 @@ class Attempt:
         if self.soft_deadline is not None and not ctx._soft_fired and now >= self.soft_deadline:
             ctx._soft_fired = True
             ctx._request_stop(SoftTimeLimitExceeded(_limit_text(self, "soft_timeout")))
-            if ctx.thread_id is not None and self.in_user_code:
-                raise_in_thread(ctx.thread_id, SoftTimeLimitExceeded)
+            with self._async_lock:
+                if ctx.thread_id is not None and self.in_user_code:
+                    raise_in_thread(ctx.thread_id, SoftTimeLimitExceeded)
         if (
             self.deadline is not None
             and now >= self.deadline

@@ -8,7 +8,6 @@ written when the attempt ends. The same tick notices timeouts.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.abc
 import logging
 import sys
@@ -20,6 +19,8 @@ from ._errors import Retry, SoftTimeLimitExceeded, TaskCancelled, TaskTimeout
 from ._model import CURRENT, Metadata, Progress, Request, check_json
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ._attempt import Attempt
 
 T = TypeVar("T")
@@ -146,6 +147,8 @@ class Context:
         """``set_metadata`` without blocking the event loop."""
         for key, value in values.items():
             check_json(value, f"aset_metadata({key}=...)")
+        import asyncio  # here: a worker process imports this module without asyncio (~20 ms)
+
         await asyncio.to_thread(self._attempt.merge_metadata, values, True)
 
     def update_state(self, state: str | None = None, meta: Any = None) -> None:
@@ -377,6 +380,13 @@ def raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(
         ctypes.c_ulong(thread_id), ctypes.py_object(exc_type)
     )
+
+
+def clear_async_exc(thread_id: int) -> None:
+    """Withdraw an asynchronous exception posted to a thread that has not fired yet."""
+    import ctypes
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
 
 
 __all__ = ["Context", "SoftTimeLimitExceeded", "TaskCancelled", "TaskTimeout", "current"]

@@ -165,6 +165,7 @@ class Task:
     bind: bool = False
     executor: str = "thread"
     retries: int = 0
+    max_retries: ClassVar[int | None] = None  # Celery's spelling of `retries`, on a class
     retry_backoff: float = 0.0
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     timeout: float | None = None
@@ -186,6 +187,8 @@ class Task:
         self.app = app
         self._fn = fn
         self._default_options = None
+        if type(self).max_retries is not None and "retries" not in options:
+            self.retries = check_task_options({"retries": type(self).max_retries})["retries"]
         for key, value in options.items():
             setattr(self, key, value)
         if self.detach and self.executor != "process":

@@ -843,14 +843,6 @@ def test_behaviour_cancel_on_every_background_executor(app: nbtasks.App, kind: s
     assert r.wait(10).status is TaskStatus.CANCELLED
 
 
-@pytest.mark.xfail(
-    reason="BUG: race in the soft time limit: Attempt.tick() checks in_user_code, then "
-    "raise_in_thread() posts SoftTimeLimitExceeded; if the task has caught the stop raised by "
-    "check_cancelled() and returned in between, the exception lands later in the worker "
-    "loop (ThreadExecutor._work, park.acquire) and kills the worker thread; the next task "
-    "stays READY forever (or, landing in Attempt.run/end, the task stays RUNNING)",
-    strict=True,
-)
 def test_late_soft_timeout_never_escapes_into_the_worker(
     make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -492,12 +492,6 @@ def test_repr(app: nbtasks.App) -> None:
     assert "demo.double" in repr(t.s(1))
 
 
-@pytest.mark.xfail(
-    reason="BUG: AsyncioExecutor.shutdown() stops its event loop but never closes it: every "
-    "App that ran an async task leaks a loop and its self-pipe sockets ('unclosed event "
-    "loop' ResourceWarning, hidden by pyproject's ResourceWarning filter)",
-    strict=True,
-)
 def test_shutdown_closes_the_async_event_loop(store_path: Path) -> None:
     proc = run_python(
         f"""
@@ -524,11 +518,6 @@ def test_shutdown_closes_the_async_event_loop(store_path: Path) -> None:
     assert proc.stdout.strip() == "[]"
 
 
-@pytest.mark.xfail(
-    reason="BUG: a class-based task's `max_retries = 2` class attribute (Celery's spelling; "
-    "SPEC 2: retries has the alias max_retries) is ignored: 1 attempt, not 3",
-    strict=True,
-)
 def test_class_attribute_max_retries_is_the_retries_alias(app: nbtasks.App) -> None:
     class Flaky(nbtasks.Task):
         name = "demo.Flaky"

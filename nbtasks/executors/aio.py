@@ -47,6 +47,7 @@ class AsyncioExecutor:
 
             asyncio.run_coroutine_threadsafe(_wait(), self._loop).result()
         self._loop.call_soon_threadsafe(self._loop.stop)
-        if wait:
-            self._thread.join()
+        self._thread.join(timeout=None if wait else 1.0)
+        if not self._thread.is_alive():
+            self._loop.close()
         return []
