@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 from typing import Any
 
+from . import _errors
 from ._app import App, AsyncResult, configure, default_app, task
 from ._context import Context, current
 from ._errors import (
@@ -40,22 +41,13 @@ __version__ = "0.1.0"
 atexit.register(_flush_all)
 
 # Errors are recorded by class path: make it the public one (``nbtasks.TaskTimeout``).
-for _cls in (
-    MaxRetriesExceededError,
-    NbtasksError,
-    ResultNotReady,
-    Retry,
-    SoftTimeLimitExceeded,
-    StoreError,
-    TaskCancelled,
-    TaskFailed,
-    TaskInterrupted,
-    TaskTimeout,
-    UnknownTaskId,
-    UntrustedValue,
-    WorkerLost,
-):
-    _cls.__module__ = "nbtasks"
+for _cls in vars(_errors).values():
+    if (
+        isinstance(_cls, type)
+        and issubclass(_cls, Exception)
+        and _cls.__module__ == _errors.__name__
+    ):
+        _cls.__module__ = "nbtasks"
 del _cls
 
 

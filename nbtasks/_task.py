@@ -49,6 +49,19 @@ TASK_OPTIONS = frozenset(
         "shadow_name",
     }
 )
+#: The options a submit takes from the task unless the call gives them.
+_INHERITED = (
+    "executor",
+    "retries",
+    "retry_backoff",
+    "retry_on",
+    "timeout",
+    "soft_timeout",
+    "priority",
+    "cache",
+    "cache_ttl",
+    "detach",
+)
 CALL_OPTIONS = frozenset(
     TASK_OPTIONS - {"name", "bind"}
     | {"countdown", "eta", "link", "link_error", "metadata", "task_id"}
@@ -491,21 +504,7 @@ def _resolve(task: Task, call: Mapping[str, Any], now: float) -> tuple[Options, 
         raise TypeError(f"task_id must be a non-empty str, got {task_id!r}")
     extras["task_id"] = task_id
     over = check_task_options(call, "apply_async")
-    merged = {
-        key: getattr(task, key)
-        for key in (
-            "executor",
-            "retries",
-            "retry_backoff",
-            "retry_on",
-            "timeout",
-            "soft_timeout",
-            "priority",
-            "cache",
-            "cache_ttl",
-            "detach",
-        )
-    }
+    merged = {key: getattr(task, key) for key in _INHERITED}
     expires = over.pop("expires", task.expires)
     over.pop("shadow_name", None)
     merged.update(over)
