@@ -136,6 +136,11 @@ def dumps(value: Any) -> bytes:
         raise TypeError(f"cannot be pickled: {exc}") from exc
 
 
+def dumps_message(value: Any) -> bytes:
+    """Plain pickle (no cloudpickle) for messages between this user's own processes."""
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def loads(data: bytes) -> Any:
     """Unpickle what ``dumps`` made. Only for bytes that never left this user's processes (a
     worker process's task); what comes from a store goes through ``Codec.decode`` (signed)."""

@@ -421,6 +421,10 @@ class Store:
         self._drained = threading.Condition()
         self._idle = True
         self._signalled = False  # the idle writer has been notified already
+        # Commit at the writer's tick (<= TICK later) rather than at once: a worker process
+        # reports its task's state over its pipe, and waking a writer thread per change costs
+        # it a GIL hand-off per task.
+        self.commit_at_tick = False
         self._last_commit = 0.0  # monotonic time of the last commit, by anyone
         self._closed = False
         self._writer: threading.Thread | None = None
@@ -654,7 +658,7 @@ class Store:
             backlog = len(self._dirty)
         if self._writer is None:
             self._start_writer()
-        if self._idle and not self._signalled:
+        if self._idle and not self._signalled and not self.commit_at_tick:
             self._signalled = True
             with self._cond:
                 self._cond.notify()

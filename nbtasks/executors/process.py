@@ -50,7 +50,6 @@ import sys
 import tempfile
 import threading
 import time
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -59,7 +58,7 @@ from .._codec import dumps, find_unpicklable
 from .._errors import TaskCancelled, TaskTimeout, WorkerLost
 from .._model import FINISHED, MISSING
 from .._store import HOST, _start_time
-from .._worker import BOOT
+from .._worker import BOOT, Channel
 
 if TYPE_CHECKING:
     from .._attempt import Runtime
@@ -72,12 +71,14 @@ RETAIN: Final = 2.0  # seconds a reported final record stays in memory (the work
 STOP_WAIT: Final = 5.0  # shutdown: how long workers get to exit before SIGKILL
 DEPTH: Final = 2  # jobs a pool worker holds: the running one and the next
 _FINISHED_NAMES: Final = frozenset(s.value for s in FINISHED)
+#: Imported once by the zygote, before it forks: every payload unpickles into a Task.
+PRELOAD: Final = ["nbtasks._task"]
 
 
 class _Proc:
     """A worker process as the parent sees it."""
 
-    def __init__(self, n: int, conn: Connection, detached: bool) -> None:
+    def __init__(self, n: int, conn: Channel, detached: bool) -> None:
         self.n = n
         self.conn = conn
         self.detached = detached
@@ -272,6 +273,7 @@ class ProcessExecutor:
             "owner": self.store.owner,
             "path": sys.path,
             "faults": str(self._faults),
+            "preload": PRELOAD,
         }
         try:
             self._zygote = subprocess.Popen(
@@ -290,7 +292,7 @@ class ProcessExecutor:
             self._start_zygote()
         assert self._ctrl is not None
         mine, theirs = socket.socketpair()
-        proc = _Proc(next(self._nums), Connection(mine.detach()), detached)
+        proc = _Proc(next(self._nums), Channel(mine), detached)
         self._procs[proc.n] = proc
         self._register.append(proc)
         request = json.dumps({"n": proc.n, "detached": detached}).encode()
