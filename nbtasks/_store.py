@@ -42,7 +42,7 @@ from typing import Any, Final
 
 import diskcache
 
-from ._codec import INLINE_LIMIT, Codec, Signer
+from ._codec import INLINE_LIMIT, Codec, Signer, _is_plain
 from ._errors import StoreError, UnknownTaskId
 from ._model import FINISHED, MISSING, TaskStatus, check_transition
 
@@ -52,6 +52,8 @@ MARKER: Final = "nbtasks-store.json"
 TICK: Final = 0.1  # seconds between progress flushes and cancel polls
 COALESCE: Final = 0.002  # seconds the writer lets changes gather before it commits
 BACKLOG: Final = 4000  # dirty records past which workers wait for the writer
+#: A pickle this long or longer goes to its own entry (its base64 would pass INLINE_LIMIT).
+_INLINE_PICKLE: Final = INLINE_LIMIT * 3 // 4 - 32
 _FINISHED_NAMES: Final = tuple(s.value for s in FINISHED)
 _STATUS: Final = {s.value: s for s in TaskStatus}
 
@@ -146,18 +148,52 @@ def owner_pid(owner: str | None) -> int | None:
 
 
 class _SafeDisk(diskcache.Disk):  # type: ignore[misc]
-    """A Disk that never pickles (so never unpickles) and writes its value files 0600."""
+    """A Disk that never pickles (so never unpickles) and writes its value files itself:
+    0600 from the start in 0700 directories (diskcache's follow the umask), in one write
+    from the caller's buffer (diskcache iterates a BytesIO line by line), and never left
+    half-written (a full disk would otherwise leave a partial file per retry)."""
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
-        if type(value) not in (str, bytes, int, float) and not read:
+        kind = type(value)
+        if kind not in (str, bytes, int, float) and not read:
             raise TypeError(
                 f"internal error: the store holds only JSON text and signed bytes, "
                 f"not {type(value).__name__}"
             )
+        if (kind is bytes or kind is str) and len(value) >= self.min_file_size:
+            data = value.encode("utf-8") if kind is str else value
+            filename = self._write_file(data)
+            mode = diskcache.core.MODE_TEXT if kind is str else diskcache.core.MODE_BINARY
+            return len(data), mode, filename, None
         size, mode, filename, db_value = super().store(value, read, key)
         if filename is not None:
             os.chmod(os.path.join(self._directory, filename), 0o600)
         return size, mode, filename, db_value
+
+    def _write_file(self, data: bytes) -> str:
+        filename, full_path = self.filename()
+        parent = os.path.dirname(full_path)
+        for attempt in range(10):
+            for d in (os.path.dirname(parent), parent):
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(d, 0o700)
+            try:
+                fd = os.open(full_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                break
+            except FileNotFoundError:  # another process removed the emptied directory
+                if attempt == 9:
+                    raise
+        try:
+            with memoryview(data) as view:
+                done = 0
+                while done < len(view):
+                    done += os.write(fd, view[done:])
+        except BaseException:
+            os.close(fd)
+            os.unlink(full_path)
+            raise
+        os.close(fd)
+        return filename  # type: ignore[no-any-return]
 
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
         if mode == diskcache.core.MODE_PICKLE:
@@ -479,22 +515,23 @@ class Store:
             ) from exc
 
     def encode_value(self, task_id: str, what: str, value: Any) -> dict[str, Any]:
-        """Encode a value for a record; a large one goes to its own entry, written with the
-        record's next batch (or at once by ``create``)."""
-        enc = self.codec.encode(value)
-        blob = enc.get("p")
-        if blob is not None and len(blob) >= INLINE_LIMIT:
-            import base64
-
-            key = f"v:{task_id}:{what}"
-            with self._dirty_lock:
-                self._extra[key] = base64.b64decode(blob)
-            return {"k": key}
-        return enc
+        """Encode a value for a record: JSON, a small signed pickle inline, or a large pickle
+        in its own entry (a file) written with the record's next batch (or at once by
+        ``create``), its signature in the record. A large pickle is neither base64-ed nor
+        copied to be signed: while it is written it is held once, beside the value itself."""
+        if _is_plain(value):
+            return {"j": value}
+        signature, data = self.codec.pickle(value)
+        if len(data) < _INLINE_PICKLE:
+            return self.codec.inline(signature, data)
+        key = f"v:{task_id}:{what}"
+        with self._dirty_lock:
+            self._extra[key] = data
+        return {"k": key, "s": signature.hex()}
 
     def decode_value(self, enc: dict[str, Any], what: str) -> Any:
         if "k" in enc:
-            return self.codec.decode({"p": self.get_blob(enc["k"])}, what)
+            return self.codec.decode_blob(self.get_blob(enc["k"]), enc.get("s"), what)
         return self.codec.decode(enc, what)
 
     # ------------------------------------------------------------------ queries
@@ -789,11 +826,11 @@ class Store:
             "AND key >= 't:' AND key < 't;'",
             [],
         )
+        now = time.time()
         dead = [(k, json.loads(v)) for k, v in rows]
-        dead = [(k, r) for k, r in dead if not owner_alive(r.get("owner"))]
+        dead = [(k, r) for k, r in dead if owner_gone(r, now)]
         if not dead:
             return 0
-        now = time.time()
         n = 0
         with self.cache.transact(retry=True):
             for key, _ in dead:
@@ -801,9 +838,13 @@ class Store:
                 if text is None:
                     continue
                 rec = json.loads(text)
-                if rec["status"] not in ("READY", "RUNNING") or owner_alive(rec.get("owner")):
+                if rec["status"] not in ("READY", "RUNNING") or not owner_gone(rec, now):
                     continue
-                interrupt_record(rec, now, f"its owner process {describe_owner(rec)} is gone")
+                why = f"its owner process {describe_owner(rec)} is gone"
+                beat = rec.get("heartbeat")
+                if beat is not None:
+                    why += f" (last heartbeat {time.strftime('%H:%M:%S', time.localtime(beat))})"
+                interrupt_record(rec, now, why)
                 self.cache.set(key, json.dumps(rec), tag=rec["status"])
                 n += 1
         return n
@@ -833,6 +874,20 @@ class Store:
                     self.cache.delete("k:" + rec["cache_key"])
                 n += 1
         return n
+
+
+STALE: Final = 60.0  # seconds without a heartbeat after which an owner on another host is gone
+
+
+def owner_gone(rec: dict[str, Any], now: float) -> bool:
+    """On this host: its pid is dead or reused. On another (where pids say nothing): the record
+    carries heartbeats (a worker process writes one every few seconds) and the last is stale."""
+    owner = rec.get("owner")
+    if not owner_alive(owner):
+        return True
+    beat = rec.get("heartbeat")
+    host = (owner or "").rsplit(":", 2)[0]
+    return beat is not None and host != HOST and now - beat > STALE
 
 
 def describe_owner(rec: dict[str, Any]) -> str:

@@ -465,6 +465,31 @@ def test_a_reused_pid_is_not_taken_for_the_owner(tmp_path: Path) -> None:
         app.shutdown(wait=False)
 
 
+@pytest.mark.timeout(30)
+def test_an_owner_on_another_host_is_gone_when_its_heartbeat_is_stale(tmp_path: Path) -> None:
+    """Another host's pids say nothing here: a worker's heartbeat tells whether it lives."""
+    app = nbtasks.App(store=tmp_path / "store")
+
+    @app.task
+    def noop() -> None:
+        pass
+
+    stale, fresh = noop.apply_async(countdown=60), noop.apply_async(countdown=60)
+    now = time.time()
+    app.store.change(stale._live, owner="elsewhere:123:456", heartbeat=now - 120)
+    app.store.change(fresh._live, owner="elsewhere:124:456", heartbeat=now - 5)
+    app.store.flush()
+    other = nbtasks.App(store=tmp_path / "store")
+    try:
+        gone = other.result(stale.id)
+        assert gone.status is nbtasks.TaskStatus.INTERRUPTED
+        assert "pid 123 on elsewhere is gone (last heartbeat" in (gone.reason or "")
+        assert other.result(fresh.id).status is nbtasks.TaskStatus.READY
+    finally:
+        other.shutdown()
+        app.shutdown(wait=False)
+
+
 # ----------------------------------------------------------------------------- a real kernel
 
 KERNEL_SETUP = """
