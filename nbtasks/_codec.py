@@ -89,23 +89,36 @@ class Signer:
                     self._base = hmac.new(self._key or _load_key(), digestmod=hashlib.sha256)
         return self._base.copy()
 
-    def sign(self, data: bytes) -> bytes:
+    def digest(self, data: bytes | memoryview) -> bytes:
+        """The HMAC of ``data`` (a large value's signature is stored beside it, not prefixed:
+        prefixing would copy the value once more)."""
         mac = self._mac()
         mac.update(data)
-        return mac.digest() + data
+        return mac.digest()  # type: ignore[no-any-return]
 
-    def verify(self, blob: bytes, where: str, trust: bool) -> bytes:
-        data = blob[_MAC_SIZE:]
+    def sign(self, data: bytes) -> bytes:
+        return self.digest(data) + data
+
+    def check(
+        self, data: bytes | memoryview, signature: bytes | memoryview, where: str, trust: bool
+    ) -> None:
+        """Raise UntrustedValue unless ``signature`` is the HMAC of ``data`` under our key."""
         if trust:
-            return data
-        mac = self._mac()
-        mac.update(data)
-        if len(blob) < _MAC_SIZE or not hmac.compare_digest(mac.digest(), blob[:_MAC_SIZE]):
+            return
+        if len(signature) != _MAC_SIZE or not hmac.compare_digest(
+            self.digest(data), bytes(signature)
+        ):
             raise UntrustedValue(
                 f"{where} is signed by another key (another user's store, or a store copied "
                 "from elsewhere), so it was not unpickled: unpickling runs code. If you trust "
                 "who wrote it, open the store with nbtasks.App(store, trust=True)."
             )
+
+    def verify(self, blob: bytes | memoryview, where: str, trust: bool) -> memoryview:
+        """The data of a signature-first blob, as a view (no copy), once it verifies."""
+        view = memoryview(blob)
+        data = view[_MAC_SIZE:]
+        self.check(data, view[:_MAC_SIZE], where, trust)
         return data
 
 
@@ -175,6 +188,16 @@ class Codec:
             return {"j": value}
         return {"p": base64.b64encode(self.signer.sign(dumps(value))).decode("ascii")}
 
+    def pickle(self, value: Any) -> tuple[bytes, bytes]:
+        """``(signature, pickle)`` of a value that is not plain JSON (TypeError if it cannot be
+        pickled): a large value is stored as these bytes, apart from its record."""
+        data = dumps(value)
+        return self.signer.digest(data), data
+
+    def inline(self, signature: bytes, data: bytes) -> dict[str, Any]:
+        """A small signed pickle, held in its record: ``{"p": base64(signature + pickle)}``."""
+        return {"p": base64.b64encode(signature + data).decode("ascii")}
+
     def decode(self, enc: dict[str, Any], what: str) -> Any:
         if "j" in enc:
             return enc["j"]
@@ -182,6 +205,22 @@ class Codec:
         raw = base64.b64decode(blob) if isinstance(blob, str) else blob
         data = self.signer.verify(raw, f"{what} in the store {self.store_name}", self.trust)
         return pickle.loads(data)
+
+    def decode_blob(self, blob: Any, signature: str | None, what: str) -> Any:
+        """A large value read from its own entry: the pickle, its signature in the record
+        (``signature`` None: an older store's signature-first blob). Verified in place and
+        unpickled without a copy, so a value is held at most twice while it is read."""
+        where = f"{what} in the store {self.store_name}"
+        if not isinstance(blob, bytes):
+            raise UntrustedValue(f"{where} is not a signed value, so it was not unpickled")
+        if signature is None:
+            return pickle.loads(self.signer.verify(blob, where, self.trust))
+        try:
+            mac = bytes.fromhex(signature)
+        except (TypeError, ValueError):
+            mac = b""
+        self.signer.check(blob, mac, where, self.trust)
+        return pickle.loads(blob)
 
     def encode_exception(self, exc: BaseException) -> TaskError:
         cls = type(exc)

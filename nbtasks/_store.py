@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import gc
 import json
+import logging
 import os
 import random
 import socket
@@ -107,6 +108,7 @@ def _start_time(pid: int) -> str | None:
 
 
 HOST: Final = socket.gethostname()
+_log = logging.getLogger("nbtasks")
 
 
 def owner_token(pid: int | None = None) -> str:
@@ -124,7 +126,12 @@ def owner_alive(owner: str | None) -> bool:
     host, pid_text, start = ":".join(parts[:-2]), parts[-2], parts[-1]
     if host != HOST:
         return True  # cannot tell from here
-    pid = int(pid_text)
+    try:
+        pid = int(pid_text)
+    except ValueError:  # not a token nbtasks wrote: nobody owns the task
+        return False
+    if not 0 < pid < 2**22:  # os.kill(0 or -1, ...) would signal a whole process group
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -617,7 +624,9 @@ class Store:
         try:
             return self.cache._sql(sql, params).fetchall()  # type: ignore[no-any-return]
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"querying the store {self.path} failed: {exc}") from exc
+            damaged = not isinstance(exc, sqlite3.OperationalError) or "decode" in str(exc)
+            remedy = f" The store is damaged. {_remedy(self.path)}" if damaged else ""
+            raise StoreError(f"querying the store {self.path} failed: {exc}.{remedy}") from exc
 
     def find_cached(self, key: str) -> str | None:
         tid = self._get("k:" + key)
@@ -772,15 +781,28 @@ class Store:
                             cache.set("k:" + key, tid)
                         _upsert(cache._con, rows)
             except Exception as exc:  # disk full, I/O error: keep the batch, retry next round
+                if self.writer_error is None and not new:
+                    _log.warning(
+                        "nbtasks could not write to the store %s (%s); %d change(s) are kept "
+                        "in memory and written when it works again (retried every %gs)",
+                        self.path,
+                        exc,
+                        len(batch) + len(extra),
+                        TICK,
+                    )
                 self.writer_error = exc
+                # The failed submit's own values go with it; everyone else's are kept.
+                unborn = {tid for tid, _ in new}
                 with self._dirty_lock:
                     for tid, live in batch.items():
                         self._dirty.setdefault(tid, live)
                     for key, value in extra.items():
-                        if not new or not key.startswith("v:"):
+                        if not (key.startswith("v:") and key.split(":", 2)[1] in unborn):
                             self._extra.setdefault(key, value)
                 return -1
-        self.writer_error = None
+        if self.writer_error is not None:
+            _log.warning("nbtasks writes to the store %s again", self.path)
+            self.writer_error = None
         self._last_commit = time.monotonic()
         for tid, live in batch.items():
             if live.finished and self.live.get(tid) is live and tid not in self._dirty:
