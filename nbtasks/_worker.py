@@ -64,11 +64,14 @@ BOOT: Final = (
 class Channel:
     """Pickled messages, each prefixed by its length, over a connected stream socket (what
     ``multiprocessing.connection`` does, without importing ``multiprocessing``: a cold start is
-    ~10 ms shorter). One sender and one receiver at a time (the callers hold locks)."""
+    ~10 ms shorter). Reads are buffered: one system call takes every message that has arrived.
+    One sender and one receiver at a time (the callers hold locks)."""
 
     def __init__(self, sock: socket.socket) -> None:
         sock.set_inheritable(False)  # not for a task's subprocesses
         self.sock = sock
+        self._buf = bytearray()
+        self._eof = False
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -78,28 +81,51 @@ class Channel:
         self.sock.sendall(len(data).to_bytes(4, "big") + data)
 
     def recv(self) -> Any:
-        size = int.from_bytes(self._read(4), "big")
-        return _codec.loads(self._read(size))
+        """The next message (blocks until it is complete); EOFError at the end of the stream."""
+        while True:
+            message = self.take()
+            if message is not None:
+                return message[0]
+            self.fill(block=True)
 
-    def poll(self) -> bool:
-        """True if a message (or the end of the stream) is there to read."""
+    def take(self) -> tuple[Any] | None:
+        """The next message if it is buffered already, as a 1-tuple; else None."""
+        buf = self._buf
+        if len(buf) < 4:
+            return None
+        end = 4 + int.from_bytes(buf[:4], "big")
+        if len(buf) < end:
+            return None
+        data = bytes(buf[4:end])
+        del buf[:end]
+        return (_codec.loads(data),)
+
+    def fill(self, block: bool = False) -> bool:
+        """Read what has arrived (waiting for something if ``block``); False if nothing had.
+        EOFError once the other end has closed and every message was taken."""
+        if self._eof:
+            raise EOFError("the other process closed the channel")
         try:
-            self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # b"" at the end
+            data = self.sock.recv(1 << 16, 0 if block else socket.MSG_DONTWAIT)
         except BlockingIOError:
             return False
+        if not data:
+            self._eof = True
+            raise EOFError("the other process closed the channel")
+        self._buf += data
         return True
+
+    def poll(self) -> bool:
+        """True if ``recv()`` has something to return (or to raise) without waiting long."""
+        if len(self._buf) >= 4 or self._eof:
+            return True
+        try:
+            return self.fill()
+        except EOFError:
+            return True
 
     def close(self) -> None:
         self.sock.close()
-
-    def _read(self, n: int) -> bytes:
-        data = self.sock.recv(n, socket.MSG_WAITALL)
-        while len(data) < n:
-            more = self.sock.recv(n - len(data), socket.MSG_WAITALL)
-            if not more:
-                raise EOFError("the other process closed the channel")
-            data += more
-        return data
 
 
 # --------------------------------------------------------------------------- the zygote

@@ -148,7 +148,9 @@ class ProcessExecutor:
     def encode(self, task: Task, options: Options) -> bytes:
         """The payload a worker runs: the task without its App, and its options (no links: the
         parent runs those). A TypeError names what in the task cannot be pickled."""
-        opts = dataclasses.replace(options, link=[], link_error=[])
+        opts = options
+        if options.link or options.link_error:
+            opts = dataclasses.replace(options, link=[], link_error=[])
         try:
             return dumps((task, opts))  # Task.__reduce__ leaves the App behind
         except TypeError as exc:
@@ -358,7 +360,7 @@ class ProcessExecutor:
                     elif key.data == "ctrl":
                         self._zygote_message()
                     else:
-                        self._message(key.data)
+                        self._readable(key.data)
                 self._timers()
                 self._poll()
             self._stop_workers()
@@ -429,17 +431,24 @@ class ProcessExecutor:
             proc.code, proc.code_known = message["code"], True
         self._maybe_dead(proc)
 
-    def _message(self, proc: _Proc) -> None:
+    def _readable(self, proc: _Proc) -> None:
+        """Take every message that has arrived from a worker, then notice if it has gone."""
         try:
-            message = proc.conn.recv()
+            proc.conn.fill()
+            eof = False
         except (EOFError, OSError):
+            eof = True
+        while (taken := proc.conn.take()) is not None:
+            self._message(proc, taken[0])
+        if eof:
             proc.eof_at = time.monotonic()
             try:
                 self._selector.unregister(proc.conn)
             except (KeyError, ValueError):
                 pass
             self._maybe_dead(proc)
-            return
+
+    def _message(self, proc: _Proc, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "ready":
             with self._lock:
@@ -703,7 +712,7 @@ class ProcessExecutor:
                 if key.data == "ctrl":
                     self._zygote_message()
                 elif key.data is not None:
-                    self._message(key.data)
+                    self._readable(key.data)
                 else:
                     os.read(self._wake_r, 4096)
             for p in list(self._procs.values()):
