@@ -25,6 +25,7 @@ from __future__ import annotations
 import codecs
 import collections
 import dataclasses
+import inspect
 import json
 import os
 import select
@@ -347,12 +348,20 @@ class _WorkerAttempt(Attempt):
         outside the user's code."""
         soft = self.job.options.soft_timeout
         if soft is None:
-            return super()._call()
+            return self._user_code()
         signal.setitimer(signal.ITIMER_REAL, max(soft - self._elapsed(), 1e-6))
         try:
-            return super()._call()
+            return self._user_code()
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _user_code(self) -> Any:
+        value = super()._call()
+        if getattr(self.job.task, "_is_async", False) and inspect.iscoroutine(value):
+            import asyncio  # an ``async def`` task: its own event loop in this process
+
+            value = asyncio.run(value)
+        return value
 
     def _elapsed(self) -> float:
         return self.runtime.clock.monotonic() - self.started

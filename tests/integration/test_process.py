@@ -109,6 +109,47 @@ def test_closure_over_a_class_defined_in_the_test(app: nbtasks.App) -> None:
     assert value == 25 and pid != os.getpid()
 
 
+class Tripled(nbtasks.Task):
+    """A class-based task (Celery style), run in a worker process."""
+
+    name = "tests.Tripled"
+    executor = "process"
+
+    def run(self, x: int) -> int:
+        return x * 3
+
+
+@pytest.mark.timeout(60)
+def test_canvas_links_retries_and_task_kinds_run_in_workers(app: nbtasks.App) -> None:
+    import asyncio
+
+    @app.task(executor="process")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(executor="process", bind=True, retries=2)
+    def retrying(self: nbtasks.Task, n: int) -> int:
+        if self.request.retries < n:
+            raise self.retry(countdown=0.01)
+        return self.request.retries
+
+    @app.task(executor="process")
+    async def later(x: int) -> int:
+        await asyncio.sleep(0.01)
+        return x + 1
+
+    assert (add.s(1, 2) | add.s(10) | add.s(5)).apply_async().get(timeout=20) == 18
+    assert add.starmap([(1, 2), (3, 4)]).get(timeout=20) == [3, 7]
+    assert add.chunks([(1, 2), (3, 4), (5, 6)], 2).get(timeout=20) == [[3, 7], [11]]
+    first = add.apply_async((1, 2), link=add.s(100))
+    assert first.get(timeout=20) == 3
+    done = nbtasks.TaskStatus.SUCCESSFUL
+    wait_until(lambda: 103 in [r.return_value for r in app.results() if r.status is done])
+    assert retrying.delay(2).get(timeout=20) == 2
+    assert app.register(Tripled).delay(4).get(timeout=20) == 12
+    assert later.delay(1).get(timeout=20) == 2
+
+
 # ----------------------------------------------------------------------------- crashes
 
 
