@@ -291,7 +291,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """``jupyter lab`` on 127.0.0.1 with a token, isolated config, no news toast."""
     root = tmp_path_factory.mktemp("lab")
@@ -364,7 +364,9 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
 
 
 # ----------------------------------------------------------------------------- real browser
-@pytest.fixture(scope="session")
+# Module scope: the sync Playwright API keeps an event loop running in the main thread while
+# it is open, and later tests that call asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """Debian's chromium through Playwright (sync API); skipped without it, except in CI."""
     missing = None
