@@ -315,10 +315,14 @@ class _ChildRuntime:
         w.send(("retry", job.id, delay, dict(job.live.rec)))
 
     def finished(self, job: Job) -> None:
-        """Report the final record at once; this process's writer commits it within
-        milliseconds (group commit, as in the core). Should this process die first, the
-        parent writes what it was told."""
-        self.worker.send(("done", job.id, dict(job.live.rec)))
+        """Report the final record at once; this process's writer commits it at its next
+        tick. Should this process die first, the parent writes what it was told. A large value
+        lives in an entry of its own, which the parent can only read once committed: then the
+        record is committed first."""
+        rec = job.live.rec
+        if any(isinstance(rec.get(f), dict) and "k" in rec[f] for f in ("rv", "exc")):
+            self.store.flush()
+        self.worker.send(("done", job.id, dict(rec)))
 
     def timed_out(self, job: Job) -> None:
         pass  # the parent terminates this process; an orphan's monitor thread records it

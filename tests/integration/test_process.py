@@ -138,7 +138,14 @@ def test_canvas_links_retries_and_task_kinds_run_in_workers(app: nbtasks.App) ->
         await asyncio.sleep(0.01)
         return x + 1
 
+    @app.task(executor="process")
+    def big(n: int) -> bytes:
+        return b"x" * n  # past 16 KiB: stored in an entry of its own
+
     assert (add.s(1, 2) | add.s(10) | add.s(5)).apply_async().get(timeout=20) == 18
+    assert (big.s(100_000) | app.task(len, executor="process").s()).apply_async().get(
+        timeout=20
+    ) == 100_000
     assert add.starmap([(1, 2), (3, 4)]).get(timeout=20) == [3, 7]
     assert add.chunks([(1, 2), (3, 4), (5, 6)], 2).get(timeout=20) == [[3, 7], [11]]
     first = add.apply_async((1, 2), link=add.s(100))
