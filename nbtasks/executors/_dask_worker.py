@@ -23,6 +23,7 @@ Nothing here is imported by ``import nbtasks``; ``distributed`` is imported on f
 from __future__ import annotations
 
 import asyncio
+import linecache
 import os
 import threading
 import time
@@ -43,6 +44,11 @@ from .._errors import (
 from .._model import Metadata, Request
 
 TICK: Final = 0.1  # seconds between sends per task: <= 10 events per second per task
+#: A return value whose pickle is at most this long travels in the final event (no gather);
+#: a larger one stays on the worker until the client gathers it.
+EVENT_VALUE_LIMIT: Final = 16 * 1024
+OUTPUT_TAIL: Final = 64 * 1024  # characters of output sent at most per event (the core keeps
+#                                 the same tail, _context.OUTPUT_LIMIT)
 
 _tasks: OrderedDict[bytes, Any] = OrderedDict()  # task blob -> task object (an LRU)
 _TASK_CACHE: Final = 64
@@ -66,7 +72,7 @@ def task_blob(task: Any) -> bytes:
     class and instance attributes, without the App (its store, threads and locks stay here)."""
     attrs = {k: v for k, v in vars(task).items() if k not in _DROP}
     try:
-        return dumps((type(task), attrs))
+        return dumps((type(task), attrs, _cell_source(task)))
     except TypeError as exc:
         raise TypeError(
             f"task {task.name} cannot be sent to Dask workers: it cannot be pickled ({exc}). "
@@ -74,12 +80,25 @@ def task_blob(task: Any) -> bytes:
         ) from exc
 
 
+def _cell_source(task: Any) -> dict[str, Any]:
+    """The source of a task defined in a notebook cell, which only this kernel's linecache
+    holds (IPython registers each cell there): with it, a worker's traceback shows the lines."""
+    fn = vars(task).get("_fn") or getattr(type(task), "run", None)
+    filename = getattr(getattr(fn, "__code__", None), "co_filename", None)
+    entry = linecache.cache.get(filename) if filename else None
+    if not filename or entry is None or len(entry) != 4 or entry[1] is not None:
+        return {}  # a real file (the worker reads it, if it has it), or nothing known
+    return {filename: entry}
+
+
 def _load_task(blob: bytes) -> Any:
     task = _tasks.get(blob)
     if task is not None:
         _tasks.move_to_end(blob)
         return task
-    cls, attrs = cloudpickle().loads(blob)
+    cls, attrs, source = cloudpickle().loads(blob)
+    for filename, entry in source.items():
+        linecache.cache.setdefault(filename, entry)
     task = cls.__new__(cls)
     vars(task).update(attrs)
     fn = attrs.get("_fn")
@@ -91,6 +110,25 @@ def _load_task(blob: bytes) -> Any:
 
 
 # --------------------------------------------------------------------------- the attempt
+
+
+class RemoteContext(Context):
+    """The core's Context, but output goes to an outbox that each send drains: the worker
+    keeps no tail of its own, and a print racing with a tick is never lost or sent twice."""
+
+    def __init__(self, attempt: Any) -> None:
+        super().__init__(attempt)
+        self._outbox: list[str] = []
+        self._outlock = threading.Lock()
+
+    def _write(self, text: str) -> None:
+        with self._outlock:
+            self._outbox.append(text)
+
+    def _drain(self) -> str:
+        with self._outlock:
+            box, self._outbox = self._outbox, []
+        return "".join(box)
 
 
 class RemoteAttempt:
@@ -111,7 +149,7 @@ class RemoteAttempt:
             priority=head.get("priority", 0),
             parent_id=head.get("parent_id"),
         )
-        self.ctx = Context(self)  # type: ignore[arg-type]
+        self.ctx = RemoteContext(self)
         self.start = time.time()
         self.wid = f"{worker.address}:{os.getpid()}:{threading.current_thread().name}"
         self.request.worker_id = self.wid
@@ -120,9 +158,11 @@ class RemoteAttempt:
         self.deadline = None if timeout is None else mono + timeout
         self.soft_deadline = None if soft is None else mono + soft
         self.pending: dict[str, Any] = {}
-        self.sent: tuple[Any, ...] = (None, None, None, 0)  # progress and output total sent
+        self.sent: tuple[Any, ...] = (None, None, None)  # the progress sent last
+        self.out_total = 0  # characters of output written so far
         self.in_user_code = False
         self.done = False
+        self.released = False  # Dask released its key (the client cancelled it, or left)
 
     # ------------------------------------------------------------------ what the Context calls
 
@@ -163,19 +203,18 @@ class RemoteAttempt:
 
     def _fields(self) -> dict[str, Any]:
         """What changed since the last send (progress as ``[current, total, message]``, the
-        output written since), plus whatever is pending."""
+        output written since with the running total), plus whatever is pending."""
         ctx = self.ctx
-        cur, total, msg, out_total = ctx._cur, ctx._total, ctx._msg, ctx._out_total
-        sent = self.sent
+        cur, total, msg = ctx._cur, ctx._total, ctx._msg
         out: dict[str, Any] = {}
-        if cur is not None and (cur, total, msg) != sent[:3]:
+        if cur is not None and (cur, total, msg) != self.sent:
             out["p"] = [cur, total, msg]
-        if out_total != sent[3]:
-            new = out_total - sent[3]
-            text = ctx.output()
-            out["o"] = text[-new:] if new <= len(text) else text
-            out["ot"] = out_total
-        self.sent = (cur, total, msg, out_total)
+            self.sent = (cur, total, msg)
+        text = ctx._drain()
+        if text:
+            self.out_total += len(text)
+            out["o"] = text[-OUTPUT_TAIL:]
+            out["ot"] = self.out_total
         if self.pending:
             out.update(self.pending)
             self.pending = {}
@@ -183,7 +222,7 @@ class RemoteAttempt:
 
     def _changed(self) -> bool:
         ctx = self.ctx
-        return bool(self.pending) or (ctx._cur, ctx._total, ctx._msg, ctx._out_total) != self.sent
+        return bool(self.pending or ctx._outbox) or (ctx._cur, ctx._total, ctx._msg) != self.sent
 
     def _send(self) -> None:
         msg = self._fields()
@@ -206,6 +245,7 @@ class RemoteAttempt:
         if ts is None or ts.state == "cancelled":
             # The client cancelled the future (cancel, timeout, a lost connection): stop at
             # the next progress()/check_cancelled(), as thread tasks do.
+            self.released = True
             ctx._request_stop(
                 TaskCancelled(f"task {self.request.id}: its Dask future was cancelled")
             )
@@ -249,27 +289,35 @@ def _tick_loop() -> None:
 # --------------------------------------------------------------------------- running
 
 
-def run(blob: bytes, head: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """The function Dask runs: call the task, return ``(ok, value or error, info)``."""
-    expires = head.get("expires")
-    if expires is not None and time.time() >= expires:
-        return (False, None, {"expired": True})
+def run(payload: bytes) -> Any:
+    """The function Dask runs, with ``(task blob, head, args, kwargs)`` pickled: call the task,
+    send the outcome as the final event (the value too, when its pickle is small), and return
+    ``(ok, value or error, info)`` as well, which the client gathers when the event could not
+    carry it (or went missing)."""
     from distributed.worker import get_worker, thread_state
 
+    blob, head, args, kwargs = cloudpickle().loads(payload)
+
     worker = get_worker()
-    head["key"] = thread_state.key
+    key = thread_state.key
+    topic = head["topic"]
+    expires = head.get("expires")
+    if expires is not None and time.time() >= expires:
+        _send_final(worker, topic, {"k": key, "x": 1})
+        return (False, None, {"expired": True})
+    head["key"] = key
     task = _load_task(blob)
     attempt = RemoteAttempt(head, args, kwargs, worker)
     ctx = attempt.ctx
     ctx.thread_id = threading.get_ident()
     install_capture()
     install_tqdm_bridge()
-    info = {"t": attempt.start, "w": attempt.wid, "a": worker.address}
+    info: dict[str, Any] = {"t": attempt.start, "w": attempt.wid, "a": worker.address}
     # "started": sent at once, so the record turns RUNNING and a lost worker is told apart
     # from one that had not started the task yet.
-    worker.log_event(attempt.topic, {"k": attempt.key, **info})
+    worker.log_event(topic, {"k": key, **info})
     with _lock:
-        _active[attempt.key] = attempt
+        _active[key] = attempt
         _ensure_ticker()
         _wake.notify()
     token = _current.set(ctx)
@@ -289,7 +337,7 @@ def run(blob: bytes, head: dict[str, Any], args: tuple[Any, ...], kwargs: dict[s
         attempt.in_user_code = False
         _current.reset(token)
         with _lock:
-            _active.pop(attempt.key, None)
+            _active.pop(key, None)
             attempt.done = True
             info.update(attempt._fields())
     if ctx._stop is not None and error is None and not isinstance(ctx._stop, SoftTimeLimitExceeded):
@@ -297,9 +345,29 @@ def run(blob: bytes, head: dict[str, Any], args: tuple[Any, ...], kwargs: dict[s
     meta = dict(attempt.request.metadata)
     if meta:
         info["rm"] = meta
+    final = {"k": key, "f": 1, **info}
     if error is None:
+        try:
+            data = dumps(value)
+        except TypeError:
+            data = None  # Dask's own serialization will say why when it is gathered
+        if data is not None and len(data) <= EVENT_VALUE_LIMIT:
+            final["v"] = data
+        _send_final(worker, topic, final)
         return (True, value, info)
-    return (False, encode_error(error), info)
+    err = encode_error(error)
+    final["e"] = err
+    if attempt.released and isinstance(error, TaskCancelled):
+        final["c"] = 1  # stopped because Dask released the key, not by the task itself
+    _send_final(worker, topic, final)
+    return (False, err, info)
+
+
+def _send_final(worker: Any, topic: str, msg: dict[str, Any]) -> None:
+    try:
+        worker.log_event(topic, msg)
+    except Exception:  # pragma: no cover - the client gathers the result instead
+        pass
 
 
 # --------------------------------------------------------------------------- errors

@@ -30,6 +30,7 @@ themselves travel by value (cloudpickle), so notebook functions work.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import queue
 import sys
@@ -42,7 +43,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from .._attempt import Attempt, Job
-from .._codec import cloudpickle
+from .._codec import cloudpickle, dumps
 from .._errors import Retry, TaskCancelled, WorkerLost
 from .._model import MISSING, TaskStatus
 from . import _dask_worker
@@ -50,8 +51,10 @@ from . import _dask_worker
 if TYPE_CHECKING:
     from .._attempt import Runtime
 
-BATCH: Final = 2000  # queue items handled per round (finished futures gathered at once)
-WATCHDOG: Final = 1.0  # seconds between checks that the client is still alive
+BATCH: Final = 2000  # queue items handled per round
+WATCHDOG: Final = 1.0  # seconds between checks when nothing is in flight
+POLL: Final = 0.2  # seconds between polls of the futures in flight
+GATHER_EVERY: Final = 0.01  # seconds between two gathers, at least
 
 
 class RemoteTraceback(Exception):
@@ -69,7 +72,18 @@ class RemoteTraceback(Exception):
 class _Flight:
     """One attempt of a job on Dask: its key, future and how far it got."""
 
-    __slots__ = ("addr", "attempt", "claimed", "ended", "future", "job", "key")
+    __slots__ = (
+        "addr",
+        "attempt",
+        "claimed",
+        "ended",
+        "final",
+        "future",
+        "gathering",
+        "job",
+        "key",
+        "seen_done",
+    )
 
     def __init__(self, job: Job, attempt: Attempt, key: str) -> None:
         self.job = job
@@ -78,6 +92,9 @@ class _Flight:
         self.future: Any = None
         self.claimed = False  # READY -> RUNNING recorded (the worker said it started)
         self.ended = False  # its outcome is recorded (or it was dropped): ignore the rest
+        self.final = False  # the final event was applied (a gather only fetches the value)
+        self.gathering = False  # queued for the next gather
+        self.seen_done = False  # the poll saw its future finished once already
         self.addr: str | None = None  # the worker running it
 
 
@@ -100,22 +117,28 @@ class DaskExecutor:
         self._idle = threading.Condition(self._lock)
         self._flights: dict[str, _Flight] = {}  # Dask key -> flight
         self._by_id: dict[str, _Flight] = {}  # task id -> its current flight
+        self._to_gather: list[_Flight] = []  # finished, value still on the worker
         self._stopping = False
         self._closed = False
         self._hub = _Hub.of(self.client)
         self._hub.listen(self.topic, self._on_event)
-        self._hub.listen("all", self._on_cluster_event)
+        # Each worker a task starts on is watched through its own topic, where the scheduler
+        # logs its removal ("all" would do too, but a client subscribed to "all" makes the
+        # scheduler log an error when it closes: it is sent its own remove-client event).
+        self._watched: dict[str, Callable[[Any], None]] = {}
         self._thread = threading.Thread(target=self._dispatch, name="nbtasks-dask", daemon=True)
         self._thread.start()
 
     def __repr__(self) -> str:
-        return f"<DaskExecutor {self.client.scheduler.address if self.client.scheduler else '?'}>"
+        return f"<DaskExecutor of scheduler {_scheduler_address(self.client)}>"
 
     # ------------------------------------------------------------------ submitting
 
     def submit(self, job: Job) -> None:
         if self._stopping:
             raise RuntimeError("this App has been shut down; create a new one")
+        if self.client.scheduler_comm is not self._hub.comm:
+            self._hub.check()
         req, opts, live = job.request, job.options, job.live
         n = req.retries
         key = f"{req.task_name}-{job.id}" if n == 0 else f"{req.task_name}-{job.id}-{n}"
@@ -139,7 +162,10 @@ class DaskExecutor:
         if job.chunk:
             head["chunk"] = True
         try:
-            blob = _dask_worker.task_blob(job.task)
+            # Pickled at every submit, as Dask does: a notebook global changed since is seen.
+            # One bytes argument: Dask does not walk it looking for keys and futures (the
+            # arguments were checked to pickle at submit).
+            payload = dumps((_dask_worker.task_blob(job.task), head, job.args, job.kwargs))
         except TypeError as exc:
             self._fail_unsent(job, exc)
             return
@@ -150,15 +176,8 @@ class DaskExecutor:
         if self._on_live_finished not in live.callbacks:
             live.callbacks.append(self._on_live_finished)
         try:
-            future = self.client.submit(
-                _dask_worker.run,
-                blob,
-                head,
-                job.args,
-                job.kwargs,
-                key=key,
-                priority=opts.priority,
-                pure=False,
+            flight.future = self.client.submit(
+                _dask_worker.run, payload, key=key, priority=opts.priority, pure=False
             )
         except Exception as exc:
             with self._lock:
@@ -167,9 +186,6 @@ class DaskExecutor:
                 self._interrupt_unsent(job, f"the Dask client is {self.client.status}: {exc}")
             else:
                 self._fail_unsent(job, exc)
-            return
-        flight.future = future
-        future.add_done_callback(self._on_done)
 
     def cancel_running(self, job: Job) -> bool:
         # The runtime has set the context's stop (TaskCancelled) already.
@@ -208,7 +224,9 @@ class DaskExecutor:
             return
         self._closed = True
         self._hub.unlisten(self.topic, self._on_event)
-        self._hub.unlisten("all", self._on_cluster_event)
+        for addr, fn in list(self._watched.items()):
+            self._hub.unlisten(addr, fn)
+        self._watched.clear()
         if self._own_client:
             try:
                 self.client.close()
@@ -220,15 +238,10 @@ class DaskExecutor:
     def _on_event(self, event: tuple[float, Any]) -> None:
         self._queue.put(("event", event[1]))
 
-    def _on_cluster_event(self, event: tuple[float, Any]) -> None:
+    def _on_worker_event(self, addr: str, event: tuple[float, Any]) -> None:
         msg = event[1]
         if isinstance(msg, dict) and msg.get("action") == "remove-worker":
-            flights = self._flights
-            if any(key in flights for key in msg.get("processing-tasks") or ()):
-                self._queue.put(("lost", msg))
-
-    def _on_done(self, future: Any) -> None:
-        self._queue.put(("done", future))
+            self._queue.put(("lost", addr, msg))
 
     def _on_live_finished(self, live: Any) -> None:
         # The record ended outside the dispatcher (a READY task cancelled or expired):
@@ -238,11 +251,24 @@ class DaskExecutor:
     # ------------------------------------------------------------------ the dispatcher thread
 
     def _dispatch(self) -> None:
+        """Apply events in order; gather values in batches; poll the futures now and then.
+
+        A task's outcome arrives as its final event, and its future is then released without
+        a gather when the value came with it. No per-future done callback: the poll (every
+        POLL seconds) catches what sends no event: futures that erred in Dask (a worker lost
+        too often, a value Dask could not serialize), were cancelled behind our back (a lost
+        scheduler connection, a closed client), or finished while their event went missing."""
         get = self._queue.get
         closing = False
+        last_gather = 0.0
+        next_poll = time.monotonic() + POLL
         while True:
+            now = time.monotonic()
+            timeout = min(WATCHDOG, max(0.0, next_poll - now)) if self._flights else WATCHDOG
+            if self._to_gather:
+                timeout = min(timeout, max(0.0, last_gather + GATHER_EVERY - now))
             try:
-                items = [get(timeout=WATCHDOG)]
+                items = [get(timeout=timeout)]
             except queue.Empty:
                 items = []
             while len(items) < BATCH:
@@ -250,18 +276,22 @@ class DaskExecutor:
                     items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            done: list[Any] = []
             for item in items:
-                kind = item[0]
-                if kind == "done":
-                    done.append(item[1])
-                elif kind == "close":
+                if item[0] == "close":
                     closing = True
                 else:
                     self._guard(self._handle, item)
-            if done:
-                self._guard(self._finish_batch, done)
-            self._guard(self._watchdog)
+            # One gather per GATHER_EVERY at most: a lone value is fetched at once, a stream of
+            # them in batches (each gather is a round trip to the workers).
+            now = time.monotonic()
+            if self._to_gather and now - last_gather >= GATHER_EVERY:
+                batch, self._to_gather = self._to_gather, []
+                self._guard(self._gather, batch)
+                last_gather = time.monotonic()
+            if now >= next_poll:
+                self._guard(self._poll)
+                self._guard(self._watchdog)
+                next_poll = time.monotonic() + POLL
             with self._lock:
                 if not self._flights:
                     self._idle.notify_all()
@@ -287,9 +317,21 @@ class DaskExecutor:
             flight = self._flights.get(str(msg.get("k"))) if isinstance(msg, dict) else None
             if flight is None or flight.ended:
                 return  # an attempt already recorded (or not ours)
-            if not flight.claimed and not self._claim(flight, msg):
+            if "x" in msg:
+                self._expired(flight)
+                return
+            if not flight.claimed:
+                if not self._claim(flight, msg):
+                    return
+            elif "t" in msg and "f" not in msg and msg.get("a") != flight.addr:
+                # Started again on another worker: Dask re-ran it after losing the first one
+                # (its removal was missed). The attempt was lost; nbtasks' policy decides.
+                self._cancel_future(flight)
+                self._end(flight, MISSING, self._lost_error(flight, str(flight.addr), "rerun"))
                 return
             self._apply(flight, msg)
+            if "f" in msg:
+                self._final(flight, msg)
         elif kind == "stop":
             flight = self._by_id.get(item[1])
             if flight is None or flight.ended or not flight.claimed:
@@ -305,7 +347,7 @@ class DaskExecutor:
                     self._forget(flight)
                 self._cancel_future(flight)
         elif kind == "lost":
-            self._worker_lost(item[1])
+            self._worker_lost(item[1], item[2])
 
     # ------------------------------------------------------------------ claiming and updates
 
@@ -320,7 +362,9 @@ class DaskExecutor:
             self._cancel_future(flight)
             return False
         flight.claimed = True
-        flight.addr = info.get("a")
+        addr = flight.addr = info.get("a")
+        if addr:
+            self._watch(addr)
         now = time.time()
         start = min(info.get("t") or now, now)  # never after "now": clocks may differ
         fields: dict[str, Any] = {"last_attempted_at": start}
@@ -366,26 +410,44 @@ class DaskExecutor:
 
     # ------------------------------------------------------------------ outcomes
 
-    def _finish_batch(self, futures: list[Any]) -> None:
-        finished: list[tuple[_Flight, Any]] = []
-        for future in futures:
-            flight = self._flights.get(future.key)
-            if flight is None or flight.ended or flight.future is not future:
-                continue
-            status = future.status
-            if status == "finished":
-                finished.append((flight, future))
-            elif status == "error":
-                self._errored(flight, future)
-            elif status == "cancelled":
-                self._cancelled_elsewhere(flight, future)
-        if not finished:
+    def _final(self, flight: _Flight, msg: dict[str, Any]) -> None:
+        """The final event (already applied): record the outcome, or gather the value."""
+        flight.final = True
+        if "c" in msg and flight.attempt.ctx._stop is None:
+            # It stopped because Dask released its key, and not at our request: the future
+            # was cancelled behind our back (a lost connection, a closed client).
+            self._cancelled_elsewhere(flight, flight.future)
             return
+        if "e" in msg:
+            self._end(flight, MISSING, decode_error(msg["e"]))
+            return
+        data = msg.get("v")
+        if data is not None:
+            try:
+                value = cloudpickle().loads(data)
+            except Exception:
+                data = None  # e.g. a class this process cannot import: Dask's gather says why
+            else:
+                self._end(flight, value, None)
+                return
+        self._want_gather(flight)
+
+    def _want_gather(self, flight: _Flight) -> None:
+        if not flight.gathering:
+            flight.gathering = True
+            self._to_gather.append(flight)
+
+    def _gather(self, flights: list[_Flight]) -> None:
+        flights = [f for f in flights if not f.ended and f.future is not None]
+        if not flights:
+            return
+        futures = [f.future for f in flights]
         try:
-            payloads = self.client.gather([f for _, f in finished])
+            payloads = self.client.gather(futures, direct=True)
         except Exception:
-            payloads = [_result_or_error(f) for _, f in finished]
-        for (flight, future), payload in zip(finished, payloads, strict=True):
+            payloads = [_result_or_error(f) for f in futures]
+        for flight, future, payload in zip(flights, futures, payloads, strict=True):
+            flight.gathering = False
             if flight.ended:
                 continue
             if isinstance(payload, _Failure):
@@ -400,11 +462,25 @@ class DaskExecutor:
                 continue
             if not flight.claimed and not self._claim(flight, info):
                 continue
-            self._apply(flight, info)
-            if ok:
-                self._end(flight, value, None)
-            else:
-                self._end(flight, MISSING, decode_error(value))
+            if not flight.final:  # its final event never came: the info stands in for it
+                self._apply(flight, info)
+            self._end(flight, value if ok else MISSING, None if ok else decode_error(value))
+
+    def _poll(self) -> None:
+        """Futures that finished without a final event, erred in Dask, or were cancelled."""
+        for flight in list(self._flights.values()):
+            future = flight.future
+            if flight.ended or future is None or flight.gathering:
+                continue
+            status = future.status
+            if status == "finished":
+                if flight.seen_done:  # a poll ago already: its final event is not coming
+                    self._want_gather(flight)
+                flight.seen_done = True
+            elif status == "error":
+                self._errored(flight, future)
+            elif status == "cancelled":
+                self._cancelled_elsewhere(flight, future)
 
     def _expired(self, flight: _Flight) -> None:
         """The worker found the task past ``expires`` and did not run it."""
@@ -412,8 +488,8 @@ class DaskExecutor:
             self._end(flight, MISSING, TaskCancelled("expired"))
 
     def _errored(self, flight: _Flight, future: Any) -> None:
-        """The Dask task itself failed: a worker lost too often (KilledWorker), or the
-        wrapper could not run (e.g. nbtasks is not installed on the worker)."""
+        """The Dask task itself failed: a worker lost too often (KilledWorker), a value Dask
+        could not serialize, or the wrapper could not run (nbtasks missing on the worker)."""
         try:
             exc = future.exception(timeout=5)
         except Exception as err:
@@ -432,28 +508,33 @@ class DaskExecutor:
             return
         self._end(flight, MISSING, exc)
 
-    def _worker_lost(self, msg: dict[str, Any]) -> None:
+    def _watch(self, addr: str) -> None:
+        if addr not in self._watched and not self._closed:
+            fn = self._watched[addr] = functools.partial(self._on_worker_event, addr)
+            self._hub.listen(addr, fn)
+
+    def _worker_lost(self, addr: str, msg: dict[str, Any]) -> None:
         """The scheduler removed a worker: tasks that had started on it lost their attempt."""
-        addr = msg.get("worker") or "?"
+        fn = self._watched.pop(addr, None)
+        if fn is not None:
+            self._hub.unlisten(addr, fn)
         why = msg.get("stimulus_id") or "unknown"
         for key in msg.get("processing-tasks") or ():
             flight = self._flights.get(key)
-            if flight is None or flight.ended or not flight.claimed:
+            if flight is None or flight.ended or not flight.claimed or flight.final:
                 # Not started there (only queued on it): Dask runs it elsewhere.
                 continue
             if flight.addr is not None and flight.addr != addr:
                 continue
             self._cancel_future(flight)  # Dask would re-run it; nbtasks' retry policy decides
-            req = flight.job.request
-            self._end(
-                flight,
-                MISSING,
-                WorkerLost(
-                    f"task {req.task_name}[{flight.job.id}]: the Dask worker {addr} running it "
-                    f"was lost (its process died or stopped answering; scheduler stimulus "
-                    f"{why!r})"
-                ),
-            )
+            self._end(flight, MISSING, self._lost_error(flight, addr, why))
+
+    def _lost_error(self, flight: _Flight, addr: str, why: str) -> WorkerLost:
+        req = flight.job.request
+        return WorkerLost(
+            f"task {req.task_name}[{flight.job.id}]: the Dask worker {addr} running it was lost "
+            f"(its process died or stopped answering; scheduler stimulus {why!r})"
+        )
 
     def _cancelled_elsewhere(self, flight: _Flight, future: Any) -> None:
         """A future cancelled behind our back: the client lost the scheduler or was closed."""
@@ -470,6 +551,7 @@ class DaskExecutor:
 
     def _watchdog(self) -> None:
         """Nothing stays RUNNING forever: a closed client interrupts what it had in flight."""
+        self._hub.check()
         if self.client.status in ("closing", "closed") and self._flights:
             addr = _scheduler_address(self.client)
             for flight in list(self._flights.values()):
@@ -482,6 +564,7 @@ class DaskExecutor:
                 return
             flight.ended = True
             self._forget(flight)
+        flight.future = None  # released: Dask forgets the key (and the worker its value)
         flight.attempt.end(value, error)
 
     def _interrupt(self, flight: _Flight, why: str) -> None:
@@ -490,6 +573,7 @@ class DaskExecutor:
                 return
             flight.ended = True
             self._forget(flight)
+        flight.future = None
         job, live = flight.job, flight.job.live
         runtime = self.runtime
         with runtime.lock:
@@ -657,6 +741,7 @@ class _Hub:
         self.listeners: dict[str, list[Callable[[Any], None]]] = {}
         self.previous: dict[str, Any] = {}
         self.tasks: set[asyncio.Future[Any]] = set()
+        self.comm = client.scheduler_comm  # a new one after a reconnection
 
     @classmethod
     def of(cls, client: Any) -> _Hub:
@@ -671,7 +756,10 @@ class _Hub:
             fns = self.listeners.get(topic)
             if fns is None:
                 fns = self.listeners[topic] = []
-                self.previous[topic] = self.client._event_handlers.get(topic)
+                previous = getattr(self.client, "_event_handlers", {}).get(topic)
+                if getattr(previous, "_nbtasks", False):
+                    previous = None  # ours, left by an executor that has shut down
+                self.previous[topic] = previous
                 self.client.subscribe_topic(topic, self._fan_out(topic))
             fns.append(fn)
 
@@ -688,10 +776,30 @@ class _Hub:
         try:
             if previous is not None:
                 self.client.subscribe_topic(topic, previous)
-            elif self.client.status == "running":
+                return
+            if self.client.status == "running":
                 self.client.unsubscribe_topic(topic)
+            # unsubscribe_topic() leaves the handler in place: drop ours.
+            handlers = getattr(self.client, "_event_handlers", {})
+            if getattr(handlers.get(topic), "_nbtasks", False):
+                del handlers[topic]
         except Exception:  # pragma: no cover - the client is closing
             pass
+
+    def check(self) -> None:
+        """After a reconnection (maybe to a new scheduler), subscribe again: cheap to repeat,
+        and a restarted scheduler would not know the topics."""
+        comm = self.client.scheduler_comm
+        if comm is self.comm or comm is None or self.client.status != "running":
+            return
+        with self._lock:
+            self.comm = comm
+            topics = list(self.listeners)
+        for topic in topics:
+            try:
+                self.client.subscribe_topic(topic, self._fan_out(topic))
+            except Exception:  # pragma: no cover - lost again: the next check retries
+                self.comm = None
 
     def _fan_out(self, topic: str) -> Callable[[Any], None]:
         def handler(event: Any) -> None:
@@ -705,4 +813,5 @@ class _Hub:
             for fn in list(self.listeners.get(topic, ())):
                 fn(event)
 
+        handler._nbtasks = True  # type: ignore[attr-defined]
         return handler

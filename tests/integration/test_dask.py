@@ -115,6 +115,13 @@ class Weird(Exception):
 def weird():
     raise Weird("one", "two")
 
+def big(n):
+    return "x" * n  # past the size a final event carries: gathered from the worker
+
+def unpicklable():
+    import threading
+    return threading.Lock()
+
 def bound(self, x):
     self.progress(1, 2)
     return [self.request.id, x]
@@ -215,6 +222,8 @@ def nb(app: nbtasks.App) -> SimpleNamespace:
             "weird",
             "aadd",
             "on_error",
+            "big",
+            "unpicklable",
         )
     }
     tasks["bound"] = app.task(executor="dask", bind=True)(ns["bound"])
@@ -385,6 +394,23 @@ def test_metadata_state_and_output_reach_the_store_while_running(
     assert "logged on a worker" in c.output
 
 
+def test_a_large_value_is_gathered_and_a_lost_final_event_is_made_up_for(
+    app: nbtasks.App, nb: SimpleNamespace
+) -> None:
+    assert nb.big.delay(100_000).get(timeout=20) == "x" * 100_000
+    # Drop this executor's final events: the poll notices the finished futures and gathers.
+    ex = executor(app)
+    hub = ex._hub
+    (listener,) = hub.listeners[ex.topic]
+    hub.listeners[ex.topic] = [lambda ev: None if "f" in ev[1] else listener(ev)]
+    try:
+        r = nb.crawl.delay(3, 0.01)
+        assert r.get(timeout=20) == 3
+        assert r.output.count("item") == 3 and r.progress.current == 3
+    finally:
+        hub.listeners[ex.topic] = [listener]
+
+
 # --------------------------------------------------------------------------- failures
 
 
@@ -404,6 +430,15 @@ def test_failure_keeps_the_workers_traceback_and_the_exception(
     w.wait(20)
     assert w.errors[-1].exception_class_path == "__main__.Weird"  # the class path survives
     assert w.errors[-1].message == "one and two"
+
+
+def test_a_value_dask_cannot_serialize_fails_the_task(
+    app: nbtasks.App, nb: SimpleNamespace
+) -> None:
+    r = nb.unpicklable.delay()
+    r.wait(30)
+    assert r.status == nbtasks.TaskStatus.FAILED
+    assert "lock" in r.errors[-1].message
 
 
 def test_hooks_run_in_the_client(app: nbtasks.App, nb: SimpleNamespace) -> None:
