@@ -134,6 +134,8 @@ class ProcessExecutor:
         self._zygote: subprocess.Popen[bytes] | None = None
         self._ctrl: socket.socket | None = None
         self._selector = selectors.DefaultSelector()
+        self._ctrl_registered: socket.socket | None = None
+        self._check_at = 0.0  # monotonic time of the next run of the supervisor's timers
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         with self._lock:
             for _ in range(workers):
@@ -217,6 +219,8 @@ class ProcessExecutor:
         proc.head_since = proc.polled = now
         timeout = proc.jobs[0].options.timeout if proc.jobs else None
         proc.deadline = None if timeout is None else now + timeout
+        if proc.deadline is not None:
+            self._check_soon(proc.deadline)
 
     def _fill(self, proc: _Proc) -> None:
         """Give a worker queued jobs up to its depth (with _lock held)."""
@@ -328,6 +332,7 @@ class ProcessExecutor:
             if proc.signalled is None:
                 proc.kill_at = time.monotonic() + self.grace
                 proc.signalled = "SIGTERM"
+                self._check_soon(proc.kill_at)
             self._signal(proc, signal.SIGTERM)
         self._wakeup()
 
@@ -352,17 +357,20 @@ class ProcessExecutor:
 
     def _supervise(self) -> None:
         try:
-            while not self._finished():
+            while not (self._stopping and self._finished()):
                 self._update_selector()
-                for key, _ in self._selector.select(self._next_timer()):
+                timeout = max(0.0, self._check_at - time.monotonic())
+                for key, _ in self._selector.select(timeout):
                     if key.data is None:
                         os.read(self._wake_r, 4096)
                     elif key.data == "ctrl":
                         self._zygote_message()
                     else:
                         self._readable(key.data)
-                self._timers()
-                self._poll()
+                if time.monotonic() >= self._check_at:  # timers and live records, not per message
+                    self._timers()
+                    self._poll()
+                    self._check_at = self._next_check()
             self._stop_workers()
         except BaseException as exc:  # pragma: no cover - a bug: shown on the next submit
             self.error = exc
@@ -371,18 +379,27 @@ class ProcessExecutor:
             self._close()
 
     def _update_selector(self) -> None:
+        if not self._register and self._ctrl is self._ctrl_registered:
+            return
         with self._lock:
             new, self._register = self._register, []
             ctrl = self._ctrl
         for proc in new:
             if proc.eof_at is None:
                 self._selector.register(proc.conn, selectors.EVENT_READ, proc)
-        registered = {k.fileobj for k in self._selector.get_map().values() if k.data == "ctrl"}
-        for old in registered:
-            if old is not ctrl:
-                self._selector.unregister(old)
-        if ctrl is not None and ctrl not in registered:
-            self._selector.register(ctrl, selectors.EVENT_READ, "ctrl")
+        if ctrl is not self._ctrl_registered:
+            if self._ctrl_registered is not None:
+                self._selector.unregister(self._ctrl_registered)
+            if ctrl is not None:
+                self._selector.register(ctrl, selectors.EVENT_READ, "ctrl")
+            self._ctrl_registered = ctrl
+
+    def _check_soon(self, when: float) -> None:
+        """Have the supervisor run its timers by ``when`` (a deadline, a kill, an exit)."""
+        if when < self._check_at:
+            self._check_at = when
+            if threading.current_thread() is not self._thread:
+                self._wakeup()
 
     def _finished(self) -> bool:
         """Shutting down and nothing left to wait for: no queued job, no pool worker busy, no
@@ -394,9 +411,10 @@ class ProcessExecutor:
                 p.waiting is not None or (p.jobs and not p.detached) for p in self._procs.values()
             )
 
-    def _next_timer(self) -> float:
-        now = time.monotonic()
-        due = [now + POLL]
+    def _next_check(self) -> float:
+        """When the timers must run next: a deadline, a SIGKILL, an overdue exit status, or
+        the next read of running tasks' records."""
+        due = [time.monotonic() + POLL]
         with self._lock:
             for p in self._procs.values():
                 if p.deadline is not None and p.stop is None:
@@ -405,7 +423,7 @@ class ProcessExecutor:
                     due.append(p.kill_at)
                 if p.eof_at is not None:
                     due.append(p.eof_at + EXIT_WAIT)
-        return max(0.0, min(due) - now)
+        return min(due)
 
     def _zygote_message(self) -> None:
         assert self._ctrl is not None
@@ -442,6 +460,7 @@ class ProcessExecutor:
             self._message(proc, taken[0])
         if eof:
             proc.eof_at = time.monotonic()
+            self._check_soon(proc.eof_at + EXIT_WAIT)
             try:
                 self._selector.unregister(proc.conn)
             except (KeyError, ValueError):
