@@ -42,7 +42,7 @@ from . import _codec
 from ._attempt import Attempt, Job, Options, _limit_text
 from ._errors import SoftTimeLimitExceeded, TaskCancelled, TaskTimeout
 from ._model import MISSING, SYSTEM_CLOCK, Metadata, Request, TaskStatus
-from ._store import Live, Store, _start_time, describe_owner
+from ._store import Live, Store, _start_time, describe_owner, owner_alive
 
 HEARTBEAT: Final = 5.0  # seconds between heartbeats written to a running task's record
 MONITOR: Final = 0.2  # seconds between the monitor thread's checks
@@ -396,7 +396,6 @@ class Worker:
         self.store.on_cancel_request = self._cancel_requested
         self.runtime = _ChildRuntime(self)
         self.pid = os.getpid()
-        self._zygote_pid = os.getppid()
         self._send_lock = threading.Lock()
         self.end_lock = threading.Lock()
         self.attempt: _WorkerAttempt | None = None
@@ -596,9 +595,9 @@ class Worker:
                         self.store.change(attempt.job.live, heartbeat=time.time())
 
     def _parent_gone(self) -> bool:
-        """The zygote ends when the parent does (or shuts the pool down): this process is then
-        re-parented; or the parent's end of the socket is closed (and nothing is unread)."""
-        if os.getppid() != self._zygote_pid:
+        """The parent process is dead (its pid and start time), or it closed its end of the
+        socket (shutdown; seen when nothing is left unread)."""
+        if not owner_alive(self.parent_owner):
             return True
         try:
             return self.conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""

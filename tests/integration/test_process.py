@@ -204,6 +204,30 @@ def test_a_crash_fails_only_its_task(app: nbtasks.App, how: str, expected: str) 
 
 
 @pytest.mark.timeout(60)
+def test_the_pool_outlives_its_zygote(app: nbtasks.App) -> None:
+    """The process that forks the workers is killed: the workers carry on, and a dead worker
+    is replaced through a new one."""
+
+    @app.task(executor="process")
+    def nap(seconds: float) -> int:
+        time.sleep(seconds)
+        return os.getpid()
+
+    first = nap.delay(0).get(timeout=20)
+    ex = app._runtime._executors["process"]
+    os.kill(ex._zygote.pid, signal.SIGKILL)
+    assert first in [nap.delay(0.05).get(timeout=20) for _ in range(4)]
+    r = nap.delay(30)
+    wait_until(lambda: r.refresh().status is nbtasks.TaskStatus.RUNNING)
+    busy = wait_until(lambda: [p.pid for p in ex._procs.values() if p.jobs and p.pid])
+    os.kill(busy[0], signal.SIGKILL)
+    r.wait(10)
+    assert r.errors[-1].exception_class_path == "nbtasks.WorkerLost"
+    assert "exit status is unknown" in r.errors[-1].message  # its zygote could not say
+    assert nap.delay(0).get(timeout=20) not in busy
+
+
+@pytest.mark.timeout(60)
 def test_retries_apply_to_a_lost_worker(app: nbtasks.App, tmp_path: Path) -> None:
     marks = tmp_path / "attempts"
 
