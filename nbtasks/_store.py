@@ -26,6 +26,7 @@ the store holds JSON text and signed bytes only.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import gc
 import json
@@ -177,6 +178,27 @@ class _SafeDisk(diskcache.Disk):  # type: ignore[misc]
             os.chmod(os.path.join(self._directory, filename), 0o600)
         return size, mode, filename, db_value
 
+    def __init__(self, directory: str, **kwargs: Any) -> None:
+        super().__init__(directory, **kwargs)
+        self._written = threading.local()
+
+    @contextlib.contextmanager
+    def undo_files(self) -> Iterator[None]:
+        """Remove the value files written in this block if it fails: its transaction was
+        rolled back, nothing refers to them (a commit retried on a full disk would otherwise
+        leave one behind per attempt)."""
+        files: list[str] = []
+        self._written.files = files
+        try:
+            yield
+        except BaseException:
+            for path in files:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+            raise
+        finally:
+            self._written.files = None
+
     def _write_file(self, data: bytes) -> str:
         filename, full_path = self.filename()
         parent = os.path.dirname(full_path)
@@ -200,6 +222,9 @@ class _SafeDisk(diskcache.Disk):  # type: ignore[misc]
             os.unlink(full_path)
             raise
         os.close(fd)
+        files = getattr(self._written, "files", None)
+        if files is not None:
+            files.append(full_path)
         return filename  # type: ignore[no-any-return]
 
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
@@ -292,6 +317,23 @@ def _remedy(path: Path) -> str:
     )
 
 
+def _explain(exc: BaseException, path: Path) -> str:
+    """What a failed SQLite (or file) call means for the store, and what to do about it: a
+    full disk or a lock is not damage, and moving the store aside would not help."""
+    text = str(exc).rstrip(".")
+    if (
+        getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL"
+        or "disk is full" in text
+        or getattr(exc, "errno", None) == errno.ENOSPC
+    ):
+        return f"{text}: the disk that holds it is full. Free some space and try again"
+    if isinstance(exc, OSError) or (
+        isinstance(exc, sqlite3.OperationalError) and "decode" not in text
+    ):
+        return text
+    return f"{text}. The store is damaged. {_remedy(path)}"
+
+
 def open_cache(directory: Path, trust: bool, adopt: bool = False) -> diskcache.Cache:
     """Open (creating if needed, owner-only) the diskcache behind a store, under a lock.
 
@@ -322,29 +364,34 @@ def open_cache(directory: Path, trust: bool, adopt: bool = False) -> diskcache.C
                 f"the store database {db} is {'missing' if not db.exists() else 'empty (0 bytes)'}"
                 f": the store is damaged and its records are lost. {_remedy(directory)}"
             )
+        else:
+            _check_schema(_peek_schema(db, directory), db, directory)
         try:
             cache = diskcache.Cache(str(directory), disk=_SafeDisk, timeout=60, **_SETTINGS)
             schema = cache.get("nbtasks:schema", default=None)
         except sqlite3.DatabaseError as exc:
             raise StoreError(
-                f"the store {db} cannot be read ({exc}). {_remedy(directory)}"
+                f"the store {db} cannot be opened: {_explain(exc, directory)}"
             ) from exc
         if fresh:
-            cache.set("nbtasks:schema", SCHEMA)
-            tmp = marker.with_suffix(".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump({"schema": SCHEMA, "created": time.time()}, f)
-            os.replace(tmp, marker)
-        elif schema is None:
-            cache.close()
-            raise StoreError(f"the store {db} has lost its schema key. {_remedy(directory)}")
-        elif schema > SCHEMA:
-            cache.close()
-            raise StoreError(
-                f"the store {directory} was written by a newer nbtasks (schema {schema}; this "
-                f"one reads schema {SCHEMA}). Upgrade nbtasks: pip install -U nbtasks"
-            )
+            try:
+                cache.set("nbtasks:schema", SCHEMA)
+                tmp = marker.with_suffix(".tmp")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    json.dump({"schema": SCHEMA, "created": time.time()}, f)
+                os.replace(tmp, marker)
+            except (sqlite3.DatabaseError, OSError) as exc:
+                cache.close()
+                raise StoreError(
+                    f"the store {directory} could not be created: {_explain(exc, directory)}"
+                ) from exc
+        else:
+            try:
+                _check_schema(schema, db, directory)
+            except StoreError:
+                cache.close()
+                raise
         _check_private_layout(cache)
         for name in (DB_NAME + "-wal", DB_NAME + "-shm"):
             with contextlib.suppress(FileNotFoundError, PermissionError):
@@ -352,6 +399,33 @@ def open_cache(directory: Path, trust: bool, adopt: bool = False) -> diskcache.C
         return cache
     finally:
         os.close(lock_fd)
+
+
+def _peek_schema(db: Path, directory: Path) -> Any:
+    """The schema version, read with plain SQLite before diskcache opens the store: diskcache
+    writes its settings when it opens a store, which must not happen to one written by a newer
+    nbtasks (or to a damaged one)."""
+    try:
+        con = sqlite3.connect(db, timeout=60)
+        try:
+            row = con.execute(
+                "SELECT value FROM Cache WHERE key = 'nbtasks:schema' AND raw = 1"
+            ).fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"the store {db} cannot be opened: {_explain(exc, directory)}") from exc
+    return row[0] if row else None
+
+
+def _check_schema(schema: Any, db: Path, directory: Path) -> None:
+    if schema is None:
+        raise StoreError(f"the store {db} has lost its schema key. {_remedy(directory)}")
+    if not isinstance(schema, int) or schema > SCHEMA:
+        raise StoreError(
+            f"the store {directory} was written by a newer nbtasks (schema {schema}; this "
+            f"one reads schema {SCHEMA}). Upgrade nbtasks: pip install -U nbtasks"
+        )
 
 
 def _check_owner(directory: Path, trust: bool) -> None:
@@ -454,6 +528,7 @@ class Store:
         self.active: dict[str, Any] = {}  # task id -> running Context in this process
         self.on_cancel_request: Callable[[str], None] | None = None
         self.writer_error: BaseException | None = None
+        self._failing = False  # the writer's commits fail (and it has said so in the log)
         self._dirty: dict[str, Live] = {}
         self._extra: dict[str, Any] = {}  # key -> value (None deletes), written with the batch
         self._dirty_lock = threading.Lock()
@@ -518,7 +593,7 @@ class Store:
             return self.cache.get(key, default=None, retry=True)
         except sqlite3.DatabaseError as exc:
             raise StoreError(
-                f"reading {key} from the store {self.path} failed: {exc}. {_remedy(self.path)}"
+                f"reading {key} from the store {self.path} failed: {_explain(exc, self.path)}"
             ) from exc
 
     def encode_value(self, task_id: str, what: str, value: Any) -> dict[str, Any]:
@@ -624,9 +699,9 @@ class Store:
         try:
             return self.cache._sql(sql, params).fetchall()  # type: ignore[no-any-return]
         except sqlite3.DatabaseError as exc:
-            damaged = not isinstance(exc, sqlite3.OperationalError) or "decode" in str(exc)
-            remedy = f" The store is damaged. {_remedy(self.path)}" if damaged else ""
-            raise StoreError(f"querying the store {self.path} failed: {exc}.{remedy}") from exc
+            raise StoreError(
+                f"querying the store {self.path} failed: {_explain(exc, self.path)}"
+            ) from exc
 
     def find_cached(self, key: str) -> str | None:
         tid = self._get("k:" + key)
@@ -648,9 +723,10 @@ class Store:
         new = [(live.id, live) for live in lives]
         if self._commit(new, list(groups), list(cache_keys)) < 0:
             exc = self.writer_error
+            why = _explain(exc, self.path) if exc is not None else "unknown error"
             raise StoreError(
-                f"could not commit the new task(s) to the store {self.path}: {exc}; "
-                "nothing was stored"
+                f"could not commit the new task(s) to the store {self.path}, so nothing was "
+                f"stored: {why}"
             ) from exc
         for live in lives:
             self.live[live.id] = live
@@ -769,7 +845,7 @@ class Store:
                     # times, and each release costs 20-40 µs to win back under load.
                     _upsert(cache._con, rows)
                 else:
-                    with cache.transact(retry=True):
+                    with cache._disk.undo_files(), cache.transact(retry=True):
                         for key, value in extra.items():
                             if value is None:
                                 cache.delete(key, retry=True)
@@ -781,7 +857,14 @@ class Store:
                             cache.set("k:" + key, tid)
                         _upsert(cache._con, rows)
             except Exception as exc:  # disk full, I/O error: keep the batch, retry next round
-                if self.writer_error is None and not new:
+                # A failed COMMIT may leave the transaction open (SQLite: "it is recommended
+                # that applications respond to SQLITE_FULL ... by issuing a ROLLBACK"); the
+                # next BEGIN would fail, and diskcache retries that forever.
+                with contextlib.suppress(sqlite3.Error):
+                    if cache._con.in_transaction:
+                        cache._con.execute("ROLLBACK")
+                if not new and not self._failing:
+                    self._failing = True
                     _log.warning(
                         "nbtasks could not write to the store %s (%s); %d change(s) are kept "
                         "in memory and written when it works again (retried every %gs)",
@@ -800,9 +883,10 @@ class Store:
                         if not (key.startswith("v:") and key.split(":", 2)[1] in unborn):
                             self._extra.setdefault(key, value)
                 return -1
-        if self.writer_error is not None:
+        if self._failing:
+            self._failing = False
             _log.warning("nbtasks writes to the store %s again", self.path)
-            self.writer_error = None
+        self.writer_error = None
         self._last_commit = time.monotonic()
         for tid, live in batch.items():
             if live.finished and self.live.get(tid) is live and tid not in self._dirty:
