@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, overload
 
@@ -298,26 +298,46 @@ class App:
         return [TaskResult(self, r["id"], rec=r) for r in recs]
 
     def purge(
-        self, older_than: float | timedelta | None = None, status: str | TaskStatus | None = None
+        self,
+        older_than: float | timedelta | None = None,
+        status: str | TaskStatus | Iterable[str | TaskStatus] | None = None,
+        *,
+        vacuum: bool = False,
     ) -> int:
-        """Delete finished results (older_than: against finished_at); returns how many."""
+        """Delete finished results (older_than: against finished_at; status: one finished
+        status or several); returns how many. ``vacuum=True`` then gives the space back to the
+        file system (``Store.vacuum()``: it rewrites the database, so it takes a moment)."""
+        if not isinstance(vacuum, bool):
+            raise TypeError(f"vacuum must be True or False, got {vacuum!r}")
         cutoff = None
         if older_than is not None:
             seconds = (
                 older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
             )
-            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+            if (
+                isinstance(seconds, bool)
+                or not isinstance(seconds, int | float)
+                or not seconds >= 0  # NaN too: it would purge everything
+            ):
                 raise ValueError(
                     f"older_than must be seconds >= 0 or a timedelta, got {older_than!r}"
                 )
             cutoff = self._runtime.clock.time() - seconds
         statuses = None
         if status is not None:
-            name = _status(status, "status")
-            if TaskStatus(name) not in FINISHED:
-                raise ValueError(f"purge(status={name!r}): only finished tasks can be purged")
-            statuses = [name]
-        return self._store.purge(cutoff, statuses)
+            if isinstance(status, str) or not isinstance(status, Iterable):
+                statuses = [_status(status, "status")]
+            else:
+                statuses = [_status(s, "status") for s in status]
+            if not statuses:
+                raise ValueError("purge(status=[]): name at least one finished status, or None")
+            for name in statuses:
+                if TaskStatus(name) not in FINISHED:
+                    raise ValueError(f"purge(status={name!r}): only finished tasks can be purged")
+        n = self._store.purge(cutoff, statuses)
+        if vacuum:
+            self._store.vacuum()
+        return n
 
     # ------------------------------------------------------------------ lifecycle
 

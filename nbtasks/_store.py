@@ -979,7 +979,65 @@ class Store:
                 if rec.get("cache_key"):
                     self.cache.delete("k:" + rec["cache_key"])
                 n += 1
+            if n:
+                self._drop_empty_groups()
         return n
+
+    def _drop_empty_groups(self) -> None:
+        """Delete the group records none of whose members is left (in purge's transaction)."""
+        groups = self._sql("SELECT key FROM Cache WHERE key >= 'g:' AND key < 'g;'", [])
+        if not groups:
+            return
+        left = self._sql("SELECT key FROM Cache WHERE key >= 't:' AND key < 't;'", [])
+        alive = {key[2:] for (key,) in left}
+        for (key,) in groups:
+            text = self.cache.get(key, retry=True)
+            members = (json.loads(text).get("members") or []) if isinstance(text, str) else []
+            if not any(m in alive for m in members):
+                self.cache.delete(key, retry=True)
+
+    def vacuum(self, orphan_age: float = 3600.0) -> None:
+        """Give the space of deleted records back to the file system: delete large values
+        whose task is gone, value files no entry refers to (older than ``orphan_age`` seconds:
+        one that another process is writing is not referred to yet; a process killed mid-write
+        leaves one behind), then VACUUM the database and truncate its WAL. It rewrites the whole
+        database: other processes' writes wait until it is done."""
+        self.flush()
+        with self._write_lock:
+            try:
+                tasks = self._sql("SELECT key FROM Cache WHERE key >= 't:' AND key < 't;'", [])
+                alive = {key[2:] for (key,) in tasks}
+                values = self._sql("SELECT key FROM Cache WHERE key >= 'v:' AND key < 'v;'", [])
+                with self.cache.transact(retry=True):
+                    for (key,) in values:
+                        if key[2:].rpartition(":")[0] not in alive:
+                            self.cache.delete(key, retry=True)
+                con = self.cache._con
+                con.execute("VACUUM")
+                con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(
+                    f"vacuuming the store {self.path} failed: {_explain(exc, self.path)}"
+                ) from exc
+            rows = self._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL", [])
+            referenced = {os.path.normpath(name) for (name,) in rows}
+            cutoff = time.time() - orphan_age
+            for root, _dirs, names in os.walk(self.path, topdown=False):
+                rel_root = os.path.relpath(root, self.path)
+                if rel_root == ".":
+                    continue  # the database, the marker, the lock: never value files
+                for name in names:
+                    path = os.path.join(root, name)
+                    rel = os.path.normpath(os.path.join(rel_root, name))
+                    with contextlib.suppress(OSError):
+                        if (
+                            name.endswith(".val")
+                            and rel not in referenced
+                            and os.stat(path).st_mtime < cutoff
+                        ):
+                            os.remove(path)
+                with contextlib.suppress(OSError):
+                    os.rmdir(root)  # only if empty
 
 
 STALE: Final = 60.0  # seconds without a heartbeat after which an owner on another host is gone

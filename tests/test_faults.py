@@ -572,3 +572,56 @@ def test_a_50_mb_result_goes_to_a_file_and_is_never_held_three_times(store_path:
     ).fetchone()
     con.close()
     assert size > n and (store_path / filename).stat().st_size == size
+
+
+# --------------------------------------------------------------------------- space
+
+
+def test_purge_then_vacuum_gives_the_space_back(store_path: Path, make_app: AppFactory) -> None:
+    a = make_app()
+
+    @a.task
+    def item(i: int) -> Any:
+        return bytes([i % 256]) * 40_000 if i % 50 == 0 else (i, "x" * 200)
+
+    a.store.flush()
+    start = sum(p.stat().st_blocks * 512 for p in store_path.rglob("*") if p.is_file())
+    g = item.map(range(2000))
+    g.get(30)
+    keep = item.apply_async((7,), countdown=3600)  # READY: not purged
+    a.store.flush()
+    # Litter that only vacuum() cleans: a value whose task is gone, a file no entry refers to.
+    a.store.cache.set("v:gone-task:rv", b"\0" * 50_000)
+    orphan = store_path / "ab" / "cd" / "0123456789abcdef0123456789.val"
+    orphan.parent.mkdir(parents=True, mode=0o700)
+    orphan.write_bytes(b"\0" * 50_000)
+    assert a.purge(status=["SUCCESSFUL", "FAILED"]) == 2000
+    keys = [k for k, _ in _rows(store_path)]
+    assert not any(k.startswith("g:") for k in keys)  # the group went with its last member
+    assert a.purge(vacuum=True) == 0
+    keys = [k for k, _ in _rows(store_path)]
+    assert sorted(k for k in keys if k[:2] in ("t:", "g:", "v:")) == ["t:" + keep.id]
+    assert orphan.exists()  # too new: it may be a file another process is writing
+    a.store.vacuum(orphan_age=0)
+    assert not orphan.exists() and not orphan.parent.exists()
+    size = sum(p.stat().st_blocks * 512 for p in store_path.rglob("*") if p.is_file())
+    assert size < start + 200_000, (start, size)
+    assert make_app().result(keep.id).args == [7]
+    assert _integrity(store_path) == "ok"
+
+
+def test_purge_refuses_bad_statuses_and_durations(app: nbtasks.App) -> None:
+    for bad, error in (
+        ([], ValueError),
+        (["SUCCESSFUL", "RUNNING"], ValueError),
+        ("READY", ValueError),
+        (["nope"], ValueError),
+        (5, ValueError),
+    ):
+        with pytest.raises(error, match="status"):
+            app.purge(status=bad)
+    for older in (float("nan"), -1, "7d", True):
+        with pytest.raises(ValueError, match="older_than"):
+            app.purge(older_than=older)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="vacuum"):
+        app.purge(vacuum="yes")  # type: ignore[arg-type]
