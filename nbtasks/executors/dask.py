@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .._attempt import Attempt, Job
 from .._codec import cloudpickle, dumps
-from .._errors import Retry, TaskCancelled, WorkerLost
+from .._errors import Retry, TaskCancelled, TaskTimeout, WorkerLost
 from .._model import MISSING, TaskStatus
 from . import _dask_worker
 
@@ -413,7 +413,7 @@ class DaskExecutor:
     def _final(self, flight: _Flight, msg: dict[str, Any]) -> None:
         """The final event (already applied): record the outcome, or gather the value."""
         flight.final = True
-        if "c" in msg and flight.attempt.ctx._stop is None:
+        if "c" in msg and not isinstance(flight.attempt.ctx._stop, TaskCancelled | TaskTimeout):
             # It stopped because Dask released its key, and not at our request: the future
             # was cancelled behind our back (a lost connection, a closed client).
             self._cancelled_elsewhere(flight, flight.future)
@@ -443,7 +443,7 @@ class DaskExecutor:
             return
         futures = [f.future for f in flights]
         try:
-            payloads = self.client.gather(futures, direct=True)
+            payloads = self.client.gather(futures)
         except Exception:
             payloads = [_result_or_error(f) for f in futures]
         for flight, future, payload in zip(flights, futures, payloads, strict=True):
