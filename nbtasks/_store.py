@@ -31,6 +31,7 @@ import fcntl
 import gc
 import json
 import logging
+import math
 import os
 import random
 import socket
@@ -509,7 +510,11 @@ class Store:
     """One open store: diskcache, the codec, the live table and the writer thread."""
 
     def __init__(
-        self, location: str | os.PathLike[str] | diskcache.Cache, *, trust: bool = False
+        self,
+        location: str | os.PathLike[str] | diskcache.Cache,
+        *,
+        trust: bool = False,
+        sweep: bool = True,
     ) -> None:
         adopt = isinstance(location, diskcache.Cache)
         if adopt:  # an open Cache the user gave us: its directory becomes the store
@@ -547,7 +552,8 @@ class Store:
         self._closed = False
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
-        self.sweep()
+        if sweep:  # not in a worker process: its parent swept, and owns its dead workers' tasks
+            self.sweep()
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -633,7 +639,7 @@ class Store:
         self.flush()
         sql, params = self._select("value", status, name)
         sql += " LIMIT ? OFFSET ?"
-        params += [-1 if limit is None else limit, offset]
+        params += _limits(limit, offset)
         rows = self._sql(sql, params)
         with _no_gc():
             return [json.loads(r[0]) for r in rows]
@@ -654,7 +660,7 @@ class Store:
         )
         sql, params = self._select(cols, status, name)
         sql += " LIMIT ? OFFSET ?"
-        params += [-1 if limit is None else limit, offset]
+        params += _limits(limit, offset)
         out = []
         rows = self._sql(sql, params)
         with _no_gc():
@@ -835,7 +841,7 @@ class Store:
             cache = self.cache
             now = time.time()
             rows = [
-                ("t:" + tid, now, now, live.rec["status"], json.dumps(live.rec))
+                ("t:" + tid, now, now, live.rec["status"], record_text(live.rec))
                 for tid, live in (*new, *batch.items())
             ]
             try:
@@ -1052,6 +1058,43 @@ def owner_gone(rec: dict[str, Any], now: float) -> bool:
     beat = rec.get("heartbeat")
     host = (owner or "").rsplit(":", 2)[0]
     return beat is not None and host != HOST and now - beat > STALE
+
+
+_strict_json: Final = json.JSONEncoder(allow_nan=False).encode  # as fast as json.dumps
+
+
+def record_text(rec: dict[str, Any]) -> str:
+    """A record as JSON that SQLite's JSON functions can read. They refuse NaN and Infinity,
+    and one such record would make every listing of the store fail: a progress holding one is
+    stored as no progress, any other such number as null (the owner's memory keeps them)."""
+    try:
+        return _strict_json(rec)
+    except ValueError:
+        clean = _finite(rec)
+        if clean.get("progress") != rec.get("progress"):
+            clean["progress"] = None
+        return _strict_json(clean)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+_SQL_INT_MAX: Final = 2**63 - 1
+
+
+def _limits(limit: int | None, offset: int) -> list[int]:
+    """LIMIT and OFFSET within SQLite's integers (a larger int would raise OverflowError)."""
+    return [
+        -1 if limit is None or limit > _SQL_INT_MAX else max(limit, -1),
+        min(max(offset, 0), _SQL_INT_MAX),
+    ]
 
 
 def describe_owner(rec: dict[str, Any]) -> str:

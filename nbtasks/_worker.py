@@ -391,7 +391,7 @@ class Worker:
         self.conn = conn
         self.detached = detached
         self.parent_owner: str = config["owner"]
-        self.store = Store(config["store"], trust=bool(config["trust"]))
+        self.store = Store(config["store"], trust=bool(config["trust"]), sweep=False)
         self.store.commit_at_tick = True  # the parent hears of each task over the pipe
         self.store.on_cancel_request = self._cancel_requested
         self.runtime = _ChildRuntime(self)

@@ -71,6 +71,8 @@ RETAIN: Final = 2.0  # seconds a reported final record stays in memory (the work
 STOP_WAIT: Final = 5.0  # shutdown: how long workers get to exit before SIGKILL
 DEPTH: Final = 2  # jobs a pool worker holds: the running one and the next
 _FINISHED_NAMES: Final = frozenset(s.value for s in FINISHED)
+#: Final statuses a worker records itself (INTERRUPTED in the store is another process's sweep).
+_BY_WORKER: Final = frozenset({"SUCCESSFUL", "FAILED", "CANCELLED"})
 #: Imported once by the zygote, before it forks: every payload unpickles into a Task.
 PRELOAD: Final = ["nbtasks._task"]
 
@@ -578,18 +580,24 @@ class ProcessExecutor:
             Attempt(job, self.runtime).end(MISSING, WorkerLost(str(self.error)))
 
     def _persist_reported(self, proc: _Proc) -> None:
-        """Final records the dead worker reported but may not have committed: write them."""
+        """Final records the dead worker reported but may not have committed: write them.
+        Its writer commits at every tick (0.1 s), so only the last half second is read back."""
         store = self.store
-        for _, job in proc.recent:
+        recent = time.monotonic() - 5 * POLL
+        for reported, job in proc.recent:
             live = job.live
-            try:
-                stored = store.read_record(job.id)["status"]
-            except Exception:
-                stored = None
+            stored: str | None = "SUCCESSFUL"  # (any final status) committed long ago
+            if reported >= recent:
+                try:
+                    stored = store.read_record(job.id)["status"]
+                except Exception:
+                    stored = None
             if stored not in _FINISHED_NAMES:
                 live.rec["owner"] = store.owner
                 store.adopt(live)
-                store.mark(live)
+                store.mark(live)  # committed by this process's writer, then let go
+            elif store.live.get(live.id) is live:
+                del store.live[live.id]  # committed by the worker: read from the store now
         proc.recent.clear()
 
     def _requeue(self, job: Job) -> None:
@@ -629,7 +637,7 @@ class ProcessExecutor:
             rec = None
         if rec is not None:
             status = rec["status"]
-            if status in _FINISHED_NAMES:  # it finished just before it died
+            if status in _BY_WORKER:  # it finished just before it died
                 self._done(job, rec)
                 return
             n = rec.get("retries") or 0
