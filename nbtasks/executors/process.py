@@ -70,6 +70,7 @@ POLL: Final = 0.1  # seconds between reads of running tasks' records (live progr
 RETAIN: Final = 2.0  # seconds a reported final record stays in memory (the worker commits it)
 STOP_WAIT: Final = 5.0  # shutdown: how long workers get to exit before SIGKILL
 DEPTH: Final = 2  # jobs a pool worker holds: the running one and the next
+PREFETCH_MAX: Final = 64 * 1024  # bytes of payload past which a job goes to idle workers only
 _FINISHED_NAMES: Final = frozenset(s.value for s in FINISHED)
 #: Final statuses a worker records itself (INTERRUPTED in the store is another process's sweep).
 _BY_WORKER: Final = frozenset({"SUCCESSFUL", "FAILED", "CANCELLED"})
@@ -171,7 +172,7 @@ class ProcessExecutor:
                 if job.options.detach:
                     self._fork(detached=True).waiting = job
                     return
-                proc = self._least_busy()
+                proc = self._least_busy(job)
                 if proc is None:
                     heapq.heappush(self._queue, (-job.options.priority, next(self._seq), job))
                 else:
@@ -180,12 +181,14 @@ class ProcessExecutor:
         # The pool cannot start workers: recorded on the task (it is stored already).
         Attempt(job, self.runtime).end(MISSING, WorkerLost(str(error)))
 
-    def _least_busy(self) -> _Proc | None:
+    def _least_busy(self, job: Job) -> _Proc | None:
+        """An idle worker, else one whose queue has room (for a job that queues cheaply)."""
         best = None
+        room = DEPTH if _small(job) else 1
         for p in self._procs.values():
             if p.detached or not p.ready or p.signalled or p.eof_at is not None:
                 continue
-            if len(p.jobs) < p.capacity and (best is None or len(p.jobs) < len(best.jobs)):
+            if len(p.jobs) < room and (best is None or len(p.jobs) < len(best.jobs)):
                 best = p
                 if not p.jobs:
                     break
@@ -225,10 +228,12 @@ class ProcessExecutor:
             self._check_soon(proc.deadline)
 
     def _fill(self, proc: _Proc) -> None:
-        """Give a worker queued jobs up to its depth (with _lock held)."""
+        """Give a worker queued jobs up to its depth (with _lock held). A large payload waits
+        for an idle worker: sending it to a busy one would block until that one's task ends."""
         while (
             self._queue
             and len(proc.jobs) < proc.capacity
+            and (not proc.jobs or _small(self._queue[0][2]))
             and not proc.signalled
             and proc.eof_at is None
         ):
@@ -757,6 +762,11 @@ class ProcessExecutor:
             except OSError:
                 pass
         shutil.rmtree(self._faults, ignore_errors=True)
+
+
+def _small(job: Job) -> bool:
+    """A job whose message fits in a socket's buffer, so it can wait in a busy worker's."""
+    return len(job.payload or b"") < PREFETCH_MAX
 
 
 def _limit(job: Job) -> str:

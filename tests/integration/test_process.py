@@ -328,6 +328,27 @@ def test_cancel_terminates_a_running_task_and_a_ready_one_never_starts(
         app.shutdown()
 
 
+@pytest.mark.timeout(30)
+def test_a_large_closure_does_not_block_submit_behind_a_busy_worker(tmp_path: Path) -> None:
+    app = nbtasks.App(store=tmp_path / "store", process_workers=1)
+    try:
+        blob = b"y" * 5_000_000  # its payload is larger than a socket's buffer
+
+        @app.task(executor="process")
+        def uses(seconds: float) -> int:
+            time.sleep(seconds)
+            return len(blob)
+
+        busy = uses.delay(1.0)
+        wait_until(lambda: busy.refresh().status is nbtasks.TaskStatus.RUNNING)
+        t0 = time.monotonic()
+        queued = uses.delay(0)
+        assert time.monotonic() - t0 < 0.5  # it waits here for the worker, not in a send
+        assert busy.get(timeout=20) == queued.get(timeout=20) == 5_000_000
+    finally:
+        app.shutdown()
+
+
 # ----------------------------------------------------------------------------- submit checks
 
 
