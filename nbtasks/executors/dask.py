@@ -38,7 +38,6 @@ import threading
 import time
 import traceback
 import uuid
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -733,7 +732,6 @@ class _Hub:
     """One event handler per topic per Client (Dask keeps only one), fanned out to every
     executor on that client; a handler the user had set keeps being called."""
 
-    _hubs: weakref.WeakKeyDictionary[Any, _Hub] = weakref.WeakKeyDictionary()
     _lock = threading.Lock()
 
     def __init__(self, client: Any) -> None:
@@ -745,10 +743,12 @@ class _Hub:
 
     @classmethod
     def of(cls, client: Any) -> _Hub:
+        """The client's hub, kept on the client itself (it goes away with it)."""
         with cls._lock:
-            hub = cls._hubs.get(client)
+            hub: _Hub | None = getattr(client, "_nbtasks_hub", None)
             if hub is None:
-                hub = cls._hubs[client] = cls(client)
+                hub = cls(client)
+                client._nbtasks_hub = hub
             return hub
 
     def listen(self, topic: str, fn: Callable[[Any], None]) -> None:

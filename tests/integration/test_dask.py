@@ -549,6 +549,18 @@ def test_cancel_a_running_task_cancels_its_future_and_frees_the_worker(
     wait_until(lambda: executing(client) == 0, timeout=5, interval=0.05)
 
 
+def test_cancel_from_another_app_on_the_store(
+    app: nbtasks.App, nb: SimpleNamespace, client: Any, tmp_path: Path
+) -> None:
+    r = nb.spin.delay(10)
+    wait_until(lambda: committed(app, r.id)["status"] == "RUNNING", timeout=10)
+    with nbtasks.App(store=tmp_path / "store", name="elsewhere") as other:
+        assert other.result(r.id).cancel() is True  # a request; the owner acts on it
+    r.wait(5)
+    assert r.status == nbtasks.TaskStatus.CANCELLED
+    wait_until(lambda: executing(client) == 0, timeout=5, interval=0.05)
+
+
 # --------------------------------------------------------------------------- canvas
 
 
