@@ -11,7 +11,8 @@ reports travels back through Dask itself, with no shared filesystem:
 * ``set_metadata`` is sent at once (it is a commit in the core too);
 * a "started" event is sent when the task starts, so the record is RUNNING while it runs and a
   worker lost mid-task can be told from one lost before the task started;
-* the last values travel with the return value, so nothing is lost to throttling.
+* a final event carries the outcome and the last values (nothing is lost to throttling), and the
+  return value when its pickle is small; a larger one is gathered by the client from the worker.
 
 The same tick enforces ``soft_timeout`` (as the core does for threads) and a hard ``timeout``,
 and notices when Dask cancelled the task's key (the client cancelled the future, or dropped
@@ -161,7 +162,6 @@ class RemoteAttempt:
         self.sent: tuple[Any, ...] = (None, None, None)  # the progress sent last
         self.out_total = 0  # characters of output written so far
         self.in_user_code = False
-        self.done = False
         self.released = False  # Dask released its key (the client cancelled it, or left)
 
     # ------------------------------------------------------------------ what the Context calls
@@ -338,7 +338,6 @@ def run(payload: bytes) -> Any:
         _current.reset(token)
         with _lock:
             _active.pop(key, None)
-            attempt.done = True
             info.update(attempt._fields())
     if ctx._stop is not None and error is None and not isinstance(ctx._stop, SoftTimeLimitExceeded):
         error = ctx._stop  # asked to stop (timeout, cancel) but never checked
