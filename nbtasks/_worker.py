@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import codecs
 import collections
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -41,7 +42,7 @@ from typing import Any, Final
 from . import _codec
 from ._attempt import Attempt, Job, Options, _limit_text
 from ._errors import SoftTimeLimitExceeded, TaskCancelled, TaskTimeout
-from ._model import MISSING, SYSTEM_CLOCK, Metadata, Request, TaskStatus
+from ._model import MISSING, SYSTEM_CLOCK, Metadata, Request, TaskStatus, to_datetime
 from ._store import Live, Store, _start_time, describe_owner, owner_alive
 
 HEARTBEAT: Final = 5.0  # seconds between heartbeats written to a running task's record
@@ -453,7 +454,8 @@ class Worker:
         fault = getattr(self, "_fault_file", None)
         if fault is not None:
             fault.close()
-            os.unlink(fault.name)
+            with contextlib.suppress(OSError):  # a detached worker's folder may be gone
+                os.unlink(fault.name)
 
     def send(self, message: tuple[Any, ...]) -> None:
         with self._send_lock:
@@ -483,6 +485,8 @@ class Worker:
             metadata=Metadata(rec.get("metadata") or {}),
             retries=rec.get("retries") or 0,
             priority=rec.get("priority") or 0,
+            eta=to_datetime(rec.get("eta")),
+            expires=to_datetime(rec.get("expires")),
             parent_id=rec.get("parent_id"),
         )
         job = Job(live, task, args, kwargs, request, options, chunk=bool(rec.get("chunk")))
