@@ -84,7 +84,8 @@ def app(tmp_path: Path) -> Iterator[nbtasks.App]:
 @pytest.mark.timeout(60)
 def test_tasks_defined_in_a_main_script_run_in_workers(tmp_path: Path) -> None:
     """Functions, a lambda calling another task, a closure over an instance of a class defined in
-    ``__main__``, and such an instance as argument and return value (isinstance holds)."""
+    ``__main__``, such an instance as argument and return value (isinstance holds), and an
+    exception class defined there, raised in the worker and restored as the cause here."""
     done = run_script("process_main.py", str(tmp_path / "store"))
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
@@ -92,6 +93,8 @@ def test_tasks_defined_in_a_main_script_run_in_workers(tmp_path: Path) -> None:
     assert out["helper"] == 202
     assert out["closure"][:2] == [7, 5] and out["closure"][2] != out["parent_pid"]
     assert out["grow_items"] == [1, 0, 1, 2] and out["grow_is_acc"] is True
+    message, restored, text = out["error"]  # an exception class from __main__ comes back
+    assert "__main__.Oops: bad 3" in message and restored is True and text == "bad 3"
 
 
 @pytest.mark.timeout(30)

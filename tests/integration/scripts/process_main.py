@@ -15,6 +15,10 @@ import nbtasks
 OFFSET = 100  # a global of __main__, read by the task in the worker
 
 
+class Oops(Exception):
+    """An exception class defined in __main__: raised in the worker, restored here."""
+
+
 class Acc:
     """A class defined in __main__: instances go to the worker and come back."""
 
@@ -44,6 +48,10 @@ def main() -> None:
     def closure(n: int) -> list[int]:  # closes over a __main__ class instance
         return [*seed.items, n, os.getpid()]
 
+    @app.task(executor="process")
+    def fails(x: int) -> None:
+        raise Oops(f"bad {x}")
+
     helper = app.task(lambda x: add_offset(x) * 2, executor="process", name="helper")
     results = {
         "add_offset": add_offset.delay(1).get(timeout=30),
@@ -53,6 +61,11 @@ def main() -> None:
         "grow_is_acc": isinstance(acc, Acc),
         "parent_pid": os.getpid(),
     }
+    try:
+        fails.delay(3).get(timeout=30)
+    except nbtasks.TaskFailed as exc:
+        cause = exc.__cause__
+        results["error"] = [str(exc), isinstance(cause, Oops), str(cause)]
     app.shutdown()
     print(json.dumps(results))
 
