@@ -247,6 +247,9 @@ class Runtime:
                         job = heapq.heappop(self._timer)[2]
                         break
                     timeout = self._timer[0][0] - now if self._timer else None
+                    # An ETA may be centuries away; a thread wait cannot be that long.
+                    if timeout is not None:
+                        timeout = min(timeout, threading.TIMEOUT_MAX / 2)
                     self._timer_cond.wait(timeout)
             if job.live.rec["status"] == "READY":
                 try:

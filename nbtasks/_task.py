@@ -71,6 +71,9 @@ CALL_OPTIONS = frozenset(
 # --------------------------------------------------------------------------- validation
 
 
+_MAX_SECONDS = 100 * 365.25 * 86400  # longer countdowns overflow datetimes and thread waits
+
+
 def _number(value: Any, argument: str, *, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{argument} must be a number of seconds, got {value!r}")
@@ -79,6 +82,8 @@ def _number(value: Any, argument: str, *, positive: bool = False) -> float:
         raise ValueError(f"{argument}={value!r} must be a finite number of seconds")
     if value < 0 or (positive and value == 0):
         raise ValueError(f"{argument}={value!r} must be {'> 0' if positive else '>= 0'} seconds")
+    if value > _MAX_SECONDS:
+        raise ValueError(f"{argument}={value!r} is more than 100 years; give a shorter time")
     return value
 
 

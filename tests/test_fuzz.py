@@ -164,12 +164,6 @@ def _far_future(options: dict[str, Any]) -> bool:
     return False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="BUG (_task/_model): a countdown or expires past the year 9999 raises OverflowError "
-    "at submit (to_datetime), not a ValueError naming the argument",
-)
 @pytest.mark.parametrize("option", ["countdown", "expires"])
 def test_bug_a_countdown_past_year_9999_is_a_value_error(
     fuzz_app: nbtasks.App, option: str
@@ -183,12 +177,6 @@ def test_bug_a_countdown_past_year_9999_is_a_value_error(
     assert fuzz_app.store.count() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (_runtime): a countdown past threading.TIMEOUT_MAX (~292 years) makes the "
-    "timer thread's Condition.wait raise OverflowError: the thread dies, and no later "
-    "countdown, ETA or retry backoff of that App ever starts",
-)
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_bug_a_huge_countdown_does_not_stop_the_timer(fuzz_app: nbtasks.App) -> None:
     @fuzz_app.task(name="fuzz.echo")
