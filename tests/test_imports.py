@@ -57,6 +57,7 @@ ROWS: dict[str, set[str]] = {
     "_view": {"_result", "_store", "_model", "_kernel", "_errors"},
     "_magics": {"_app", "_task", "_result", "_view", "_kernel"},
     "_cli": {"_app", "_store", "_result", "_model"},
+    "__main__": {"_cli"},  # `python -m nbtasks`
 }
 LAZY_ALLOWED = {("_result", "_view"), ("__init__", "_magics")}
 NEVER_FROM_APP = {"_view", "_kernel", "_magics"}
