@@ -273,17 +273,10 @@ class Attempt:
         self, exc: BaseException | None, countdown: float | None, max_retries: int | None
     ) -> BaseException:
         limit = self.job.options.retries if max_retries is None else max_retries
-        if self.request.retries >= limit:
+        error = retry_request(self.request, limit, exc, countdown)
+        if not isinstance(error, Retry):
             self.no_more_retries = True  # max_retries overrides the task's retries (Celery)
-            if exc is not None:
-                return exc
-            return MaxRetriesExceededError(
-                f"task {self.request.task_name}[{self.request.id}] asked for a retry after "
-                f"{self.request.retries} retries (max_retries={limit})"
-            )
-        if countdown is not None and (countdown < 0 or countdown != countdown):
-            raise ValueError(f"retry(countdown={countdown!r}) must be >= 0")
-        return Retry(f"retry in {countdown or 0}s", exc=exc, countdown=countdown)
+        return error
 
     def _retry(
         self, error: BaseException, errors: list[dict[str, str]], fields: dict[str, Any]
@@ -372,6 +365,23 @@ class Attempt:
         if state is not None:
             fields["state"] = state
         self.store.change(self.job.live, **fields)
+
+
+def retry_request(
+    request: Request, limit: int, exc: BaseException | None, countdown: float | None
+) -> BaseException:
+    """What ``ctx.retry()`` raises: a ``Retry``, or past ``limit`` retries the task's own
+    exception (else MaxRetriesExceededError), which then fails the task."""
+    if request.retries >= limit:
+        if exc is not None:
+            return exc
+        return MaxRetriesExceededError(
+            f"task {request.task_name}[{request.id}] asked for a retry after "
+            f"{request.retries} retries (max_retries={limit})"
+        )
+    if countdown is not None and (countdown < 0 or countdown != countdown):
+        raise ValueError(f"retry(countdown={countdown!r}) must be >= 0")
+    return Retry(f"retry in {countdown or 0}s", exc=exc, countdown=countdown)
 
 
 def _root(error: BaseException | None) -> BaseException | None:

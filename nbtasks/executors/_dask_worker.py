@@ -33,10 +33,16 @@ from collections import OrderedDict
 from typing import Any, Final
 
 # The core's Context, reached through _attempt (the executors' row of DESIGN's table).
-from .._attempt import Context, _current, install_capture, install_tqdm_bridge, raise_in_thread
+from .._attempt import (
+    Context,
+    _current,
+    install_capture,
+    install_tqdm_bridge,
+    raise_in_thread,
+    retry_request,
+)
 from .._codec import cloudpickle, dumps
 from .._errors import (
-    MaxRetriesExceededError,
     Retry,
     SoftTimeLimitExceeded,
     TaskCancelled,
@@ -185,16 +191,7 @@ class RemoteAttempt:
     ) -> BaseException:
         """``ctx.retry()``, as in ``_attempt.Attempt.make_retry`` (the client decides)."""
         limit = self.head.get("max_retries", 0) if max_retries is None else max_retries
-        if self.request.retries >= limit:
-            if exc is not None:
-                return exc
-            return MaxRetriesExceededError(
-                f"task {self.request.task_name}[{self.request.id}] asked for a retry after "
-                f"{self.request.retries} retries (max_retries={limit})"
-            )
-        if countdown is not None and (countdown < 0 or countdown != countdown):
-            raise ValueError(f"retry(countdown={countdown!r}) must be >= 0")
-        return Retry(f"retry in {countdown or 0}s", exc=exc, countdown=countdown)
+        return retry_request(self.request, limit, exc, countdown)
 
     def tick(self, ctx: Context) -> None:  # the core's writer never calls it on a worker
         pass
