@@ -55,6 +55,13 @@ MARKER: Final = "nbtasks-store.json"
 TICK: Final = 0.1  # seconds between progress flushes and cancel polls
 COALESCE: Final = 0.002  # seconds the writer lets changes gather before it commits
 BACKLOG: Final = 4000  # dirty records past which workers wait for the writer
+# WAL checkpoints (copying committed pages into the database, with an fsync) are the writer's
+# job, at its tick, beside the commits, so a submit does not pay for one. The WAL starts over
+# only after a checkpoint that no commit ran beside: past WAL_FORCE frames (16 MB) the writer
+# checkpoints with this process's commits held. SQLite's own checkpoint, inline at a commit,
+# is kept as a safety net past WAL_SAFETY pages (another process may be committing too).
+WAL_FORCE: Final = 4000
+WAL_SAFETY: Final = 8000
 #: A pickle this long or longer goes to its own entry (its base64 would pass INLINE_LIMIT).
 _INLINE_PICKLE: Final = INLINE_LIMIT * 3 // 4 - 32
 _FINISHED_NAMES: Final = tuple(s.value for s in FINISHED)
@@ -63,7 +70,16 @@ _STATUS: Final = {s.value: s for s in TaskStatus}
 # --------------------------------------------------------------------------- ids
 
 _rng = random.Random(os.urandom(16))
-os.register_at_fork(after_in_child=lambda: _rng.seed(os.urandom(16)))
+_forks = 0  # bumped in a forked child: connections made before the fork are not its own
+
+
+def _after_fork() -> None:
+    global _forks
+    _forks += 1
+    _rng.seed(os.urandom(16))
+
+
+os.register_at_fork(after_in_child=_after_fork)
 _last_ms = 0
 _seq = 0
 _id_lock = threading.Lock()
@@ -255,21 +271,17 @@ _UPSERT: Final = (
     " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time,"
     " access_time = excluded.access_time, tag = excluded.tag, value = excluded.value"
 )
-_CHUNKS: Final = (512, 64, 8, 1)  # rows per statement: few distinct statements to prepare
+_CHUNKS: Final = (512, 64)  # rows per statement, then the rest in one
 
 
 def _upsert(con: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Write records with multi-row statements (a short chunk is padded by repeating its last
-    row, which writes the same values twice)."""
+    """Write records with multi-row statements: chunks of 512 and 64 rows, then one statement
+    for the rest (at most 63 distinct statements to prepare; the connection caches them)."""
     i = 0
     while i < len(rows):
         left = len(rows) - i
-        size = next((n for n in _CHUNKS if n <= left), 1)
-        if left < _CHUNKS[0] and size < left:
-            size = next(n for n in reversed(_CHUNKS) if n >= left)
-        chunk = rows[i : i + size]
-        chunk += [chunk[-1]] * (size - len(chunk))
-        con.execute(_upsert_sql(size), [v for row in chunk for v in row])
+        size = next((n for n in _CHUNKS if n <= left), left)
+        con.execute(_upsert_sql(size), [v for row in rows[i : i + size] for v in row])
         i += size
 
 
@@ -540,6 +552,9 @@ class Store:
         # One write transaction at a time in this process: SQLite's busy handler sleeps for
         # milliseconds when two connections of one process collide; a lock hands over at once.
         self._write_lock = threading.Lock()
+        self._wcon: sqlite3.Connection | None = None  # used under _write_lock, by any thread
+        self._wcon_forks = -1
+        self._uncheckpointed = 0  # commits since the writer's last checkpoint
         self._cond = threading.Condition()
         self._drained = threading.Condition()
         self._idle = True
@@ -849,7 +864,7 @@ class Store:
                     # One statement is one transaction in autocommit mode: the common case
                     # (a submit carrying the pending changes) releases the GIL once, not 3+
                     # times, and each release costs 20-40 µs to win back under load.
-                    _upsert(cache._con, rows)
+                    _upsert(self._write_con(), rows)
                 else:
                     with cache._disk.undo_files(), cache.transact(retry=True):
                         for key, value in extra.items():
@@ -893,11 +908,49 @@ class Store:
             self._failing = False
             _log.warning("nbtasks writes to the store %s again", self.path)
         self.writer_error = None
+        self._uncheckpointed += 1
         self._last_commit = time.monotonic()
         for tid, live in batch.items():
             if live.finished and self.live.get(tid) is live and tid not in self._dirty:
                 del self.live[tid]  # committed: readers find it in the store now
         return len(batch) + len(new)
+
+    def _write_con(self) -> sqlite3.Connection:
+        """The connection every thread's single-statement commits go through (under
+        ``_write_lock``): diskcache's own is per thread, looked up with a getpid() per use, and
+        its page cache is dropped each time another connection has written."""
+        con = self._wcon
+        if con is None or self._wcon_forks != _forks:
+            con = self._wcon = sqlite3.connect(
+                self.path / DB_NAME,
+                timeout=self.cache.timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=256,
+            )
+            self._wcon_forks = _forks
+            for key, value in self.cache._sql("SELECT key, value FROM Settings").fetchall():
+                # diskcache's per-connection pragmas (numbers, or a word such as "wal")
+                if key.startswith("sqlite_") and (isinstance(value, int) or value.isalpha()):
+                    con.execute(f"PRAGMA {key[7:]} = {value}")
+            con.execute(f"PRAGMA wal_autocheckpoint = {WAL_SAFETY}")
+            # A WAL grown under load is cut back to 4 MB when it starts over.
+            con.execute(f"PRAGMA journal_size_limit = {4 << 20}")
+        return con
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database (the writer, at its tick), beside the commits; with
+        them held if the WAL could not be emptied that way and has grown large."""
+        if not self._uncheckpointed:
+            return
+        self._uncheckpointed = 0
+        try:
+            _, log, done = self.cache._con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if log > WAL_FORCE and done < log:
+                with self._write_lock:
+                    self._write_con().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:  # busy or failing: the next tick (or SQLite) tries again
+            self.writer_error = exc
 
     def _tick(self) -> None:
         for ctx in list(self.active.values()):
@@ -926,6 +979,10 @@ class Store:
         if self._writer is not None and self._writer is not threading.current_thread():
             self._writer.join(timeout=5)
         self._write_batch()
+        with self._write_lock:
+            if self._wcon is not None and self._wcon_forks == _forks:
+                self._wcon.close()
+            self._wcon = None
         self.cache.close()
         _open_stores.discard(self)
 
@@ -1144,6 +1201,7 @@ def _writer_main(ref: weakref.ref[Store]) -> None:
         now = time.monotonic()
         if now >= next_tick:
             store._tick()
+            store._checkpoint()
             next_tick = now + TICK
         if store._closed and not store._dirty and not store._extra:
             return

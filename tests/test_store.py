@@ -399,6 +399,31 @@ def test_illegal_transition_through_the_store_is_refused(app: nbtasks.App) -> No
     assert committed(app, r.id)["status"] == "SUCCESSFUL"
 
 
+def test_the_writer_keeps_the_wal_bounded_and_cuts_it_back_when_idle(
+    app: nbtasks.App, store_path: Path
+) -> None:
+    """Submits never checkpoint (the writer does, at its tick): under a long delay() loop the
+    WAL stays within the forced-checkpoint bound, and once the load stops it starts over and
+    is cut back to 4 MB."""
+
+    @app.task
+    def f(x: int) -> int:
+        return x
+
+    wal = store_path / "cache.db-wal"
+    frame = 4096 + 24
+    largest = 0
+    for _ in range(4):
+        results = [f.delay(i) for i in range(3000)]
+        assert [r.get(timeout=60) for r in results] == list(range(3000))
+        largest = max(largest, wal.stat().st_size)
+    assert largest <= (_store.WAL_SAFETY + 1000) * frame
+    time.sleep(3 * _store.TICK)  # a tick with no commit beside it: the checkpoint completes
+    f.delay(0).get(timeout=10)  # the next commit starts the WAL over, and truncates it
+    wait_until(lambda: wal.stat().st_size <= (4 << 20) + 64 * frame, timeout=5)
+    assert stored_count(store_path) == 12001
+
+
 def test_interpreter_exit_flushes_what_is_pending(store_path: Path) -> None:
     proc = start_python(
         f"""

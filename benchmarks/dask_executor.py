@@ -1,7 +1,7 @@
 """nbtasks on Dask against plain Dask, on the same cluster, in one run.
 
-    .venv/bin/python benchmarks/dask.py             # full run (~2 min)
-    .venv/bin/python benchmarks/dask.py --runs 1    # quicker
+    .venv/bin/python benchmarks/dask_executor.py             # full run (~2 min)
+    .venv/bin/python benchmarks/dask_executor.py --runs 1    # quicker
 
 One ``distributed.LocalCluster(processes=True, n_workers=2, threads_per_worker=1)`` serves every
 variant (started once, not in any figure). Each run measures, in alternating order (so neither
