@@ -306,6 +306,7 @@ class _ChildRuntime:
         """A retry. A pool worker commits the READY record and hands it back to the parent (it
         may go to another worker); a detached one runs the next attempt itself."""
         w = self.worker
+        self._hook_output(job)
         if w.detached:
             w.retry_delay = delay
             self.store.flush()
@@ -320,10 +321,24 @@ class _ChildRuntime:
         tick. Should this process die first, the parent writes what it was told. A large value
         lives in an entry of its own, which the parent can only read once committed: then the
         record is committed first."""
+        self._hook_output(job)
         rec = job.live.rec
         if any(isinstance(rec.get(f), dict) and "k" in rec[f] for f in ("rv", "exc")):
             self.store.flush()
         self.worker.send(("done", job.id, dict(rec)))
+
+    def _hook_output(self, job: Job) -> None:
+        """The hooks (on_success, on_failure, on_retry, after_return) ran after the outcome was
+        recorded, outside the task's context: what they wrote reached the task's output
+        through fds 1 and 2 (see _read_available). Add it to the record before it is reported,
+        as the task's own output is. Only for a task that has hooks."""
+        attempt = job.attempt
+        if attempt is None or not getattr(job.task, "_hooks", None):
+            return
+        self.worker.drain_output()
+        fields = attempt.ctx._snapshot(self.clock.time())
+        if fields:
+            self.store.change(job.live, **fields)
 
     def timed_out(self, job: Job) -> None:
         pass  # the parent terminates this process; an orphan's monitor thread records it

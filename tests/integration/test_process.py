@@ -427,6 +427,72 @@ def test_progress_state_metadata_and_output_come_from_the_worker(app: nbtasks.Ap
         other.shutdown()
 
 
+class Noisy(nbtasks.Task):
+    """A class-based process task whose hooks print (at the Python level and to fd 1)."""
+
+    name = "tests.Noisy"
+    executor = "process"
+
+    def run(self, mode: str) -> str:
+        print(f"run {mode} attempt {self.request.retries}")
+        if mode == "fail":
+            raise ValueError("boom")
+        if mode == "retry" and self.request.retries == 0:
+            raise self.retry(countdown=1.0, max_retries=1)
+        return mode
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        print(f"on_success {retval}")
+
+    def on_failure(self, exc: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        print(f"on_failure {type(exc).__name__}")
+        os.write(1, b"on_failure at fd level\n")
+
+    def on_retry(self, exc: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        print(f"on_retry {type(exc).__name__}")
+
+    def after_return(self, status: str, *rest: Any) -> None:
+        print(f"after_return {status}")
+
+
+@pytest.mark.timeout(30)
+def test_output_printed_by_hooks_is_kept(app: nbtasks.App) -> None:
+    """The hooks run in the worker after the final status is recorded; what they print is in
+    the task's output too, in memory here and in the store."""
+    noisy = app.register(Noisy)
+    ok = noisy.delay("ok").wait(20)
+    assert ok.status is nbtasks.TaskStatus.SUCCESSFUL
+    assert ok.output.splitlines() == [
+        "run ok attempt 0",
+        "on_success ok",
+        "after_return SUCCESSFUL",
+    ]
+    failed = noisy.delay("fail").wait(20)
+    assert failed.status is nbtasks.TaskStatus.FAILED
+    assert failed.output.splitlines() == [
+        "run fail attempt 0",
+        "on_failure ValueError",
+        "on_failure at fd level",
+        "after_return FAILED",
+    ]
+    retried = noisy.delay("retry")
+    # Between the attempts (a 1 s countdown): the first attempt's output, its hook's included.
+    wait_until(lambda: retried.refresh().state == "RETRY")
+    assert retried.output.splitlines() == ["run retry attempt 0", "on_retry Retry"]
+    assert retried.wait(20).output.splitlines() == [
+        "run retry attempt 1",
+        "on_success retry",
+        "after_return SUCCESSFUL",
+    ]
+    other = nbtasks.App(store=app.store.path)  # what the worker committed
+    try:
+        for r in (ok, failed, retried):
+            stored = wait_until(lambda r=r: (s := other.result(r.id)).is_finished and s)
+            wait_until(lambda r=r, s=stored: s.refresh().output == r.output)
+    finally:
+        other.shutdown()
+
+
 @pytest.mark.timeout(30)
 def test_workers_ignore_sigint(app: nbtasks.App) -> None:
     """The notebook's Interrupt button signals the kernel's whole process group."""
