@@ -48,6 +48,14 @@ from ._store import Live, Store, _start_time, describe_owner, owner_alive
 HEARTBEAT: Final = 5.0  # seconds between heartbeats written to a running task's record
 MONITOR: Final = 0.2  # seconds between the monitor thread's checks
 _LOADED_MAX: Final = 64  # unpickled (task, options) payloads kept per worker
+#: A test hook (tests/integration/test_process.py), off unless set: ``claim`` or ``result``,
+#: optionally followed by ``:<task name>``. A worker started with it set exits with CRASH_EXIT
+#: at that step of the first attempt of each task (of that name): right after it claims the
+#: task (the claim not committed yet), or right after it encoded the return value and committed
+#: it (a large value sits in its own entry) but before the record says so. Read once, when a
+#: worker starts; when unset, each task costs one attribute test at each step.
+CRASH_ENV: Final = "NBTASKS_TEST_CRASH_AT"
+CRASH_EXIT: Final = 86
 
 # The bootstrap the parent runs as ``python -c BOOT CONFIG FD``: the parent's sys.path first, so
 # the worker imports nbtasks (and the user's modules) from where the parent does. The package's
@@ -357,6 +365,8 @@ class _WorkerAttempt(Attempt):
     def claim(self) -> bool:
         if not super().claim():
             return False
+        if self.worker.crash_at is not None:
+            self.worker.crash("claim", self.job)
         if self.job.options.soft_timeout is not None:
             self.soft_deadline = None  # SIGALRM raises it here (see _call), not the tick
         return True
@@ -382,6 +392,12 @@ class _WorkerAttempt(Attempt):
 
             value = asyncio.run(value)
         return value
+
+    def _encode_rv(self, value: Any) -> dict[str, Any]:
+        encoded = super()._encode_rv(value)
+        if self.worker.crash_at is not None:
+            self.worker.crash("result", self.job)
+        return encoded
 
     def _elapsed(self) -> float:
         return self.runtime.clock.monotonic() - self.started
@@ -426,6 +442,7 @@ class Worker:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._keep_err = keep_err
         self._fflush = _c_fflush()
+        self.crash_at = _crash_point(os.environ.get(CRASH_ENV))
         fault_dir = config.get("faults")
         if fault_dir:
             import faulthandler
@@ -532,6 +549,18 @@ class Worker:
                 self._loaded.clear()
             hit = self._loaded[payload] = (task, options)
         return hit
+
+    def crash(self, step: str, job: Job) -> None:
+        """The test hook (CRASH_ENV): exit here if it names this step (and this task)."""
+        assert self.crash_at is not None
+        at, name = self.crash_at
+        if at != step or (name is not None and name != job.request.task_name):
+            return
+        if job.request.retries:
+            return  # the first attempt only: a retried task then shows what follows
+        if step == "result":
+            self.store.flush()  # the value is in the store; the record still says RUNNING
+        os._exit(CRASH_EXIT)
 
     # ------------------------------------------------------------------ output capture
 
@@ -656,6 +685,16 @@ class Worker:
                 Attempt.end(attempt, MISSING, error)
         self.store.close()
         os._exit(0)
+
+
+def _crash_point(value: str | None) -> tuple[str, str | None] | None:
+    """CRASH_ENV's value as (step, task name or None)."""
+    if not value:
+        return None
+    step, _, name = value.partition(":")
+    if step not in ("claim", "result"):
+        raise ValueError(f"{CRASH_ENV}={value!r}: the step must be 'claim' or 'result'")
+    return step, name or None
 
 
 def _c_fflush() -> Any:

@@ -666,6 +666,9 @@ class ProcessExecutor:
             )
         store.observe(live, {"owner": store.owner})  # this process owns the record again
         store.adopt(live)
+        # A large return value the worker committed before its record said so (it died in
+        # between) belongs to no record: delete it with the outcome (a retry writes its own).
+        store.put_extra(f"v:{job.id}:rv", None)
         job.request.retries = live.rec.get("retries") or 0
         error = proc.stop or WorkerLost(_death(proc, job, fault))
         if isinstance(error, TaskTimeout | TaskCancelled) and proc.signalled == "SIGKILL":

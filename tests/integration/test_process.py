@@ -254,6 +254,56 @@ def test_retries_apply_to_a_lost_worker(app: nbtasks.App, tmp_path: Path) -> Non
     assert r.attempts == 3 and len(set(r.worker_ids)) == 3
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("step", ["claim", "result"])
+def test_a_worker_killed_at_a_step_fails_its_task_cleanly(
+    app: nbtasks.App, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """The worker exits (the test hook, _worker.CRASH_ENV) right after it claimed its task,
+    before the claim is committed; or once its large return value is committed but not yet the
+    record that refers to it. The task ends FAILED with WorkerLost (or is retried), its record
+    is whole and final, no orphan value is left, and the App carries on."""
+    from nbtasks._worker import CRASH_ENV, CRASH_EXIT
+
+    monkeypatch.setenv(CRASH_ENV, f"{step}:tests.crashy")  # read by the workers as they start
+
+    @app.task(executor="process", name="tests.crashy")
+    def crashy(n: int) -> bytes:
+        return b"x" * n  # past 16 KiB: the value is an entry of its own
+
+    @app.task(executor="process")
+    def fine(x: int) -> int:
+        return x + 1
+
+    r = crashy.delay(100_000).wait(20)
+    assert r.status is nbtasks.TaskStatus.FAILED
+    [error] = r.errors
+    assert error.exception_class_path == "nbtasks.WorkerLost"
+    assert f"exited with code {CRASH_EXIT}" in error.message and "tests.crashy[" in error.message
+    with pytest.raises(nbtasks.TaskFailed, match="WorkerLost"):
+        r.get()
+    app.store.flush()
+    stored = app.store.read_record(r.id)  # the committed record: JSON that decodes
+    assert stored["status"] == "FAILED" and stored["state"] == "FAILED"
+    assert "rv" not in stored and stored["finished_at"] >= stored["started_at"]
+    assert len(stored["worker_ids"]) == 1 and len(stored["errors"]) == 1
+    assert app.store.cache.get(f"v:{r.id}:rv") is None  # no half-written result either
+    other = nbtasks.App(store=app.store.path)  # another process's view agrees
+    try:
+        seen = other.result(r.id)
+        assert seen.status is nbtasks.TaskStatus.FAILED
+        assert [e.exception_class_path for e in seen.errors] == ["nbtasks.WorkerLost"]
+    finally:
+        other.shutdown()
+
+    again = crashy.apply_async((100_000,), retries=1).wait(20)  # the hook spares a retry
+    assert again.status is nbtasks.TaskStatus.SUCCESSFUL and again.return_value == b"x" * 100_000
+    assert [e.exception_class_path for e in again.errors] == ["nbtasks.WorkerLost"]
+    assert again.attempts == 2
+    assert fine.delay(1).get(timeout=20) == 2  # the next task on this App
+    assert len(pool_pids(app)) == 2  # the dead workers were replaced
+
+
 # ----------------------------------------------------------------------------- time limits
 
 
