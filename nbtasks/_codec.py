@@ -9,6 +9,7 @@ or str-keyed dicts of them) is stored as JSON and never pickled: it is faster an
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import inspect
@@ -21,6 +22,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import CodeType, FunctionType
 from typing import Any, Final
 
 from ._errors import UntrustedValue
@@ -158,6 +160,60 @@ def loads(data: bytes) -> Any:
     """Unpickle what ``dumps`` made. Only for bytes that never left this user's processes (a
     worker process's task); what comes from a store goes through ``Codec.decode`` (signed)."""
     return pickle.loads(data)
+
+
+def by_value_refs(fn: Callable[..., Any]) -> tuple[Any, ...] | None:
+    """The objects cloudpickle copies when it pickles ``fn`` by value (a function defined in
+    ``__main__``, a notebook cell): its code, defaults and closure cells, and the globals its
+    code names; for a ``__main__`` function among those, the same again (two levels). Two
+    tuples whose items are the same objects (``is``) give the same pickle, unless one of
+    those objects was changed in place; the tuple keeps them alive, so no id is reused.
+    None for what is not a Python function (a builtin, a partial, a callable object)."""
+    if not isinstance(fn, FunctionType):
+        return None
+    refs: list[Any] = []
+    _collect_refs(fn, refs, 2, set())
+    return tuple(refs)
+
+
+def _collect_refs(fn: Any, refs: list[Any], depth: int, seen: set[int]) -> None:
+    seen.add(id(fn))
+    code = fn.__code__
+    refs += (fn, code, fn.__defaults__, fn.__kwdefaults__)
+    nested: list[Any] = []
+    for cell in fn.__closure__ or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            value = None
+        refs.append(value)
+        nested.append(value)
+    g = fn.__globals__
+    for name in _global_names(code):
+        value = g.get(name, _ABSENT)
+        refs.append(value)
+        nested.append(value)
+    if depth:
+        for value in nested:
+            if (
+                isinstance(value, FunctionType)
+                and value.__module__ == "__main__"
+                and id(value) not in seen
+            ):
+                _collect_refs(value, refs, depth - 1, seen)
+
+
+_ABSENT: Final = object()
+
+
+@functools.lru_cache(maxsize=1024)
+def _global_names(code: CodeType) -> tuple[str, ...]:
+    """The names a code object (and the code objects nested in it) may look up as globals."""
+    names = dict.fromkeys(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            names.update(dict.fromkeys(_global_names(const)))
+    return tuple(names)
 
 
 def find_unpicklable(named: Iterable[tuple[str, Any]]) -> tuple[str, str, str] | None:

@@ -258,3 +258,55 @@ def test_cache_key_covers_name_code_and_arguments() -> None:
 def test_cloudpickle_is_imported_lazily_by_the_codec() -> None:
     assert _codec.cloudpickle() is __import__("cloudpickle")
     assert os.environ["NBTASKS_KEY"]  # the suite's key is in place
+
+
+# --------------------------------------------------------------------------- by-value references
+
+FACTOR = 2
+
+
+def test_by_value_refs_follow_rebound_globals_closures_and_main_helpers() -> None:
+    """What a process task's cached payload is checked against (executors/process.py)."""
+    global FACTOR
+
+    def scaled(x: int) -> int:
+        return x * FACTOR
+
+    before = _codec.by_value_refs(scaled)
+    assert before is not None and before[0] is scaled and before[1] is scaled.__code__
+    assert any(ref is FACTOR for ref in before)
+    same = _codec.by_value_refs(scaled)
+    assert same is not None and len(same) == len(before)
+    assert all(a is b for a, b in zip(same, before, strict=True))
+    FACTOR = [3]  # rebound (a new object): the references differ
+    try:
+        after = _codec.by_value_refs(scaled)
+        assert after is not None and any(ref is FACTOR for ref in after)
+        assert not all(a is b for a, b in zip(after, before, strict=True))
+    finally:
+        FACTOR = 2
+
+    box = {"n": 1}
+
+    def closure() -> int:
+        return box["n"]
+
+    assert any(ref is box for ref in _codec.by_value_refs(closure) or ())
+    assert _codec.by_value_refs(len) is None  # a builtin: pickled by reference, not cached
+
+    # A helper defined in __main__ (a notebook cell) is pickled by value with the task: its
+    # own globals are followed too.
+    main_ns: dict[str, Any] = {"__name__": "__main__", "LIMIT": 10}
+    exec("def helper():\n    return LIMIT\n\ndef task():\n    return helper()\n", main_ns)
+    refs = _codec.by_value_refs(main_ns["task"])
+    assert refs is not None and any(ref is main_ns["helper"] for ref in refs)
+    assert any(ref is main_ns["helper"].__code__ for ref in refs)
+    assert 10 in refs  # helper's global LIMIT
+
+
+def test_global_names_include_nested_code() -> None:
+    def outer() -> Any:
+        return [len(x) for x in os.listdir(".")]  # the comprehension is nested code
+
+    names = _codec._global_names(outer.__code__)
+    assert "os" in names and "len" in names

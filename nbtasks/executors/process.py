@@ -50,11 +50,12 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from .._attempt import Attempt, Job, Options
-from .._codec import dumps, find_unpicklable
+from .._codec import by_value_refs, dumps, find_unpicklable
 from .._errors import TaskCancelled, TaskTimeout, WorkerLost
 from .._model import FINISHED, MISSING
 from .._store import HOST, _start_time
@@ -139,6 +140,9 @@ class ProcessExecutor:
         self._selector = selectors.DefaultSelector()
         self._ctrl_registered: socket.socket | None = None
         self._check_at = 0.0  # monotonic time of the next run of the supervisor's timers
+        # task -> (options, by_value_refs, payload) of its last payload (see encode)
+        self._payloads: weakref.WeakKeyDictionary[Task, tuple[Options, tuple[Any, ...], bytes]]
+        self._payloads = weakref.WeakKeyDictionary()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         with self._lock:
             for _ in range(workers):
@@ -152,7 +156,24 @@ class ProcessExecutor:
 
     def encode(self, task: Task, options: Options) -> bytes:
         """The payload a worker runs: the task without its App, and its options (no links: the
-        parent runs those). A TypeError names what in the task cannot be pickled."""
+        parent runs those). A TypeError names what in the task cannot be pickled.
+
+        A function task's payload is kept and sent again while the same options come with it
+        and what cloudpickle copies by value is the same objects (``by_value_refs``): pickling
+        a ``__main__`` function is most of what a ``delay()`` of a process task costs. So a
+        rebound global or a redefined function is pickled again; a global changed in place
+        is not (docs/design.md; Dask keeps pickled functions by identity alone)."""
+        refs = None if task._fn is None else by_value_refs(task._fn)
+        if refs is None:  # a class-based task, a builtin, a partial: pickled each time
+            return self._encode(task, options)
+        kept = self._payloads.get(task)
+        if kept is not None and kept[0] is options and _same(kept[1], refs):
+            return kept[2]
+        payload = self._encode(task, options)
+        self._payloads[task] = (options, refs, payload)
+        return payload
+
+    def _encode(self, task: Task, options: Options) -> bytes:
         opts = options
         if options.link or options.link_error:
             opts = dataclasses.replace(options, link=[], link_error=[])
@@ -765,6 +786,10 @@ class ProcessExecutor:
             except OSError:
                 pass
         shutil.rmtree(self._faults, ignore_errors=True)
+
+
+def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
 def _small(job: Job) -> bool:
