@@ -461,7 +461,7 @@ def _check_owner(directory: Path, trust: bool) -> None:
 
 
 @contextlib.contextmanager
-def _no_gc() -> Iterator[None]:
+def no_gc() -> Iterator[None]:
     """Pause the cyclic GC while decoding many records: each of its passes walks every object
     made so far, which tripled the time to read 100,000 records (and JSON makes no cycles)."""
     enabled = gc.isenabled()
@@ -656,7 +656,7 @@ class Store:
         sql += " LIMIT ? OFFSET ?"
         params += _limits(limit, offset)
         rows = self._sql(sql, params)
-        with _no_gc():
+        with no_gc():
             return [json.loads(r[0]) for r in rows]
 
     def summaries(
@@ -678,7 +678,7 @@ class Store:
         params += _limits(limit, offset)
         out = []
         rows = self._sql(sql, params)
-        with _no_gc():
+        with no_gc():
             for key, task_name, st, prog, enq, start, fin in rows:
                 out.append(
                     {
