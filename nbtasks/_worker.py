@@ -18,6 +18,11 @@ file descriptors 1 and 2 (C code, subprocesses) is captured into the running tas
 While the parent lives, it enforces hard timeouts and cancels by terminating the worker. A worker
 whose parent is gone (a detached task after a kernel restart) enforces them itself: it records the
 outcome and exits. It also acts on cancel requests (``x:<id>`` keys) written by any process.
+
+A task running in a pool worker **submits other tasks** through its parent (``_ChildApp``, which
+is ``task.app`` here): the call goes over the worker's socket, the parent's App builds, commits and
+runs the new tasks as if they were submitted there (it owns them), and replies with their records
+(or the exception, raised here). The handles returned here read the store; they never write it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import collections
 import contextlib
 import dataclasses
 import inspect
+import itertools
 import json
 import os
 import select
@@ -36,13 +42,14 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
 from . import _codec
 from ._attempt import Attempt, Job, Options, _limit_text
-from ._errors import SoftTimeLimitExceeded, TaskCancelled, TaskTimeout
-from ._model import MISSING, SYSTEM_CLOCK, Metadata, Request, TaskStatus, to_datetime
+from ._errors import NbtasksError, SoftTimeLimitExceeded, TaskCancelled, TaskTimeout
+from ._model import FINISHED, MISSING, SYSTEM_CLOCK, Metadata, Request, TaskStatus, to_datetime
 from ._store import Live, Store, _start_time, describe_owner, owner_alive
 
 HEARTBEAT: Final = 5.0  # seconds between heartbeats written to a running task's record
@@ -56,6 +63,9 @@ _LOADED_MAX: Final = 64  # unpickled (task, options) payloads kept per worker
 #: worker starts; when unset, each task costs one attribute test at each step.
 CRASH_ENV: Final = "NBTASKS_TEST_CRASH_AT"
 CRASH_EXIT: Final = 86
+#: The App methods a task in a worker may have its parent run (the submits; see _ChildApp).
+CALLS: Final = frozenset({"_submit", "_submit_many", "_submit_canvas", "submit"})
+_FINISHED_NAMES: Final = frozenset(s.value for s in FINISHED)
 
 # The bootstrap the parent runs as ``python -c BOOT CONFIG FD``: the parent's sys.path first, so
 # the worker imports nbtasks (and the user's modules) from where the parent does. The package's
@@ -275,16 +285,125 @@ def _redirect_stdio(detached: bool) -> tuple[int, int | None]:
     return r, keep_err
 
 
-class _NoApp:
-    """What ``task.app`` is inside a worker process: submitting from there is not supported."""
+class _ChildApp:
+    """``task.app`` in a worker process: the App that owns this worker, seen from here.
 
-    name = "worker"
+    A task running here submits others as it would in the notebook (``delay``, ``apply_async``,
+    ``apply``, ``map``/``starmap``/``chunks``, chains, groups, chords, ``app.submit``). Each
+    submit goes to the parent process, whose App builds and commits the tasks through its usual
+    path and runs them in its executors: it owns them (DESIGN principle 2), as if they had been
+    submitted there. The call returns once their READY records are committed, or raises what the
+    parent raised (a bad argument or option: the same TypeError or ValueError, nothing stored).
+    It returns the usual ``TaskResult``/``GroupResult``, over this process's store: they read
+    the records (``wait()``/``get()`` poll the store) and never write them; ``cancel()`` writes a
+    cancel request, which the owner acts on.
+    """
+
+    def __init__(self, worker: Worker, name: str) -> None:
+        self._worker = worker
+        self.name = name
+        self._store = _ReadStore(worker.store)
+        self._registry: dict[str, Any] = {}  # TaskResult.task is None here
+        self._runtime = self  # TaskResult.cancel() calls app._runtime.cancel(id)
+
+    def __repr__(self) -> str:
+        return f"<nbtasks.App {self.name!r} seen from worker process {os.getpid()}>"
+
+    # The App's submit methods, as Task, Signature and the canvas classes call them.
+
+    def _submit(
+        self, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
+    ) -> Any:
+        return self._call("_submit", (task, args, kwargs, options), {})
+
+    def _submit_many(
+        self, task: Any, calls: Any, options: dict[str, Any], *, chunk: bool = False
+    ) -> Any:
+        return self._call("_submit_many", (task, calls, options), {"chunk": chunk})
+
+    def _submit_canvas(self, items: Any, options: dict[str, Any]) -> Any:
+        return self._call("_submit_canvas", (items, options), {})
+
+    def submit(self, request: Request) -> Any:
+        """Mognet: submit a Request; the parent's App finds its task by name."""
+        result = self._call("submit", (request,), {})
+        request.id = result.id
+        return result
+
+    async def run(self, request: Request) -> Any:
+        return await self.submit(request)
+
+    def result(self, task_id: str) -> Any:
+        """The stored TaskResult of any task (read from the store)."""
+        if not isinstance(task_id, str):
+            raise TypeError(f"task_id must be a str, got {task_id!r}")
+        return _public("TaskResult")(self, task_id)
+
+    def group_result(self, group_id: str) -> Any:
+        rec = self._store.get_group(group_id)
+        members = [self.result(tid) for tid in rec["members"]]
+        return _public("GroupResult")(self, group_id, members)
+
+    def cancel(self, task_id: str) -> bool:
+        """``TaskResult.cancel()`` here: a cancel request, acted on by the task's owner."""
+        if self._store.get_record(task_id)["status"] in _FINISHED_NAMES:
+            return False
+        self._store.request_cancel(task_id)
+        return True
+
+    def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return self._handles(self._worker.call(method, args, kwargs))
+
+    def _handles(self, described: tuple[Any, ...]) -> Any:
+        """The parent's reply (ids and records) as handles: ("r", id, record, cached) or
+        ("g", id, [members])."""
+        if described[0] == "g":
+            members = [self._handles(m) for m in described[2]]
+            return _public("GroupResult")(self, described[1], members)
+        _, task_id, rec, cached = described
+        return _public("TaskResult")(self, task_id, rec=rec, cached=cached)
 
     def __getattr__(self, name: str) -> Any:
-        raise RuntimeError(
-            "a task running in a worker process cannot use its App (submit other tasks from "
-            "the notebook instead)"
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(
+            f"App.{name} is not available to a task running in a worker process: there, the "
+            "App submits tasks (delay, apply_async, apply, map, chains, groups, chords, "
+            "app.submit) and reads their results (app.result(id)); do the rest from the notebook"
         )
+
+
+class _ReadStore:
+    """The store as the handles of a worker's submits see it: read, never swept. The tasks'
+    owner is the App that runs this worker (it also owns a dead worker's task until it records
+    the outcome), so a record whose owner looks gone from here is not this process's to mark."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def sweep(self) -> int:
+        return 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def _public(name: str) -> Any:
+    """A public class of nbtasks (TaskResult, GroupResult): a task here gets the handles it
+    gets in the notebook. Looked up on the package, not imported: this module belongs to the
+    executors' layer (DESIGN's table); in a worker, the package's __init__ runs on first use
+    (see _lazy_package)."""
+    return getattr(sys.modules["nbtasks"], name)
+
+
+class _Reply:
+    """A call this worker sent to its parent, and the reply once it is read."""
+
+    __slots__ = ("event", "message")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.message: tuple[Any, ...] = ()
 
 
 class _Unrunnable:
@@ -295,7 +414,6 @@ class _Unrunnable:
         self.name = name
         self._error = error
         self._hooks: frozenset[str] = frozenset()
-        self.app = _NoApp()
 
     def _invoke(self, ctx: Any, args: Any, kwargs: Any) -> Any:
         raise self._error
@@ -443,6 +561,16 @@ class Worker:
         self._keep_err = keep_err
         self._fflush = _c_fflush()
         self.crash_at = _crash_point(os.environ.get(CRASH_ENV))
+        self.app = _ChildApp(self, str(config.get("app_name") or "worker"))
+        # Reading the socket: the serve loop between tasks, a task's submit (any of its
+        # threads) while it runs. Whoever holds _read_lock reads, and hands each message over:
+        # a reply to the call waiting for it, anything else to the serve loop (_inbox).
+        self._read_lock = threading.Lock()
+        self._inbox: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._replies: dict[int, _Reply] = {}
+        self._call_numbers = itertools.count()
+        self._quiet_depth = 0  # > 0: the main thread is sending or reading a message
+        self._soft_pending = False  # a soft time limit that fired meanwhile
         fault_dir = config.get("faults")
         if fault_dir:
             import faulthandler
@@ -465,8 +593,8 @@ class Worker:
         stop = False
         while True:
             try:
-                while not stop and (not queue or self.conn.poll()):
-                    message = self.conn.recv()
+                while not stop and (not queue or self._pending()):
+                    message = self._next()
                     if message[0] == "run":
                         queue.append((message[1], message[2]))
                     elif message[0] == "cancel":
@@ -495,6 +623,96 @@ class Worker:
                 self.conn.send(message)
             except OSError:
                 self.orphaned = True
+
+    def _pending(self) -> bool:
+        """A message for the serve loop has arrived (or the socket is at its end)."""
+        with self._read_lock:
+            while not self._inbox and self.conn.poll():
+                self._dispatch(self.conn.recv())  # EOFError at the end: the parent is gone
+            return bool(self._inbox)
+
+    def _next(self) -> tuple[Any, ...]:
+        """The serve loop's next message (blocks until one arrives)."""
+        with self._read_lock:
+            while not self._inbox:
+                self._dispatch(self.conn.recv())
+            return self._inbox.popleft()
+
+    def _dispatch(self, message: tuple[Any, ...]) -> None:
+        if message[0] == "called":
+            reply = self._replies.get(message[1])
+            if reply is not None:  # else its caller gave up (a soft time limit)
+                reply.message = message
+                reply.event.set()
+        else:
+            self._inbox.append(message)
+
+    def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Have the App that owns this worker run ``App.<method>(*args, **kwargs)`` (a submit,
+        see _ChildApp) and return its reply, or raise what it raised. Any thread may call."""
+        if self.detached:
+            raise NbtasksError(_detached_submit(self.attempt))
+        if method not in CALLS:
+            raise AttributeError(f"App.{method} is not available in a worker process")
+        payload = _pickle_call(method, args, kwargs)
+        n = next(self._call_numbers)
+        reply = self._replies[n] = _Reply()
+        try:
+            with self._quiet():
+                self.send(("call", n, payload))
+            while not reply.event.is_set():
+                if self.orphaned:
+                    raise NbtasksError(_parent_gone(self.parent_owner))
+                with self._quiet():  # the lock is taken and let go with no soft limit between
+                    idle = self._read_for(reply)
+                if idle:  # wait here, where a soft time limit may land
+                    select.select([self.conn], [], [], 0.1)
+        finally:
+            self._replies.pop(n, None)
+        _, _, ok, value = reply.message
+        if ok:
+            return value
+        data, text = value
+        try:
+            error = _codec.loads(data)
+        except Exception:
+            error = NbtasksError(text)
+        raise error
+
+    def _read_for(self, reply: _Reply) -> bool:
+        """One step of a call's wait: read a message if one has arrived and no other thread is
+        reading (that one hands our reply over). True if there was nothing to read yet."""
+        if not self._read_lock.acquire(timeout=0.05):
+            return False
+        try:
+            if reply.event.is_set():
+                return False
+            if not self.conn.poll():
+                return True
+            self._dispatch(self.conn.recv())
+            return False
+        except (EOFError, OSError):
+            self.orphaned = True
+            raise NbtasksError(_parent_gone(self.parent_owner)) from None
+        finally:
+            self._read_lock.release()
+
+    @contextlib.contextmanager
+    def _quiet(self) -> Iterator[None]:
+        """The main thread sends or reads a message, or holds the read lock: a soft time limit
+        must not land halfway (the rest of a message would be taken for the next one; the lock
+        would stay taken). It is raised at the end instead."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers run in the main thread only
+            return
+        self._quiet_depth += 1
+        try:
+            yield
+        finally:
+            self._quiet_depth -= 1
+        if self._soft_pending and not self._quiet_depth:
+            self._soft_pending = False
+            self._soft_timeout(signal.SIGALRM, None)
 
     def run(self, rec: dict[str, Any], payload: bytes, cancelled: bool = False) -> None:
         tid = rec["id"]
@@ -544,7 +762,9 @@ class Worker:
         hit = self._loaded.get(payload)
         if hit is None:
             task, options = _codec.loads(payload)
-            task.app = _NoApp()
+            # A Task unpickled here (this one, and any in its closure or arguments) has no App:
+            # Task.__reduce__ leaves it behind. The class attribute stands in for it.
+            sys.modules["nbtasks._task"].Task.app = self.app
             if len(self._loaded) >= _LOADED_MAX:
                 self._loaded.clear()
             hit = self._loaded[payload] = (task, options)
@@ -604,6 +824,9 @@ class Worker:
     def _soft_timeout(self, signum: int, frame: Any) -> None:
         attempt = self.attempt
         if attempt is not None and attempt.in_user_code and not attempt.ended:
+            if self._quiet_depth:
+                self._soft_pending = True  # raised once the message is through (_quiet)
+                return
             attempt.ctx._soft_fired = True
             raise SoftTimeLimitExceeded(_limit_text(attempt, "soft_timeout"))
 
@@ -685,6 +908,59 @@ class Worker:
                 Attempt.end(attempt, MISSING, error)
         self.store.close()
         os._exit(0)
+
+
+def _pickle_call(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """A submit's tasks, arguments and options, pickled (cloudpickle) for the parent; a
+    TypeError names what cannot be pickled."""
+    try:
+        return _codec.dumps((method, args, kwargs))
+    except TypeError as exc:
+        if isinstance(exc.__cause__, SoftTimeLimitExceeded):
+            raise exc.__cause__ from None  # it landed while pickling (dumps wraps errors)
+        error = exc
+    what = "tasks"
+    named: list[tuple[str, Any]] = []
+    if method in ("_submit", "_submit_many"):
+        # _submit(task, args, kwargs, options); _submit_many(task, [(args, kwargs)...], options)
+        task, options = args[0], args[-1]
+        calls = [(args[1], args[2])] if method == "_submit" else args[1]
+        what = f"task {getattr(task, 'name', task)}"
+        for a, kw in calls:
+            named += [(f"argument {i}", v) for i, v in enumerate(a)]
+            named += [(f"argument {k!r}", v) for k, v in kw.items()]
+        named += [(f"option {k!r}", v) for k, v in options.items()]
+        named.append(("task itself", task))
+    else:
+        named += [(f"argument {i}", v) for i, v in enumerate(args)]
+    found = _codec.find_unpicklable(named)
+    detail = (
+        f"its {found[0]} is a {found[1]}, which cannot be pickled ({found[2]})"
+        if found is not None
+        else str(error.__cause__ or error)
+    )
+    raise TypeError(
+        f"cannot submit {what} from a worker process: {detail}. A task in a worker process "
+        "submits others through the notebook's process, so the tasks, their arguments and "
+        "options must pickle (cloudpickle)"
+    ) from None
+
+
+def _detached_submit(attempt: Attempt | None) -> str:
+    name = f"task {attempt.request.task_name}" if attempt is not None else "a detached task"
+    return (
+        f"{name} runs detached (detach=True), so it cannot submit other tasks: it may outlive "
+        "the notebook's process, which would own them. Submit them from the notebook (a "
+        "chain runs them after it: detached_task.s() | next_task.s()), or run this task "
+        "without detach=True"
+    )
+
+
+def _parent_gone(owner: str) -> str:
+    return (
+        f"the notebook's process {describe_owner({'owner': owner})}, which owns this worker, "
+        "is gone: a task cannot submit others without it"
+    )
 
 
 def _crash_point(value: str | None) -> tuple[str, str | None] | None:

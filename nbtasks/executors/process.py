@@ -31,6 +31,11 @@ A **detached** task (``detach=True``) gets a worker of its own, forked in a new 
 restart, the kernel dying or Interrupt do not reach it. Its record names that worker as its owner
 before it starts, so a new kernel's sweep leaves it RUNNING; once its parent is gone it acts on
 cancel requests and its hard timeout by itself.
+
+A task running in a pool worker **submits other tasks** through this process (``_serve_call``):
+its App builds, commits and runs them as if they were submitted here, in a thread of their own
+(never the supervisor's: a submit may wait for the store or run an ``apply()``). While such a task
+runs, nothing is queued behind it in its worker: it may be waiting for what it submitted.
 """
 
 from __future__ import annotations
@@ -55,13 +60,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from .._attempt import Attempt, Job, Options
-from .._codec import by_value_refs, dumps, find_unpicklable
-from .._errors import TaskCancelled, TaskTimeout, WorkerLost
+from .._codec import by_value_refs, dumps, find_unpicklable, loads
+from .._errors import NbtasksError, TaskCancelled, TaskTimeout, WorkerLost
 from .._model import FINISHED, MISSING
 from .._store import HOST, _start_time
-from .._worker import BOOT, Channel
+from .._worker import BOOT, CALLS, Channel
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._attempt import Runtime
     from .._task import Task
 
@@ -103,6 +110,7 @@ class _Proc:
         self.eof_at: float | None = None
         self.code: int | None = None
         self.code_known = False
+        self.nested = False  # its running task submitted tasks: queue nothing behind it
 
     @property
     def capacity(self) -> int:
@@ -116,8 +124,15 @@ class _Proc:
 class ProcessExecutor:
     name = "process"
 
-    def __init__(self, runtime: Runtime, workers: int = 2, grace: float = GRACE) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        workers: int = 2,
+        grace: float = GRACE,
+        app: Callable[[], Any] | None = None,
+    ) -> None:
         self.runtime = runtime
+        self._app = app  # a weak reference to the App: its workers' tasks submit through it
         self.store = runtime.store
         self.size = workers
         self.grace = grace
@@ -209,7 +224,9 @@ class ProcessExecutor:
         for p in self._procs.values():
             if p.detached or not p.ready or p.signalled or p.eof_at is not None:
                 continue
-            if len(p.jobs) < room and (best is None or len(p.jobs) < len(best.jobs)):
+            if len(p.jobs) < (1 if p.nested else room) and (
+                best is None or len(p.jobs) < len(best.jobs)
+            ):
                 best = p
                 if not p.jobs:
                     break
@@ -254,7 +271,7 @@ class ProcessExecutor:
         while (
             self._queue
             and len(proc.jobs) < proc.capacity
-            and (not proc.jobs or _small(self._queue[0][2]))
+            and (not proc.jobs or (_small(self._queue[0][2]) and not proc.nested))
             and not proc.signalled
             and proc.eof_at is None
         ):
@@ -308,6 +325,7 @@ class ProcessExecutor:
             "path": sys.path,
             "faults": str(self._faults),
             "preload": PRELOAD,
+            "app_name": getattr(self.runtime, "app_name", None),
         }
         try:
             self._zygote = subprocess.Popen(
@@ -497,6 +515,16 @@ class ProcessExecutor:
 
     def _message(self, proc: _Proc, message: tuple[Any, ...]) -> None:
         kind = message[0]
+        if kind == "call":  # its task submits tasks: served in a thread, never this one
+            with self._lock:
+                proc.nested = True
+            threading.Thread(
+                target=self._serve_call,
+                args=(proc, message[1], message[2]),
+                name="nbtasks-process-submit",
+                daemon=True,
+            ).start()
+            return
         if kind == "ready":
             with self._lock:
                 proc.pid, proc.start, proc.owner = message[1], message[2], message[3]
@@ -518,6 +546,7 @@ class ProcessExecutor:
             job = proc.jobs.popleft() if proc.jobs else None
             if job is not None and self._running.get(job.id) is proc:
                 del self._running[job.id]
+            proc.nested = False
             if proc.jobs:
                 self._started(proc)
                 # Cancelled while queued: the worker may have started it before it read the
@@ -539,6 +568,29 @@ class ProcessExecutor:
             self._done(job, message[2])
         else:
             self._retry(job, message[3], message[2])
+
+    def _serve_call(self, proc: _Proc, n: int, payload: bytes) -> None:
+        """A task running in ``proc`` submits tasks (``_worker._ChildApp``): this process's App
+        builds, commits and runs them, as if they were submitted here, and the worker gets
+        their records back, or the exception to raise. The tasks are the App's own when it has
+        one of that name (as a Celery worker submits by name), else the pickled ones."""
+        try:
+            app = self._app() if self._app is not None else None
+            if app is None:
+                raise NbtasksError("the App that runs this worker process has been deleted")
+            method, args, kwargs = loads(payload)
+            if method not in CALLS:  # pragma: no cover - the worker checks it first
+                raise NbtasksError(f"a worker process may not call App.{method}")
+            result = getattr(app, method)(*_owned(app, method, args), **kwargs)
+            self.store.flush()  # what the handles there read is committed (an apply() ran)
+            reply: tuple[Any, ...] = ("called", n, True, _describe(result))
+        except Exception as exc:
+            reply = ("called", n, False, _pickled_error(exc))
+        with self._lock:
+            try:
+                proc.conn.send(reply)
+            except OSError:
+                pass  # the worker is gone; the tasks it submitted run all the same
 
     def _done(self, job: Job, rec: dict[str, Any]) -> None:
         live = job.live
@@ -790,6 +842,64 @@ class ProcessExecutor:
 
 def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+def _owned(app: Any, method: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A worker's submit, its tasks made the App's (in the Task, its Signatures, its groups'
+    and its links' Signatures): see _own."""
+    if method == "submit":  # a Request: the App finds its task by name
+        return args
+    if method == "_submit_canvas":
+        items, options = args
+        for item in items:  # Signatures and groups (chains arrive flattened)
+            for sig in getattr(item, "tasks", None) or [item]:
+                _own_signature(app, sig)
+        _own_links(app, options)
+        return args
+    task, *rest = args  # _submit(task, args, kwargs, options), _submit_many(task, calls, options)
+    _own_links(app, rest[-1])
+    return (_own(app, task), *rest)
+
+
+def _own(app: Any, task: Any) -> Any:
+    """The App's task of that name, else the pickled one given what Task.__reduce__ left behind
+    (its App, and its signature, which checks the arguments)."""
+    registered = app._registry.get(task.name)
+    if registered is not None:
+        return registered
+    task._setup(app, task._fn, {"retries": task.retries})
+    return task
+
+
+def _own_signature(app: Any, sig: Any) -> None:
+    sig.task = _own(app, sig.task)
+    _own_links(app, sig.options)
+
+
+def _own_links(app: Any, options: dict[str, Any]) -> None:
+    for key in ("link", "link_error"):
+        links = options.get(key)
+        for sig in links if isinstance(links, list | tuple) else [links]:
+            if hasattr(sig, "task"):
+                _own_signature(app, sig)
+
+
+def _describe(result: Any) -> tuple[Any, ...]:
+    """A TaskResult as ("r", id, record, cached), a GroupResult as ("g", id, [members])."""
+    members = getattr(result, "results", None)
+    if members is not None:
+        return ("g", result.id, [_describe(r) for r in members])
+    return ("r", result.id, dict(result._rec), result.cached)
+
+
+def _pickled_error(exc: Exception) -> tuple[bytes, str]:
+    """An exception for the worker to raise: pickled (cloudpickle), with its text in case it
+    cannot be unpickled there."""
+    text = f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
+    try:
+        return dumps(exc), text
+    except TypeError:
+        return dumps(NbtasksError(text)), text
 
 
 def _small(job: Job) -> bool:

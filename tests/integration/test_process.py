@@ -436,6 +436,225 @@ def test_unpicklable_arguments_and_functions_fail_at_submit(
     assert app.results() == []
 
 
+# ----------------------------------------------------------------------------- submits from tasks
+
+
+@pytest.mark.timeout(60)
+def test_a_process_task_submits_thread_and_process_tasks(app: nbtasks.App) -> None:
+    """delay, apply_async, apply, map, a group and a chain from inside a process task: the App
+    here commits and runs them in its own executors (the thread task in this process, the
+    process tasks back in the pool); the worker gets the usual handles, which read the store."""
+
+    @app.task
+    def double(x: int) -> tuple[int, int]:
+        return x * 2, os.getpid()
+
+    @app.task(executor="process")
+    def square(x: int) -> tuple[int, int]:
+        return x * x, os.getpid()
+
+    @app.task(executor="process", bind=True)
+    def fan_out(self: nbtasks.Task, x: int) -> dict[str, Any]:
+        a = double.delay(x)
+        b = square.apply_async((x,), priority=1)
+        seen = {
+            "classes": [type(h).__name__ for h in (a, b)],
+            "first_status": [h.status.value for h in (a, b)],
+            "values": [a.get(timeout=20), b.get(timeout=20)],  # polls the store
+            "statuses": [h.refresh().status.value for h in (a, b)],
+            "ids": [a.id, b.id],
+            "pid": os.getpid(),
+        }
+        seen["applied"] = double.apply((4,)).return_value  # run now, there, and finished
+        seen["map"] = [v for v, _ in square.map([1, 2, 3]).get(timeout=20)]
+        seen["group"] = [v for v, _ in nbtasks.group(square.s(5), double.s(5)).delay().get(20)]
+        chained = (square.s(2) | double.si(7)).apply_async()
+        seen["chain"] = [chained.get(timeout=20)[0], chained.parent.get(timeout=20)[0]]
+        seen["app"] = repr(self.app)
+        request = double.create_request(10)  # Mognet: the App there finds it by name
+        seen["mognet"] = [self.app.submit(request).get(timeout=20)[0], request.id is not None]
+        return seen
+
+    seen = fan_out.delay(3).get(timeout=30)
+    assert seen["classes"] == ["TaskResult", "TaskResult"]
+    assert seen["first_status"][0] in ("READY", "RUNNING", "SUCCESSFUL")
+    assert seen["statuses"] == ["SUCCESSFUL", "SUCCESSFUL"]
+    assert seen["values"][0] == (6, os.getpid())  # the thread task ran here
+    assert seen["values"][1][0] == 9 and seen["values"][1][1] not in (os.getpid(), seen["pid"])
+    assert seen["applied"] == (8, os.getpid())
+    assert seen["map"] == [1, 4, 9] and seen["group"] == [25, 10] and seen["chain"] == [14, 4]
+    assert "seen from worker process" in seen["app"] and seen["mognet"] == [20, True]
+    thread_id, process_id = seen["ids"]
+    by_thread, by_process = app.result(thread_id), app.result(process_id)
+    assert by_thread.get(timeout=20) == (6, os.getpid())  # the App here sees them, finished
+    assert by_process.get(timeout=20) == (9, seen["values"][1][1])
+    for r in (by_thread, by_process):
+        assert r.status is nbtasks.TaskStatus.SUCCESSFUL and r.backend == app.name
+        assert r.task is not None  # the App's own task of that name ran
+    assert by_process.worker_ids[0].split(":")[1] == str(seen["values"][1][1])
+
+
+@pytest.mark.timeout(60)
+def test_a_bad_submit_from_a_process_task_raises_there_and_stores_nothing(
+    app: nbtasks.App,
+) -> None:
+    """A bad argument or option raises the same TypeError or ValueError in the worker as it does
+    here; an argument that cannot be pickled (it has to reach this process) a TypeError."""
+    from datetime import datetime
+
+    @app.task
+    def thread_task(x: int) -> int:
+        return x
+
+    @app.task(executor="process")
+    def process_task(x: int) -> int:
+        return x
+
+    bad: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = [
+        (process_task, (1,), {"countdown": -1}),
+        (process_task, (1,), {"eta": datetime(2030, 1, 1)}),  # naive
+        (process_task, (1,), {"executor": "nowhere"}),
+        (process_task, (1,), {"bogus": 1}),
+        (process_task, (1, 2), {}),
+        (thread_task, (), {"kwargs": {"y": 1}}),
+        (thread_task, (1,), {"retries": -1}),
+    ]
+
+    @app.task(executor="process")
+    def submits_badly() -> list[list[str]]:
+        raised = []
+        for task, args, options in bad:
+            try:
+                task.apply_async(args, **options)
+            except (TypeError, ValueError) as exc:
+                raised.append([type(exc).__name__, str(exc)])
+        try:
+            thread_task.delay(threading.Lock())
+        except TypeError as exc:
+            raised.append([type(exc).__name__, str(exc)])
+        return raised
+
+    raised = submits_badly.delay().get(timeout=30)
+    here = []
+    for task, args, options in bad:
+        with pytest.raises((TypeError, ValueError)) as info:
+            task.apply_async(args, **options)
+        here.append([type(info.value).__name__, str(info.value)])
+    assert raised[:-1] == here
+    assert raised[-1][0] == "TypeError"
+    assert "cannot submit task" in raised[-1][1] and "argument 0 is a _thread.lock" in raised[-1][1]
+    assert [r.task_name for r in app.results()] == [submits_badly.name]  # nothing else stored
+    assert app.store.count() == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_task_waiting_for_its_subtask_is_never_queued_behind(app: nbtasks.App) -> None:
+    """The waiting task's worker takes nothing into its queue while the task runs: its subtask
+    waits here for the other worker, busy for a second, instead of behind its own parent."""
+
+    @app.task(executor="process")
+    def nap(seconds: float) -> int:
+        time.sleep(seconds)
+        return os.getpid()
+
+    nap.delay(0).get(timeout=20)
+    pool_pids(app)  # both ready and idle: the next task goes to the first one
+
+    @app.task(executor="process")
+    def waits(path: str) -> tuple[int, int]:
+        wait_until(lambda: Path(path).exists())  # the other worker is busy now
+        return nap.delay(0).get(timeout=20), os.getpid()
+
+    marker = app.store.path.parent / "busy"
+    waiting = waits.delay(str(marker))  # the first idle worker
+    wait_until(lambda: waiting.refresh().status is nbtasks.TaskStatus.RUNNING)
+    busy = nap.delay(1.0)  # the other one
+    wait_until(lambda: busy.refresh().status is nbtasks.TaskStatus.RUNNING)
+    marker.touch()
+    sub_pid, waiting_pid = waiting.get(timeout=30)
+    assert sub_pid == busy.get(timeout=5) != waiting_pid
+
+
+@pytest.mark.timeout(60)
+def test_submits_with_one_worker_and_from_the_task_s_threads(tmp_path: Path) -> None:
+    """One worker, busy with the submitting task: its process subtasks wait here (the submit
+    returns at once), thread subtasks run; several threads of a task submit at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = nbtasks.App(store=tmp_path / "store", process_workers=1)
+    try:
+
+        @app.task
+        def inc(x: int) -> int:
+            return x + 1
+
+        @app.task(executor="process")
+        def later(x: int) -> int:
+            return x * 10
+
+        @app.task(executor="process")
+        def submitter(n: int) -> tuple[list[int], list[str]]:
+            t0 = time.monotonic()
+            queued = [later.delay(i).id for i in range(3)]  # no worker for them yet
+            assert time.monotonic() - t0 < 5
+            with ThreadPoolExecutor(4) as pool:
+                values = list(pool.map(lambda i: inc.delay(i).get(timeout=20), range(n)))
+            return values, queued
+
+        values, queued = submitter.delay(8).get(timeout=30)
+        assert values == list(range(1, 9))
+        assert [app.result(i).get(timeout=20) for i in queued] == [0, 10, 20]
+    finally:
+        app.shutdown()
+
+
+@pytest.mark.timeout(60)
+def test_a_soft_time_limit_during_submits_leaves_the_channel_whole(app: nbtasks.App) -> None:
+    """SIGALRM lands while the task sends or reads a submit's messages: it is raised once the
+    message is through, so the next submit still works."""
+
+    @app.task
+    def inc(x: int) -> int:
+        return x + 1
+
+    @app.task(executor="process", soft_timeout=0.3)
+    def keeps_submitting() -> tuple[int, int]:
+        n, t0 = 0, time.monotonic()
+        try:
+            while time.monotonic() - t0 < 10:
+                inc.delay(n)
+                n += 1
+        except nbtasks.SoftTimeLimitExceeded:
+            pass
+        return n, inc.delay(41).get(timeout=20)
+
+    n, value = keeps_submitting.delay().get(timeout=30)
+    assert n > 10 and value == 42
+
+
+@pytest.mark.timeout(60)
+def test_a_detached_task_cannot_submit(app: nbtasks.App) -> None:
+    """It may outlive the notebook's process, which would own what it submits: refused,
+    with the fix in the message."""
+
+    @app.task
+    def plain() -> int:
+        return 1
+
+    @app.task(executor="process", detach=True)
+    def alone() -> str:
+        try:
+            plain.delay()
+        except nbtasks.NbtasksError as exc:
+            return str(exc)
+        return "submitted"
+
+    message = alone.delay().get(timeout=30)
+    assert "runs detached (detach=True), so it cannot submit other tasks" in message
+    assert "detached_task.s() | next_task.s()" in message and "without detach=True" in message
+    assert [r.task_name for r in app.results()] == [alone.name]
+
+
 # ----------------------------------------------------------------------------- the child's state
 
 
