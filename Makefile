@@ -31,7 +31,7 @@ lab: $(VENV)/.test
 	$(VENV)/bin/jupyter lab notebooks/quickstart.ipynb
 
 bench: $(VENV)/.test
-	for b in throughput latency progress store processes; do $(PY) benchmarks/$$b.py || exit 1; done
+	for b in throughput latency progress store processes dask_executor soak; do $(PY) benchmarks/$$b.py || exit 1; done
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check nbtasks tests benchmarks

@@ -528,7 +528,7 @@ class Store:
         sweep: bool = True,
     ) -> None:
         adopt = isinstance(location, diskcache.Cache)
-        if adopt:  # an open Cache the user gave us: its directory becomes the store
+        if isinstance(location, diskcache.Cache):  # an open Cache: its directory is the store
             location = location.directory
         if not isinstance(location, str | os.PathLike):
             raise TypeError(
