@@ -317,10 +317,18 @@ class Attempt:
         if name not in self.job.task._hooks:
             return  # the base class's hooks do nothing
         hook: Callable[..., Any] = getattr(self.job.task, name)
+        # With the task's context current, what the hook prints or logs goes to the task's
+        # output (as in the task itself), added to the record once the hook returns.
+        token = _current.set(self.ctx)
         try:
             hook(*args)
         except Exception as exc:
             self.record_hook_error(name, exc)
+        finally:
+            _current.reset(token)
+        fields = self.ctx._snapshot(self.runtime.clock.time())
+        if fields:
+            self.store.change(self.job.live, **fields)
 
     def record_hook_error(self, where: str, exc: BaseException) -> None:
         """A failing hook or link is recorded on its task, never lost (DESIGN principle 12)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,48 @@ class Boom(nbtasks.Task):
         self, retval: Any, task_id: str, args: list[Any], kwargs: dict[str, Any]
     ) -> None:
         raise RuntimeError("hook exploded")
+
+
+class Noisy(nbtasks.Task):
+    name = "demo.Noisy"
+    retries = 1
+
+    def run(self, fail: bool) -> str:
+        print("in run")
+        if fail and self.request.retries == 0:
+            raise ValueError("first attempt")
+        if fail:
+            raise KeyError("second attempt")
+        return "ok"
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        print(f"on_success {retval}")
+
+    def on_failure(self, exc: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        print(f"on_failure {exc!r}", file=sys.stderr)
+
+    def on_retry(self, exc: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        print("on_retry")
+
+    def after_return(self, *args: Any) -> None:
+        print("after_return", file=sys.stderr)
+
+
+def test_what_hooks_print_is_kept_in_the_output(app: nbtasks.App, make_app: Any) -> None:
+    """Hooks run after the outcome is recorded, with the task's context current: what they
+    print joins the task's output (as in a process worker), and reaches the store."""
+    t = app.register(Noisy)
+    ok = t.delay(False)
+    assert ok.get(timeout=10) == "ok"
+    wait_until(lambda: "after_return" in (ok.refresh().output or ""))
+    assert ok.output.index("in run") < ok.output.index("on_success ok")
+    bad = t.delay(True)
+    with pytest.raises(nbtasks.TaskFailed):
+        bad.get(timeout=10)
+    wait_until(lambda: "after_return" in (bad.refresh().output or ""))
+    assert "on_failure KeyError('second attempt')" in bad.output
+    reader = make_app()  # another App reads the committed record
+    wait_until(lambda: "on_success ok" in (reader.result(ok.id).output or ""))
 
 
 def test_hook_that_raises_is_recorded_on_its_task(app: nbtasks.App, make_app: Any) -> None:
