@@ -325,10 +325,15 @@ class Attempt:
         except Exception as exc:
             self.record_hook_error(name, exc)
         finally:
+            self._hook_returned()
             _current.reset(token)
         fields = self.ctx._snapshot(self.runtime.clock.time())
         if fields:
             self.store.change(self.job.live, **fields)
+
+    def _hook_returned(self) -> None:
+        """After each hook: a worker process moves what the hook wrote to fds 1 and 2 into the
+        output here, so that it comes before what the next hook prints."""
 
     def record_hook_error(self, where: str, exc: BaseException) -> None:
         """A failing hook or link is recorded on its task, never lost (DESIGN principle 12)."""

@@ -517,6 +517,9 @@ class _WorkerAttempt(Attempt):
             self.worker.crash("result", self.job)
         return encoded
 
+    def _hook_returned(self) -> None:
+        self.worker.drain_output()
+
     def _elapsed(self) -> float:
         return self.runtime.clock.monotonic() - self.started
 
