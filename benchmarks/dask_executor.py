@@ -259,4 +259,4 @@ def body(rep: Report) -> None:
 
 
 if __name__ == "__main__":
-    run_main("dask", body)
+    run_main("dask_executor", body)
