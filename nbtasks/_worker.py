@@ -419,6 +419,12 @@ class _Unrunnable:
         raise self._error
 
 
+#: Record fields fixed at submit: the parent has them, so a final record is reported without.
+_SENT: Final = frozenset(
+    {"id", "task_name", "enqueued_at", "args_repr", "args", "kwargs", "backend", "executor"}
+)
+
+
 class _ChildRuntime:
     """The ``_attempt.Runtime`` of a worker: reports to the parent instead of scheduling."""
 
@@ -451,7 +457,7 @@ class _ChildRuntime:
         rec = job.live.rec
         if any(isinstance(rec.get(f), dict) and "k" in rec[f] for f in ("rv", "exc")):
             self.store.flush()
-        self.worker.send(("done", job.id, dict(rec)))
+        self.worker.send(("done", job.id, {k: v for k, v in rec.items() if k not in _SENT}))
 
     def _hook_output(self, job: Job) -> None:
         """The hooks (on_success, on_failure, on_retry, after_return) ran after the outcome was
