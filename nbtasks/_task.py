@@ -10,7 +10,7 @@ import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from ._codec import code_hash
 from ._errors import NbtasksError
@@ -172,6 +172,9 @@ def check_task_options(options: Mapping[str, Any], where: str = "task") -> dict[
 # --------------------------------------------------------------------------- Task
 
 
+_DEFAULTS: Final = Options()
+
+
 class Task:
     """A task: a function (or a ``run`` method) plus its options. Celery's Task base class.
 
@@ -181,18 +184,19 @@ class Task:
 
     name: ClassVar[str | None] = None
     bind: bool = False
-    executor: str = "thread"
-    retries: int = 0
+    # Option defaults: those of _model.Options, the one place they are written.
+    executor: str = _DEFAULTS.executor
+    retries: int = _DEFAULTS.retries
     max_retries: ClassVar[int | None] = None  # Celery's spelling of `retries`, on a class
-    retry_backoff: float = 0.0
-    retry_on: tuple[type[BaseException], ...] = (Exception,)
-    timeout: float | None = None
-    soft_timeout: float | None = None
-    priority: int = 0
-    cache: bool = False
-    cache_ttl: float | None = None
-    detach: bool = False
-    expires: float | datetime | None = None
+    retry_backoff: float = _DEFAULTS.retry_backoff
+    retry_on: tuple[type[BaseException], ...] = _DEFAULTS.retry_on
+    timeout: float | None = _DEFAULTS.timeout
+    soft_timeout: float | None = _DEFAULTS.soft_timeout
+    priority: int = _DEFAULTS.priority
+    cache: bool = _DEFAULTS.cache
+    cache_ttl: float | None = _DEFAULTS.cache_ttl
+    detach: bool = _DEFAULTS.detach
+    expires: float | datetime | None = _DEFAULTS.expires
     shadow_name: str | None = None
 
     app: App
