@@ -305,6 +305,8 @@ class Attempt:
         self, status: TaskStatus, value: Any, error: BaseException | None, einfo: TaskError | None
     ) -> None:
         job = self.job
+        if not job.task._hooks:  # the base class's hooks do nothing
+            return
         args, kwargs = list(job.args), job.kwargs
         if status is TaskStatus.SUCCESSFUL:
             self._hook("on_success", value, job.id, args, kwargs)
