@@ -127,7 +127,8 @@ class Attempt:
                 }
                 if live.rec.get("started_at") is None:
                     fields["started_at"] = now
-                self.store.change(live, TaskStatus.RUNNING, **fields)
+                # Committed at the next tick: the writer is not woken as the task starts.
+                self.store.change(live, TaskStatus.RUNNING, soon=False, **fields)
                 claimed = True
         if not claimed:
             self.runtime.finished(job)

@@ -778,13 +778,17 @@ class Store:
         if status is not None and status in _FINISHED_NAMES:
             self._finished(live)
 
-    def change(self, live: Live, status: TaskStatus | None = None, **fields: Any) -> None:
-        """Apply a change in memory (seen at once by this process) and mark it for the writer."""
+    def change(
+        self, live: Live, status: TaskStatus | None = None, *, soon: bool = True, **fields: Any
+    ) -> None:
+        """Apply a change in memory (seen at once by this process) and mark it for the writer:
+        committed within milliseconds, or with ``soon=False`` at the writer's next tick (0.1 s;
+        it does not wake the writer)."""
         if status is not None:
             check_transition(live.id, _STATUS[live.rec["status"]], status)
             fields["status"] = status.value
         live.rec.update(fields)  # one C call: atomic with the writer's json.dumps under the GIL
-        self.mark(live)
+        self.mark(live, soon)
         if status is not None and status in FINISHED:
             self._finished(live)
 
@@ -795,13 +799,13 @@ class Store:
         for cb in live.callbacks:
             cb(live)
 
-    def mark(self, live: Live) -> None:
+    def mark(self, live: Live, soon: bool = True) -> None:
         with self._dirty_lock:
             self._dirty[live.id] = live
             backlog = len(self._dirty)
         if self._writer is None:
             self._start_writer()
-        if self._idle and not self._signalled and not self.commit_at_tick:
+        if soon and self._idle and not self._signalled and not self.commit_at_tick:
             self._signalled = True
             with self._cond:
                 self._cond.notify()
@@ -997,6 +1001,10 @@ class Store:
         self._write_batch()
         with self._write_lock:
             if self._wcon is not None and self._wcon_forks == _forks:
+                if self._uncheckpointed:
+                    # Leave the WAL copied into the database: the next opener reads it directly.
+                    with contextlib.suppress(sqlite3.Error):
+                        self._wcon.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 self._wcon.close()
             self._wcon = None
         self.cache.close()

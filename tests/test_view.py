@@ -406,6 +406,7 @@ class FakeStore:
             for i in range(n)
         ][::-1]
         self.queries = 0
+        self.limits: list[int | None] = []  # the limit of every summaries() call
 
     def _match(self, status: Any, name: str | None) -> list[dict[str, Any]]:
         statuses = (
@@ -422,6 +423,7 @@ class FakeStore:
         self, status: Any = None, name: str | None = None, offset: int = 0, limit: int | None = 50
     ) -> list[dict[str, Any]]:
         self.queries += 1
+        self.limits.append(limit)
         rows = self._match(status, name)[offset:]
         return rows if limit is None else rows[:limit]
 
@@ -489,13 +491,18 @@ def test_dashboard_pages_filters_and_cancels() -> None:
     assert app.cancelled == [first_running]
 
 
-def test_dashboard_opens_fast_on_a_big_store() -> None:
+def test_dashboard_on_a_big_store_reads_one_page_at_a_time() -> None:
+    """Opening and paging read a page of rows, never the whole store (how fast that is:
+    benchmarks/store.py; tests assert no timings)."""
     app = FakeApp(100_000)
-    t0 = time.perf_counter()
     board = _view.Dashboard(app, page_size=20)
-    elapsed = time.perf_counter() - t0
     assert "of 100000" in board._page.value
-    assert elapsed < 1.0
+    board._move(+1)
+    board.poll()
+    assert "tasks 21-40 of 100000" in board._page.value
+    assert app._store.limits and all(
+        limit is not None and limit <= 20 for limit in app._store.limits
+    )
 
 
 # ----------------------------------------------------------------------------- real core
@@ -547,7 +554,9 @@ def test_terminal_ipython_gets_text_and_no_widget_machinery(tmp_path: Path) -> N
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_dashboard_opens_well_under_a_second_on_a_store_of_100k_tasks(tmp_path: Path) -> None:
+def test_dashboard_pages_through_a_store_of_100k_tasks(tmp_path: Path) -> None:
+    """The dashboard counts and pages 100,000 tasks (its speed is measured by
+    benchmarks/store.py's summary, which is what it reads; tests assert no timings)."""
     import nbtasks
 
     with nbtasks.App(store=tmp_path / "store", workers=2) as app:
@@ -559,16 +568,10 @@ def test_dashboard_opens_well_under_a_second_on_a_store_of_100k_tasks(tmp_path: 
         noop.map(range(100_000)).wait(90)
     app = nbtasks.App(store=tmp_path / "store")
     try:
-        t0 = time.perf_counter()
         board = _view.Dashboard(app, page_size=20)
-        opened = time.perf_counter() - t0
         assert "tasks 1-20 of 100000" in board._page.value
         board._move(+1)
-        t0 = time.perf_counter()
         board.poll()
-        paged = time.perf_counter() - t0
         assert "tasks 21-40 of 100000" in board._page.value
     finally:
         app.shutdown()
-    assert opened < 0.5, opened
-    assert paged < 0.5, paged
