@@ -185,12 +185,8 @@ class Runtime:
             raise RuntimeError("this App has been shut down; create a new one")
         # The executors exist before anything is stored: one that cannot be made (dask not
         # installed, no cluster to reach) fails the submit with nothing half-written.
-        if len(jobs) == 1:
-            if jobs[0].options.executor not in self._executors:
-                self.executor(jobs[0].options.executor)
-        else:
-            for name in {job.options.executor for job in jobs}:
-                self.executor(name)
+        for name in {job.options.executor for job in jobs}:
+            self.executor(name)
         for key, job in cache_keys:
             job.live.rec["cache_key"] = key
         self.store.create(
