@@ -299,9 +299,9 @@ class App:
             isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
         ):
             raise ValueError(f"limit must be an int >= 0, got {limit!r}")
-        recs = self._store.query(status=status, name=task_name, limit=limit)
+        rows = self._store.listing(status=status, name=task_name, limit=limit)
         with no_gc():  # 100k handles: the collector would walk them over and over (2.4x)
-            return [TaskResult(self, r["id"], rec=r) for r in recs]
+            return [TaskResult._listed(self, row) for row in rows]
 
     def purge(
         self,

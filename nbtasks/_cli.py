@@ -144,7 +144,7 @@ def _find(app: App, prefix: str) -> TaskResult:
 
 def cmd_show(app: App, prefix: str) -> int:
     r = _find(app, prefix)
-    rec = r._rec
+    rec = r._full
     lines = [
         ("id", r.id),
         ("task", r.task_name),

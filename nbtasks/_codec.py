@@ -13,13 +13,16 @@ import functools
 import hashlib
 import hmac
 import inspect
+import io
 import json
+import marshal
 import os
 import pickle
 import reprlib
 import textwrap
 import threading
 import traceback
+from collections import ChainMap
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import CodeType, FunctionType
@@ -143,10 +146,37 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
+_pickler: Any = None
+
+
+def _reduce_code(code: CodeType) -> tuple[Any, ...]:
+    return (marshal.loads, (marshal.dumps(code),))
+
+
+def _code_keeping_pickler() -> Any:
+    """cloudpickle's Pickler, except that code objects keep their file name.
+
+    cloudpickle 3.1.3 names every code object it copies ``<dynamic-code>`` (to make payloads
+    deterministic: cloudpipe/cloudpickle#560), so a worker's traceback would neither say which
+    cell a line is in nor show the line. marshal copies a code object whole, name included;
+    cloudpickle's copies need the same Python on both sides too."""
+    global _pickler
+    if _pickler is None:
+        base = cloudpickle().Pickler
+
+        class Pickler(base):  # type: ignore[misc, valid-type]
+            dispatch_table = ChainMap({CodeType: _reduce_code}, base.dispatch_table)
+
+        _pickler = Pickler
+    return _pickler
+
+
 def dumps(value: Any) -> bytes:
     """cloudpickle ``value``; a TypeError says which type could not be pickled."""
     try:
-        return cloudpickle().dumps(value, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
+        with io.BytesIO() as f:
+            _code_keeping_pickler()(f, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+            return f.getvalue()
     except Exception as exc:
         raise TypeError(f"cannot be pickled: {exc}") from exc
 

@@ -30,7 +30,7 @@ from ._model import (
     aggregate_progress,
     to_datetime,
 )
-from ._store import Live, owner_alive
+from ._store import Live, owner_alive, summary
 
 if TYPE_CHECKING:
     from ._app import App
@@ -59,8 +59,26 @@ class TaskResult:
         self._args: Any = MISSING
         self._kwargs: Any = MISSING
         self._rec: dict[str, Any] = dict(rec) if rec is not None else {}
+        self._partial = False  # _rec holds only a listing's fields (see _listed)
         if rec is None:
             self.refresh()
+
+    @classmethod
+    def _listed(cls, app: App, row: tuple[Any, ...]) -> TaskResult:
+        """A handle made from a ``Store.listing()`` row: it holds the listing's fields (status,
+        name, the times, progress); the first read of any other field loads the whole record,
+        as ``refresh()`` would (100,000 rows: ~0.2 s, against ~1 s to parse every record)."""
+        self = cls.__new__(cls)
+        rec = summary(row)
+        self._app = app
+        self.id = rec["id"]
+        self._live = None
+        self.cached = False
+        self._parent = None
+        self._value = self._args = self._kwargs = MISSING
+        self._rec = rec
+        self._partial = True
+        return self
 
     # ------------------------------------------------------------------ loading
 
@@ -76,6 +94,7 @@ class TaskResult:
         if live is not None:
             self._live = live
             self._rec = dict(live.rec)
+            self._partial = False
         else:
             self._rec = self._app._store.read_record(self.id)
             if self._rec["status"] in ("READY", "RUNNING") and not owner_alive(
@@ -83,7 +102,15 @@ class TaskResult:
             ):
                 self._app._store.sweep()
                 self._rec = self._app._store.read_record(self.id)
+            self._partial = False
         return self
+
+    @property
+    def _full(self) -> dict[str, Any]:
+        """The whole record (loaded now if this handle came from a listing)."""
+        if self._partial:
+            self.refresh()
+        return self._rec
 
     async def arefresh(self) -> TaskResult:
         return await asyncio.to_thread(self.refresh)
@@ -101,7 +128,7 @@ class TaskResult:
 
     @property
     def status(self) -> TaskStatus:
-        return TaskStatus(self._rec["status"])
+        return _STATUS[self._rec["status"]]
 
     @property
     def enqueued_at(self) -> datetime | None:
@@ -117,7 +144,7 @@ class TaskResult:
 
     @property
     def last_attempted_at(self) -> datetime | None:
-        return to_datetime(self._rec.get("last_attempted_at"))
+        return to_datetime(self._full.get("last_attempted_at"))
 
     @property
     def args(self) -> list[Any]:
@@ -141,30 +168,30 @@ class TaskResult:
 
     @property
     def backend(self) -> str:
-        return self._rec.get("backend", "")  # type: ignore[no-any-return]
+        return self._full.get("backend", "")  # type: ignore[no-any-return]
 
     @property
     def errors(self) -> list[TaskError]:
-        return [TaskError.from_json(e) for e in self._rec.get("errors") or []]
+        return [TaskError.from_json(e) for e in self._full.get("errors") or []]
 
     @property
     def hook_errors(self) -> list[TaskError]:
         """Errors raised by this task's hooks and links (recorded, never lost)."""
-        return [TaskError.from_json(e) for e in self._rec.get("hook_errors") or []]
+        return [TaskError.from_json(e) for e in self._full.get("hook_errors") or []]
 
     @property
     def worker_ids(self) -> list[str]:
-        return list(self._rec.get("worker_ids") or [])
+        return list(self._full.get("worker_ids") or [])
 
     @property
     def metadata(self) -> dict[str, Any]:
-        return dict(self._rec.get("metadata") or {})
+        return dict(self._full.get("metadata") or {})
 
     meta = metadata
 
     @property
     def state(self) -> str:
-        return self._rec.get("state") or self._rec["status"]  # type: ignore[no-any-return]
+        return self._full.get("state") or self._rec["status"]  # type: ignore[no-any-return]
 
     @property
     def result(self) -> Any:
@@ -172,7 +199,7 @@ class TaskResult:
         value (None if the task did not succeed)."""
         if self._rec["status"] == "SUCCESSFUL":
             return self.return_value
-        return self._rec.get("result")
+        return self._full.get("result")
 
     @property
     def progress(self) -> Progress | None:
@@ -180,12 +207,12 @@ class TaskResult:
 
     @property
     def output(self) -> str:
-        return self._rec.get("output") or ""  # type: ignore[no-any-return]
+        return self._full.get("output") or ""  # type: ignore[no-any-return]
 
     @property
     def reason(self) -> str | None:
         """Why the task was cancelled or interrupted, if it was."""
-        return self._rec.get("reason")
+        return self._full.get("reason")
 
     @property
     def is_finished(self) -> bool:
@@ -193,16 +220,16 @@ class TaskResult:
 
     @property
     def attempts(self) -> int:
-        return len(self._rec.get("worker_ids") or [])
+        return len(self._full.get("worker_ids") or [])
 
     @property
     def parent(self) -> TaskResult | GroupResult | None:
         """The previous task of a chain, or a chord callback's header group."""
         if self._parent is None:
-            if self._rec.get("parent_group"):
-                self._parent = self._app.group_result(self._rec["parent_group"])
-            elif self._rec.get("parent_id"):
-                self._parent = self._app.result(self._rec["parent_id"])
+            if self._full.get("parent_group"):
+                self._parent = self._app.group_result(self._full["parent_group"])
+            elif self._full.get("parent_id"):
+                self._parent = self._app.result(self._full["parent_id"])
         return self._parent
 
     # ------------------------------------------------------------------ the outcome
@@ -235,7 +262,7 @@ class TaskResult:
         raise ResultNotReady(f"{name} is {status}; wait() for it or check is_finished")
 
     def _decode(self, field: str) -> Any:
-        enc = self._rec.get(field)
+        enc = self._full.get(field)
         if enc is None:
             return None
         if "u" in enc:
@@ -246,7 +273,7 @@ class TaskResult:
         return self._app._store.decode_value(enc, f"the {field} of task {self.id}")
 
     def _exception(self) -> BaseException | None:
-        enc = self._rec.get("exc")
+        enc = self._full.get("exc")
         if not enc:
             return None
         try:
@@ -355,6 +382,7 @@ class TaskResult:
 
 
 _FINISHED_NAMES = frozenset(s.value for s in FINISHED)
+_STATUS = {s.value: s for s in TaskStatus}
 
 
 def short_id(task_id: str) -> str:

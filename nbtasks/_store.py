@@ -3,7 +3,8 @@
 Key layout (one diskcache ``Cache`` opened as a store, never as a cache)::
 
     nbtasks:schema      int   schema version, checked on open
-    t:<task id>         str   the task's JSON record, tagged with its status (tag index)
+    t:<task id>         str   the task's JSON record, tagged with its status (tag index),
+                              its listing fields copied into nbtasks' own columns (below)
     g:<group id>        str   a group's JSON record (member ids)
     v:<task id>:<what>  bytes a large signed pickle (arguments or return value)
     k:<cache key>       str   the id of the task that computed a cached call
@@ -11,6 +12,11 @@ Key layout (one diskcache ``Cache`` opened as a store, never as a cache)::
 
 Task ids are time-ordered (a UUIDv7-like layout), so ``ORDER BY key DESC`` is newest first
 and inserts stay at the end of the B-tree.
+
+Listings (``app.results()``, ``nbtasks list``, ``%tasks``) read a task's name, times and
+progress from columns that nbtasks adds to diskcache's ``Cache`` table (``SUMMARY_COLUMNS``,
+written with the record in the same row): parsing 100,000 JSON records, in Python or with
+SQLite's JSON functions, costs 5-12 µs each here, reading the columns under 2 µs.
 
 Writes follow DESIGN principle 2: ``create()`` commits READY records at submit (one transaction
 for a whole group); after that the owner changes its in-memory record and marks it dirty, and
@@ -49,7 +55,8 @@ from ._codec import INLINE_LIMIT, Codec, Signer, _is_plain
 from ._errors import StoreError, UnknownTaskId
 from ._model import FINISHED, MISSING, TaskStatus, check_transition
 
-SCHEMA: Final = 1
+#: 2: the listing columns (SUMMARY_COLUMNS); a store of schema 1 gains them when it is opened.
+SCHEMA: Final = 2
 DB_NAME: Final = "cache.db"
 MARKER: Final = "nbtasks-store.json"
 TICK: Final = 0.1  # seconds between progress flushes and cancel polls
@@ -260,15 +267,40 @@ _SETTINGS: Final = {
 }
 
 
+#: nbtasks' columns beside diskcache's in its ``Cache`` table: what a listing shows of a task,
+#: copied from its record at every write (the record stays the truth). diskcache names its
+#: columns in every statement, so it neither sees nor clears them; other keys leave them NULL.
+SUMMARY_COLUMNS: Final = (
+    ("nb_name", "TEXT"),
+    ("nb_enqueued", "REAL"),
+    ("nb_started", "REAL"),
+    ("nb_finished", "REAL"),
+    ("nb_progress", "TEXT"),  # JSON [current, total, message, rate], or NULL
+)
+#: The backfill of a store written before the columns existed (schema 1).
+_BACKFILL: Final = (
+    "UPDATE Cache SET nb_name = json_extract(value, '$.task_name'),"
+    " nb_enqueued = json_extract(value, '$.enqueued_at'),"
+    " nb_started = json_extract(value, '$.started_at'),"
+    " nb_finished = json_extract(value, '$.finished_at'),"
+    " nb_progress = json(json_extract(value, '$.progress'))"
+    " WHERE key >= 't:' AND key < 't;'"
+)
+
 #: Task records are written with one statement each, straight into diskcache's table (its own
 #: ``set`` costs ~25 µs more: a SELECT, then INSERT or UPDATE, then a cull check). The row is
 #: what ``Cache.set(key, text, tag=status)`` writes for a str key and a str value (mode RAW),
 #: so ``Cache.get`` reads it back; the update keeps the rowid, as ``set`` does.
+_ROW: Final = "(?, 1, ?, NULL, ?, 0, ?, 0, 1, NULL, ?, ?, ?, ?, ?, ?)"
 _UPSERT: Final = (
     "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count,"
-    " tag, size, mode, filename, value) VALUES (?, 1, ?, NULL, ?, 0, ?, 0, 1, NULL, ?)"
+    " tag, size, mode, filename, value, nb_name, nb_enqueued, nb_started, nb_finished,"
+    f" nb_progress) VALUES {_ROW}"
     " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time,"
-    " access_time = excluded.access_time, tag = excluded.tag, value = excluded.value"
+    " access_time = excluded.access_time, tag = excluded.tag, value = excluded.value,"
+    " nb_name = excluded.nb_name, nb_enqueued = excluded.nb_enqueued,"
+    " nb_started = excluded.nb_started, nb_finished = excluded.nb_finished,"
+    " nb_progress = excluded.nb_progress"
 )
 _CHUNKS: Final = (512, 64)  # rows per statement, then the rest in one
 
@@ -290,8 +322,7 @@ _upsert_cache: dict[int, str] = {}
 def _upsert_sql(n: int) -> str:
     sql = _upsert_cache.get(n)
     if sql is None:
-        values = ", ".join(["(?, 1, ?, NULL, ?, 0, ?, 0, 1, NULL, ?)"] * n)
-        sql = _upsert_cache[n] = _UPSERT.replace("(?, 1, ?, NULL, ?, 0, ?, 0, 1, NULL, ?)", values)
+        sql = _upsert_cache[n] = _UPSERT.replace(_ROW, ", ".join([_ROW] * n))
     return sql
 
 
@@ -320,6 +351,21 @@ def _check_private_layout(cache: diskcache.Cache) -> None:
             f"diskcache {diskcache.__version__} changed its table layout (has {sorted(cols)}); "
             "nbtasks needs diskcache 5.6.x: pip install 'diskcache>=5.6,<5.7'"
         )
+
+
+def _add_summary_columns(cache: diskcache.Cache) -> None:
+    """Give a store the listing columns if it lacks them (a new store, or one of schema 1:
+    those are filled from the records), and mark it with this schema. Under the store's lock."""
+    cols = {row[1] for row in cache._sql("PRAGMA table_info(Cache)").fetchall()}
+    missing = [(name, kind) for name, kind in SUMMARY_COLUMNS if name not in cols]
+    if not missing and cache.get("nbtasks:schema") == SCHEMA:
+        return
+    with cache.transact(retry=True):
+        for name, kind in missing:
+            cache._sql(f"ALTER TABLE Cache ADD COLUMN {name} {kind}")
+        if missing:
+            cache._sql(_BACKFILL)
+        cache.set("nbtasks:schema", SCHEMA)
 
 
 def _remedy(path: Path) -> str:
@@ -405,6 +451,14 @@ def open_cache(directory: Path, trust: bool, adopt: bool = False) -> diskcache.C
                 cache.close()
                 raise
         _check_private_layout(cache)
+        try:
+            _add_summary_columns(cache)
+        except sqlite3.DatabaseError as exc:
+            cache.close()
+            raise StoreError(
+                f"the store {directory} could not be upgraded to schema {SCHEMA}: "
+                f"{_explain(exc, directory)}"
+            ) from exc
         for name in (DB_NAME + "-wal", DB_NAME + "-shm"):
             with contextlib.suppress(FileNotFoundError, PermissionError):
                 os.chmod(directory / name, 0o600)
@@ -639,25 +693,22 @@ class Store:
 
     # ------------------------------------------------------------------ queries
 
-    def query(
+    def listing(
         self,
-        *,
         status: str | Iterable[str] | None = None,
         name: str | None = None,
-        limit: int | None = None,
         offset: int = 0,
-    ) -> list[dict[str, Any]]:
-        """Committed records, newest first, read as JSON text (nothing unpickled).
+        limit: int | None = None,
+    ) -> list[tuple[Any, ...]]:
+        """Committed tasks, newest first, as rows of ``_LISTING_SQL`` (nothing parsed or unpickled).
 
         By status: one indexed query on diskcache's tag column (private ``_sql``; the layout is
         checked on open). Without: a range scan of the ``t:`` keys, newest first."""
         self.flush()
-        sql, params = self._select("value", status, name)
+        sql, params = self._select(_LISTING_SQL, status, name)
         sql += " LIMIT ? OFFSET ?"
         params += _limits(limit, offset)
-        rows = self._sql(sql, params)
-        with no_gc():
-            return [json.loads(r[0]) for r in rows]
+        return self._sql(sql, params)
 
     def summaries(
         self,
@@ -666,32 +717,10 @@ class Store:
         offset: int = 0,
         limit: int | None = 50,
     ) -> list[dict[str, Any]]:
-        """The fields a dashboard shows, extracted by SQLite's JSON functions (fast)."""
-        self.flush()
-        cols = (
-            "key, json_extract(value, '$.task_name'), tag, json_extract(value, '$.progress'),"
-            " json_extract(value, '$.enqueued_at'), json_extract(value, '$.started_at'),"
-            " json_extract(value, '$.finished_at')"
-        )
-        sql, params = self._select(cols, status, name)
-        sql += " LIMIT ? OFFSET ?"
-        params += _limits(limit, offset)
-        out = []
-        rows = self._sql(sql, params)
+        """The fields a dashboard shows, as dicts (``listing()`` rows, named)."""
+        rows = self.listing(status, name, offset, limit)
         with no_gc():
-            for key, task_name, st, prog, enq, start, fin in rows:
-                out.append(
-                    {
-                        "id": key[2:],
-                        "task_name": task_name,
-                        "status": st,
-                        "progress": json.loads(prog) if prog else None,
-                        "enqueued_at": enq,
-                        "started_at": start,
-                        "finished_at": fin,
-                    }
-                )
-        return out
+            return [summary(row) for row in rows]
 
     def count(self, status: str | Iterable[str] | None = None, name: str | None = None) -> int:
         self.flush()
@@ -710,7 +739,7 @@ class Store:
             sql = f"SELECT {cols} FROM Cache WHERE tag IN ({marks}) AND key >= 't:' AND key < 't;'"
             params += statuses
         if name is not None:
-            sql += " AND json_extract(value, '$.task_name') = ?"
+            sql += " AND nb_name = ?"
             params.append(name)
         if order:
             sql += " ORDER BY key DESC"
@@ -859,10 +888,7 @@ class Store:
                 return 0
             cache = self.cache
             now = time.time()
-            rows = [
-                ("t:" + tid, now, now, live.rec["status"], record_text(live.rec))
-                for tid, live in (*new, *batch.items())
-            ]
+            rows = [record_row(tid, live.rec, now) for tid, live in (*new, *batch.items())]
             try:
                 if not extra and not groups and not cache_keys and len(rows) <= _CHUNKS[0]:
                     # One statement is one transaction in autocommit mode: the common case
@@ -1038,7 +1064,7 @@ class Store:
                 if beat is not None:
                     why += f" (last heartbeat {time.strftime('%H:%M:%S', time.localtime(beat))})"
                 interrupt_record(rec, now, why)
-                self.cache.set(key, json.dumps(rec), tag=rec["status"])
+                _upsert(self.cache._con, [record_row(key[2:], rec, now)])
                 n += 1
         return n
 
@@ -1130,6 +1156,25 @@ class Store:
 STALE: Final = 60.0  # seconds without a heartbeat after which an owner on another host is gone
 
 
+#: What a listing reads of each task: ``(key, status, name, enqueued_at, started_at,
+#: finished_at, progress JSON)``.
+_LISTING_SQL: Final = "key, tag, nb_name, nb_enqueued, nb_started, nb_finished, nb_progress"
+
+
+def summary(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A ``listing()`` row as the record fields it holds (a partial record)."""
+    key, status, name, enqueued, started, finished, progress = row
+    return {
+        "id": key[2:],
+        "task_name": name,
+        "status": status,
+        "progress": None if progress is None else json.loads(progress),
+        "enqueued_at": enqueued,
+        "started_at": started,
+        "finished_at": finished,
+    }
+
+
 def owner_gone(rec: dict[str, Any], now: float) -> bool:
     """On this host: its pid is dead or reused. On another (where pids say nothing): the record
     carries heartbeats (a worker process writes one every few seconds) and the last is stale."""
@@ -1149,8 +1194,8 @@ _c_encoder: Final = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
 )
 
 
-def _strict_json(rec: dict[str, Any]) -> str:
-    return "".join(_c_encoder(rec, 0))
+def _strict_json(value: dict[str, Any] | list[Any]) -> str:
+    return "".join(_c_encoder(value, 0))
 
 
 def record_text(rec: dict[str, Any]) -> str:
@@ -1164,6 +1209,28 @@ def record_text(rec: dict[str, Any]) -> str:
         if clean.get("progress") != rec.get("progress"):
             clean["progress"] = None
         return _strict_json(clean)
+
+
+def record_row(task_id: str, rec: dict[str, Any], now: float) -> tuple[Any, ...]:
+    """The values ``_UPSERT`` writes for one record: diskcache's columns, then the listing's."""
+    progress = rec.get("progress")
+    if progress is not None:
+        try:
+            progress = _strict_json(progress)
+        except ValueError:  # NaN or Infinity: stored as no progress, as in the record
+            progress = None
+    return (
+        "t:" + task_id,
+        now,
+        now,
+        rec["status"],
+        record_text(rec),
+        rec.get("task_name"),
+        rec.get("enqueued_at"),
+        rec.get("started_at"),
+        rec.get("finished_at"),
+        progress,
+    )
 
 
 def _finite(value: Any) -> Any:

@@ -310,3 +310,32 @@ def test_global_names_include_nested_code() -> None:
 
     names = _codec._global_names(outer.__code__)
     assert "os" in names and "len" in names
+
+
+_CELL = """
+def outer(x):
+    def inner(y):
+        return 1 / y
+    return inner(x)
+"""
+
+
+def test_a_pickled_notebook_function_keeps_its_file_name_for_tracebacks() -> None:
+    """Code copied by value keeps its cell's file name, so a worker's traceback names the cell
+    and can show its lines (cloudpickle 3.1.3 alone renames it ``<dynamic-code>``)."""
+    import pickle
+    import traceback
+
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(_CELL, "/tmp/ipykernel_1/cell-7.py", "exec"), namespace)
+    # In a fresh process the copy is what runs; unpickling here gives the same objects.
+    copy = pickle.loads(_codec.dumps(namespace["outer"]))
+    assert copy.__code__.co_filename == "/tmp/ipykernel_1/cell-7.py"
+    with pytest.raises(ZeroDivisionError) as info:
+        copy(0)
+    frames = traceback.extract_tb(info.value.__traceback__)
+    assert [(f.filename, f.name) for f in frames[-2:]] == [
+        ("/tmp/ipykernel_1/cell-7.py", "outer"),
+        ("/tmp/ipykernel_1/cell-7.py", "inner"),
+    ]
+    assert copy(4) == 0.25

@@ -75,7 +75,9 @@ def test_every_field_of_a_successful_result(lab: nbtasks.App, reader: nbtasks.Ap
     r = fields.delay(1, y=2)
     r.wait(10)
     wait_until(lambda: reader.result(r.id).is_finished)
-    for res in (r, reader.result(r.id)):
+    # A listing's handles hold only what it shows; every other field loads on first read.
+    listed = (reader.results(task_name="demo.fields")[0], lab.results(status="SUCCESSFUL")[0])
+    for res in (r, reader.result(r.id), *listed):
         assert isinstance(res.id, str) and res.id == r.id
         assert res.task_name == "demo.fields"
         assert res.status is TaskStatus.SUCCESSFUL
@@ -110,17 +112,22 @@ def test_fields_of_a_failed_result(app: nbtasks.App) -> None:
     def fails() -> None:
         raise Custom("custom message")
 
-    r = fails.delay()
-    r.wait(10)
-    assert r.status is TaskStatus.FAILED
-    assert r.state == "FAILED"
-    assert len(r.errors) == 2 == r.attempts == len(r.worker_ids)
-    for err in r.errors:
-        assert isinstance(err, nbtasks.TaskError)
-        assert err.exception_class_path == f"{__name__}.Custom"
-        assert err.exception_class is Custom
-        assert "custom message" in err.traceback and "Traceback" in err.traceback
-    assert r.finished_at is not None
+    submitted = fails.delay()
+    submitted.wait(10)
+    (listed,) = app.results(status="FAILED")
+    for r in (submitted, listed):
+        assert r.status is TaskStatus.FAILED
+        assert r.state == "FAILED"
+        assert len(r.errors) == 2 == r.attempts == len(r.worker_ids)
+        for err in r.errors:
+            assert isinstance(err, nbtasks.TaskError)
+            assert err.exception_class_path == f"{__name__}.Custom"
+            assert err.exception_class is Custom
+            assert "custom message" in err.traceback and "Traceback" in err.traceback
+        assert r.finished_at is not None
+        with pytest.raises(nbtasks.TaskFailed, match="custom message") as info:
+            r.get()
+        assert isinstance(info.value.__cause__, Custom)
 
 
 def test_fields_before_it_runs(app: nbtasks.App) -> None:

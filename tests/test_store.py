@@ -493,6 +493,10 @@ def test_dead_owner_sweep_interrupts_ready_and_running(
     # Stored, not only computed: a raw read of the records says so too.
     recs = {k[2:]: json.loads(v) for k, _, v, _ in _records(store_path) if k.startswith("t:")}
     assert recs[running_id]["status"] == recs[ready_id]["status"] == "INTERRUPTED"
+    cols = _listing_columns(store_path)  # the listing columns were rewritten with the records
+    for tid in (running_id, ready_id):
+        assert _as_stored(cols[tid]) == _expected_columns(recs[tid])
+        assert cols[tid][4] is not None  # finished_at
     assert [r.id for r in reader.results(status="INTERRUPTED")] == [ready_id, running_id]
 
 
@@ -690,6 +694,112 @@ def test_diskcache_layout(app: nbtasks.App, store_path: Path) -> None:
     assert app.store.count() == 2
     assert app.store.count(status="FAILED") == 1
     assert [s["id"] for s in app.store.summaries()] == [failed.id, ok.id]
+
+
+def _listing_columns(path: Path) -> dict[str, tuple[Any, ...]]:
+    """Task id -> (status tag, name, enqueued, started, finished, progress) as stored in the
+    listing columns, read with plain sqlite; and the records beside them."""
+    import sqlite3
+
+    con = sqlite3.connect(path / "cache.db")
+    try:
+        rows = con.execute(
+            "SELECT key, tag, nb_name, nb_enqueued, nb_started, nb_finished, nb_progress"
+            " FROM Cache WHERE key >= 't:' AND key < 't;'"
+        ).fetchall()
+    finally:
+        con.close()
+    return {key[2:]: tuple(rest) for key, *rest in rows}
+
+
+def _expected_columns(rec: dict[str, Any]) -> tuple[Any, ...]:
+    prog = rec.get("progress")
+    return (
+        rec["status"],
+        rec["task_name"],
+        rec["enqueued_at"],
+        rec.get("started_at"),
+        rec.get("finished_at"),
+        None if prog is None else prog,
+    )
+
+
+def _as_stored(cols: tuple[Any, ...]) -> tuple[Any, ...]:
+    *rest, prog = cols
+    return (*rest, None if prog is None else json.loads(prog))
+
+
+def test_listing_columns_mirror_every_record(app: nbtasks.App, store_path: Path) -> None:
+    """Listings read name, times and progress from nbtasks' columns, not the JSON: they must
+    say what the record says after every kind of write (submit, progress, end, failure)."""
+    gate = threading.Event()
+
+    @app.task(name="cols.step")
+    def step(ctx: nbtasks.Context, n: int) -> int:
+        ctx.progress(n, total=10, message=f"at {n}")
+        gate.wait(10)
+        return n
+
+    @app.task(name="cols.bad")
+    def bad() -> None:
+        raise ValueError("no")
+
+    running = step.delay(3)
+    wait_until(lambda: committed(app, running.id).get("progress") is not None)
+    failed = bad.delay()
+    failed.wait(10)
+    app.store.flush()
+    cols = _listing_columns(store_path)
+    for r in (running, failed):
+        assert _as_stored(cols[r.id]) == _expected_columns(committed(app, r.id))
+    assert _as_stored(cols[running.id])[5] == [3, 10, "at 3", None]
+    assert cols[running.id][4] is None  # not finished yet
+    gate.set()
+    running.wait(10)
+    app.store.flush()
+    cols = _listing_columns(store_path)
+    done = committed(app, running.id)
+    assert _as_stored(cols[running.id]) == _expected_columns(done)
+    assert cols[running.id][:2] == ("SUCCESSFUL", "cols.step") and cols[running.id][4] > 0
+    # What the public listing shows comes from there.
+    (listed,) = app.results(task_name="cols.step")
+    assert listed.status is TaskStatus.SUCCESSFUL and listed.progress is not None
+    assert listed.finished_at is not None
+    assert listed.finished_at.timestamp() == pytest.approx(done["finished_at"])
+
+
+def test_a_schema_1_store_gains_the_listing_columns_when_opened(
+    store_path: Path, make_app: AppFactory
+) -> None:
+    """A store written before the listing columns existed (schema 1): opening it adds them,
+    fills them from the records, and marks it schema 2; nothing is lost."""
+    import sqlite3
+
+    old = make_app()
+
+    @old.task(name="old.square")
+    def square(ctx: nbtasks.Context, x: int) -> int:
+        ctx.progress(x, total=x)
+        return x * x
+
+    ids = [r.id for r in square.map(range(1, 6)).wait(10)]
+    old.shutdown()
+    con = sqlite3.connect(store_path / "cache.db")
+    with con:
+        for name, _ in _store.SUMMARY_COLUMNS:
+            con.execute(f"ALTER TABLE Cache DROP COLUMN {name}")
+        con.execute("UPDATE Cache SET value = 1 WHERE key = 'nbtasks:schema'")
+    con.close()
+
+    app = make_app()
+    assert app.store.cache.get("nbtasks:schema") == _store.SCHEMA == 2
+    cols = _listing_columns(store_path)
+    for tid in ids:
+        assert _as_stored(cols[tid]) == _expected_columns(committed(app, tid))
+    listed = app.results(task_name="old.square")
+    assert sorted(r.id for r in listed) == sorted(ids)
+    assert sorted(r.get() for r in listed) == [1, 4, 9, 16, 25]
+    assert all(r.progress is not None and r.progress.fraction == 1.0 for r in listed)
 
 
 def test_layout_check_fails_loudly_when_a_column_is_missing() -> None:

@@ -889,7 +889,7 @@ def _describe(result: Any) -> tuple[Any, ...]:
     members = getattr(result, "results", None)
     if members is not None:
         return ("g", result.id, [_describe(r) for r in members])
-    return ("r", result.id, dict(result._rec), result.cached)
+    return ("r", result.id, dict(result._full), result.cached)
 
 
 def _pickled_error(exc: Exception) -> tuple[bytes, str]:
