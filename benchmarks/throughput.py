@@ -18,6 +18,10 @@ every ratio is taken against the bare pool measured in the same run):
 - joblib ``Parallel(n_jobs=2, backend="threading")``, N=20,000;
 - dask ``Client(processes=False)`` (1 worker x 2 threads), ``client.map`` + ``gather``, N=2,000.
 
+Each peer with threads of its own (huey's consumer, dask's client) is started before its
+measurement and stopped after it, in every run, so that its polling never runs beside another
+variant's (start-up and stop are not timed).
+
 Targets (issue 2): ``map`` ≤ 6x the bare pool's per-task cost and ≥ 10x SqliteHuey's tasks/s;
 the ``delay`` loop ≤ 12x the bare pool's per-task cost.
 """
@@ -258,56 +262,41 @@ def body(rep: Report) -> None:
             f"  {dt / n * 1e6:8.1f} µs/task"
         )
 
-    huey_b = dask_b = None
-    with tempdir("huey-bench-") as hdir:
-        if not args.no_peers:
-            try:
-                huey_b = HueyBench(str(hdir / "huey.db"))
-            except Exception:
-                errors.append("huey set-up:\n" + traceback.format_exc())
-            try:
-                dask_b = DaskBench()
-                rep.line(
-                    f"dask Client(processes=False) started in {dask_b.start_s:.2f} s"
-                    " (not in any figure)"
-                )
-            except Exception:
-                errors.append("dask set-up:\n" + traceback.format_exc())
+    def with_peer(name: str, n: int, make: Callable[[], Any]) -> None:
+        """Start a peer, measure it, stop it: its threads (huey's polling consumer, dask's
+        event loop and worker) never run beside another variant's measurement."""
         try:
-            for run in range(1, args.runs + 1):
-                rep.line(f"run {run}:")
-                record("TPE(2) submit+result", N_MAP, lambda: bench_tpe(N_MAP))
-                if nbtasks is not None:
-                    res: dict[str, tuple[float, float]] = {}
-                    for mode, label, n in (("map", "map", N_MAP), ("delay", "delay loop", N_DELAY)):
-                        record(
-                            f"nbtasks {label}, store flushed",
-                            n,
-                            functools.partial(nbtasks_flushed, nbtasks, n, mode, res),
-                        )
-                        if mode in res:
-                            times.setdefault(f"nbtasks {label}, results back", []).append(
-                                (res[mode][0], n)
-                            )
-                if not args.no_peers:
-                    record(
-                        "joblib Parallel(2, threading)", N_JOBLIB, lambda: bench_joblib(N_JOBLIB)
-                    )
-                    if huey_b is not None:
-                        record(
-                            "huey SqliteHuey, 2-thread consumer", N_HUEY, lambda: huey_b.run(N_HUEY)
-                        )
-                    if dask_b is not None:
-                        record(
-                            "dask Client(processes=False) map+gather",
-                            N_DASK,
-                            lambda: dask_b.run(N_DASK),
-                        )
+            peer = make()
+        except Exception:
+            errors.append(f"{name} set-up:\n" + traceback.format_exc())
+            rep.line(f"  {name}: FAILED to start (traceback at the end)")
+            return
+        try:
+            record(name, n, lambda: peer.run(n))
         finally:
-            if huey_b is not None:
-                huey_b.close()
-            if dask_b is not None:
-                dask_b.close()
+            peer.close()
+
+    with tempdir("huey-bench-") as hdir:
+        for run in range(1, args.runs + 1):
+            rep.line(f"run {run}:")
+            record("TPE(2) submit+result", N_MAP, lambda: bench_tpe(N_MAP))
+            if nbtasks is not None:
+                res: dict[str, tuple[float, float]] = {}
+                for mode, label, n in (("map", "map", N_MAP), ("delay", "delay loop", N_DELAY)):
+                    record(
+                        f"nbtasks {label}, store flushed",
+                        n,
+                        functools.partial(nbtasks_flushed, nbtasks, n, mode, res),
+                    )
+                    if mode in res:
+                        times.setdefault(f"nbtasks {label}, results back", []).append(
+                            (res[mode][0], n)
+                        )
+            if not args.no_peers:
+                record("joblib Parallel(2, threading)", N_JOBLIB, lambda: bench_joblib(N_JOBLIB))
+                path = str(hdir / f"huey-{run}.db")
+                with_peer("huey SqliteHuey, 2-thread consumer", N_HUEY, lambda p=path: HueyBench(p))
+                with_peer("dask Client(processes=False) map+gather", N_DASK, DaskBench)
     rep.line()
 
     def per_task(name: str) -> list[float]:

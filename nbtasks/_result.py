@@ -72,13 +72,16 @@ class TaskResult:
         rec = summary(row)
         self._app = app
         self.id = rec["id"]
-        self._live = None
-        self.cached = False
-        self._parent = None
-        self._value = self._args = self._kwargs = MISSING
         self._rec = rec
         self._partial = True
-        return self
+        return self  # the other attributes: the class defaults below, until first set
+
+    _live: Live | None = None
+    cached: bool = False
+    _parent: TaskResult | GroupResult | None = None
+    _value: Any = MISSING
+    _args: Any = MISSING
+    _kwargs: Any = MISSING
 
     # ------------------------------------------------------------------ loading
 
