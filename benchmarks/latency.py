@@ -71,6 +71,15 @@ _INSERT = (
 )
 
 
+def then_pool(ex: ThreadPoolExecutor, t0: float) -> tuple[float, float, float]:
+    """A floor sample's second half: submit to the bare pool, as sample_tpe does."""
+    f = ex.submit(now)
+    ts = time.perf_counter()
+    started = f.result()
+    t1 = time.perf_counter()
+    return started - t0, t1 - t0, ts - t0
+
+
 class Floor:
     """One READY commit (a ~330-byte JSON record, into a diskcache store opened with nbtasks'
     settings) then ``ThreadPoolExecutor.submit``: what any design that commits the record
@@ -114,11 +123,7 @@ class Floor:
         key = f"t:{self.n:026d}"
         rec = dict(self.rec, id=key[2:], enqueued_at=time.time())
         self.con.execute(_INSERT, (key, rec["enqueued_at"], rec["enqueued_at"], self.dumps(rec)))
-        f = self.ex.submit(now)
-        ts = time.perf_counter()
-        started = f.result()
-        t1 = time.perf_counter()
-        return started - t0, t1 - t0, ts - t0
+        return then_pool(self.ex, t0)
 
     def close(self) -> None:
         self.con.close()
@@ -145,11 +150,7 @@ class MinimalFloor:
         t0 = time.perf_counter()
         self.n += 1
         self.con.execute("INSERT INTO t VALUES (?, 'READY')", (f"{self.n:026d}",))
-        f = self.ex.submit(now)
-        ts = time.perf_counter()
-        started = f.result()
-        t1 = time.perf_counter()
-        return started - t0, t1 - t0, ts - t0
+        return then_pool(self.ex, t0)
 
     def close(self) -> None:
         self.con.close()
