@@ -55,9 +55,6 @@ class TaskResult:
         self._live = live
         self.cached = cached
         self._parent = parent
-        self._value: Any = MISSING
-        self._args: Any = MISSING
-        self._kwargs: Any = MISSING
         self._rec: dict[str, Any] = dict(rec) if rec is not None else {}
         self._partial = False  # _rec holds only a listing's fields (see _listed)
         if rec is None:
@@ -74,8 +71,9 @@ class TaskResult:
         self.id = rec["id"]
         self._rec = rec
         self._partial = True
-        return self  # the other attributes: the class defaults below, until first set
+        return self
 
+    # Defaults until set: a listed handle sets none of these, __init__ only the first three.
     _live: Live | None = None
     cached: bool = False
     _parent: TaskResult | GroupResult | None = None

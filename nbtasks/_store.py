@@ -341,9 +341,9 @@ _LAYOUT: Final = {
 }
 
 
-def _check_private_layout(cache: diskcache.Cache) -> None:
+def _check_private_layout(cache: diskcache.Cache) -> set[str]:
     """Records are written and queried in diskcache's ``Cache`` table directly (``_sql``):
-    fail loudly if its layout changed."""
+    fail loudly if its layout changed. Returns the table's columns."""
     cols = {row[1] for row in cache._sql("PRAGMA table_info(Cache)").fetchall()}
     need = _LAYOUT
     if not need <= cols:
@@ -351,14 +351,14 @@ def _check_private_layout(cache: diskcache.Cache) -> None:
             f"diskcache {diskcache.__version__} changed its table layout (has {sorted(cols)}); "
             "nbtasks needs diskcache 5.6.x: pip install 'diskcache>=5.6,<5.7'"
         )
+    return cols
 
 
-def _add_summary_columns(cache: diskcache.Cache) -> None:
+def _add_summary_columns(cache: diskcache.Cache, cols: set[str], schema: Any) -> None:
     """Give a store the listing columns if it lacks them (a new store, or one of schema 1:
     those are filled from the records), and mark it with this schema. Under the store's lock."""
-    cols = {row[1] for row in cache._sql("PRAGMA table_info(Cache)").fetchall()}
     missing = [(name, kind) for name, kind in SUMMARY_COLUMNS if name not in cols]
-    if not missing and cache.get("nbtasks:schema") == SCHEMA:
+    if not missing and schema == SCHEMA:
         return
     with cache.transact(retry=True):
         for name, kind in missing:
@@ -450,9 +450,9 @@ def open_cache(directory: Path, trust: bool, adopt: bool = False) -> diskcache.C
             except StoreError:
                 cache.close()
                 raise
-        _check_private_layout(cache)
+        cols = _check_private_layout(cache)
         try:
-            _add_summary_columns(cache)
+            _add_summary_columns(cache, cols, SCHEMA if fresh else schema)
         except sqlite3.DatabaseError as exc:
             cache.close()
             raise StoreError(
