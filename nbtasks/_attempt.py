@@ -132,13 +132,13 @@ class Attempt:
                 claimed = True
         if not claimed:
             self.runtime.finished(job)
+            self._release()
             return False
         start = clock.monotonic()
         if job.options.timeout is not None:
             self.deadline = start + job.options.timeout
         if job.options.soft_timeout is not None:
             self.soft_deadline = start + job.options.soft_timeout
-        live.ctx = self.ctx
         self.store.active[live.id] = self.ctx
         install_capture()
         install_tqdm_bridge()
@@ -163,6 +163,7 @@ class Attempt:
             self._leave_user_code()
             _current.reset(token)
         self.end(value, error)
+        del error  # its traceback holds this frame: no reference cycle through it
 
     def _leave_user_code(self) -> None:
         """Stop soft time limits from landing here: under the lock the tick posts them with,
@@ -195,6 +196,7 @@ class Attempt:
         finally:
             _current.reset(token)
         self.end(value, error)
+        del error  # its traceback holds this frame: no reference cycle through it
 
     def _call(self) -> Any:
         job = self.job
@@ -241,6 +243,16 @@ class Attempt:
             store.change(live, status, **fields)
         self._hooks(status, value, error, einfo)
         self.runtime.finished(job)
+        self._release()
+
+    def _release(self) -> None:
+        """The attempt is over: break its reference cycles (job <-> attempt <-> context) so
+        that reference counting frees a finished task's objects at once. Left to the cyclic
+        collector, every finished task of a big ``map`` stayed alive until a full collection,
+        and those collections walked all of them again and again."""
+        if self.job.attempt is self:
+            self.job.attempt = None
+        self.ctx._attempt = None
 
     def _encode_rv(self, value: Any) -> dict[str, Any]:
         try:
@@ -299,6 +311,7 @@ class Attempt:
         self.request.retries = n + 1
         self._hook("on_retry", cause, job.id, list(job.args), job.kwargs, einfo)
         self.runtime.schedule(job, delay)
+        self._release()
 
     # ------------------------------------------------------------------ hooks
 

@@ -44,7 +44,7 @@ class Context:
     """
 
     def __init__(self, attempt: Attempt) -> None:
-        self._attempt = attempt
+        self._attempt: Attempt | None = attempt  # None once the attempt is over
         self.request: Request = attempt.request
         self._cur: float | None = None
         self._total: float | None = None
@@ -141,7 +141,7 @@ class Context:
         """Merge keys into the stored metadata and commit them now (Mognet)."""
         for key, value in values.items():
             check_json(value, f"set_metadata({key}=...)")
-        self._attempt.merge_metadata(values, flush=True)
+        self._running("set_metadata").merge_metadata(values, flush=True)
 
     async def aset_metadata(self, **values: Any) -> None:
         """``set_metadata`` without blocking the event loop."""
@@ -149,7 +149,7 @@ class Context:
             check_json(value, f"aset_metadata({key}=...)")
         import asyncio  # here: a worker process imports this module without asyncio (~20 ms)
 
-        await asyncio.to_thread(self._attempt.merge_metadata, values, True)
+        await asyncio.to_thread(self._running("aset_metadata").merge_metadata, values, True)
 
     def update_state(self, state: str | None = None, meta: Any = None) -> None:
         """Celery's update_state: sets ``TaskResult.state`` and ``.result`` while running (meta
@@ -157,7 +157,7 @@ class Context:
         if state is not None and not isinstance(state, str):
             raise TypeError(f"update_state(state={state!r}) must be a str")
         check_json(meta, "update_state(meta=...)")
-        self._attempt.update_state(state, meta)
+        self._running("update_state").update_state(state, meta)
 
     def retry(
         self,
@@ -166,7 +166,16 @@ class Context:
         max_retries: int | None = None,
     ) -> Retry:
         """Ask for another attempt (Celery): raises ``Retry``; write ``raise ctx.retry(...)``."""
-        raise self._attempt.make_retry(exc, countdown, max_retries)
+        raise self._running("retry").make_retry(exc, countdown, max_retries)
+
+    def _running(self, call: str) -> Attempt:
+        attempt = self._attempt
+        if attempt is None:
+            raise RuntimeError(
+                f"{call}() was called on the Context of task {self.request.task_name}"
+                f"[{self.request.id}] after that attempt ended; call it while the task runs"
+            )
+        return attempt
 
     # ------------------------------------------------------------------ output
 
@@ -208,7 +217,9 @@ class Context:
         return fields
 
     def _tick(self) -> None:
-        self._attempt.tick(self)
+        attempt = self._attempt
+        if attempt is not None:  # the writer's tick may come just after the attempt ended
+            attempt.tick(self)
 
 
 def _number(value: Any, name: str) -> float:

@@ -531,7 +531,7 @@ class Live:
     """A task in the owner's memory: its record (the truth this process reads first), the
     in-memory values (arguments, return value) and the waiters to wake when it ends."""
 
-    __slots__ = ("_done", "args", "callbacks", "ctx", "id", "kwargs", "rec", "value")
+    __slots__ = ("_done", "args", "callbacks", "id", "kwargs", "rec", "value")
 
     def __init__(self, rec: dict[str, Any], args: Any = MISSING, kwargs: Any = MISSING) -> None:
         self.id: str = rec["id"]
@@ -539,7 +539,6 @@ class Live:
         self.args = args
         self.kwargs = kwargs
         self.value: Any = MISSING
-        self.ctx: Any = None
         self._done: threading.Event | None = None
         self.callbacks: list[Callable[[Live], None]] = []
 

@@ -7,6 +7,7 @@ retries and backoff, soft and hard time limits, output capture, the tqdm bridge.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import sys
@@ -21,7 +22,7 @@ import pytest
 from helpers import committed, run_python, wait_until
 
 import nbtasks
-from nbtasks import TaskStatus
+from nbtasks import Context, TaskStatus
 
 AppFactory = Callable[..., nbtasks.App]
 
@@ -880,3 +881,67 @@ def test_late_soft_timeout_never_escapes_into_the_worker(
         assert nxt.get(1) == "next"
     finally:
         assert escaped == []
+
+
+# --------------------------------------------------------------------------- after the end
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_a_finished_task_leaves_no_reference_cycles(app: nbtasks.App, kind: str) -> None:
+    """Reference counting frees a finished task's objects (its Job, Attempt, Context and
+    Live): left to the cyclic collector, a big map's finished tasks were walked over and
+    over by full collections while the map ran."""
+    from nbtasks._attempt import Attempt, Job
+    from nbtasks._store import Live
+
+    ok = _declare(app, kind, _works)
+    bad = _declare(app, kind, _fails)
+
+    def once_more(ctx: nbtasks.Context, x: int) -> int:
+        if not ctx.request.retries:
+            _fails(ctx, x)
+        return x
+
+    where = "inline" if kind == "inline" else "thread"
+    flaky = app.task(once_more, name=f"{kind}.once_more", executor=where, retries=1)
+    gc.collect()
+    gc.disable()
+    try:
+        results = [*ok.map(range(20)).results, bad.delay(1), flaky.delay(2)]
+        for r in results:
+            r.wait(10)
+        assert [r.status for r in results[-2:]] == [TaskStatus.FAILED, TaskStatus.SUCCESSFUL]
+        app.store.flush()
+        del results, r
+        gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds unreachable is kept, to show
+        gc.collect()
+        left = [
+            type(o).__name__ for o in gc.garbage if isinstance(o, Attempt | Context | Job | Live)
+        ]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []
+
+
+def test_the_context_of_an_ended_attempt_refuses_changes(app: nbtasks.App) -> None:
+    kept: list[nbtasks.Context] = []
+
+    @app.task
+    def keeps(ctx: nbtasks.Context) -> int:
+        kept.append(ctx)
+        return 1
+
+    r = keeps.delay()
+    assert r.get(10) == 1
+    ctx = kept[0]
+    for call in (
+        lambda: ctx.set_metadata(late=True),
+        lambda: ctx.update_state(state="LATE"),
+        lambda: ctx.retry(),
+    ):
+        with pytest.raises(RuntimeError, match=r"after that attempt ended; call it while"):
+            call()
+    r.refresh()
+    assert r.metadata == {} and r.state == "SUCCESSFUL"
