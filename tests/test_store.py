@@ -802,6 +802,53 @@ def test_a_schema_1_store_gains_the_listing_columns_when_opened(
     assert all(r.progress is not None and r.progress.fraction == 1.0 for r in listed)
 
 
+def _expire_index(store_path: Path) -> str:
+    import sqlite3
+
+    con = sqlite3.connect(store_path / "cache.db")
+    try:
+        row = con.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'Cache_expire_time'"
+        ).fetchone()
+    finally:
+        con.close()
+    assert row is not None
+    return str(row[0])
+
+
+def test_the_expiry_index_holds_only_rows_that_expire(
+    store_path: Path, make_app: AppFactory
+) -> None:
+    """nbtasks never sets an expiry: diskcache's index of expiry times is partial, so a commit
+    writes no page of it; a store with diskcache's full index gets the partial one when opened
+    (nothing lost), and diskcache's own expiry still finds what does expire."""
+    import sqlite3
+
+    app = make_app()
+    assert _expire_index(store_path).endswith("WHERE expire_time IS NOT NULL")
+
+    @app.task(name="expiry.double")
+    def double(x: int) -> int:
+        return 2 * x
+
+    ids = [r.id for r in double.map(range(5)).wait(10)]
+    app.shutdown()
+    con = sqlite3.connect(store_path / "cache.db")
+    with con:
+        con.execute("DROP INDEX Cache_expire_time")
+        con.execute("CREATE INDEX Cache_expire_time ON Cache (expire_time)")  # diskcache's
+    con.close()
+
+    again = make_app()
+    assert _expire_index(store_path).endswith("WHERE expire_time IS NOT NULL")
+    assert sorted(again.result(i).get() for i in ids) == [0, 2, 4, 6, 8]
+    cache = again.store.cache
+    cache.set("side", "gone soon", expire=0.01)
+    time.sleep(0.05)
+    assert cache.expire() == 1 and "side" not in cache
+    assert len(again.results(task_name="expiry.double")) == 5
+
+
 def test_layout_check_fails_loudly_when_a_column_is_missing() -> None:
     class Rows:
         def fetchall(self) -> list[tuple[int, str]]:
