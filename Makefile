@@ -34,8 +34,8 @@ bench: $(VENV)/.test
 	for b in throughput latency progress store processes dask_executor soak; do $(PY) benchmarks/$$b.py || exit 1; done
 
 lint: $(VENV)/.test
-	$(VENV)/bin/ruff check nbtasks tests benchmarks
-	$(VENV)/bin/ruff format --check nbtasks tests benchmarks
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy nbtasks
 
 clean:

@@ -30,7 +30,7 @@ from ._model import (
     aggregate_progress,
     to_datetime,
 )
-from ._store import Live, owner_alive, summary
+from ._store import Live, owner_alive, parse_record, summary
 
 if TYPE_CHECKING:
     from ._app import App
@@ -56,7 +56,7 @@ class TaskResult:
         self.cached = cached
         self._parent = parent
         self._rec: dict[str, Any] = dict(rec) if rec is not None else {}
-        self._partial = False  # _rec holds only a listing's fields (see _listed)
+        self._partial = False  # _rec holds only a listing's fields (see _listed, refresh)
         if rec is None:
             self.refresh()
 
@@ -75,6 +75,7 @@ class TaskResult:
 
     # Defaults until set: a listed handle sets none of these, __init__ only the first three.
     _live: Live | None = None
+    _text: str | None = None  # a finished record's text, not parsed yet (see refresh)
     cached: bool = False
     _parent: TaskResult | GroupResult | None = None
     _value: Any = MISSING
@@ -95,22 +96,30 @@ class TaskResult:
         if live is not None:
             self._live = live
             self._rec = dict(live.rec)
-            self._partial = False
+            self._text, self._partial = None, False
         else:
-            self._rec = self._app._store.read_record(self.id)
-            if self._rec["status"] in ("READY", "RUNNING") and not owner_alive(
-                self._rec.get("owner")
-            ):
-                self._app._store.sweep()
-                self._rec = self._app._store.read_record(self.id)
-            self._partial = False
+            store = self._app._store
+            fields, text = store.read_listed(self.id)
+            if fields["status"] in _FINISHED_NAMES:
+                # The listing fields now; the record's text is parsed when it is wanted.
+                self._rec, self._text, self._partial = fields, text, True
+                return self
+            rec = parse_record(text)
+            if not owner_alive(rec.get("owner")):
+                store.sweep()
+                rec = store.read_record(self.id)
+            self._rec, self._text, self._partial = rec, None, False
         return self
 
     @property
     def _full(self) -> dict[str, Any]:
-        """The whole record (loaded now if this handle came from a listing)."""
+        """The whole record: parsed now from the text read with the listing fields, or read
+        now if this handle came from a listing."""
         if self._partial:
-            self.refresh()
+            if self._text is None:
+                self.refresh()
+            if self._text is not None:
+                self._rec, self._text, self._partial = parse_record(self._text), None, False
         return self._rec
 
     async def arefresh(self) -> TaskResult:

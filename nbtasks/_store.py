@@ -45,7 +45,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -296,6 +296,20 @@ _EXPIRE_INDEX: Final = (
     "CREATE INDEX Cache_expire_time ON Cache(expire_time) WHERE expire_time IS NOT NULL"
 )
 
+#: What a listing reads, as a covering index of the task rows only: the summary of every task
+#: reads this (~9 MB for 100,000 tasks) instead of the table's rows (~80 MB: each holds its
+#: record). ``listing()``'s key-range query names the same range, so SQLite picks it; the
+#: status filters keep diskcache's tag index. Measured: 100,000 rows in a fresh process
+#: 233-286 -> 162-210 ms; a delay loop no slower (272 vs 273 µs/task median), map ~4% slower.
+_LISTING_INDEX: Final = (
+    "CREATE INDEX nb_listing ON Cache("
+    "key, tag, nb_name, nb_enqueued, nb_started, nb_finished, nb_progress"
+    ") WHERE key >= 't:' AND key < 't;'"
+)
+
+#: One entry as ``Cache.get`` reads it, for a str key (diskcache keeps those raw).
+_GET: Final = "SELECT mode, expire_time, value FROM Cache WHERE key = ? AND raw = 1"
+
 #: Task records are written with one statement each, straight into diskcache's table (its own
 #: ``set`` costs ~25 µs more: a SELECT, then INSERT or UPDATE, then a cull check). The row is
 #: what ``Cache.set(key, text, tag=status)`` writes for a str key and a str value (mode RAW),
@@ -366,13 +380,18 @@ def _check_private_layout(cache: diskcache.Cache) -> set[str]:
 def _upgrade_layout(cache: diskcache.Cache, cols: set[str], schema: Any) -> None:
     """Bring the table to this nbtasks' layout, under the store's lock: the listing columns
     (a new store, or one of schema 1: those are filled from the records), the schema mark,
-    and the partial expiry index."""
+    the partial expiry index and the listing index (a store of an older nbtasks gets them
+    here, once; 100,000 tasks: ~0.2 s)."""
     missing = [(name, kind) for name, kind in SUMMARY_COLUMNS if name not in cols]
-    index = cache._sql(
-        "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'Cache_expire_time'"
-    ).fetchone()
-    partial = index is not None and "WHERE" in index[0]
-    if not missing and schema == SCHEMA and partial:
+    indexes = dict(
+        cache._sql(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index'"
+            " AND name IN ('Cache_expire_time', 'nb_listing')"
+        ).fetchall()
+    )
+    partial = "WHERE" in (indexes.get("Cache_expire_time") or "")
+    listed = "nb_listing" in indexes
+    if not missing and schema == SCHEMA and partial and listed:
         return
     with cache.transact(retry=True):
         for name, kind in missing:
@@ -382,6 +401,8 @@ def _upgrade_layout(cache: diskcache.Cache, cols: set[str], schema: Any) -> None
         if not partial:
             cache._sql("DROP INDEX IF EXISTS Cache_expire_time")
             cache._sql(_EXPIRE_INDEX)
+        if not listed:
+            cache._sql(_LISTING_INDEX)
         cache.set("nbtasks:schema", SCHEMA)
 
 
@@ -655,12 +676,34 @@ class Store:
         """The committed record (never the in-memory one)."""
         text = self._get("t:" + task_id)
         if text is None:
-            raise UnknownTaskId(
-                f"no task with id {task_id!r} in the store {self.path}; "
-                "check the id, or open the store the task was submitted to"
-            )
-        rec: dict[str, Any] = json.loads(text)
-        return rec
+            raise self._unknown(task_id)
+        return parse_record(text)
+
+    def read_listed(self, task_id: str) -> tuple[dict[str, Any], str]:
+        """The committed record's listing fields (as ``summary()`` gives them), and its text
+        to parse when any other field is wanted: one query, and no parse for a handle that is
+        only asked its status (~12 µs, against ~20 to read and parse the whole record)."""
+        key = "t:" + task_id
+        try:
+            row = self.cache._sql(_READ_LISTED, (key,)).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"reading {key} from the store {self.path} failed: {_explain(exc, self.path)}"
+            ) from exc
+        if row is None:
+            raise self._unknown(task_id)
+        *fields, mode, expires, text = row
+        if mode != diskcache.core.MODE_RAW or expires is not None:
+            text = self._get(key)  # not what nbtasks writes: Cache.get decides
+            if text is None:
+                raise self._unknown(task_id)
+        return summary(fields), text
+
+    def _unknown(self, task_id: str) -> UnknownTaskId:
+        return UnknownTaskId(
+            f"no task with id {task_id!r} in the store {self.path}; "
+            "check the id, or open the store the task was submitted to"
+        )
 
     def get_group(self, group_id: str) -> dict[str, Any]:
         text = self._get("g:" + group_id)
@@ -680,7 +723,15 @@ class Store:
         return value  # type: ignore[no-any-return]
 
     def _get(self, key: str) -> Any:
+        """One entry by key. What nbtasks writes (text in the row, no expiry) is read with one
+        query (``Cache.get`` costs ~4 µs more, of ~20 for one record); anything else (a value
+        in a file, an expiring or a pickled entry) through ``Cache.get``, which handles it."""
         try:
+            row = self.cache._sql(_GET, (key,)).fetchone()
+            if row is None:
+                return None
+            if row[0] == diskcache.core.MODE_RAW and row[1] is None:
+                return row[2]
             return self.cache.get(key, default=None, retry=True)
         except sqlite3.DatabaseError as exc:
             raise StoreError(
@@ -1177,7 +1228,18 @@ STALE: Final = 60.0  # seconds without a heartbeat after which an owner on anoth
 _LISTING_SQL: Final = "key, tag, nb_name, nb_enqueued, nb_started, nb_finished, nb_progress"
 
 
-def summary(row: tuple[Any, ...]) -> dict[str, Any]:
+#: One task's listing row, then how its record is stored and the record (see ``_GET``).
+_READ_LISTED: Final = (
+    f"SELECT {_LISTING_SQL}, mode, expire_time, value FROM Cache WHERE key = ? AND raw = 1"
+)
+
+
+def parse_record(text: str) -> dict[str, Any]:
+    rec: dict[str, Any] = json.loads(text)
+    return rec
+
+
+def summary(row: Sequence[Any]) -> dict[str, Any]:
     """A ``listing()`` row as the record fields it holds (a partial record)."""
     key, status, name, enqueued, started, finished, progress = row
     return {

@@ -107,6 +107,42 @@ def test_every_field_of_a_successful_result(lab: nbtasks.App, reader: nbtasks.Ap
     assert reader.result(r.id).backend == "lab"  # the App that ran it
 
 
+def test_a_finished_result_from_the_store_parses_its_record_when_first_needed(
+    lab: nbtasks.App, reader: nbtasks.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``app.result(id)`` of a finished task from the store reads the listing's fields and the
+    record's text in one query: the status, name, times and progress need no parse; the first
+    other field parses that same text once (no second read), and every field is as stored."""
+
+    @lab.task(name="demo.lazy", bind=True)
+    def lazy(ctx: nbtasks.Context, x: int) -> int:
+        ctx.set_metadata(seen=x)
+        ctx.progress(1, 2)
+        return x + 1
+
+    r = lazy.delay(41)
+    assert r.get(10) == 42
+    wait_until(lambda: reader.store.read_record(r.id)["status"] == "SUCCESSFUL")
+    stored = reader.store.read_record(r.id)
+    parses: list[str] = []
+    parse = nbtasks._result.parse_record
+    monkeypatch.setattr(nbtasks._result, "parse_record", lambda t: parses.append(t) or parse(t))
+    reads: list[str] = []
+    read = reader.store.read_record
+    monkeypatch.setattr(reader.store, "read_record", lambda i: reads.append(i) or read(i))
+
+    res = reader.result(r.id)
+    assert res.status is TaskStatus.SUCCESSFUL and res.task_name == "demo.lazy"
+    assert res.finished_at is not None and res.started_at is not None
+    assert res.progress is not None and res.progress.fraction == 0.5
+    assert parses == [] and reads == []
+    assert res.metadata == {"seen": 41} and res.return_value == 42
+    assert len(parses) == 1 and reads == []
+    assert res.attempts == 1 and res.worker_ids == stored["worker_ids"]
+    assert len(parses) == 1
+    assert res.refresh()._full == stored and len(parses) == 2
+
+
 def test_fields_of_a_failed_result(app: nbtasks.App) -> None:
     @app.task(retries=1)
     def fails() -> None:

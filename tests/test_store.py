@@ -786,6 +786,7 @@ def test_a_schema_1_store_gains_the_listing_columns_when_opened(
     old.shutdown()
     con = sqlite3.connect(store_path / "cache.db")
     with con:
+        con.execute("DROP INDEX nb_listing")  # schema 1 had neither the columns nor it
         for name, _ in _store.SUMMARY_COLUMNS:
             con.execute(f"ALTER TABLE Cache DROP COLUMN {name}")
         con.execute("UPDATE Cache SET value = 1 WHERE key = 'nbtasks:schema'")
@@ -847,6 +848,49 @@ def test_the_expiry_index_holds_only_rows_that_expire(
     time.sleep(0.05)
     assert cache.expire() == 1 and "side" not in cache
     assert len(again.results(task_name="expiry.double")) == 5
+
+
+def _listing_plan(store_path: Path, app: nbtasks.App) -> str:
+    import sqlite3
+
+    sql, params = app.store._select(_store._LISTING_SQL, None, None)
+    con = sqlite3.connect(store_path / "cache.db")
+    try:
+        return " ".join(r[3] for r in con.execute("EXPLAIN QUERY PLAN " + sql, params))
+    finally:
+        con.close()
+
+
+def test_the_listing_reads_a_covering_index_of_the_task_rows(
+    store_path: Path, make_app: AppFactory
+) -> None:
+    """The summary of every task is read from an index of the listing's columns, not from the
+    table's rows (which hold whole records); a store of an older nbtasks, without the index,
+    gets it when opened, and the listing then reads the same as before."""
+    import sqlite3
+
+    app = make_app()
+
+    @app.task(name="listing.square", bind=True)
+    def square(self: nbtasks.Context, x: int) -> int:
+        self.progress(x, 4)
+        return x * x
+
+    square.map(range(5)).wait(10)
+    assert "COVERING INDEX nb_listing" in _listing_plan(store_path, app)
+    before = [(r.id, r.status, r.task_name, r.finished_at, r.progress) for r in app.results()]
+    app.shutdown()
+    con = sqlite3.connect(store_path / "cache.db")
+    with con:
+        con.execute("DROP INDEX nb_listing")
+    con.close()
+    assert "nb_listing" not in _listing_plan(store_path, app)
+
+    again = make_app()
+    assert "COVERING INDEX nb_listing" in _listing_plan(store_path, again)
+    after = [(r.id, r.status, r.task_name, r.finished_at, r.progress) for r in again.results()]
+    assert after == before and len(after) == 5
+    assert [p.current for *_, p in after if p is not None] == [4, 3, 2, 1, 0]
 
 
 def test_layout_check_fails_loudly_when_a_column_is_missing() -> None:
