@@ -307,8 +307,10 @@ _LISTING_INDEX: Final = (
     ") WHERE key >= 't:' AND key < 't;'"
 )
 
-#: One entry as ``Cache.get`` reads it, for a str key (diskcache keeps those raw).
-_GET: Final = "SELECT mode, expire_time, value FROM Cache WHERE key = ? AND raw = 1"
+#: How an entry is stored, then its value: the last columns of every ``Store._read`` query.
+_STORED: Final = "mode, expire_time, value"
+#: One entry by a str key (diskcache keeps those raw).
+_GET: Final = f"SELECT {_STORED} FROM Cache WHERE key = ? AND raw = 1"
 
 #: Task records are written with one statement each, straight into diskcache's table (its own
 #: ``set`` costs ~25 µs more: a SELECT, then INSERT or UPDATE, then a cull check). The row is
@@ -683,20 +685,10 @@ class Store:
         """The committed record's listing fields (as ``summary()`` gives them), and its text
         to parse when any other field is wanted: one query, and no parse for a handle that is
         only asked its status (~12 µs, against ~20 to read and parse the whole record)."""
-        key = "t:" + task_id
-        try:
-            row = self.cache._sql(_READ_LISTED, (key,)).fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"reading {key} from the store {self.path} failed: {_explain(exc, self.path)}"
-            ) from exc
+        row = self._read(_READ_LISTED, "t:" + task_id)
         if row is None:
             raise self._unknown(task_id)
-        *fields, mode, expires, text = row
-        if mode != diskcache.core.MODE_RAW or expires is not None:
-            text = self._get(key)  # not what nbtasks writes: Cache.get decides
-            if text is None:
-                raise self._unknown(task_id)
+        *fields, text = row
         return summary(fields), text
 
     def _unknown(self, task_id: str) -> UnknownTaskId:
@@ -709,8 +701,7 @@ class Store:
         text = self._get("g:" + group_id)
         if text is None:
             raise UnknownTaskId(f"no group with id {group_id!r} in the store {self.path}")
-        rec: dict[str, Any] = json.loads(text)
-        return rec
+        return parse_record(text)
 
     def get_blob(self, key: str) -> bytes:
         with self._dirty_lock:
@@ -723,16 +714,25 @@ class Store:
         return value  # type: ignore[no-any-return]
 
     def _get(self, key: str) -> Any:
-        """One entry by key. What nbtasks writes (text in the row, no expiry) is read with one
-        query (``Cache.get`` costs ~4 µs more, of ~20 for one record); anything else (a value
-        in a file, an expiring or a pickled entry) through ``Cache.get``, which handles it."""
+        row = self._read(_GET, key)
+        return None if row is None else row[0]
+
+    def _read(self, sql: str, key: str) -> tuple[Any, ...] | None:
+        """The row of ``sql`` (whose last columns are ``_STORED``) for ``key``, ending in the
+        entry's value as ``Cache.get`` gives it; None if there is none. What nbtasks writes (in
+        the row, no expiry) is taken as read: one query, where ``Cache.get`` costs 1-5 µs more
+        (of ~20 for one record); anything else (a value in a file, an expiring or a pickled
+        entry) goes through ``Cache.get``, which decides."""
         try:
-            row = self.cache._sql(_GET, (key,)).fetchone()
+            row = self.cache._sql(sql, (key,)).fetchone()
             if row is None:
                 return None
-            if row[0] == diskcache.core.MODE_RAW and row[1] is None:
-                return row[2]
-            return self.cache.get(key, default=None, retry=True)
+            *head, mode, expires, value = row
+            if mode != diskcache.core.MODE_RAW or expires is not None:
+                value = self.cache.get(key, default=None, retry=True)
+                if value is None:
+                    return None
+            return (*head, value)
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"reading {key} from the store {self.path} failed: {_explain(exc, self.path)}"
@@ -775,7 +775,7 @@ class Store:
         sql, params = self._select(_LISTING_SQL, status, name)
         sql += " LIMIT ? OFFSET ?"
         params += _limits(limit, offset)
-        with no_gc():  # 100,000 row tuples: the collector walked them 261 times (+40%)
+        with no_gc():  # 100,000 row tuples: ~130 collector passes (one full) while fetched
             return self._sql(sql, params)
 
     def summaries(
@@ -1229,10 +1229,8 @@ STALE: Final = 60.0  # seconds without a heartbeat after which an owner on anoth
 _LISTING_SQL: Final = "key, tag, nb_name, nb_enqueued, nb_started, nb_finished, nb_progress"
 
 
-#: One task's listing row, then how its record is stored and the record (see ``_GET``).
-_READ_LISTED: Final = (
-    f"SELECT {_LISTING_SQL}, mode, expire_time, value FROM Cache WHERE key = ? AND raw = 1"
-)
+#: One task's listing row, then how its record is stored and the record (see ``Store._read``).
+_READ_LISTED: Final = f"SELECT {_LISTING_SQL}, {_STORED} FROM Cache WHERE key = ? AND raw = 1"
 
 
 def parse_record(text: str) -> dict[str, Any]:
