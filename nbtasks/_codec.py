@@ -16,7 +16,6 @@ import inspect
 import io
 import json
 import marshal
-import os
 import pickle
 import reprlib
 import textwrap
@@ -24,11 +23,12 @@ import threading
 import traceback
 from collections import ChainMap
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from types import CodeType, FunctionType
 from typing import Any, Final
 
 from ._errors import UntrustedValue
+from ._key import key_path as key_path
+from ._key import load_key
 from ._model import TaskError
 
 _MAC_SIZE: Final = 32
@@ -52,33 +52,6 @@ def cloudpickle() -> Any:
 # --------------------------------------------------------------------------- signing
 
 
-def key_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "nbtasks" / "key"
-
-
-def _load_key() -> bytes:
-    env = os.environ.get("NBTASKS_KEY")
-    if env is not None:
-        if not env:
-            raise ValueError("NBTASKS_KEY is set but empty; unset it or give it a secret string")
-        return env.encode()
-    path = key_path()
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = os.urandom(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first
-        return path.read_bytes()
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
-    return key
-
-
 class Signer:
     """HMAC-SHA256 over pickles; one HMAC object made per key and ``copy()``-ed per use."""
 
@@ -91,7 +64,7 @@ class Signer:
         if self._base is None:
             with self._lock:
                 if self._base is None:
-                    self._base = hmac.new(self._key or _load_key(), digestmod=hashlib.sha256)
+                    self._base = hmac.new(self._key or load_key(), digestmod=hashlib.sha256)
         return self._base.copy()
 
     def digest(self, data: bytes | memoryview) -> bytes:

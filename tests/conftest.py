@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="nbtasks-tests-"))
-os.environ["NBTASKS_KEY"] = "nbtasks-test-suite-key"
+os.environ["NBTASKS_KEY"] = "nbtasks-test-suite-key, at least 32 bytes long"
 os.environ["NBTASKS_STORE"] = str(_SESSION_DIR / "default-store")
 os.environ["XDG_CONFIG_HOME"] = str(_SESSION_DIR / "config")
 

@@ -28,7 +28,7 @@ from nbtasks._codec import Codec, Signer
 from nbtasks._model import TaskStatus
 
 AppFactory = Callable[..., nbtasks.App]
-FOREIGN_KEY = "a colleague's key"
+FOREIGN_KEY = "a colleague's key, at least 32 bytes long"
 NOBODY = 65534
 
 _FOREIGN_WRITER = """

@@ -939,7 +939,7 @@ def test_values_signed_by_another_key_are_untrusted_but_listing_works(
     assert r.get(10) == ((1, 2), (1, 2))
     a.shutdown()
 
-    monkeypatch.setenv("NBTASKS_KEY", "a colleague's key")
+    monkeypatch.setenv("NBTASKS_KEY", "a colleague's key, at least 32 bytes long")
     b = make_app()
     listed = b.results()  # listing reads JSON only: nothing to verify
     assert [x.id for x in listed] == [r.id]
