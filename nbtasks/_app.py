@@ -6,6 +6,7 @@ runtime (``_runtime``: executors, timer, canvas, cancellation) and the task mode
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import weakref
@@ -18,7 +19,7 @@ from ._errors import NbtasksError, UnknownTaskId
 from ._model import FINISHED, SYSTEM_CLOCK, Clock, Request, TaskStatus
 from ._result import GroupResult, TaskResult
 from ._runtime import Runtime, Waiting
-from ._store import Store, new_id, no_gc
+from ._store import LOCK_TIMEOUT, Store, new_id, no_gc
 from ._task import Signature, Task, check_task_options, group, resolve_options
 
 if TYPE_CHECKING:
@@ -33,7 +34,11 @@ class App:
     ``store``: a directory or an open ``diskcache.Cache`` (default: ``$NBTASKS_STORE``, else
     ``./.nbtasks``). ``workers``: threads for thread tasks; ``process_workers``: worker
     processes (default: the number of cores). ``trust=True`` accepts a store written by
-    someone else (its pickles are not verified).
+    someone else (its pickles are not verified). ``lock_timeout``: seconds a call waits for
+    the store's lock (another process creating it, or writing) before ``StoreError`` says it is
+    locked. ``read_only=True`` opens the store for reading only (as ``nbtasks list`` does):
+    nothing is created, locked or written, so a store you can read but not write opens;
+    submitting, cancelling and purging raise ``StoreError``.
     """
 
     def __init__(
@@ -46,6 +51,8 @@ class App:
         trust: bool = False,
         dask: Any = None,
         clock: Clock | None = None,
+        lock_timeout: float = LOCK_TIMEOUT,
+        read_only: bool = False,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty str, got {name!r}")
@@ -56,10 +63,18 @@ class App:
                 raise ValueError(f"{arg} must be an int >= 1, got {value!r}")
         if not isinstance(trust, bool):
             raise TypeError(f"trust must be True or False, got {trust!r}")
+        if not isinstance(read_only, bool):
+            raise TypeError(f"read_only must be True or False, got {read_only!r}")
+        if (
+            isinstance(lock_timeout, bool)
+            or not isinstance(lock_timeout, int | float)
+            or not 0 < lock_timeout < math.inf
+        ):
+            raise ValueError(f"lock_timeout must be a number of seconds > 0, got {lock_timeout!r}")
         if store is None:
             store = os.environ.get("NBTASKS_STORE") or ".nbtasks"
         self.name = name
-        self._store = Store(store, trust=trust)
+        self._store = Store(store, trust=trust, lock_timeout=lock_timeout, read_only=read_only)
         settings = {
             "thread": {"workers": workers},
             # app: the tasks that process tasks submit are this App's (a weak reference)
@@ -147,8 +162,9 @@ class App:
         if task_id is not None:
             self._check_new_id(task_id)
         job = rt.build(task, args, kwargs, opts, extras["metadata"], task_id)
+        fresh = task_id is not None  # checked again, atomically, as the record is written
         if not opts.cache:
-            rt.submit([job])
+            rt.submit([job], fresh_ids=fresh)
             return TaskResult(self, job.id, live=job.live, rec=job.live.rec)
         with self._cache_lock:
             hit_job, hit_id, key = rt.cached(task, job)
@@ -156,7 +172,7 @@ class App:
                 return TaskResult(self, hit_job.id, live=hit_job.live, cached=True)
             if hit_id is not None:
                 return TaskResult(self, hit_id, cached=True)
-            rt.submit([job], cache_keys=[(key, job)])
+            rt.submit([job], cache_keys=[(key, job)], fresh_ids=fresh)
         return TaskResult(self, job.id, live=job.live, rec=job.live.rec)
 
     def _check_new_id(self, task_id: str) -> None:

@@ -77,8 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return run_demo(args.store)
-        # Reading never unpickles, so a store written by someone else is safe to list.
-        app = App(store=args.store, trust=args.command != "purge")
+        # Listing and showing never write (SPEC §10) and never unpickle: a store opened
+        # read-only lists whoever wrote it, even one this user cannot write.
+        app = App(store=args.store, read_only=args.command != "purge")
         if args.command == "list":
             return cmd_list(app, args.status, args.name, args.limit, args.json)
         if args.command == "show":

@@ -30,7 +30,7 @@ from ._model import (
     aggregate_progress,
     to_datetime,
 )
-from ._store import Live, owner_alive, parse_record, summary
+from ._store import Live, damaged, owner_alive, parse_record, summary
 
 if TYPE_CHECKING:
     from ._app import App
@@ -104,7 +104,7 @@ class TaskResult:
                 # The listing fields now; the record's text is parsed when it is wanted.
                 self._rec, self._text, self._partial = fields, text, True
                 return self
-            rec = parse_record(text)
+            rec = parse_record(text, "t:" + self.id, store.path)
             if not owner_alive(rec.get("owner")):
                 store.sweep()
                 rec = store.read_record(self.id)
@@ -119,7 +119,8 @@ class TaskResult:
             if self._text is None:
                 self.refresh()
             if self._text is not None:
-                self._rec, self._text, self._partial = parse_record(self._text), None, False
+                rec = parse_record(self._text, "t:" + self.id, self._app._store.path)
+                self._rec, self._text, self._partial = rec, None, False
         return self._rec
 
     async def arefresh(self) -> TaskResult:
@@ -138,7 +139,10 @@ class TaskResult:
 
     @property
     def status(self) -> TaskStatus:
-        return _STATUS[self._rec["status"]]
+        try:
+            return _STATUS[self._rec["status"]]
+        except KeyError:  # a listing's DAMAGED row: say why, for this record only
+            raise damaged("t:" + self.id, self._app._store.path, self._rec["damaged"]) from None
 
     @property
     def enqueued_at(self) -> datetime | None:

@@ -179,8 +179,11 @@ class Runtime:
         groups: Sequence[dict[str, Any]] = (),
         waiting: Sequence[Waiting] = (),
         cache_keys: Sequence[tuple[str, Job]] = (),
+        *,
+        fresh_ids: bool = False,
     ) -> None:
-        """Commit every READY record in one transaction, then hand the jobs over."""
+        """Commit every READY record in one transaction, then hand the jobs over.
+        ``fresh_ids``: the ids were given by the caller, and must not be in the store yet."""
         if self.closed:
             raise RuntimeError("this App has been shut down; create a new one")
         # The executors exist before anything is stored: one that cannot be made (dask not
@@ -190,7 +193,10 @@ class Runtime:
         for key, job in cache_keys:
             job.live.rec["cache_key"] = key
         self.store.create(
-            [j.live for j in jobs], groups, [(key, job.id) for key, job in cache_keys]
+            [j.live for j in jobs],
+            groups,
+            [(key, job.id) for key, job in cache_keys],
+            fresh_ids=fresh_ids,
         )
         for key, job in cache_keys:
             self.inflight[key] = job

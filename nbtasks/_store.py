@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import gc
 import json
 import logging
@@ -42,8 +41,10 @@ import os
 import random
 import socket
 import sqlite3
+import stat
 import threading
 import time
+import urllib.parse
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -54,11 +55,26 @@ import diskcache
 from ._codec import INLINE_LIMIT, Codec, Signer, _is_plain
 from ._errors import StoreError, UnknownTaskId
 from ._model import FINISHED, MISSING, TaskStatus, check_transition
+from ._storefiles import (
+    DB_NAME,
+    MARKER,
+    O_NOFOLLOW,
+    StoreLock,
+    check_directory,
+    check_own_files,
+    make_value_dirs,
+    read_value,
+    remove_value,
+    write_new_file,
+)
 
 #: 2: the listing columns (SUMMARY_COLUMNS); a store of schema 1 gains them when it is opened.
 SCHEMA: Final = 2
-DB_NAME: Final = "cache.db"
-MARKER: Final = "nbtasks-store.json"
+#: Seconds a call waits for the store's lock or a busy database before StoreError says it is
+#: locked (``App(lock_timeout=...)``).
+LOCK_TIMEOUT: Final = 10.0
+#: Seconds the writer thread waits for a busy database before it tries again next round.
+_WRITER_WAIT: Final = 0.1
 TICK: Final = 0.1  # seconds between progress flushes and cancel polls
 COALESCE: Final = 0.002  # seconds the writer lets changes gather before it commits
 BACKLOG: Final = 4000  # dirty records past which workers wait for the writer
@@ -72,6 +88,7 @@ _WAL_FRAME: Final = 4096 + 24  # a page and its frame header
 _INLINE_PICKLE: Final = INLINE_LIMIT * 3 // 4 - 32
 _FINISHED_NAMES: Final = tuple(s.value for s in FINISHED)
 _STATUS: Final = {s.value: s for s in TaskStatus}
+_UNFINISHED: Final = ("READY", "RUNNING")
 
 # --------------------------------------------------------------------------- ids
 
@@ -182,7 +199,11 @@ class _SafeDisk(diskcache.Disk):  # type: ignore[misc]
     """A Disk that never pickles (so never unpickles) and writes its value files itself:
     0600 from the start in 0700 directories (diskcache's follow the umask), in one write
     from the caller's buffer (diskcache iterates a BytesIO line by line), and never left
-    half-written (a full disk would otherwise leave a partial file per retry)."""
+    half-written (a full disk would otherwise leave a partial file per retry).
+
+    A value file's name comes from a row of the database, which is data: it is read, and
+    deleted (``set``, ``delete``, a cull), only once ``_storefiles.value_path`` has confined it
+    to the store's own layout; values are read only from regular files."""
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
         kind = type(value)
@@ -197,7 +218,7 @@ class _SafeDisk(diskcache.Disk):  # type: ignore[misc]
             mode = diskcache.core.MODE_TEXT if kind is str else diskcache.core.MODE_BINARY
             return len(data), mode, filename, None
         size, mode, filename, db_value = super().store(value, read, key)
-        if filename is not None:
+        if filename is not None:  # pragma: no cover - nbtasks stores no file-like values
             os.chmod(os.path.join(self._directory, filename), 0o600)
         return size, mode, filename, db_value
 
@@ -224,13 +245,10 @@ class _SafeDisk(diskcache.Disk):  # type: ignore[misc]
 
     def _write_file(self, data: bytes) -> str:
         filename, full_path = self.filename()
-        parent = os.path.dirname(full_path)
         for attempt in range(10):
-            for d in (os.path.dirname(parent), parent):
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(d, 0o700)
+            make_value_dirs(self._directory, filename)
             try:
-                fd = os.open(full_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                fd = os.open(full_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW, 0o600)
                 break
             except FileNotFoundError:  # another process removed the emptied directory
                 if attempt == 9:
@@ -251,20 +269,101 @@ class _SafeDisk(diskcache.Disk):  # type: ignore[misc]
         return filename  # type: ignore[no-any-return]
 
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
-        if mode == diskcache.core.MODE_PICKLE:
-            raise StoreError(
-                f"the store {self._directory} holds a pickled entry that nbtasks did not "
-                "write; it was not unpickled. Use a directory of its own for nbtasks."
+        return fetch_value(self._directory, mode, filename, value)
+
+    def remove(self, file_path: str) -> None:
+        if not remove_value(self._directory, file_path):
+            _log.warning(
+                "nbtasks did not delete %r: the store %s names it as a value file, but it is "
+                "not one of the store's own",
+                file_path,
+                self._directory,
             )
-        return super().fetch(mode, filename, value, read)
 
 
-_SETTINGS: Final = {
+def fetch_value(directory: str, mode: int, filename: str | None, value: Any) -> Any:
+    """An entry's value from its row (what ``Disk.fetch`` does, without following a row out of
+    the store or reading anything but a regular file, and never unpickling)."""
+    if mode == diskcache.core.MODE_RAW:
+        return bytes(value) if type(value) is sqlite3.Binary else value
+    if mode == diskcache.core.MODE_BINARY:
+        return read_value(directory, filename)
+    if mode == diskcache.core.MODE_TEXT:
+        try:
+            return read_value(directory, filename).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise StoreError(
+                f"the value file {filename!r} of the store {directory} is not UTF-8 text: {exc}"
+            ) from exc
+    if mode == diskcache.core.MODE_PICKLE:
+        raise StoreError(
+            f"the store {directory} holds a pickled entry that nbtasks did not write; it was "
+            "not unpickled. Use a directory of its own for nbtasks."
+        )
+    raise StoreError(f"the store {directory} holds an entry of unknown mode {mode!r}")
+
+
+#: Every setting diskcache keeps in its ``Settings`` table, with nbtasks' value: all of them are
+#: given when a store is opened, so nothing that the table says is acted on.
+_SETTINGS: Final[dict[str, Any]] = {
+    **diskcache.DEFAULT_SETTINGS,
     "eviction_policy": "none",  # the default evicts past 1 GB and would drop results
-    "tag_index": True,  # status is the tag: listings by status use the index
-    "statistics": False,
+    "tag_index": 1,  # status is the tag: listings by status use the index
+    "statistics": 0,
+    # No cull: nbtasks sets no expiry, and a planted expired row would have diskcache delete it
+    # (and its file) at the next set.
+    "cull_limit": 0,
     "sqlite_synchronous": 1,
 }
+#: The connection settings, the same on every connection nbtasks or diskcache makes.
+_PRAGMAS: Final = {k: v for k, v in _SETTINGS.items() if k.startswith("sqlite_")}
+#: What diskcache counts in the table (read back, as numbers).
+_COUNTERS: Final = frozenset(diskcache.core.METADATA)
+
+
+class _SafeCache(diskcache.Cache):  # type: ignore[misc]
+    """diskcache's Cache, opened as a store that is data only.
+
+    diskcache acts on every row of its ``Settings`` table: ``setattr(cache, key, value)`` for
+    each (a ``_directory`` row made every other thread's connection open another database) and
+    ``PRAGMA key = value`` for each ``sqlite_*`` row, at open and on every new connection. Here
+    the rows are checked before diskcache opens the store (``_inspect``), ``reset`` refuses keys
+    that are not settings and applies nbtasks' own pragma values whatever a row says, and the
+    statements diskcache retries on a busy database wait at most ``lock_timeout`` (its own
+    wait is 60 s)."""
+
+    def __init__(self, directory: str, lock_timeout: float) -> None:
+        self._nb_wait = lock_timeout
+        super().__init__(directory, timeout=lock_timeout, disk=_SafeDisk, **_SETTINGS)
+
+    def reset(self, key: str, value: Any = diskcache.core.ENOVAL, update: bool = True) -> Any:
+        if key in _PRAGMAS:
+            value = _PRAGMAS[key]
+        elif key.startswith("sqlite_"):
+            return None  # not a setting of nbtasks': never applied
+        elif key not in _SETTINGS and key not in _COUNTERS:
+            raise StoreError(
+                f"the store {self._directory} has a setting {key!r} that diskcache would act on: "
+                f"it is not one of diskcache's. {_remedy(Path(self._directory))}"
+            )
+        return super().reset(key, value, update)
+
+    @property
+    def _sql_retry(self) -> Callable[..., Any]:
+        sql = self._sql
+        wait = self._nb_wait
+
+        def execute(statement: str, *args: Any, **kwargs: Any) -> Any:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    return sql(statement, *args, **kwargs)
+                except sqlite3.OperationalError as exc:
+                    if str(exc) != "database is locked" or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.001)  # diskcache's own pause
+
+        return execute
 
 
 #: nbtasks' columns beside diskcache's in its ``Cache`` table: what a listing shows of a task,
@@ -308,7 +407,7 @@ _LISTING_INDEX: Final = (
 )
 
 #: How an entry is stored, then its value: the last columns of every ``Store._read`` query.
-_STORED: Final = "mode, expire_time, value"
+_STORED: Final = "mode, expire_time, filename, value"
 #: One entry by a str key (diskcache keeps those raw).
 _GET: Final = f"SELECT {_STORED} FROM Cache WHERE key = ? AND raw = 1"
 
@@ -328,6 +427,13 @@ _UPSERT: Final = (
     " nb_progress = excluded.nb_progress"
 )
 _CHUNKS: Final = (512, 64)  # rows per statement, then the rest in one
+#: A new record under an id given by the caller: an existing row is an error, not replaced.
+_INSERT: Final = _UPSERT[: _UPSERT.index(" ON CONFLICT")]
+
+
+def _insert(con: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    for row in rows:
+        con.execute(_INSERT, row)
 
 
 def _upsert(con: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -395,7 +501,7 @@ def _upgrade_layout(cache: diskcache.Cache, cols: set[str], schema: Any) -> None
     listed = "nb_listing" in indexes
     if not missing and schema == SCHEMA and partial and listed:
         return
-    with cache.transact(retry=True):
+    with cache.transact():  # bounded: diskcache.Timeout after lock_timeout
         for name, kind in missing:
             cache._sql(f"ALTER TABLE Cache ADD COLUMN {name} {kind}")
         if missing:
@@ -425,6 +531,13 @@ def _explain(exc: BaseException, path: Path) -> str:
         or getattr(exc, "errno", None) == errno.ENOSPC
     ):
         return f"{text}: the disk that holds it is full. Free some space and try again"
+    if isinstance(exc, diskcache.Timeout) or text in ("database is locked", "lock timeout"):
+        return (
+            "the store is locked: another process holds its write lock. Try again, or give "
+            "nbtasks.App(lock_timeout=...) more seconds"
+        )
+    if isinstance(exc, StoreError):
+        return text
     if isinstance(exc, OSError) or (
         isinstance(exc, sqlite3.OperationalError) and "decode" not in text
     ):
@@ -432,112 +545,210 @@ def _explain(exc: BaseException, path: Path) -> str:
     return f"{text}. The store is damaged. {_remedy(path)}"
 
 
-def open_cache(directory: Path, trust: bool, adopt: bool = False) -> diskcache.Cache:
-    """Open (creating if needed, owner-only) the diskcache behind a store, under a lock.
+def _locked(exc: BaseException) -> bool:
+    return isinstance(exc, diskcache.Timeout) or str(exc) == "database is locked"
+
+
+def open_cache(
+    directory: Path, trust: bool, adopt: bool = False, lock_timeout: float = LOCK_TIMEOUT
+) -> diskcache.Cache:
+    """Open (creating if needed, owner-only) the diskcache behind a store, under its lock.
 
     A new store is briefly a 0-byte cache.db; the marker file, written last under the lock,
-    tells "being created" from "damaged" (notes/store-findings.md)."""
-    try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"cannot create the store directory {directory}: {exc}") from exc
-    _check_owner(directory, trust)
+    tells "being created" from "damaged" (notes/store-findings.md). Before diskcache opens an
+    existing store, its schema, ``Settings`` and database objects are checked with plain SQLite
+    (``_inspect``): diskcache would act on what they say."""
+    st = check_directory(directory, create=True)
+    _check_owner(directory, st, trust)
+    check_own_files(directory)
     db = directory / DB_NAME
-    marker = directory / MARKER
-    lock_fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
-        fresh = not marker.exists()
+    with StoreLock(directory, lock_timeout):
+        fresh = not os.path.lexists(directory / MARKER)
         if fresh:
-            if db.exists() and db.stat().st_size > 0 and not adopt:
+            size = os.lstat(db).st_size if os.path.lexists(db) else 0
+            if size > 0 and not adopt:
                 raise StoreError(
                     f"{db} exists but is not an nbtasks store (no {MARKER}). "
                     "Point nbtasks at an empty or new directory."
                 )
-            fd = os.open(db, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
-            os.chmod(db, 0o600)
-        elif not db.exists() or db.stat().st_size == 0:
-            raise StoreError(
-                f"the store database {db} is {'missing' if not db.exists() else 'empty (0 bytes)'}"
-                f": the store is damaged and its records are lost. {_remedy(directory)}"
-            )
+            if size == 0:
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(db, os.O_RDWR | os.O_CREAT | os.O_EXCL | O_NOFOLLOW, 0o600))
+                os.chmod(db, 0o600)
+            if size > 0:  # adopting a diskcache: what it says is checked too
+                _inspect(db, directory, lock_timeout, read_only=False)
+            schema: Any = SCHEMA
         else:
-            _check_schema(_peek_schema(db, directory), db, directory)
+            _check_not_empty(db, directory)
+            schema = _inspect(db, directory, lock_timeout, read_only=False)
+            _check_schema(schema, db, directory)
         try:
-            cache = diskcache.Cache(str(directory), disk=_SafeDisk, timeout=60, **_SETTINGS)
-            schema = cache.get("nbtasks:schema", default=None)
-        except sqlite3.DatabaseError as exc:
+            cache = _SafeCache(str(directory), lock_timeout)
+        except (sqlite3.DatabaseError, diskcache.Timeout) as exc:
             raise StoreError(
                 f"the store {db} cannot be opened: {_explain(exc, directory)}"
             ) from exc
-        if fresh:
-            try:
-                cache.set("nbtasks:schema", SCHEMA)
-                tmp = marker.with_suffix(".tmp")
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    json.dump({"schema": SCHEMA, "created": time.time()}, f)
-                os.replace(tmp, marker)
-            except (sqlite3.DatabaseError, OSError) as exc:
-                cache.close()
-                raise StoreError(
-                    f"the store {directory} could not be created: {_explain(exc, directory)}"
-                ) from exc
-        else:
-            try:
-                _check_schema(schema, db, directory)
-            except StoreError:
-                cache.close()
-                raise
-        cols = _check_private_layout(cache)
         try:
-            _upgrade_layout(cache, cols, SCHEMA if fresh else schema)
-        except sqlite3.DatabaseError as exc:
+            if fresh:
+                cache.set("nbtasks:schema", SCHEMA)
+                write_new_file(directory, MARKER, json.dumps({"schema": SCHEMA}).encode())
+            _upgrade_layout(cache, _check_private_layout(cache), schema)
+        except (sqlite3.DatabaseError, diskcache.Timeout, OSError) as exc:
             cache.close()
             raise StoreError(
-                f"the store {directory} could not be upgraded to schema {SCHEMA}: "
+                f"the store {directory} could not be "
+                f"{'created' if fresh else f'upgraded to schema {SCHEMA}'}: "
                 f"{_explain(exc, directory)}"
             ) from exc
+        except BaseException:
+            cache.close()
+            raise
         for name in (DB_NAME + "-wal", DB_NAME + "-shm"):
             with contextlib.suppress(FileNotFoundError, PermissionError):
-                os.chmod(directory / name, 0o600)
+                os.chmod(directory / name, 0o600, follow_symlinks=False)
         return cache
-    finally:
-        os.close(lock_fd)
 
 
-def _peek_schema(db: Path, directory: Path) -> Any:
-    """The schema version, read with plain SQLite before diskcache opens the store: diskcache
-    writes its settings when it opens a store, which must not happen to one written by a newer
-    nbtasks (or to a damaged one)."""
+def _check_not_empty(db: Path, directory: Path) -> None:
+    if not os.path.lexists(db) or os.lstat(db).st_size == 0:
+        raise StoreError(
+            f"the store database {db} is "
+            f"{'missing' if not os.path.lexists(db) else 'empty (0 bytes)'}"
+            f": the store is damaged and its records are lost. {_remedy(directory)}"
+        )
+
+
+def connect(db: Path, timeout: float, read_only: bool) -> sqlite3.Connection:
+    """A plain SQLite connection to a store's database; ``read_only``: opened ``mode=ro``, so
+    it never writes the database (SQLite may still create its ``-wal``/``-shm`` beside it, as
+    for any reader of a WAL database). Where those cannot be made or opened (a directory this
+    user cannot write), the database is read as immutable: a snapshot, as SQLite documents
+    for read-only media."""
+    if not read_only:
+        return sqlite3.connect(db, timeout=timeout, isolation_level=None)
+    uri = "file:" + urllib.parse.quote(str(db))
+    con = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=timeout, isolation_level=None)
     try:
-        con = sqlite3.connect(db, timeout=60)
+        con.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+    except sqlite3.OperationalError:
+        con.close()
+        con = sqlite3.connect(
+            f"{uri}?mode=ro&immutable=1", uri=True, timeout=timeout, isolation_level=None
+        )
+    return con
+
+
+#: The database objects a store may hold (diskcache's, then nbtasks'), by type and name.
+_OBJECTS: Final = {
+    ("table", "Settings"),
+    ("table", "Cache"),
+    ("index", "sqlite_autoindex_Settings_1"),
+    ("index", "Cache_key_raw"),
+    ("index", "Cache_expire_time"),
+    ("index", "Cache_tag_rowid"),
+    ("index", "nb_listing"),
+    # diskcache's eviction indexes: a diskcache adopted as a store may have one.
+    ("index", "Cache_store_time"),
+    ("index", "Cache_access_time"),
+    ("index", "Cache_access_count"),
+}
+#: diskcache's triggers, as it writes them: a trigger runs SQL at every write, so one whose text
+#: differs is not diskcache's.
+_TRIGGERS: Final = {
+    f"Settings_{what}_{when}": (
+        f"CREATE TRIGGER Settings_{what}_{when} AFTER {when.upper()} ON Cache FOR EACH ROW "
+        f'BEGIN UPDATE Settings SET value = value {change} WHERE key = "{what}"; END'
+    )
+    for what, when, change in (
+        ("count", "insert", "+ 1"),
+        ("count", "delete", "- 1"),
+        ("size", "insert", "+ NEW.size"),
+        ("size", "update", "+ NEW.size - OLD.size"),
+        ("size", "delete", "- OLD.size"),
+    )
+}
+
+
+def _inspect(db: Path, directory: Path, timeout: float, read_only: bool) -> Any:
+    """Check what diskcache would act on, with plain SQLite, before it opens the store: every
+    ``Settings`` row is one of its settings with a value of the right kind, every database
+    object is one diskcache or nbtasks makes, and the schema mark is a plain number. Returns
+    the schema version (None if the mark is missing)."""
+    try:
+        con = connect(db, timeout, read_only)
         try:
-            row = con.execute(
-                "SELECT value FROM Cache WHERE key = 'nbtasks:schema' AND raw = 1"
-            ).fetchone()
+            objects = con.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
+            tables = {name for kind, name, _ in objects if kind == "table"}
+            settings = (
+                con.execute("SELECT key, value FROM Settings").fetchall()
+                if "Settings" in tables
+                else []
+            )
+            row = (
+                con.execute(
+                    "SELECT mode, filename, value FROM Cache"
+                    " WHERE key = 'nbtasks:schema' AND raw = 1"
+                ).fetchone()
+                if "Cache" in tables
+                else None
+            )
         finally:
             con.close()
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"the store {db} cannot be opened: {_explain(exc, directory)}") from exc
-    return row[0] if row else None
+    for kind, name, sql in objects:
+        # (SQLite's ALTER TABLE may rewrite a trigger's "count" as 'count')
+        if kind == "trigger" and _TRIGGERS.get(name) == str(sql).replace("'", '"'):
+            continue
+        if (kind, name) not in _OBJECTS:
+            raise StoreError(
+                f"the store {db} holds a database {kind} {name!r} that neither diskcache nor "
+                f"nbtasks makes, and SQLite would run it: it was not opened. {_remedy(directory)}"
+            )
+    for key, value in settings:
+        if not _setting_ok(key, value):
+            raise StoreError(
+                f"the store {db} has a Settings row {key!r} = {value!r} that is not one of "
+                f"diskcache's settings with a value of its kind, and diskcache would act on it: "
+                f"it was not opened. {_remedy(directory)}"
+            )
+    if row is None:
+        return None
+    mode, filename, value = row
+    if mode != diskcache.core.MODE_RAW or filename is not None or type(value) is not int:
+        return f"{value!r} (mode {mode!r})"
+    return value
+
+
+def _setting_ok(key: Any, value: Any) -> bool:
+    if key in _COUNTERS:
+        return type(value) is int
+    default = _SETTINGS.get(key, MISSING) if isinstance(key, str) else MISSING
+    if default is MISSING:
+        return False
+    if isinstance(default, str):
+        return isinstance(value, str) and value.replace("-", "").isalpha() and len(value) < 40
+    return type(value) is int
 
 
 def _check_schema(schema: Any, db: Path, directory: Path) -> None:
     if schema is None:
         raise StoreError(f"the store {db} has lost its schema key. {_remedy(directory)}")
-    if not isinstance(schema, int) or schema > SCHEMA:
+    if not isinstance(schema, int):
+        raise StoreError(
+            f"the store {db} has a schema key that nbtasks did not write ({schema}): it is "
+            f"damaged or was tampered with. {_remedy(directory)}"
+        )
+    if schema > SCHEMA:
         raise StoreError(
             f"the store {directory} was written by a newer nbtasks (schema {schema}; this "
             f"one reads schema {SCHEMA}). Upgrade nbtasks: pip install -U nbtasks"
         )
 
 
-def _check_owner(directory: Path, trust: bool) -> None:
-    if trust:
+def _check_owner(directory: Path, st: os.stat_result, trust: bool) -> None:
+    if trust or not hasattr(os, "getuid"):  # Windows: see docs/security.md
         return
-    st = directory.stat()
     if st.st_uid != os.getuid():
         raise StoreError(
             f"the store {directory} belongs to another user (uid {st.st_uid}); its pickles "
@@ -619,6 +830,8 @@ class Store:
         *,
         trust: bool = False,
         sweep: bool = True,
+        read_only: bool = False,
+        lock_timeout: float = LOCK_TIMEOUT,
     ) -> None:
         adopt = isinstance(location, diskcache.Cache)
         if isinstance(location, diskcache.Cache):  # an open Cache: its directory is the store
@@ -630,7 +843,15 @@ class Store:
             )
         self.path = Path(os.path.abspath(os.fspath(location)))
         self.trust = trust
-        self.cache = open_cache(self.path, trust, adopt)
+        self.read_only = read_only
+        self.lock_timeout = lock_timeout
+        self._local = threading.local()  # read-only: each thread's connection
+        self._readers: list[sqlite3.Connection] = []
+        if read_only:
+            self.cache: Any = None
+            open_reader(self.path, lock_timeout)
+        else:
+            self.cache = open_cache(self.path, trust, adopt, lock_timeout)
         self.codec = Codec(Signer(), str(self.path), trust)
         self.owner = owner_token()
         self.live: dict[str, Live] = {}
@@ -646,6 +867,7 @@ class Store:
         self._write_lock = threading.Lock()
         self._wcon: sqlite3.Connection | None = None  # used under _write_lock, by any thread
         self._wcon_forks = -1
+        self._wcon_short = False  # its busy wait is the writer's (short) one
         self._uncheckpointed = 0  # commits since the writer's last checkpoint
         self._wal = str(self.path / (DB_NAME + "-wal"))
         self._cond = threading.Condition()
@@ -660,8 +882,8 @@ class Store:
         self._closed = False
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
-        if sweep:  # not in a worker process: its parent swept, and owns its dead workers' tasks
-            self.sweep()
+        if sweep and not read_only:  # not in a worker process: its parent swept, and owns its
+            self.sweep()  # dead workers' tasks
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -676,10 +898,12 @@ class Store:
 
     def read_record(self, task_id: str) -> dict[str, Any]:
         """The committed record (never the in-memory one)."""
-        text = self._get("t:" + task_id)
+        key = "t:" + task_id
+        text = self._get(key)
         if text is None:
             raise self._unknown(task_id)
-        return parse_record(text)
+        rec = parse_record(text, key, self.path)
+        return self._as_swept(rec) if self.read_only else rec
 
     def read_listed(self, task_id: str) -> tuple[dict[str, Any], str]:
         """The committed record's listing fields (as ``summary()`` gives them), and its text
@@ -698,10 +922,11 @@ class Store:
         )
 
     def get_group(self, group_id: str) -> dict[str, Any]:
-        text = self._get("g:" + group_id)
+        key = "g:" + group_id
+        text = self._get(key)
         if text is None:
             raise UnknownTaskId(f"no group with id {group_id!r} in the store {self.path}")
-        return parse_record(text)
+        return parse_record(text, key, self.path)
 
     def get_blob(self, key: str) -> bytes:
         with self._dirty_lock:
@@ -711,7 +936,9 @@ class Store:
         value = self._get(key)
         if value is None:
             raise StoreError(f"the value {key} is missing from the store {self.path}")
-        return value  # type: ignore[no-any-return]
+        if type(value) is not bytes:
+            raise damaged(key, self.path, "it is not a value nbtasks wrote")
+        return value
 
     def _get(self, key: str) -> Any:
         row = self._read(_GET, key)
@@ -721,17 +948,17 @@ class Store:
         """The row of ``sql`` (whose last columns are ``_STORED``) for ``key``, ending in the
         entry's value as ``Cache.get`` gives it; None if there is none. What nbtasks writes (in
         the row, no expiry) is taken as read: one query, where ``Cache.get`` costs 1-5 µs more
-        (of ~20 for one record); anything else (a value in a file, an expiring or a pickled
-        entry) goes through ``Cache.get``, which decides."""
+        (of ~20 for one record); a value in a file is read by ``fetch_value``, which confines
+        the row's file name to the store and reads only regular files."""
         try:
-            row = self.cache._sql(sql, (key,)).fetchone()
+            row = self._query(sql, (key,)).fetchone()
             if row is None:
                 return None
-            *head, mode, expires, value = row
+            *head, mode, expires, filename, value = row
             if mode != diskcache.core.MODE_RAW or expires is not None:
-                value = self.cache.get(key, default=None, retry=True)
-                if value is None:
-                    return None
+                if expires is not None and expires < time.time():
+                    return None  # expired, as diskcache would say (nbtasks sets no expiry)
+                value = fetch_value(str(self.path), mode, filename, value)
             return (*head, value)
         except sqlite3.DatabaseError as exc:
             raise StoreError(
@@ -776,7 +1003,26 @@ class Store:
         sql += " LIMIT ? OFFSET ?"
         params += _limits(limit, offset)
         with no_gc():  # 100,000 row tuples: ~130 collector passes (one full) while fetched
-            return self._sql(sql, params)
+            rows = self._sql(sql, params)
+        if self.read_only:
+            rows = self._swept_rows(rows)
+        return rows
+
+    def _swept_rows(self, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """A read-only store's listing rows as a sweep would leave them (nothing written); an
+        unfinished record that cannot be read lists as DAMAGED (the sweep skips it)."""
+        out = []
+        for row in rows:
+            if row[1] in _UNFINISHED:
+                try:
+                    rec = self._as_swept(parse_record(self._get(row[0]), row[0], self.path))
+                except StoreError:
+                    row = (row[0], DAMAGED, *row[2:])
+                else:
+                    if rec["status"] != row[1]:
+                        row = (row[0], rec["status"], *row[2:5], rec["finished_at"], row[6])
+            out.append(row)
+        return out
 
     def summaries(
         self,
@@ -813,16 +1059,33 @@ class Store:
             sql += " ORDER BY key DESC"
         return sql, params
 
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """Run a read: diskcache's connection of this thread, or (read-only) one of nbtasks'
+        own per thread, opened with ``mode=ro``."""
+        cache = self.cache
+        if cache is not None:
+            return cache._sql(sql, params)  # type: ignore[no-any-return]
+        con = getattr(self._local, "reader", None)
+        if con is None:
+            con = self._local.reader = connect(self.path / DB_NAME, self.lock_timeout, True)
+            self._readers.append(con)
+        return con.execute(sql, params)
+
     def _sql(self, sql: str, params: list[Any]) -> list[Any]:
         try:
-            return self.cache._sql(sql, params).fetchall()  # type: ignore[no-any-return]
+            return self._query(sql, params).fetchall()
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"querying the store {self.path} failed: {_explain(exc, self.path)}"
             ) from exc
 
     def find_cached(self, key: str) -> str | None:
-        tid = self._get("k:" + key)
+        """The id of the task that computed a cached call, if any. An entry that is not one
+        nbtasks wrote (a task id) is a miss: the submit computes, and its entry replaces it."""
+        try:
+            tid = self._get("k:" + key)
+        except StoreError:
+            return None
         return tid if isinstance(tid, str) else None
 
     # ------------------------------------------------------------------ writing
@@ -832,14 +1095,17 @@ class Store:
         lives: list[Live],
         groups: Iterable[dict[str, Any]] = (),
         cache_keys: Iterable[tuple[str, str]] = (),
+        *,
+        fresh_ids: bool = False,
     ) -> None:
         """Commit READY records (and group records, cache index keys) in one transaction,
-        then put them in the live table. Raises StoreError and stores nothing on failure.
+        then put them in the live table. Raises StoreError and stores nothing on failure;
+        with ``fresh_ids`` (ids the caller chose), ValueError if one is in the store already.
 
         The transaction also carries every change pending for the writer, so a loop of submits
         costs one commit per task, not two (whoever commits takes the batch)."""
         new = [(live.id, live) for live in lives]
-        if self._commit(new, list(groups), list(cache_keys)) < 0:
+        if self._commit(new, list(groups), list(cache_keys), fresh_ids) < 0:
             exc = self.writer_error
             why = _explain(exc, self.path) if exc is not None else "unknown error"
             raise StoreError(
@@ -922,11 +1188,25 @@ class Store:
 
     def request_cancel(self, task_id: str) -> None:
         """A cancel request for a task owned elsewhere: written at once, acted on by the owner."""
-        self.cache.set("x:" + task_id, str(time.time()), retry=True)
+        self._writable()
+        try:
+            self.cache.set("x:" + task_id, str(time.time()))
+        except (diskcache.Timeout, sqlite3.Error) as exc:
+            raise StoreError(
+                f"could not write the cancel request of {task_id} to the store {self.path}: "
+                f"{_explain(exc, self.path)}"
+            ) from exc
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise StoreError(
+                f"the store {self.path} was opened read-only (App(read_only=True)): "
+                "open it with nbtasks.App(store) to submit, cancel or purge"
+            )
 
     def _start_writer(self) -> None:
         with self._writer_lock:
-            if self._writer is None and not self._closed:
+            if self._writer is None and not self._closed and not self.read_only:
                 t = threading.Thread(
                     target=_writer_main,
                     args=(weakref.ref(self),),
@@ -945,63 +1225,113 @@ class Store:
         new: list[tuple[str, Live]],
         groups: list[dict[str, Any]],
         cache_keys: list[tuple[str, str]],
+        fresh_ids: bool = False,
     ) -> int:
         """One transaction: side entries, new records, then every dirty record's latest version.
-        Returns how many records were written, or -1 (the batch is kept for the next round)."""
-        with self._write_lock:
-            with self._dirty_lock:
-                batch, self._dirty = self._dirty, {}
-                extra, self._extra = self._extra, {}
-            if not batch and not extra and not new:
-                return 0
-            cache = self.cache
-            now = time.time()
-            rows = [record_row(tid, live.rec, now) for tid, live in (*new, *batch.items())]
-            try:
-                if not extra and not groups and not cache_keys and len(rows) <= _CHUNKS[0]:
-                    # One statement is one transaction in autocommit mode: the common case
-                    # (a submit carrying the pending changes) releases the GIL once, not 3+
-                    # times, and each release costs 20-40 µs to win back under load.
-                    _upsert(self._write_con(), rows)
-                else:
-                    with cache._disk.undo_files(), cache.transact(retry=True):
-                        for key, value in extra.items():
-                            if value is None:
-                                cache.delete(key, retry=True)
-                            else:
-                                cache.set(key, value)
-                        for g in groups:
-                            cache.set("g:" + g["id"], json.dumps(g))
-                        for key, tid in cache_keys:
-                            cache.set("k:" + key, tid)
-                        _upsert(cache._con, rows)
-            except Exception as exc:  # disk full, I/O error: keep the batch, retry next round
-                # A failed COMMIT may leave the transaction open (SQLite: "it is recommended
-                # that applications respond to SQLITE_FULL ... by issuing a ROLLBACK"); the
-                # next BEGIN would fail, and diskcache retries that forever.
-                with contextlib.suppress(sqlite3.Error):
-                    if cache._con.in_transaction:
-                        cache._con.execute("ROLLBACK")
-                if not new and not self._failing:
-                    self._failing = True
-                    _log.warning(
-                        "nbtasks could not write to the store %s (%s); %d change(s) are kept "
-                        "in memory and written when it works again (retried every %gs)",
-                        self.path,
-                        exc,
-                        len(batch) + len(extra),
-                        TICK,
-                    )
-                self.writer_error = exc
-                # The failed submit's own values go with it; everyone else's are kept.
-                unborn = {tid for tid, _ in new}
-                with self._dirty_lock:
-                    for tid, live in batch.items():
-                        self._dirty.setdefault(tid, live)
-                    for key, value in extra.items():
-                        if not (key.startswith("v:") and key.split(":", 2)[1] in unborn):
-                            self._extra.setdefault(key, value)
+        Returns how many records were written, or -1 (the batch is kept for the next round).
+
+        Waits are bounded: a submit waits at most ``lock_timeout`` for this process's write
+        lock, then as long for SQLite's; the writer thread waits at most ``_WRITER_WAIT`` for
+        either and tries again at its next round, so while another process holds the database,
+        this one's tasks run on (their changes are kept in memory) and a submit is not queued
+        behind the writer. ``fresh_ids``: the new records must not exist yet (a ``task_id``
+        given by the caller): inserted, never upserted, so two submits of one id cannot both
+        be accepted (ValueError)."""
+        if self.read_only:
+            if new or groups or cache_keys:
+                self._writable()
+            return 0
+        writer = threading.current_thread() is self._writer
+        wait = _WRITER_WAIT if writer else self.lock_timeout
+        if not self._write_lock.acquire(timeout=wait):
+            if not new:
                 return -1
+            raise StoreError(
+                f"could not commit the new task(s) to the store {self.path}, so nothing was "
+                f"stored: another thread of this process held its write lock for {wait:g} s "
+                "(a vacuum?). Try again, or give nbtasks.App(lock_timeout=...) more seconds"
+            )
+        try:
+            return self._commit_locked(new, groups, cache_keys, fresh_ids, writer)
+        finally:
+            self._write_lock.release()
+
+    def _commit_locked(
+        self,
+        new: list[tuple[str, Live]],
+        groups: list[dict[str, Any]],
+        cache_keys: list[tuple[str, str]],
+        fresh_ids: bool,
+        writer: bool,
+    ) -> int:
+        with self._dirty_lock:
+            batch, self._dirty = self._dirty, {}
+            extra, self._extra = self._extra, {}
+        if not batch and not extra and not new:
+            return 0
+        cache = self.cache
+        now = time.time()
+        born = [record_row(tid, live.rec, now) for tid, live in new]
+        rows = [record_row(tid, live.rec, now) for tid, live in batch.items()]
+        if not fresh_ids:
+            born, rows = [], born + rows
+        try:
+            if not extra and not groups and not cache_keys and len(rows) <= _CHUNKS[0]:
+                # One statement is one transaction in autocommit mode: the common case
+                # (a submit carrying the pending changes) releases the GIL once, not 3+
+                # times, and each release costs 20-40 µs to win back under load.
+                con = self._write_con(writer)
+                _insert(con, born)
+                _upsert(con, rows)
+            else:
+                if writer:
+                    self._short_waits()
+                with cache._disk.undo_files(), cache.transact():
+                    for key, value in extra.items():
+                        if value is None:
+                            cache.delete(key)
+                        else:
+                            cache.set(key, value)
+                    for g in groups:
+                        cache.set("g:" + g["id"], json.dumps(g))
+                    for key, tid in cache_keys:
+                        cache.set("k:" + key, tid)
+                    _insert(cache._con, born)
+                    _upsert(cache._con, rows)
+        except Exception as exc:  # disk full, I/O error, locked: keep the batch, retry later
+            # A failed COMMIT may leave the transaction open (SQLite: "it is recommended
+            # that applications respond to SQLITE_FULL ... by issuing a ROLLBACK"); the
+            # next BEGIN would fail.
+            with contextlib.suppress(sqlite3.Error):
+                if cache._con.in_transaction:
+                    cache._con.execute("ROLLBACK")
+            taken = isinstance(exc, sqlite3.IntegrityError) and born
+            if not new and not self._failing:
+                self._failing = True
+                _log.warning(
+                    "nbtasks could not write to the store %s (%s); %d change(s) are kept "
+                    "in memory and written when it works again (retried every %gs)",
+                    self.path,
+                    _explain(exc, self.path),
+                    len(batch) + len(extra),
+                    TICK,
+                )
+            if not taken:
+                self.writer_error = exc
+            # The failed submit's own values go with it; everyone else's are kept.
+            unborn = {tid for tid, _ in new}
+            with self._dirty_lock:
+                for tid, live in batch.items():
+                    self._dirty.setdefault(tid, live)
+                for key, value in extra.items():
+                    if not (key.startswith("v:") and key.split(":", 2)[1] in unborn):
+                        self._extra.setdefault(key, value)
+            if taken:
+                ids = ", ".join(repr(tid) for tid in unborn)
+                raise ValueError(
+                    f"task_id={ids} is already used in this store; pick a new id"
+                ) from None
+            return -1
         if self._failing:
             self._failing = False
             _log.warning("nbtasks writes to the store %s again", self.path)
@@ -1013,27 +1343,38 @@ class Store:
                 del self.live[tid]  # committed: readers find it in the store now
         return len(batch) + len(new)
 
-    def _write_con(self) -> sqlite3.Connection:
+    def _short_waits(self) -> None:
+        """The writer thread's own diskcache connection waits at most ``_WRITER_WAIT`` for a
+        busy database (it tries again next round), not ``lock_timeout``."""
+        if getattr(self._local, "short", None) is not self.cache._con:
+            self.cache._con.execute(f"PRAGMA busy_timeout = {int(_WRITER_WAIT * 1000)}")
+            self._local.short = self.cache._con
+
+    def _write_con(self, writer: bool = False) -> sqlite3.Connection:
         """The connection every thread's single-statement commits go through (under
         ``_write_lock``): diskcache's own is per thread, looked up with a getpid() per use, and
-        its page cache is dropped each time another connection has written."""
+        its page cache is dropped each time another connection has written. Its settings are
+        nbtasks' own (``_PRAGMAS``), never what the store's ``Settings`` table says; its busy
+        wait is the writer's short one while the writer commits, else ``lock_timeout``."""
         con = self._wcon
         if con is None or self._wcon_forks != _forks:
-            con = self._wcon = sqlite3.connect(
+            con = sqlite3.connect(
                 self.path / DB_NAME,
-                timeout=self.cache.timeout,
+                timeout=self.lock_timeout,
                 isolation_level=None,
                 check_same_thread=False,
                 cached_statements=256,
             )
-            self._wcon_forks = _forks
-            for key, value in self.cache._sql("SELECT key, value FROM Settings").fetchall():
-                # diskcache's per-connection pragmas (numbers, or a word such as "wal")
-                if key.startswith("sqlite_") and (isinstance(value, int) or value.isalpha()):
-                    con.execute(f"PRAGMA {key[7:]} = {value}")
+            for key, value in _PRAGMAS.items():
+                con.execute(f"PRAGMA {key[7:]} = {value}")
             con.execute(f"PRAGMA wal_autocheckpoint = {WAL_SAFETY}")
             # A WAL grown under load is cut back to 4 MB when it starts over.
             con.execute(f"PRAGMA journal_size_limit = {4 << 20}")
+            self._wcon, self._wcon_forks, self._wcon_short = con, _forks, False
+        if writer is not self._wcon_short:
+            wait = _WRITER_WAIT if writer else self.lock_timeout
+            con.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+            self._wcon_short = writer
         return con
 
     def _checkpoint(self, paused: bool) -> None:
@@ -1086,6 +1427,12 @@ class Store:
         self._write_batch()
 
     def close(self) -> None:
+        if self.read_only:
+            for con in self._readers:
+                con.close()
+            self._readers.clear()
+            self._closed = True
+            return
         self.flush()
         self._closed = True
         with self._cond:
@@ -1107,37 +1454,59 @@ class Store:
     # ------------------------------------------------------------------ recovery and purge
 
     def sweep(self) -> int:
-        """READY/RUNNING records whose owner process on this host is gone become INTERRUPTED."""
+        """READY/RUNNING records whose owner process on this host is gone become INTERRUPTED.
+        A damaged record is left as it is (it lists as damaged); a read-only store is not
+        swept (its readers see the sweep's verdict without writing it: ``_as_swept``)."""
+        if self.read_only:
+            return 0
+        now = time.time()
+        dead = [key for key, rec in self._unfinished() if owner_gone(rec, now)]
+        if not dead:
+            return 0
+        n = 0
+        try:
+            with self.cache.transact():
+                for key in dead:
+                    try:
+                        rec = parse_record(self._get(key), key, self.path)
+                    except StoreError:
+                        continue
+                    if rec["status"] not in _UNFINISHED or not owner_gone(rec, now):
+                        continue
+                    interrupt_record(rec, now, _gone_why(rec))
+                    _upsert(self.cache._con, [record_row(key[2:], rec, now)])
+                    n += 1
+        except (diskcache.Timeout, sqlite3.Error) as exc:
+            raise StoreError(
+                f"could not mark the tasks of dead processes in the store {self.path} as "
+                f"INTERRUPTED: {_explain(exc, self.path)}"
+            ) from exc
+        return n
+
+    def _unfinished(self) -> list[tuple[str, dict[str, Any]]]:
+        """The READY/RUNNING records, parsed (damaged ones left out)."""
         rows = self._sql(
             "SELECT key, value FROM Cache WHERE tag IN ('READY', 'RUNNING') "
             "AND key >= 't:' AND key < 't;'",
             [],
         )
-        now = time.time()
-        dead = [(k, json.loads(v)) for k, v in rows]
-        dead = [(k, r) for k, r in dead if owner_gone(r, now)]
-        if not dead:
-            return 0
-        n = 0
-        with self.cache.transact(retry=True):
-            for key, _ in dead:
-                text = self.cache.get(key)
-                if text is None:
-                    continue
-                rec = json.loads(text)
-                if rec["status"] not in ("READY", "RUNNING") or not owner_gone(rec, now):
-                    continue
-                why = f"its owner process {describe_owner(rec)} is gone"
-                beat = rec.get("heartbeat")
-                if beat is not None:
-                    why += f" (last heartbeat {time.strftime('%H:%M:%S', time.localtime(beat))})"
-                interrupt_record(rec, now, why)
-                _upsert(self.cache._con, [record_row(key[2:], rec, now)])
-                n += 1
-        return n
+        out = []
+        for key, text in rows:
+            with contextlib.suppress(StoreError):
+                out.append((key, parse_record(text, key, self.path)))
+        return out
+
+    def _as_swept(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """A read-only store's record as a sweep would leave it (a copy), nothing written."""
+        if self.read_only and rec["status"] in _UNFINISHED and owner_gone(rec, time.time()):
+            rec = dict(rec)
+            interrupt_record(rec, time.time(), _gone_why(rec))
+        return rec
 
     def purge(self, older_than: float | None = None, status: Iterable[str] | None = None) -> int:
-        """Delete finished records (finished before ``older_than``, an epoch time)."""
+        """Delete finished records (finished before ``older_than``, an epoch time). A damaged
+        record is left alone: it is not known to be finished."""
+        self._writable()
         self.flush()
         statuses = list(status) if status is not None else list(_FINISHED_NAMES)
         marks = ",".join("?" * len(statuses))
@@ -1146,22 +1515,33 @@ class Store:
             statuses,
         )
         n = 0
-        with self.cache.transact(retry=True):
-            for key, text in rows:
-                rec = json.loads(text)
-                fin = rec.get("finished_at")
-                if older_than is not None and (fin is None or fin >= older_than):
-                    continue
-                tid = key[2:]
-                self.cache.delete(key)
-                self.cache.delete("x:" + tid)
-                for what in ("args", "kwargs", "rv", "exc"):
-                    self.cache.delete(f"v:{tid}:{what}")
-                if rec.get("cache_key"):
-                    self.cache.delete("k:" + rec["cache_key"])
-                n += 1
-            if n:
-                self._drop_empty_groups()
+        try:
+            with self.cache.transact():
+                for key, text in rows:
+                    try:
+                        rec = parse_record(text, key, self.path)
+                    except StoreError:
+                        continue
+                    fin = rec.get("finished_at")
+                    if older_than is not None and (
+                        not isinstance(fin, int | float) or fin >= older_than
+                    ):
+                        continue
+                    tid = key[2:]
+                    self.cache.delete(key)
+                    self.cache.delete("x:" + tid)
+                    for what in ("args", "kwargs", "rv", "exc"):
+                        self.cache.delete(f"v:{tid}:{what}")
+                    if isinstance(rec.get("cache_key"), str):
+                        self.cache.delete("k:" + rec["cache_key"])
+                    n += 1
+                if n:
+                    self._drop_empty_groups()
+        except (diskcache.Timeout, sqlite3.Error) as exc:
+            raise StoreError(
+                f"purging the store {self.path} failed, nothing was deleted: "
+                f"{_explain(exc, self.path)}"
+            ) from exc
         return n
 
     def _drop_empty_groups(self) -> None:
@@ -1172,53 +1552,87 @@ class Store:
         left = self._sql("SELECT key FROM Cache WHERE key >= 't:' AND key < 't;'", [])
         alive = {key[2:] for (key,) in left}
         for (key,) in groups:
-            text = self.cache.get(key, retry=True)
-            members = (json.loads(text).get("members") or []) if isinstance(text, str) else []
-            if not any(m in alive for m in members):
-                self.cache.delete(key, retry=True)
+            try:
+                members = parse_record(self._get(key), key, self.path).get("members")
+            except StoreError:
+                continue  # damaged: not known to be empty
+            if not isinstance(members, list) or not any(m in alive for m in members):
+                self.cache.delete(key)
 
     def vacuum(self, orphan_age: float = 3600.0) -> None:
         """Give the space of deleted records back to the file system: delete large values
         whose task is gone, value files no entry refers to (older than ``orphan_age`` seconds:
         one that another process is writing is not referred to yet; a process killed mid-write
         leaves one behind), then VACUUM the database and truncate its WAL. It rewrites the whole
-        database: other processes' writes wait until it is done."""
+        database: other processes' writes wait until it is done. Only regular files named as
+        diskcache names its value files, in real directories of the store, are deleted."""
+        self._writable()
         self.flush()
         with self._write_lock:
             try:
                 tasks = self._sql("SELECT key FROM Cache WHERE key >= 't:' AND key < 't;'", [])
                 alive = {key[2:] for (key,) in tasks}
                 values = self._sql("SELECT key FROM Cache WHERE key >= 'v:' AND key < 'v;'", [])
-                with self.cache.transact(retry=True):
+                with self.cache.transact():
                     for (key,) in values:
                         if key[2:].rpartition(":")[0] not in alive:
-                            self.cache.delete(key, retry=True)
+                            self.cache.delete(key)
                 con = self.cache._con
                 con.execute("VACUUM")
                 con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.DatabaseError as exc:
+            except (sqlite3.DatabaseError, diskcache.Timeout) as exc:
                 raise StoreError(
                     f"vacuuming the store {self.path} failed: {_explain(exc, self.path)}"
                 ) from exc
             rows = self._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL", [])
-            referenced = {os.path.normpath(name) for (name,) in rows}
+            referenced = {os.path.normpath(name) for (name,) in rows if isinstance(name, str)}
             cutoff = time.time() - orphan_age
+            # os.walk does not descend into links; lstat: a link is never judged by its target
             for root, _dirs, names in os.walk(self.path, topdown=False):
                 rel_root = os.path.relpath(root, self.path)
                 if rel_root == ".":
                     continue  # the database, the marker, the lock: never value files
                 for name in names:
-                    path = os.path.join(root, name)
                     rel = os.path.normpath(os.path.join(rel_root, name))
                     with contextlib.suppress(OSError):
+                        st = os.lstat(os.path.join(root, name))
                         if (
-                            name.endswith(".val")
-                            and rel not in referenced
-                            and os.stat(path).st_mtime < cutoff
+                            rel not in referenced
+                            and stat.S_ISREG(st.st_mode)
+                            and st.st_mtime < cutoff
                         ):
-                            os.remove(path)
+                            remove_value(str(self.path), rel)
                 with contextlib.suppress(OSError):
                     os.rmdir(root)  # only if empty
+
+
+def _gone_why(rec: dict[str, Any]) -> str:
+    why = f"its owner process {describe_owner(rec)} is gone"
+    beat = rec.get("heartbeat")
+    if isinstance(beat, int | float):
+        why += f" (last heartbeat {time.strftime('%H:%M:%S', time.localtime(beat))})"
+    return why
+
+
+def open_reader(directory: Path, lock_timeout: float) -> None:
+    """Check a store for reading only: nothing is created, locked or written (SPEC §10:
+    listing and showing never write), so a store this user can read but not write lists."""
+    check_directory(directory, create=False)
+    check_own_files(directory)
+    db = directory / DB_NAME
+    if not os.path.lexists(directory / MARKER):
+        raise StoreError(
+            f"{directory} is not an nbtasks store (no {MARKER}), or it is being created: "
+            "check the path"
+        )
+    _check_not_empty(db, directory)
+    schema = _inspect(db, directory, lock_timeout, read_only=True)
+    _check_schema(schema, db, directory)
+    if schema < SCHEMA:
+        raise StoreError(
+            f"the store {directory} was written by an older nbtasks (schema {schema}): open it "
+            "once with nbtasks.App(store) to upgrade it, then read it"
+        )
 
 
 STALE: Final = 60.0  # seconds without a heartbeat after which an owner on another host is gone
@@ -1233,23 +1647,81 @@ _LISTING_SQL: Final = "key, tag, nb_name, nb_enqueued, nb_started, nb_finished, 
 _READ_LISTED: Final = f"SELECT {_LISTING_SQL}, {_STORED} FROM Cache WHERE key = ? AND raw = 1"
 
 
-def parse_record(text: str) -> dict[str, Any]:
-    rec: dict[str, Any] = json.loads(text)
-    return rec
+def parse_record(text: Any, key: str = "", store: Path | str = "") -> dict[str, Any]:
+    """A task (or group) record as nbtasks wrote it: a JSON object, and a task's with a status
+    and a name. Anything else raises StoreError for this record only."""
+    try:
+        rec = json.loads(text) if type(text) is str else None
+    except ValueError:
+        rec = None
+    if type(rec) is dict and (
+        not key.startswith("t:")
+        or (rec.get("status") in _STATUS and type(rec.get("task_name")) is str)
+    ):
+        return rec
+    raise damaged(key, store, "it is not a record nbtasks wrote")
+
+
+def damaged(key: str, store: Path | str, why: str) -> StoreError:
+    return StoreError(
+        f"the record {key} in the store {store} is damaged ({why}): it cannot be read, and "
+        "lists as DAMAGED; the store's other records read as before. If you did not expect "
+        "this, move the store aside and check it (mv STORE STORE.broken)"
+    )
+
+
+DAMAGED: Final = "DAMAGED"  # the status a listing shows for a damaged record
+_TIMES: Final = (float, int, type(None))
 
 
 def summary(row: Sequence[Any]) -> dict[str, Any]:
-    """A ``listing()`` row as the record fields it holds (a partial record)."""
+    """A ``listing()`` row as the record fields it holds (a partial record). A row whose fields
+    are not what nbtasks writes is summarised as damaged (status ``DAMAGED``, ``damaged``: why),
+    so that one bad record does not stop a listing."""
     key, status, name, enqueued, started, finished, progress = row
+    try:
+        progress = None if progress is None else json.loads(progress)
+    except (ValueError, TypeError):
+        progress = MISSING
+    if (
+        status not in _STATUS
+        or not (name is None or type(name) is str)
+        or not (progress is None or _progress_ok(progress))
+        or type(enqueued) not in _TIMES
+        or type(started) not in _TIMES
+        or type(finished) not in _TIMES
+    ):
+        return {
+            "id": key[2:],
+            "task_name": name if type(name) is str else None,
+            "status": DAMAGED,
+            "damaged": "it is not a record nbtasks wrote"
+            if status == DAMAGED
+            else "its listing fields are not what nbtasks writes",
+            "progress": None,
+            "enqueued_at": None,
+            "started_at": None,
+            "finished_at": None,
+        }
     return {
         "id": key[2:],
         "task_name": name,
         "status": status,
-        "progress": None if progress is None else json.loads(progress),
+        "progress": progress,
         "enqueued_at": enqueued,
         "started_at": started,
         "finished_at": finished,
     }
+
+
+def _progress_ok(p: Any) -> bool:
+    return (
+        type(p) is list
+        and 1 <= len(p) <= 4
+        and type(p[0]) in _TIMES[:2]
+        and all(v is None or type(v) in _TIMES[:2] for v in (p[1:2] + p[3:4]))
+        and (len(p) < 3 or p[2] is None or type(p[2]) is str)
+    )
 
 
 def owner_gone(rec: dict[str, Any], now: float) -> bool:

@@ -469,6 +469,9 @@ def test_a_store_from_a_newer_nbtasks_is_refused_untouched(
     after = _snapshot(store_path)
     after.pop("cache.db-wal", None)
     after.pop("cache.db-shm", None)
+    # .lock holds the pid of whoever last took the lock (named when a waiter gives up)
+    assert after.pop(".lock") == str(os.getpid()).encode()
+    before.pop(".lock", None)
     assert after == {k: v for k, v in before.items() if not k.startswith("cache.db-")}
     statuses = [json.loads(v)["status"] for k, v in _rows(store_path) if k.startswith("t:")]
     assert statuses == ["READY"]  # not swept to INTERRUPTED by the older version
@@ -592,7 +595,7 @@ def test_purge_then_vacuum_gives_the_space_back(store_path: Path, make_app: AppF
     a.store.flush()
     # Litter that only vacuum() cleans: a value whose task is gone, a file no entry refers to.
     a.store.cache.set("v:gone-task:rv", b"\0" * 50_000)
-    orphan = store_path / "ab" / "cd" / "0123456789abcdef0123456789.val"
+    orphan = store_path / "ab" / "cd" / "0123456789abcdef0123456789ab.val"  # diskcache: 28 hex
     orphan.parent.mkdir(parents=True, mode=0o700)
     orphan.write_bytes(b"\0" * 50_000)
     assert a.purge(status=["SUCCESSFUL", "FAILED"]) == 2000

@@ -34,7 +34,8 @@ ROWS: dict[str, set[str]] = {
     "_model": {"_errors"},
     "_codec": {"_model", "_errors", "_key"},
     "_key": {"_errors"},
-    "_store": {"_codec", "_model", "_errors"},
+    "_store": {"_codec", "_model", "_errors", "_storefiles"},
+    "_storefiles": {"_errors"},  # the store's files and lock: no diskcache
     "_context": {"_store", "_codec", "_model", "_errors"},
     "_attempt": {"_context", "_store", "_codec", "_model", "_errors"},
     "executors": _EXECUTORS_ROW,

@@ -126,7 +126,9 @@ def test_a_finished_result_from_the_store_parses_its_record_when_first_needed(
     stored = reader.store.read_record(r.id)
     parses: list[str] = []
     parse = nbtasks._result.parse_record
-    monkeypatch.setattr(nbtasks._result, "parse_record", lambda t: parses.append(t) or parse(t))
+    monkeypatch.setattr(
+        nbtasks._result, "parse_record", lambda t, *a: parses.append(t) or parse(t, *a)
+    )
     reads: list[str] = []
     read = reader.store.read_record
     monkeypatch.setattr(reader.store, "read_record", lambda i: reads.append(i) or read(i))

@@ -505,13 +505,14 @@ def test_planted_values_are_refused_whatever_their_shape(make_app: AppFactory) -
     r.wait(10)
     app.store.flush()
     rec = app.store.read_record(r.id)
-    for enc in (
-        {"k": "nbtasks:schema", "s": "00" * 32},  # an int entry
-        {"k": f"t:{r.id}", "s": "00" * 32},  # a JSON record
-        {"p": "bm90IGEgcGlja2xl"},  # base64 of 'not a pickle', no signature
-        {"p": ""},
+    for enc, error in (
+        # an entry that is not a value nbtasks wrote: the record is damaged
+        ({"k": "nbtasks:schema", "s": "00" * 32}, nbtasks.StoreError),  # an int entry
+        ({"k": f"t:{r.id}", "s": "00" * 32}, nbtasks.StoreError),  # a JSON record
+        ({"p": "bm90IGEgcGlja2xl"}, nbtasks.UntrustedValue),  # 'not a pickle', unsigned
+        ({"p": ""}, nbtasks.UntrustedValue),
     ):
         rec["rv"] = enc
         app.store.cache.set("t:" + r.id, json.dumps(rec), tag=rec["status"])
-        with pytest.raises(nbtasks.UntrustedValue):
+        with pytest.raises(error):
             make_app().result(r.id).return_value  # noqa: B018

@@ -1,0 +1,293 @@
+"""The files of a store, opened as data (SPEC §10: a store is data, never instructions).
+
+Whatever a store directory holds (a planted symlink, a FIFO, a row naming ``../../notes.txt``),
+nbtasks reads, writes and deletes only its own files inside it:
+
+- the store directory itself is not a symbolic link, and its own files (``cache.db`` and its
+  ``-wal``/``-shm``, the marker, ``.lock``) are regular files when they exist: checked with
+  ``lstat`` before SQLite or nbtasks opens them, and every file nbtasks opens itself is opened
+  with ``O_NOFOLLOW`` (new ones with ``O_EXCL`` or ``mkstemp``);
+- a value file is named by a row of the database; a name that is not diskcache's own layout
+  (``ab/cd/<28 hex digits>.val``) is refused before it is joined to the directory, its two
+  directories must be real directories, and a value is read only from a regular file (a FIFO
+  would block the reader forever);
+- the store's lock is taken with a bounded wait (``App(lock_timeout=...)``), and the process
+  that holds it is named where the lock file says so (a pid, read as a number and nothing else).
+
+This module knows nothing of diskcache (``_store`` does): it is plain files and locks, written
+for Linux, macOS and Windows alike (``fcntl`` where it exists, ``msvcrt`` on Windows).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import stat
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Final
+
+from ._errors import StoreError
+
+if sys.platform == "win32":  # pragma: no cover - Windows
+    import msvcrt
+else:
+    import fcntl
+
+O_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
+O_NONBLOCK: Final = getattr(os, "O_NONBLOCK", 0)
+_O_EXTRA: Final = getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+DB_NAME: Final = "cache.db"
+MARKER: Final = "nbtasks-store.json"
+LOCK: Final = ".lock"
+#: A store's own files besides its values: each is a regular file or absent.
+OWN_FILES: Final = (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", MARKER, LOCK)
+
+#: diskcache's value file names (``Disk.filename``): two levels of two hex digits, then 28.
+_VALUE_NAME: Final = re.compile(r"([0-9a-f]{2})[/\\]([0-9a-f]{2})[/\\]([0-9a-f]{28}\.val)\Z")
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def _not_ours(path: str | Path, what: str, mode: int, store: str | Path) -> StoreError:
+    return StoreError(
+        f"{path} in the store {store} is {_kind(mode)}, not {what}: nbtasks never follows links "
+        "or opens special files in a store (a store is data, never instructions). If you did "
+        f"not put it there, someone else did: remove it (rm {path}) or move the store aside."
+    )
+
+
+# --------------------------------------------------------------------------- the directory
+
+
+def check_directory(directory: Path, create: bool) -> os.stat_result:
+    """The store directory's ``lstat``, after checking it is a real directory (created 0700,
+    with its parents, if ``create`` and missing). A symbolic link is refused: a link planted
+    where a store is expected (a cloned repository's ``.nbtasks``) would send every write
+    elsewhere."""
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        if not create:
+            raise StoreError(
+                f"there is no store at {directory}: check the path (nbtasks list --store PATH)"
+            ) from None
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = os.lstat(directory)
+        except OSError as exc:
+            raise StoreError(f"cannot create the store directory {directory}: {exc}") from exc
+    except OSError as exc:
+        raise StoreError(f"cannot read the store directory {directory}: {exc}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        target = os.path.realpath(directory)
+        raise StoreError(
+            f"the store {directory} is a symbolic link to {target}: nbtasks does not follow a "
+            "link to a store (one planted in a repository would send its writes elsewhere). "
+            f"If the link is yours, open its target: nbtasks.App(store={target!r})"
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreError(
+            f"the store {directory} is {_kind(st.st_mode)}, not a directory: "
+            "point nbtasks at a directory"
+        )
+    return st
+
+
+def check_own_files(directory: Path) -> None:
+    """Each of the store's own files is a regular file or absent (``lstat``: links are not
+    followed). SQLite opens ``cache.db-wal`` with ``O_CREAT``: a link there would have it write
+    its log into the link's target."""
+    for name in OWN_FILES:
+        path = directory / name
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StoreError(f"cannot read {path} in the store {directory}: {exc}") from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_ours(path, "a regular file", st.st_mode, directory)
+
+
+def write_new_file(directory: Path, name: str, data: bytes) -> None:
+    """Write ``directory/name`` whole: a new temp file (``mkstemp``: ``O_EXCL``, 0600), then
+    renamed over ``name`` (a link at ``name`` is replaced, never followed)."""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, directory / name)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------- value files
+
+
+def value_path(directory: str, filename: object) -> str:
+    """The full path of the value file a row names, once the name is one of diskcache's own
+    (``ab/cd/<28 hex>.val``) and its two directories are real directories: an absolute name,
+    a ``../`` or a link never leads out of the store."""
+    match = _VALUE_NAME.match(filename) if isinstance(filename, str) else None
+    if match is None:
+        raise StoreError(
+            f"the store {directory} names a value file {filename!r} that is not one of its own "
+            "(ab/cd/<28 hex digits>.val): it was neither read nor deleted. The store is damaged "
+            "or was tampered with; its other records still read."
+        )
+    top, sub, name = match.groups()
+    parent = directory
+    for part in (top, sub):
+        parent = os.path.join(parent, part)
+        try:
+            st = os.lstat(parent)
+        except FileNotFoundError:
+            break  # a missing value: the caller's open says so
+        if not stat.S_ISDIR(st.st_mode):
+            raise _not_ours(parent, "a directory", st.st_mode, directory)
+    return os.path.join(directory, top, sub, name)
+
+
+def read_value(directory: str, filename: object) -> bytes:
+    """The bytes of a value file: opened with ``O_NOFOLLOW | O_NONBLOCK`` (a FIFO does not block
+    the open), then read only if ``fstat`` says it is a regular file."""
+    path = value_path(directory, filename)
+    try:
+        fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_NONBLOCK | _O_EXTRA)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise _not_ours(path, "a value file", stat.S_IFLNK, directory) from exc
+        raise StoreError(f"the value file {path} of the store {directory}: {exc}") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_ours(path, "a value file", st.st_mode, directory)
+        chunks = []
+        while chunk := os.read(fd, max(st.st_size, 1 << 16)):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def remove_value(directory: str, filename: object) -> bool:
+    """Delete a value file and its emptied directories (never beyond the two of the layout).
+    A name that is not one of the store's own deletes nothing: False."""
+    try:
+        path = value_path(directory, filename)
+    except StoreError:
+        return False
+    with contextlib.suppress(OSError):
+        os.remove(path)  # a link is removed itself, never its target
+    parent = os.path.dirname(path)
+    for _ in range(2):
+        try:
+            os.rmdir(parent)  # only if empty
+        except OSError:
+            break
+        parent = os.path.dirname(parent)
+    return True
+
+
+def make_value_dirs(directory: str, filename: str) -> None:
+    """Create (0700) the two directories of a new value file, refusing any that is a link."""
+    value_path(directory, filename)  # checks the name and the directories that exist
+    top = os.path.join(directory, filename[:2])
+    for d in (top, os.path.join(top, filename[3:5])):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(d, 0o700)
+        st = os.lstat(d)
+        if not stat.S_ISDIR(st.st_mode):
+            raise _not_ours(d, "a directory", st.st_mode, directory)
+
+
+# --------------------------------------------------------------------------- the lock
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        if sys.platform == "win32":  # pragma: no cover - Windows: lock the first byte
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+class StoreLock:
+    """The store's inter-process lock (held while a store is created or upgraded), taken with a
+    bounded wait. The holder writes its pid into the file, so a waiter that gives up can name
+    it; the pid is read as a number and only printed."""
+
+    def __init__(self, directory: Path, timeout: float) -> None:
+        self.path = directory / LOCK
+        self.directory = directory
+        self.timeout = timeout
+        self._fd: int | None = None
+
+    def __enter__(self) -> StoreLock:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | O_NOFOLLOW | _O_EXTRA, 0o600)
+        except OSError as exc:
+            if os.path.islink(self.path):
+                raise _not_ours(self.path, "a lock file", stat.S_IFLNK, self.directory) from exc
+            raise StoreError(
+                f"cannot open the lock {self.path} of the store {self.directory}: {exc}"
+            ) from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise _not_ours(self.path, "a lock file", st.st_mode, self.directory)
+            deadline = time.monotonic() + self.timeout
+            pause = 0.001
+            while not _try_lock(fd):
+                if time.monotonic() >= deadline:
+                    raise StoreError(
+                        f"the store {self.directory} is locked{self._holder(fd)}: waited "
+                        f"{self.timeout:g} s for {self.path}. Another process is creating or "
+                        "upgrading it, or holds the lock: try again, or raise "
+                        "nbtasks.App(lock_timeout=...)"
+                    )
+                time.sleep(pause)  # a lock wait, bounded above
+                pause = min(pause * 2, 0.05)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode())
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        with contextlib.suppress(OSError, ValueError):
+            text = os.pread(fd, 16, 0) if hasattr(os, "pread") else b""
+            if text.strip().isdigit():
+                return f" by pid {int(text)}"
+        return ""
+
+    def __exit__(self, *exc: object) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing releases flock and msvcrt locks alike
