@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from . import _result
 from ._errors import NbtasksError, UnknownTaskId
-from ._model import FINISHED, SYSTEM_CLOCK, Clock, Request, TaskStatus
+from ._model import FINISHED, SYSTEM_CLOCK, Clock, Request, TaskStatus, check_id
 from ._result import GroupResult, TaskResult
 from ._runtime import Runtime, Waiting
 from ._store import LOCK_TIMEOUT, Store, new_id, no_gc
@@ -302,12 +302,12 @@ class App:
 
     def result(self, task_id: str) -> TaskResult:
         """The stored TaskResult of any task, also one from an earlier kernel."""
-        if not isinstance(task_id, str):
-            raise TypeError(f"task_id must be a str, got {task_id!r}")
+        check_id(task_id, "task_id")  # a str that UTF-8 can hold: the store's keys are UTF-8
         live = self._store.live.get(task_id)
         return TaskResult(self, task_id, live=live, rec=live.rec if live else None)
 
     def group_result(self, group_id: str) -> GroupResult:
+        check_id(group_id, "group_id")
         rec = self._store.get_group(group_id)
         return GroupResult(self, group_id, [self.result(tid) for tid in rec["members"]])
 
@@ -320,8 +320,8 @@ class App:
         """Stored results, newest first (read as JSON: nothing is unpickled)."""
         if status is not None:
             status = _status(status, "status")
-        if task_name is not None and not isinstance(task_name, str):
-            raise TypeError(f"task_name must be a str, got {task_name!r}")
+        if task_name is not None:
+            check_id(task_name, "task_name")
         if limit is not None and (
             isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
         ):

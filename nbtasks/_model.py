@@ -7,7 +7,7 @@ import enum
 import importlib
 import math
 import time as _time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
@@ -87,31 +87,157 @@ def check_transition(task_id: str, old: TaskStatus, new: TaskStatus) -> None:
         )
 
 
-# --------------------------------------------------------------------------- JSON metadata
+# --------------------------------------------------------------------------- text and JSON
+
+#: How deep a JSON value (metadata, ``update_state`` meta) may nest: containers inside
+#: containers. SQLite's JSON functions stop at 1000 levels and a record wraps a value in a few
+#: more; no sane metadata comes near 100, and a value past it is refused rather than costing a
+#: RecursionError somewhere later (the encoder, a reader).
+MAX_DEPTH: Final = 100
+
+
+def _utf8_error(text: str) -> str | None:
+    """None if ``text`` can be encoded as UTF-8, else what is wrong with it. ``isascii()`` is
+    O(1) in CPython (a flag of the string), so the common case costs next to nothing."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"cannot be encoded as UTF-8 (it holds a lone surrogate, {text[exc.start]!r}, at "
+            f"index {exc.start}), and the store keeps text as UTF-8; replace it, e.g. "
+            "text.encode('utf-8', 'replace').decode()"
+        )
+    return None
+
+
+# Text that nbtasks stores goes into SQLite columns and keys (ids, task names) or into JSON
+# records that Jupyter, terminals and SQLite's JSON functions read as UTF-8. A lone surrogate
+# ("\ud800") is a Python str but has no UTF-8 form: SQLite refuses it as a parameter
+# (UnicodeEncodeError deep in the store), and in a record, escaped as JSON allows, it would
+# break whoever prints or sends it later (the widget's comm message, ``nbtasks show``). So such
+# text is refused where it comes in, before anything is stored: ids, task names, a state or a
+# progress message with a ValueError (a bad value of a str argument, SPEC 3); metadata keys and
+# strings inside metadata or an ``update_state`` meta with a TypeError, as everything else JSON
+# cannot hold there (SPEC 4; RFC 8259 8.2 leaves lone surrogates "unpredictable", and I-JSON,
+# RFC 7493, forbids them).
+
+
+def check_text(value: str, argument: str, call: str | None = None) -> str:
+    """Raise ValueError naming ``argument`` (of ``call``) unless the str ``value`` can be
+    encoded as UTF-8."""
+    why = _utf8_error(value)
+    if why is not None:
+        named = f"{argument}={_short(value)}"
+        raise ValueError(f"{f'{call}({named})' if call else named} {why}")
+    return value
+
+
+def check_id(value: Any, argument: str, call: str | None = None) -> str:
+    """A task or group id given by the user: a str (TypeError) that UTF-8 can hold (ValueError)."""
+    if not isinstance(value, str):
+        named = f"{call}({argument}=...)" if call else argument
+        raise TypeError(f"{named} must be a str, got {_short(value)}")
+    return check_text(value, argument, call)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
 
 _JSON_SCALARS: Final = (str, int, float, bool, type(None))
+_LIST: Final = 1
+_DICT: Final = 2
+
+
+def _json_kind(value: Any) -> int | str:
+    """0 for a scalar JSON holds, _LIST or _DICT for a container, else what is wrong (text)."""
+    if isinstance(value, _JSON_SCALARS):
+        if isinstance(value, str):
+            why = _utf8_error(value)
+            return 0 if why is None else f"= {_short(value)} {why}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"= {value!r} is not JSON: use a finite number or a str"
+        return 0
+    if isinstance(value, list | tuple):
+        return _LIST
+    if isinstance(value, dict):
+        return _DICT
+    return (
+        f"= {_short(value)} ({type(value).__name__}) cannot be stored as JSON; "
+        "use str, int, float, bool, None, or lists and dicts of them"
+    )
+
+
+def _path(where: str, keys: list[Any]) -> str:
+    if len(keys) > 6:  # a value nested 100 deep: the start and the end of its path
+        return where + "".join(f"[{k!r}]" for k in keys[:3]) + "[...]" + f"[{keys[-1]!r}]"
+    return where + "".join(f"[{k!r}]" for k in keys)
 
 
 def check_json(value: Any, where: str) -> None:
-    """Raise TypeError naming ``where`` unless ``value`` is JSON (a tuple becomes a list)."""
-    if isinstance(value, _JSON_SCALARS):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise TypeError(f"{where} = {value!r} is not JSON: use a finite number or a str")
+    """Raise TypeError naming ``where`` (and the path inside the value) unless ``value`` is JSON
+    (a tuple becomes a list): no cycle, at most MAX_DEPTH containers deep, str keys, finite
+    numbers, text UTF-8 can hold. Walked with a stack of its own, never by recursion: a value
+    nested 10,000 deep or one that contains itself gets this TypeError, not a RecursionError."""
+    kind = _json_kind(value)
+    if kind == 0:
         return
-    if isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            check_json(item, f"{where}[{i}]")
-        return
-    if isinstance(value, dict):
-        for k, item in value.items():
-            if not isinstance(k, str):
-                raise TypeError(f"{where} has the key {k!r}: JSON object keys must be strings")
-            check_json(item, f"{where}[{k!r}]")
-        return
-    raise TypeError(
-        f"{where} = {value!r} ({type(value).__name__}) cannot be stored as JSON; "
-        "use str, int, float, bool, None, or lists and dicts of them"
-    )
+    if type(kind) is str:
+        raise TypeError(f"{where} {kind}")
+    # The containers from ``value`` down to the one being walked, with the key of each in its
+    # parent: a container met again on this path is a cycle (one reached twice by two paths,
+    # {"a": x, "b": x}, is fine: JSON holds two copies).
+    stack: list[tuple[Iterator[tuple[Any, Any]], bool]] = [_items(value, kind)]
+    path: list[Any] = [value]
+    keys: list[Any] = []
+    while stack:
+        items, is_dict = stack[-1]
+        for key, item in items:
+            if is_dict:
+                if not isinstance(key, str):
+                    raise TypeError(
+                        f"{_path(where, keys)} has the key {_short(key)}: "
+                        "JSON object keys must be strings"
+                    )
+                why = _utf8_error(key)
+                if why is not None:
+                    raise TypeError(f"{_path(where, keys)} has the key {_short(key)}, which {why}")
+            kind = _json_kind(item)
+            if kind == 0:
+                continue
+            if type(kind) is str:
+                raise TypeError(f"{_path(where, [*keys, key])} {kind}")
+            for level, outer in enumerate(path):
+                if outer is item:
+                    raise TypeError(
+                        f"{_path(where, [*keys, key])} is {_path(where, keys[:level])} itself: "
+                        "the value contains itself (a cycle), which JSON cannot hold; store a "
+                        "copy without the reference back"
+                    )
+            if len(path) >= MAX_DEPTH:
+                raise TypeError(
+                    f"{where} is nested deeper than {MAX_DEPTH} levels (lists and dicts inside "
+                    f"each other, at {_path(where, [*keys, key])}); metadata and state hold at "
+                    f"most {MAX_DEPTH}: flatten it, or store it as a str (json.dumps)"
+                )
+            stack.append(_items(item, kind))
+            path.append(item)
+            keys.append(key)
+            break
+        else:
+            stack.pop()
+            path.pop()
+            if keys:
+                keys.pop()
+
+
+def _items(value: Any, kind: int | str) -> tuple[Iterator[tuple[Any, Any]], bool]:
+    if kind == _DICT:
+        return iter(value.items()), True
+    return enumerate(value), False
 
 
 class Metadata(dict[str, Any]):
@@ -123,14 +249,21 @@ class Metadata(dict[str, Any]):
             self.update(*args, **kwargs)
 
     def __setitem__(self, key: str, value: Any) -> None:
-        if not isinstance(key, str):
-            raise TypeError(f"metadata key {key!r} must be a str")
+        check_metadata_key(key, "metadata")
         check_json(value, f"metadata[{key!r}]")
         super().__setitem__(key, value)
 
     def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        for k, v in dict(*args, **kwargs).items():
-            self[k] = v
+        """All or nothing: every key and value is checked before any is set."""
+        values = dict(*args, **kwargs)
+        for k, v in values.items():
+            check_metadata_key(k, "metadata")
+            check_json(v, f"metadata[{k!r}]")
+        super().update(values)
+
+    def __ior__(self, other: Any) -> Metadata:  # type: ignore[override,misc]
+        self.update(other)  # dict's |= would skip the checks
+        return self
 
     @classmethod
     def trusted(cls, values: Mapping[str, Any]) -> Metadata:
@@ -143,6 +276,15 @@ class Metadata(dict[str, Any]):
         if key not in self:
             self[key] = default
         return self[key]
+
+
+def check_metadata_key(key: Any, argument: str) -> None:
+    """A metadata key is a str (JSON object keys are) that UTF-8 can hold: TypeError otherwise."""
+    if not isinstance(key, str):
+        raise TypeError(f"{argument} key {_short(key)} must be a str")
+    why = _utf8_error(key)
+    if why is not None:
+        raise TypeError(f"{argument} key {_short(key)} {why}")
 
 
 def as_metadata(value: Any, argument: str = "metadata") -> Metadata:

@@ -21,6 +21,7 @@ from ._model import (
     Request,
     as_metadata,
     check_executor,
+    check_text,
     to_timestamp,
 )
 
@@ -130,6 +131,14 @@ def _when(value: Any, argument: str, now: float) -> float:
     return now + _number(value, argument)
 
 
+def _check_name(value: Any) -> str:
+    """A task name: a non-empty str (TypeError) that UTF-8 can hold (ValueError: it is a column
+    of the store, and SQLite takes UTF-8 only)."""
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"name must be a non-empty str, got {value!r}")
+    return check_text(value, "name")
+
+
 def check_task_options(options: Mapping[str, Any], where: str = "task") -> dict[str, Any]:
     """Validate declaration options; returns them normalised (``max_retries`` -> ``retries``)."""
     out: dict[str, Any] = {}
@@ -142,8 +151,8 @@ def check_task_options(options: Mapping[str, Any], where: str = "task") -> dict[
         if value is None and key not in ("name", "timeout", "soft_timeout", "cache_ttl"):
             continue
         if key == "name":
-            if value is not None and (not isinstance(value, str) or not value):
-                raise TypeError(f"name must be a non-empty str, got {value!r}")
+            if value is not None:
+                _check_name(value)
         elif key in ("bind", "cache", "detach"):
             _bool(value, key)
         elif key == "executor":
@@ -206,6 +215,8 @@ class Task:
     # ------------------------------------------------------------------ set-up
 
     def _setup(self, app: App, fn: Callable[..., Any] | None, options: dict[str, Any]) -> None:
+        if "name" in options:  # again: app.register() takes a class's `name` unchecked
+            _check_name(options["name"])
         self.app = app
         self._fn = fn
         self._default_options = None
@@ -329,7 +340,8 @@ class Task:
     def update_state(
         self, task_id: str | None = None, state: str | None = None, meta: Any = None
     ) -> None:
-        self.request.update_state(state=state, meta=meta)
+        """Celery's ``update_state``; ``task_id``: see ``Context.update_state``."""
+        self.request.update_state(state=state, meta=meta, task_id=task_id)
 
     def retry(
         self,
@@ -509,8 +521,10 @@ def _resolve(task: Task, call: Mapping[str, Any], now: float) -> tuple[Options, 
     link_error = _signatures(call.pop("link_error", None), "link_error")
     extras: dict[str, Any] = {"metadata": as_metadata(call.pop("metadata", None))}
     task_id = call.pop("task_id", None)
-    if task_id is not None and (not isinstance(task_id, str) or not task_id.strip()):
-        raise TypeError(f"task_id must be a non-empty str, got {task_id!r}")
+    if task_id is not None:
+        if not isinstance(task_id, str) or not task_id.strip():
+            raise TypeError(f"task_id must be a non-empty str, got {task_id!r}")
+        check_text(task_id, "task_id")  # a key in the store: UTF-8 only
     extras["task_id"] = task_id
     over = check_task_options(call, "apply_async")
     merged = {key: getattr(task, key) for key in _INHERITED}

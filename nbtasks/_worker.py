@@ -49,7 +49,16 @@ from typing import Any, Final
 from . import _codec
 from ._attempt import Attempt, Job, Options, _limit_text
 from ._errors import NbtasksError, SoftTimeLimitExceeded, TaskCancelled, TaskTimeout
-from ._model import FINISHED, MISSING, SYSTEM_CLOCK, Metadata, Request, TaskStatus, to_datetime
+from ._model import (
+    FINISHED,
+    MISSING,
+    SYSTEM_CLOCK,
+    Metadata,
+    Request,
+    TaskStatus,
+    check_id,
+    to_datetime,
+)
 from ._store import Live, Store, _start_time, describe_owner, owner_alive
 
 HEARTBEAT: Final = 5.0  # seconds between heartbeats written to a running task's record
@@ -335,11 +344,11 @@ class _ChildApp:
 
     def result(self, task_id: str) -> Any:
         """The stored TaskResult of any task (read from the store)."""
-        if not isinstance(task_id, str):
-            raise TypeError(f"task_id must be a str, got {task_id!r}")
+        check_id(task_id, "task_id")
         return _public("TaskResult")(self, task_id)
 
     def group_result(self, group_id: str) -> Any:
+        check_id(group_id, "group_id")
         rec = self._store.get_group(group_id)
         members = [self.result(tid) for tid in rec["members"]]
         return _public("GroupResult")(self, group_id, members)

@@ -4,7 +4,9 @@ and never a half-written record.
 ``apply_async`` options, metadata values (at submit, ``set_metadata``, ``request.meta``,
 ``update_state``), ``progress()`` arguments, the ``nbtasks`` command line and ``%tasks``
 lines. After each example the store's record count is what it should be, and listing it still
-works.
+works. The values include text that UTF-8 cannot hold (lone surrogates), values that contain
+themselves and values nested past ``MAX_DEPTH``; a refused call leaves no trace
+(tests/test_inputs.py has one example of each, by name).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import datetime as dt
 import io
 import json
 import math
+import numbers
 import string
 import threading
 import time
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Final
 
@@ -27,7 +31,7 @@ from hypothesis import strategies as st
 
 import nbtasks
 from nbtasks import _cli
-from nbtasks._model import TaskStatus
+from nbtasks._model import MAX_DEPTH, TaskStatus
 from nbtasks._task import CALL_OPTIONS
 
 FUZZ = settings(
@@ -37,6 +41,12 @@ FUZZ = settings(
     database=None,
 )
 CLEAR = (TypeError, ValueError)
+
+#: Text with a lone surrogate: a str that has no UTF-8 form (e.g. from surrogateescape).
+surrogates = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+surrogate_text = st.builds(
+    lambda a, c, b: a + c + b, st.text(max_size=3), surrogates, st.text(max_size=3)
+)
 
 
 @pytest.fixture
@@ -104,11 +114,14 @@ oddities = st.sampled_from(
         "bogus",
         "",
         " ",
+        "\ud800",
+        "id-\udcff",
     ]
 )
 values = st.one_of(
     scalars,
     oddities,
+    surrogate_text,
     st.lists(scalars, max_size=3),
     st.dictionaries(st.one_of(st.text(max_size=4), st.integers()), scalars, max_size=3),
 )
@@ -128,6 +141,8 @@ values = st.one_of(
 @example(options={"eta": dt.datetime(9999, 12, 31, tzinfo=dt.UTC)})
 @example(options={"priority": 2**70})
 @example(options={"task_id": "a:b"})
+@example(options={"task_id": "\ud800"})
+@example(options={"metadata": {"k": "\udcff"}})
 def test_apply_async_options(fuzz_app: nbtasks.App, options: dict[str, Any]) -> None:
     assume(options.get("executor") not in ("process", "dask"))  # pools, clusters: elsewhere
     assume(not _far_future(options))  # known bugs: see the xfail tests below
@@ -141,6 +156,7 @@ def test_apply_async_options(fuzz_app: nbtasks.App, options: dict[str, Any]) -> 
         r = echo.apply_async((1,), **options)
     except CLEAR as exc:
         assert str(exc), type(exc)
+        assert not isinstance(exc, UnicodeError), exc  # a ValueError, but from deep inside
         assert fuzz_app.store.count() == before  # nothing stored for a refused submit
         return
     assert fuzz_app.store.count() == before + 1
@@ -206,19 +222,72 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
     max_leaves=8,
 )
-metadata_values = st.one_of(json_values, values, st.tuples(json_values, json_values))
 
 
-def _is_json(value: Any) -> bool:
-    if value is None or type(value) in (bool, int, str):
+def _nested(levels: int, leaf: Any) -> Any:
+    value = leaf
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def _contains_itself(kind: str) -> Any:
+    if kind == "dict":
+        d: dict[str, Any] = {"a": 1}
+        d["self"] = d
+        return d
+    inner: list[Any] = [1]
+    outer = [{"x": inner}]
+    inner.append(outer)
+    return outer
+
+
+#: Values made fresh for each example (a cycle cannot be shared between examples).
+structures = st.one_of(
+    st.sampled_from(["dict", "list"]).map(_contains_itself),
+    st.integers(min_value=1, max_value=MAX_DEPTH + 3).flatmap(
+        lambda n: json_values.map(lambda leaf: _nested(n, leaf))
+    ),
+    st.just(10_000).map(lambda n: _nested(n, 0)),
+)
+metadata_values = st.one_of(
+    json_values,
+    values,
+    st.tuples(json_values, json_values),
+    structures,
+    st.recursive(surrogate_text, lambda inner: st.lists(inner, max_size=2), max_leaves=3),
+    st.dictionaries(surrogate_text, json_values, min_size=1, max_size=2),
+)
+metadata_keys = st.one_of(st.text(min_size=1, max_size=6), surrogate_text)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_json(value: Any, depth: int = 0, outer: tuple[int, ...] = ()) -> bool:
+    """What the metadata contract accepts: JSON whose text is UTF-8, at most MAX_DEPTH
+    containers deep, and no value inside itself."""
+    if value is None or type(value) in (bool, int):
         return True
+    if type(value) is str:
+        return _utf8(value)
     if type(value) is float:
         return math.isfinite(value)
-    if type(value) in (list, tuple):
-        return all(_is_json(v) for v in value)
+    if type(value) not in (list, tuple, dict):
+        return False
+    if id(value) in outer or depth >= MAX_DEPTH:
+        return False
+    outer = (*outer, id(value))
     if type(value) is dict:
-        return all(type(k) is str and _is_json(v) for k, v in value.items())
-    return False
+        return all(
+            type(k) is str and _utf8(k) and _is_json(v, depth + 1, outer) for k, v in value.items()
+        )
+    return all(_is_json(v, depth + 1, outer) for v in value)
 
 
 def _as_json(value: Any) -> Any:
@@ -226,7 +295,10 @@ def _as_json(value: Any) -> Any:
 
 
 @FUZZ
-@given(key=st.text(min_size=1, max_size=6), value=metadata_values)
+@given(key=metadata_keys, value=metadata_values)
+@example(key="k", value=_nested(MAX_DEPTH, 1))
+@example(key="k", value=_nested(MAX_DEPTH + 1, 1))
+@example(key="\ud800", value=1)
 def test_metadata_values(fuzz_app: nbtasks.App, key: str, value: Any) -> None:
     @fuzz_app.task(name="fuzz.meta", bind=True)
     def meta(self: Any, how: str) -> str:
@@ -241,7 +313,7 @@ def test_metadata_values(fuzz_app: nbtasks.App, key: str, value: Any) -> None:
             return f"refused: {type(exc).__name__}: {exc}"
         return "accepted"
 
-    ok = _is_json(value)
+    ok = _is_json(value) and _utf8(key)
     before = fuzz_app.store.count()
     try:
         r = meta.apply_async(("submit",), metadata={key: value})
@@ -257,7 +329,8 @@ def test_metadata_values(fuzz_app: nbtasks.App, key: str, value: Any) -> None:
         assert r.status is TaskStatus.SUCCESSFUL, (how, r.errors)
         fuzz_app.store.flush()
         outcome = r.return_value
-        if ok:
+        # update_state's meta is {key: value}: one level deeper than a metadata value
+        if ok if how != "update_state" else _is_json({key: value}):
             assert outcome == "accepted", (how, outcome)
             stored = fuzz_app.store.read_record(r.id)
             if how == "update_state":
@@ -266,6 +339,7 @@ def test_metadata_values(fuzz_app: nbtasks.App, key: str, value: Any) -> None:
                 assert stored["metadata"][key] == _as_json(value)
         else:
             assert outcome.startswith("refused: TypeError"), (how, outcome)
+            assert key in outcome or repr(key) in outcome, (how, outcome)  # names the key
             assert key not in (fuzz_app.store.read_record(r.id).get("metadata") or {})
     _listing_works(fuzz_app)
 
@@ -279,7 +353,38 @@ numbers_and_junk = st.one_of(
     st.booleans(),
     st.text(max_size=4),
     st.sampled_from([b"1", [1], object(), 1 + 2j, True]),
+    st.sampled_from([10**400, -(10**400), Fraction(1, 3), Fraction(10**400)]),  # past floats
 )
+messages = st.one_of(
+    st.none(), st.text(max_size=20), surrogate_text, st.integers(), st.binary(max_size=3)
+)
+
+
+def _number_ok(value: Any, none_ok: bool) -> bool:
+    if value is None:
+        return none_ok
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _message_ok(value: Any) -> bool:
+    return value is None or (type(value) is str and _utf8(value))
+
+
+def _as_stored(value: Any) -> Any:
+    """A progress number as the task holds it: int and float as they are, else a float."""
+    if value is None or type(value) in (int, float):
+        return value
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return value is None or math.isfinite(value)
+    except OverflowError:  # an int past float's range
+        return False
 
 
 @FUZZ
@@ -288,7 +393,7 @@ numbers_and_junk = st.one_of(
         st.tuples(
             numbers_and_junk,
             numbers_and_junk,
-            st.one_of(st.none(), st.text(max_size=20), st.integers(), st.binary(max_size=3)),
+            messages,
         ),
         min_size=1,
         max_size=4,
@@ -296,7 +401,13 @@ numbers_and_junk = st.one_of(
 )
 @example(calls=[(float("nan"), None, None)])
 @example(calls=[(1, float("inf"), "x"), (float("-inf"), 2, None)])
+@example(calls=[(5, 10, "ok"), (6, None, 0), (7, "x", None), (8, 20, "\ud800")])
+@example(calls=[(10**400, None, None)])
+@example(calls=[(-1e308, None, None), (1e308, None, None)])
 def test_progress_arguments(fuzz_app: nbtasks.App, calls: list[tuple[Any, Any, Any]]) -> None:
+    """Each call is accepted exactly when its arguments are good, and a refused call changes
+    nothing: the stored progress is that of the last accepted calls."""
+
     @fuzz_app.task(name="fuzz.progress", bind=True)
     def report(self: Any) -> list[str]:
         seen = []
@@ -316,6 +427,18 @@ def test_progress_arguments(fuzz_app: nbtasks.App, calls: list[tuple[Any, Any, A
     assert rec["status"] == "SUCCESSFUL"
     if rec.get("progress") is not None:
         _strict_json(json.dumps(rec["progress"]))
+    current = total = message = None
+    for (c, t, m), outcome in zip(calls, r.return_value, strict=True):
+        good = _number_ok(c, False) and _number_ok(t, True) and _message_ok(m)
+        assert (outcome == "ok") is good, (c, t, m, outcome)
+        if good:
+            current = _as_stored(c)
+            total = _as_stored(t) if t is not None else total
+            message = m if m is not None else message
+    if current is None or not (_finite(current) and _finite(total)):
+        assert rec.get("progress") is None, (calls, rec.get("progress"))
+    else:
+        assert rec["progress"][:3] == [current, total, message], calls
     _listing_works(fuzz_app)
 
 
