@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         n = app.purge(older_than=args.older_than, status=args.status)
         print(f"purged {n} finished task(s) from {app.store.path}")
         return 0
-    except NbtasksError as exc:
+    except (NbtasksError, ValueError, TypeError) as exc:  # bad input: said, not a traceback
         print(f"nbtasks: {exc}", file=sys.stderr)
         return 2
 

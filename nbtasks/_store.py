@@ -603,9 +603,11 @@ def open_cache(
         except BaseException:
             cache.close()
             raise
+        # SQLite made these just now, beside a database checked not to be a link.
+        nofollow = os.chmod in os.supports_follow_symlinks  # not on Windows before 3.13
         for name in (DB_NAME + "-wal", DB_NAME + "-shm"):
             with contextlib.suppress(FileNotFoundError, PermissionError):
-                os.chmod(directory / name, 0o600, follow_symlinks=False)
+                os.chmod(directory / name, 0o600, follow_symlinks=not nofollow)
         return cache
 
 
@@ -1271,11 +1273,12 @@ class Store:
             return 0
         cache = self.cache
         now = time.time()
-        born = [record_row(tid, live.rec, now) for tid, live in new]
-        rows = [record_row(tid, live.rec, now) for tid, live in batch.items()]
-        if not fresh_ids:
-            born, rows = [], born + rows
+        born: list[tuple[Any, ...]] = []
         try:
+            born = [record_row(tid, live.rec, now) for tid, live in new]
+            rows = [record_row(tid, live.rec, now) for tid, live in batch.items()]
+            if not fresh_ids:
+                born, rows = [], born + rows
             if not extra and not groups and not cache_keys and len(rows) <= _CHUNKS[0]:
                 # One statement is one transaction in autocommit mode: the common case
                 # (a submit carrying the pending changes) releases the GIL once, not 3+
