@@ -234,6 +234,9 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
+_PID_WIDTH: Final = 16  # the holder's pid, as text padded with spaces
+
+
 class StoreLock:
     """The store's inter-process lock (held while a store is created or upgraded), taken with a
     bounded wait. The holder writes its pid into the file, so a waiter that gives up can name
@@ -270,9 +273,9 @@ class StoreLock:
                     )
                 time.sleep(pause)  # a lock wait, bounded above
                 pause = min(pause * 2, 0.05)
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-                os.write(fd, str(os.getpid()).encode())
+            if hasattr(os, "pwrite"):  # fixed width, in place: no truncation (~0.2 ms) per open
+                with contextlib.suppress(OSError):
+                    os.pwrite(fd, str(os.getpid()).encode().ljust(_PID_WIDTH), 0)
         except BaseException:
             os.close(fd)
             raise
@@ -282,8 +285,8 @@ class StoreLock:
     @staticmethod
     def _holder(fd: int) -> str:
         with contextlib.suppress(OSError, ValueError):
-            text = os.pread(fd, 16, 0) if hasattr(os, "pread") else b""
-            if text.strip().isdigit():
+            text = os.pread(fd, _PID_WIDTH, 0).strip() if hasattr(os, "pread") else b""
+            if text.isdigit():
                 return f" by pid {int(text)}"
         return ""
 
