@@ -1642,8 +1642,12 @@ STALE: Final = 60.0  # seconds without a heartbeat after which an owner on anoth
 
 
 #: What a listing reads of each task: ``(key, status, name, enqueued_at, started_at,
-#: finished_at, progress JSON)``.
-_LISTING_SQL: Final = "key, tag, nb_name, nb_enqueued, nb_started, nb_finished, nb_progress"
+#: finished_at, progress JSON)``. The casts give each column the type nbtasks writes whatever a
+#: row holds (NULL stays NULL), in C: checking the types in ``summary()`` cost ~15 % of it.
+_LISTING_SQL: Final = (
+    "key, tag, CAST(nb_name AS TEXT), CAST(nb_enqueued AS REAL), CAST(nb_started AS REAL),"
+    " CAST(nb_finished AS REAL), nb_progress"
+)
 
 
 #: One task's listing row, then how its record is stored and the record (see ``Store._read``).
@@ -1678,25 +1682,19 @@ _TIMES: Final = (float, int, type(None))
 
 
 def summary(row: Sequence[Any]) -> dict[str, Any]:
-    """A ``listing()`` row as the record fields it holds (a partial record). A row whose fields
-    are not what nbtasks writes is summarised as damaged (status ``DAMAGED``, ``damaged``: why),
-    so that one bad record does not stop a listing."""
+    """A ``listing()`` row as the record fields it holds (a partial record). A row whose status
+    or progress is not what nbtasks writes is summarised as damaged (status ``DAMAGED``,
+    ``damaged``: why), so that one bad record does not stop a listing (its name and times have
+    their types already: ``_LISTING_SQL``)."""
     key, status, name, enqueued, started, finished, progress = row
     try:
         progress = None if progress is None else json.loads(progress)
     except (ValueError, TypeError):
         progress = MISSING
-    if (
-        status not in _STATUS
-        or not (name is None or type(name) is str)
-        or not (progress is None or _progress_ok(progress))
-        or type(enqueued) not in _TIMES
-        or type(started) not in _TIMES
-        or type(finished) not in _TIMES
-    ):
+    if status not in _STATUS or not (progress is None or _progress_ok(progress)):
         return {
             "id": key[2:],
-            "task_name": name if type(name) is str else None,
+            "task_name": name,
             "status": DAMAGED,
             "damaged": "it is not a record nbtasks wrote"
             if status == DAMAGED
