@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -68,3 +69,42 @@ def start_python(code: str, **kwargs: Any) -> subprocess.Popen[str]:
         cwd=str(REPO),
         **kwargs,
     )
+
+
+class Gate:
+    """Two events: the task says it reached a point (``pause``); the test lets it go on
+    (``release``)."""
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self.go = threading.Event()
+
+    def pause(self) -> None:
+        self.reached.set()
+        assert self.go.wait(10)
+        self.go.clear()
+
+    def wait_reached(self) -> None:
+        assert self.reached.wait(10)
+        self.reached.clear()
+
+    def release(self) -> None:
+        self.go.set()
+
+
+def ready_task_of_a_dead_process(store: Path) -> str:
+    """A task left READY in ``store`` by a process that then died (``os._exit``): its id."""
+    proc = run_python(
+        f"""
+        import os, nbtasks
+        app = nbtasks.App(store={str(store)!r})
+        @app.task
+        def later():
+            return 1
+        print(later.apply_async(countdown=3600).id, flush=True)
+        app.store.flush()
+        os._exit(0)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().splitlines()[-1]

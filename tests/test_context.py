@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import committed, run_python, wait_until
+from helpers import Gate, committed, run_python, wait_until
 
 import nbtasks
 from nbtasks import Context, TaskStatus
@@ -31,26 +31,6 @@ AppFactory = Callable[..., nbtasks.App]
 def reader(make_app: AppFactory) -> nbtasks.App:
     """A second App on the same store: it sees only what is committed."""
     return make_app()
-
-
-class Gate:
-    """Two events: the task says it reached a point; the test lets it go on."""
-
-    def __init__(self) -> None:
-        self.reached = threading.Event()
-        self.go = threading.Event()
-
-    def pause(self) -> None:
-        self.reached.set()
-        assert self.go.wait(10)
-        self.go.clear()
-
-    def wait_reached(self) -> None:
-        assert self.reached.wait(10)
-        self.reached.clear()
-
-    def release(self) -> None:
-        self.go.set()
 
 
 @pytest.fixture

@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import committed, run_python, start_python, wait_until
+from helpers import (
+    committed,
+    ready_task_of_a_dead_process,
+    run_python,
+    start_python,
+    wait_until,
+)
 
 import nbtasks
 from nbtasks import _store
@@ -441,19 +447,7 @@ def test_a_store_from_a_newer_nbtasks_is_refused_untouched(
     store_path: Path, make_app: AppFactory
 ) -> None:
     # A store whose writer died with a task READY: an older nbtasks must not sweep it.
-    proc = run_python(
-        f"""
-        import os, nbtasks
-        app = nbtasks.App(store={str(store_path)!r})
-        @app.task
-        def later():
-            return 1
-        later.apply_async(countdown=3600)
-        app.store.flush()
-        os._exit(0)
-        """
-    )
-    assert proc.returncode == 0, proc.stderr
+    ready_task_of_a_dead_process(store_path)
     con = sqlite3.connect(store_path / "cache.db")
     with con:
         con.execute("UPDATE Cache SET value = ? WHERE key = 'nbtasks:schema'", (_store.SCHEMA + 1,))

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from helpers import Gate
 
 import nbtasks
 from nbtasks import Context, TaskStatus
@@ -57,26 +58,6 @@ BAD_METADATA = {
     "surrogate-in-list": (lambda: ["fine", SURROGATE], UTF8),
     "surrogate-inner-key": (lambda: {SURROGATE: 1}, UTF8),
 }
-
-
-class Gate:
-    """The task says it reached a point (``pause``); the test lets it go on (``release``)."""
-
-    def __init__(self) -> None:
-        self.reached = threading.Event()
-        self.go = threading.Event()
-
-    def pause(self) -> None:
-        self.reached.set()
-        assert self.go.wait(10)
-        self.go.clear()
-
-    def wait_reached(self) -> None:
-        assert self.reached.wait(10)
-        self.reached.clear()
-
-    def release(self) -> None:
-        self.go.set()
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO, start_python, wait_until
+from helpers import REPO, ready_task_of_a_dead_process, start_python, wait_until
 
 import nbtasks
 from nbtasks import _store
@@ -594,21 +594,7 @@ def test_a_read_only_listing_shows_the_tasks_of_dead_owners_as_interrupted(
     store_path: Path,
 ) -> None:
     """Nothing is swept (written), but what a sweep would say is what a reader sees."""
-    proc = start_python(
-        f"""
-        import os, nbtasks
-        app = nbtasks.App(store={str(store_path)!r})
-        @app.task
-        def later():
-            return 1
-        print(later.apply_async(countdown=3600).id, flush=True)
-        app.store.flush()
-        os._exit(0)
-        """
-    )
-    assert proc.stdout is not None
-    tid = proc.stdout.readline().strip()
-    proc.wait(30)
+    tid = ready_task_of_a_dead_process(store_path)
     listed = _nbtasks("list", "--json", "--store", str(store_path))
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout)["status"] == "INTERRUPTED"
