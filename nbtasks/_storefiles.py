@@ -77,10 +77,10 @@ def _not_ours(path: str | Path, what: str, mode: int, store: str | Path) -> Stor
 
 
 def check_directory(directory: Path, create: bool) -> os.stat_result:
-    """The store directory's ``lstat``, after checking it is a real directory (created 0700,
-    with its parents, if ``create`` and missing). A symbolic link is refused: a link planted
-    where a store is expected (a cloned repository's ``.nbtasks``) would send every write
-    elsewhere."""
+    """The store directory's status, read from the opened directory, after checking it is a
+    real directory (created 0700, with its parents, if ``create`` and missing). A symbolic link
+    is refused: a link planted where a store is expected (a cloned repository's ``.nbtasks``)
+    would send every write elsewhere."""
     try:
         st = os.lstat(directory)
     except FileNotFoundError:
@@ -107,7 +107,29 @@ def check_directory(directory: Path, create: bool) -> os.stat_result:
             f"the store {directory} is {_kind(st.st_mode)}, not a directory: "
             "point nbtasks at a directory"
         )
-    return st
+    return _opened(directory, st)
+
+
+def _opened(directory: Path, st: os.stat_result) -> os.stat_result:
+    """The directory's ``fstat``, from a descriptor opened without following a link: what the
+    owner check reads is what is opened, not what a swap left at the path after ``lstat``."""
+    flags = getattr(os, "O_DIRECTORY", 0)
+    if not flags:  # pragma: no cover - Windows cannot open a directory: lstat it is
+        return st
+    try:
+        fd = os.open(directory, os.O_RDONLY | flags | O_NOFOLLOW | _O_EXTRA)
+    except OSError as exc:
+        raise StoreError(f"cannot open the store directory {directory}: {exc}") from exc
+    try:
+        opened = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+        raise StoreError(
+            f"the store directory {directory} was replaced while it was opened: try again, and "
+            "check who else writes there"
+        )
+    return opened
 
 
 def check_own_files(directory: Path) -> None:
