@@ -531,7 +531,7 @@ def _explain(exc: BaseException, path: Path) -> str:
         or getattr(exc, "errno", None) == errno.ENOSPC
     ):
         return f"{text}: the disk that holds it is full. Free some space and try again"
-    if isinstance(exc, diskcache.Timeout) or text in ("database is locked", "lock timeout"):
+    if isinstance(exc, diskcache.Timeout) or text == "database is locked":
         return (
             "the store is locked: another process holds its write lock. Try again, or give "
             "nbtasks.App(lock_timeout=...) more seconds"
@@ -543,10 +543,6 @@ def _explain(exc: BaseException, path: Path) -> str:
     ):
         return text
     return f"{text}. The store is damaged. {_remedy(path)}"
-
-
-def _locked(exc: BaseException) -> bool:
-    return isinstance(exc, diskcache.Timeout) or str(exc) == "database is locked"
 
 
 def open_cache(
@@ -1678,7 +1674,7 @@ def damaged(key: str, store: Path | str, why: str) -> StoreError:
 
 
 DAMAGED: Final = "DAMAGED"  # the status a listing shows for a damaged record
-_TIMES: Final = (float, int, type(None))
+_NUMBERS: Final = (float, int)
 
 
 def summary(row: Sequence[Any]) -> dict[str, Any]:
@@ -1719,8 +1715,8 @@ def _progress_ok(p: Any) -> bool:
     return (
         type(p) is list
         and 1 <= len(p) <= 4
-        and type(p[0]) in _TIMES[:2]
-        and all(v is None or type(v) in _TIMES[:2] for v in (p[1:2] + p[3:4]))
+        and type(p[0]) in _NUMBERS
+        and all(v is None or type(v) in _NUMBERS for v in (p[1:2] + p[3:4]))
         and (len(p) < 3 or p[2] is None or type(p[2]) is str)
     )
 
