@@ -75,6 +75,8 @@ SCHEMA: Final = 2
 LOCK_TIMEOUT: Final = 10.0
 #: Seconds the writer thread waits for a busy database before it tries again next round.
 _WRITER_WAIT: Final = 0.1
+#: A commit whose busy wait is not cut (the common case: made once, not per commit).
+_NO_WAIT_CUT: Final = contextlib.nullcontext()
 TICK: Final = 0.1  # seconds between progress flushes and cancel polls
 COALESCE: Final = 0.002  # seconds the writer lets changes gather before it commits
 BACKLOG: Final = 4000  # dirty records past which workers wait for the writer
@@ -1228,29 +1230,35 @@ class Store:
         """One transaction: side entries, new records, then every dirty record's latest version.
         Returns how many records were written, or -1 (the batch is kept for the next round).
 
-        Waits are bounded: a submit waits at most ``lock_timeout`` for this process's write
-        lock, then as long for SQLite's; the writer thread waits at most ``_WRITER_WAIT`` for
-        either and tries again at its next round, so while another process holds the database,
-        this one's tasks run on (their changes are kept in memory) and a submit is not queued
-        behind the writer. ``fresh_ids``: the new records must not exist yet (a ``task_id``
-        given by the caller): inserted, never upserted, so two submits of one id cannot both
-        be accepted (ValueError)."""
+        Waits are bounded: a submit waits at most ``lock_timeout`` in all, for this process's
+        write lock and then for SQLite's (what is left of it); the writer thread waits at most
+        ``_WRITER_WAIT`` for either and tries again at its next round, so while another process
+        holds the database, this one's tasks run on (their changes are kept in memory) and a
+        submit is not queued behind the writer. ``fresh_ids``: the new records must not exist
+        yet (a ``task_id`` given by the caller): inserted, never upserted, so two submits of
+        one id cannot both be accepted (ValueError)."""
         if self.read_only:
             if new or groups or cache_keys:
                 self._writable()
             return 0
         writer = threading.current_thread() is self._writer
         wait = _WRITER_WAIT if writer else self.lock_timeout
+        start = time.monotonic()
         if not self._write_lock.acquire(timeout=wait):
             if not new:
                 return -1
             raise StoreError(
                 f"could not commit the new task(s) to the store {self.path}, so nothing was "
-                f"stored: another thread of this process held its write lock for {wait:g} s "
-                "(a vacuum?). Try again, or give nbtasks.App(lock_timeout=...) more seconds"
+                f"stored: the store is locked (another thread of this process has been writing "
+                f"to it for {wait:g} s: waiting for another process's lock, or a vacuum). Try "
+                "again, or give nbtasks.App(lock_timeout=...) more seconds"
             )
         try:
-            return self._commit_locked(new, groups, cache_keys, fresh_ids, writer)
+            # A submit that waited for another thread's commit waits only the rest for SQLite.
+            left = None if writer else wait - (time.monotonic() - start)
+            if left is not None and left > wait - 0.001:
+                left = None  # did not wait: the connections' own busy timeout is the budget
+            return self._commit_locked(new, groups, cache_keys, fresh_ids, writer, left)
         finally:
             self._write_lock.release()
 
@@ -1261,6 +1269,7 @@ class Store:
         cache_keys: list[tuple[str, str]],
         fresh_ids: bool,
         writer: bool,
+        left: float | None,
     ) -> int:
         with self._dirty_lock:
             batch, self._dirty = self._dirty, {}
@@ -1280,12 +1289,17 @@ class Store:
                 # (a submit carrying the pending changes) releases the GIL once, not 3+
                 # times, and each release costs 20-40 µs to win back under load.
                 con = self._write_con(writer)
-                _insert(con, born)
-                _upsert(con, rows)
+                with _NO_WAIT_CUT if left is None else self._waiting_at_most(con, left):
+                    _insert(con, born)
+                    _upsert(con, rows)
             else:
                 if writer:
                     self._short_waits()
-                with cache._disk.undo_files(), cache.transact():
+                with (
+                    _NO_WAIT_CUT if left is None else self._waiting_at_most(cache._con, left),
+                    cache._disk.undo_files(),
+                    cache.transact(),
+                ):
                     for key, value in extra.items():
                         if value is None:
                             cache.delete(key)
@@ -1341,6 +1355,15 @@ class Store:
             if live.finished and self.live.get(tid) is live and tid not in self._dirty:
                 del self.live[tid]  # committed: readers find it in the store now
         return len(batch) + len(new)
+
+    @contextlib.contextmanager
+    def _waiting_at_most(self, con: sqlite3.Connection, seconds: float) -> Iterator[None]:
+        """SQLite's busy wait on ``con`` cut to ``seconds`` for one commit."""
+        con.execute(f"PRAGMA busy_timeout = {max(1, int(seconds * 1000))}")
+        try:
+            yield
+        finally:
+            con.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout * 1000)}")
 
     def _short_waits(self) -> None:
         """The writer thread's own diskcache connection waits at most ``_WRITER_WAIT`` for a

@@ -462,6 +462,16 @@ def _locked_store_refuses_submits(
         exc = _outcome(submit, "a submit to the locked store")
         assert isinstance(exc, nbtasks.StoreError), exc
         assert "locked" in str(exc) and str(store_path) in str(exc)
+    # Two at once: the second waits for the first's commit, then only what is left for SQLite.
+    box: list[Any] = []
+    calls = (lambda: plain.delay(1), lambda: plain.map([3, 4]))
+    both = [threading.Thread(target=lambda c=c: box.append(_outcome(c, "a submit"))) for c in calls]
+    for t in both:
+        t.start()
+    for t in both:
+        t.join(60)
+    assert len(box) == 2, box
+    assert all(isinstance(e, nbtasks.StoreError) and "locked" in str(e) for e in box), box
     # Meanwhile the running task went on, and this process saw its progress.
     progress = running.refresh().progress
     assert progress is not None and progress.current > before
