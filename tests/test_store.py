@@ -398,6 +398,48 @@ def test_illegal_transition_through_the_store_is_refused(app: nbtasks.App) -> No
         app.store.change(live, TaskStatus.RUNNING)
     assert live.rec["status"] == "SUCCESSFUL"
     assert committed(app, r.id)["status"] == "SUCCESSFUL"
+    with pytest.raises(IllegalTransition):
+        app.store.cancel(live, "too late", time.time())
+    with pytest.raises(IllegalTransition):
+        app.store.interrupt(live, "too late", time.time())
+    assert committed(app, r.id)["status"] == "SUCCESSFUL"
+
+
+def _ready(task_id: str) -> records.Live:
+    """A READY record of this process, built by hand (nothing will run it)."""
+    now = time.time()
+    return records.Live(
+        {
+            "id": task_id,
+            "task_name": "by.hand",
+            "status": "READY",
+            "enqueued_at": now,
+            "owner": owners.owner_token(),
+        }
+    )
+
+
+@pytest.mark.parametrize("end", ["cancel", "interrupt"])
+def test_the_store_cancels_and_interrupts_through_the_table(app: nbtasks.App, end: str) -> None:
+    """``Store.cancel``/``interrupt``: the status, its state, the time and the reason, in memory
+    at once and committed; waiters wake."""
+    live = _ready(f"by-hand-{end}")
+    app.store.create([live])
+    woken: list[str] = []
+    live.callbacks.append(lambda done: woken.append(done.id))
+    getattr(app.store, end)(live, "because", 1234.5)
+    status = "CANCELLED" if end == "cancel" else "INTERRUPTED"
+    fields = {"status": status, "state": status, "finished_at": 1234.5, "reason": "because"}
+    assert {k: live.rec[k] for k in fields} == fields
+    assert live.wait(0) and woken == [live.id]
+    app.store.flush()
+    assert {k: committed(app, live.id)[k] for k in fields} == fields
+
+
+def test_cancel_requests_lists_the_ids_with_a_pending_request(app: nbtasks.App) -> None:
+    assert app.store.cancel_requests() == []
+    app.store.request_cancel("some-task")
+    assert app.store.cancel_requests() == ["some-task"]
 
 
 def test_the_writer_keeps_the_wal_bounded_and_cuts_it_back_when_idle(
