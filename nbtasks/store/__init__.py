@@ -305,7 +305,7 @@ class Store:
             check_transition(live.id, STATUS[live.rec["status"]], status)
             fields["status"] = status.value
         live.rec.update(fields)  # one C call: atomic with the writer's json.dumps under the GIL
-        self.mark(live, soon)
+        self.writer.mark(live, soon and not self.commit_at_tick)
         if status is not None and status in FINISHED:
             live.notify_finished()
 

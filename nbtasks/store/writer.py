@@ -74,7 +74,7 @@ _CHUNKS: Final = (512, 64)  # rows per statement, then the rest in one
 _INSERT: Final = _UPSERT[: _UPSERT.index(" ON CONFLICT")]
 
 
-def insert(con: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+def _insert(con: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     for row in rows:
         con.execute(_INSERT, row)
 
@@ -274,7 +274,7 @@ class Writer:
                 # times, and each release costs 20-40 µs to win back under load.
                 con = self.connection(writer)
                 with _NO_WAIT_CUT if left is None else self._waiting_at_most(con, left):
-                    insert(con, born)
+                    _insert(con, born)
                     upsert(con, rows)
             else:
                 if writer:
@@ -293,7 +293,7 @@ class Writer:
                         cache.set("g:" + g["id"], json.dumps(g))
                     for key, tid in cache_keys:
                         cache.set("k:" + key, tid)
-                    insert(cache._con, born)
+                    _insert(cache._con, born)
                     upsert(cache._con, rows)
         except Exception as exc:  # disk full, I/O error, locked: keep the batch, retry later
             # A failed COMMIT may leave the transaction open (SQLite: "it is recommended
