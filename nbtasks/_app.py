@@ -19,8 +19,8 @@ from ._errors import NbtasksError, UnknownTaskId
 from ._model import FINISHED, SYSTEM_CLOCK, Clock, Request, TaskStatus, check_id
 from ._result import GroupResult, TaskResult
 from ._runtime import Runtime, Waiting
-from ._store import LOCK_TIMEOUT, Store, new_id, no_gc
 from ._task import Signature, Task, check_task_options, group, resolve_options
+from .store import LOCK_TIMEOUT, Store, new_id, no_gc
 
 if TYPE_CHECKING:
     import diskcache

@@ -31,7 +31,7 @@ from ._errors import (
     TaskTimeout,
 )
 from ._model import MISSING, Clock, Options, Request, TaskError, TaskStatus
-from ._store import HOST, Live, Store
+from .store import HOST, Live, Store
 
 
 @dataclass(eq=False)

@@ -30,7 +30,7 @@ from ._model import (
     aggregate_progress,
     to_datetime,
 )
-from ._store import Live, damaged, owner_alive, parse_record, summary
+from .store import Live, damaged, owner_alive, parse_record, summary
 
 if TYPE_CHECKING:
     from ._app import App

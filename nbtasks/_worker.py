@@ -59,7 +59,8 @@ from ._model import (
     check_id,
     to_datetime,
 )
-from ._store import Live, Store, _start_time, describe_owner, owner_alive
+from .store import Live, Store, describe_owner, owner_alive
+from .store import process_start_time as _start_time
 
 HEARTBEAT: Final = 5.0  # seconds between heartbeats written to a running task's record
 MONITOR: Final = 0.2  # seconds between the monitor thread's checks

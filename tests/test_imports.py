@@ -9,7 +9,10 @@ Rules read from the table ("may import (inside nbtasks)"):
 - ``_runtime`` is not in the table: it is the App's machinery (executors, timer, canvas) and
   gets the executors' row plus ``executors``; ``_worker`` (the process child) is part of
   ``executors/``, as the table says.
-Third-party homes: diskcache only in ``_store``; cloudpickle only in ``_codec``, lazily (and
+- the ``store`` package has a row per module (``store.writer``, ...): they say which of its
+  modules each may use; every other module imports only the package (``from .store import``),
+  never one of its modules.
+Third-party homes: diskcache only under ``store/``; cloudpickle only in ``_codec``, lazily (and
 pickle only there: "no other module imports pickle"); ipywidgets only in ``_view``;
 IPython/ipykernel only in ``_kernel`` and ``_magics``; dask only in ``executors/dask.py``, lazily.
 """
@@ -27,27 +30,45 @@ from helpers import REPO, run_python
 PACKAGE = REPO / "nbtasks"
 
 _LOW = {"_errors"}
-_EXECUTORS_ROW = {"_attempt", "_store", "_codec", "_model", "_errors", "executors", "_worker"}
+_EXECUTORS_ROW = {"_attempt", "store", "_codec", "_model", "_errors", "executors", "_worker"}
 ROWS: dict[str, set[str]] = {
-    "__init__": {"_app", "_context", "_errors", "_model", "_result", "_store", "_task"},
+    "__init__": {"_app", "_context", "_errors", "_model", "_result", "store", "_task"},
     "_errors": set(),
     "_model": {"_errors"},
     "_codec": {"_model", "_errors", "_key"},
     "_key": {"_errors"},
-    "_store": {"_codec", "_model", "_errors", "_storefiles"},
-    "_storefiles": {"_errors"},  # the store's files and lock: no diskcache
-    "_context": {"_store", "_codec", "_model", "_errors"},
-    "_attempt": {"_context", "_store", "_codec", "_model", "_errors"},
+    # The store package, each module using only the ones before it.
+    "store.files": set(),  # the store's files and lock: no diskcache
+    "store.disk": {"store.files"},
+    "store.opening": {"_model", "store.files", "store.disk"},
+    "store.records": {"_model"},
+    "store.queries": {"store.files", "store.disk", "store.opening", "store.records"},
+    "store.writer": {"_model", "store.files", "store.disk", "store.records"},
+    "store.owners": {"_model", "store.disk", "store.queries", "store.records", "store.writer"},
+    "store.cleanup": {"store.files", "store.disk", "store.queries", "store.records"},
+    "store": {
+        "_codec",
+        "_model",
+        "store.cleanup",
+        "store.disk",
+        "store.opening",
+        "store.owners",
+        "store.queries",
+        "store.records",
+        "store.writer",
+    },
+    "_context": {"store", "_codec", "_model", "_errors"},
+    "_attempt": {"_context", "store", "_codec", "_model", "_errors"},
     "executors": _EXECUTORS_ROW,
     "_worker": _EXECUTORS_ROW,
     "_runtime": _EXECUTORS_ROW | {"_context"},
     "_task": {"_codec", "_model", "_errors"},
-    "_result": {"_store", "_codec", "_model", "_errors"},
+    "_result": {"store", "_codec", "_model", "_errors"},
     "_app": {
         "_errors",
         "_model",
         "_codec",
-        "_store",
+        "store",
         "_context",
         "_attempt",
         "executors",
@@ -56,16 +77,16 @@ ROWS: dict[str, set[str]] = {
         "_runtime",
     },
     "_kernel": {"_errors"},
-    "_view": {"_result", "_store", "_model", "_kernel", "_errors"},
+    "_view": {"_result", "store", "_model", "_kernel", "_errors"},
     "_magics": {"_app", "_task", "_result", "_view", "_kernel"},
-    "_cli": {"_app", "_store", "_result", "_model"},
+    "_cli": {"_app", "store", "_result", "_model"},
     "__main__": {"_cli"},  # `python -m nbtasks`
 }
 LAZY_ALLOWED = {("_result", "_view"), ("__init__", "_magics")}
 NEVER_FROM_APP = {"_view", "_kernel", "_magics"}
 
 THIRD_PARTY_HOMES: dict[str, set[str]] = {
-    "diskcache": {"_store"},
+    "diskcache": {"store"},
     "cloudpickle": {"_codec"},
     "pickle": {"_codec"},
     "ipywidgets": {"_view"},
@@ -94,7 +115,7 @@ def _module_name(path: Path) -> str:
 
 
 def _row(module: str) -> str:
-    return "executors" if module.split(".")[0] == "executors" else module
+    return "executors" if module.split(".")[0] == "executors" else module.removesuffix(".__init__")
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -125,10 +146,13 @@ def _resolve(module: str, node: ast.ImportFrom) -> list[str]:
 
 
 def _top(parts: list[str]) -> str:
-    """'executors.thread' counts as 'executors'; everything else by its first part."""
+    """'executors.thread' counts as 'executors'; a module of the store package by its own name
+    ('store.writer'); everything else by its first part."""
     parts = [p for p in parts if p]
     if not parts:
         return "__init__"
+    if parts[0] == "store" and len(parts) > 1:
+        return f"store.{parts[1]}"
     return parts[0]
 
 
@@ -205,7 +229,15 @@ def _params() -> list[object]:
 def test_every_module_has_a_row() -> None:
     missing = [m for m in MODULES if _row(m) not in ROWS]
     assert missing == [], f"add these modules to DESIGN.md's table and to ROWS: {missing}"
-    assert {"_app", "_store", "_codec", "_task", "_result", "_context", "_attempt"} <= set(MODULES)
+    assert {
+        "_app",
+        "store.__init__",
+        "_codec",
+        "_task",
+        "_result",
+        "_context",
+        "_attempt",
+    } <= set(MODULES)
 
 
 @pytest.mark.parametrize("module", _params())
@@ -223,7 +255,8 @@ def test_app_never_imports_the_notebook_modules() -> None:
 def test_the_walker_sees_relative_lazy_and_type_checking_imports() -> None:
     """The walker itself: known edges of the current code are found, typed ones skipped."""
     edges = {(i.module, i.target, i.lazy) for i in ALL_IMPORTS if i.internal}
-    assert ("_store", "_codec", False) in edges
+    assert ("store.__init__", "_codec", False) in edges
+    assert ("store.writer", "store.records", False) in edges
     assert ("_result", "_view", True) in edges
     assert ("executors.thread", "_attempt", False) in edges
     # `if TYPE_CHECKING: from ._app import App` in _result is not an import edge at run time.
@@ -244,6 +277,8 @@ def test_third_party_package_has_one_home(package: str) -> None:
     def at_home(module: str) -> bool:
         if package in ("dask", "distributed"):
             return module.startswith(DASK_FILES)
+        if package == "diskcache":
+            return _row(module).split(".")[0] == "store"
         return module in homes
 
     users = sorted(

@@ -63,8 +63,9 @@ from .._attempt import Attempt, Job, Options
 from .._codec import by_value_refs, dumps, find_unpicklable, loads
 from .._errors import NbtasksError, TaskCancelled, TaskTimeout, WorkerLost
 from .._model import FINISHED, MISSING
-from .._store import HOST, _start_time
 from .._worker import BOOT, CALLS, Channel
+from ..store import HOST
+from ..store import process_start_time as _start_time
 
 if TYPE_CHECKING:
     from collections.abc import Callable
