@@ -4,13 +4,15 @@ Rules read from the table ("may import (inside nbtasks)"):
 - each module imports only the nbtasks modules of its row; ``_errors`` (the exception tree,
   which imports nothing) is allowed everywhere;
 - imports under ``if TYPE_CHECKING:`` are annotations only and are not counted;
-- the one upward edge: ``_result`` may import ``_view`` inside a function (first display);
+- the one upward edge: ``_result`` may import ``views`` inside a function (first display);
   ``__init__`` loads ``_magics`` lazily in ``load_ipython_extension``;
+- each module of ``views/`` has a row of its own, all the same: the package's, plus the
+  package itself (its modules import each other);
 - ``_runtime`` is not in the table: it is the App's machinery (executors, timer, canvas) and
   gets the executors' row plus ``executors``; ``_worker`` (the process child) is part of
   ``executors/``, as the table says.
 Third-party homes: diskcache only in ``_store``; cloudpickle only in ``_codec``, lazily (and
-pickle only there: "no other module imports pickle"); ipywidgets only in ``_view``;
+pickle only there: "no other module imports pickle"); ipywidgets only in ``views/widgets.py``;
 IPython/ipykernel only in ``_kernel`` and ``_magics``; dask only in ``executors/dask.py``, lazily.
 """
 
@@ -28,6 +30,18 @@ PACKAGE = REPO / "nbtasks"
 
 _LOW = {"_errors"}
 _EXECUTORS_ROW = {"_attempt", "_store", "_codec", "_model", "_errors", "executors", "_worker"}
+_VIEWS_ROW = {"_model", "_text", "_kernel", "_errors", "views"}
+_VIEWS_MODULES = [
+    "__init__",
+    "snapshot",
+    "format",
+    "widgets",
+    "task",
+    "group",
+    "dashboard",
+    "display",
+    "updater",
+]
 ROWS: dict[str, set[str]] = {
     "__init__": {"_app", "_context", "_errors", "_model", "_result", "_store", "_task"},
     "_errors": set(),
@@ -42,7 +56,7 @@ ROWS: dict[str, set[str]] = {
     "_worker": _EXECUTORS_ROW,
     "_runtime": _EXECUTORS_ROW | {"_context"},
     "_task": {"_codec", "_model", "_errors"},
-    "_result": {"_store", "_codec", "_model", "_errors"},
+    "_result": {"_store", "_codec", "_model", "_errors", "_text"},
     "_app": {
         "_errors",
         "_model",
@@ -56,19 +70,20 @@ ROWS: dict[str, set[str]] = {
         "_runtime",
     },
     "_kernel": {"_errors"},
-    "_view": {"_result", "_store", "_model", "_kernel", "_errors"},
-    "_magics": {"_app", "_task", "_result", "_view", "_kernel"},
-    "_cli": {"_app", "_store", "_result", "_model"},
+    "_text": {"_model", "_errors"},  # pure text helpers of the front ends
+    **{f"views.{m}": _VIEWS_ROW for m in _VIEWS_MODULES},
+    "_magics": {"_app", "_task", "_result", "views", "_kernel", "_text"},
+    "_cli": {"_app", "_store", "_result", "_model", "_text"},
     "__main__": {"_cli"},  # `python -m nbtasks`
 }
-LAZY_ALLOWED = {("_result", "_view"), ("__init__", "_magics")}
-NEVER_FROM_APP = {"_view", "_kernel", "_magics"}
+LAZY_ALLOWED = {("_result", "views"), ("__init__", "_magics")}
+NEVER_FROM_APP = {"views", "_kernel", "_magics"}
 
 THIRD_PARTY_HOMES: dict[str, set[str]] = {
     "diskcache": {"_store"},
     "cloudpickle": {"_codec"},
     "pickle": {"_codec"},
-    "ipywidgets": {"_view"},
+    "ipywidgets": {"views.widgets"},
     "IPython": {"_kernel", "_magics"},
     "ipykernel": {"_kernel", "_magics"},
     "dask": {"executors.dask"},
@@ -224,7 +239,8 @@ def test_the_walker_sees_relative_lazy_and_type_checking_imports() -> None:
     """The walker itself: known edges of the current code are found, typed ones skipped."""
     edges = {(i.module, i.target, i.lazy) for i in ALL_IMPORTS if i.internal}
     assert ("_store", "_codec", False) in edges
-    assert ("_result", "_view", True) in edges
+    assert ("_result", "views", True) in edges
+    assert ("views.task", "views", False) in edges  # inside its package
     assert ("executors.thread", "_attempt", False) in edges
     # `if TYPE_CHECKING: from ._app import App` in _result is not an import edge at run time.
     assert ("_result", "_app", False) not in edges
@@ -281,5 +297,6 @@ def test_import_nbtasks_is_lean() -> None:
     after_import, after_task, internal = json.loads(proc.stdout)
     assert after_import == []
     assert after_task == []
-    assert "nbtasks._view" not in internal and "nbtasks._magics" not in internal
+    assert not [m for m in internal if m.startswith("nbtasks.views")]
+    assert "nbtasks._magics" not in internal
     assert "nbtasks._kernel" not in internal
