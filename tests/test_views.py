@@ -20,6 +20,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from helpers import wait_until
 
 from nbtasks import views
 from nbtasks.views import display, snapshot, task, updater
@@ -268,9 +269,7 @@ def test_cancel_button_cancels_and_nudges_the_updater() -> None:
     view = views.TaskView(r)
     view._cancel.click()
     assert view._handle.cancelled
-    deadline = time.monotonic() + 5
-    while view.live and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: not view.live, timeout=5)
     assert "CANCELLED" in view._header.value
     assert view._cancel.layout.display == "none"
 
@@ -332,9 +331,7 @@ def test_updater_polls_at_most_ten_times_a_second_stops_and_restarts() -> None:
     up = updater.updater()
     view = CountingView(8)
     up.register(view)
-    deadline = time.monotonic() + 5
-    while up.running and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: not up.running, timeout=5)
     assert not up.running, "the updater must stop when nothing displayed is live"
     assert len(view.times) == 8
     gaps = [b - a for a, b in zip(view.times, view.times[1:], strict=False)]
@@ -342,9 +339,7 @@ def test_updater_polls_at_most_ten_times_a_second_stops_and_restarts() -> None:
     started = views.updater_stats().threads_started
     again = CountingView(2)
     up.register(again)
-    deadline = time.monotonic() + 5
-    while again.live and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: not again.live, timeout=5)
     assert len(again.times) == 2
     assert views.updater_stats().threads_started == started + 1
 
@@ -356,9 +351,7 @@ def test_only_one_updater_thread_for_many_views() -> None:
         up.register(v)
     names = [t.name for t in threading.enumerate() if t.name == "nbtasks-view-updater"]
     assert len(names) == 1
-    deadline = time.monotonic() + 5
-    while any(v.live for v in views) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: not any(v.live for v in views), timeout=5)
     assert all(len(v.times) == 5 for v in views)
 
 
@@ -371,9 +364,7 @@ def test_a_failing_view_does_not_stop_the_others() -> None:
     bad, good = Boom(1), CountingView(3)
     up.register(bad)
     up.register(good)
-    deadline = time.monotonic() + 5
-    while up.running and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: not up.running, timeout=5)
     assert len(good.times) == 3
     assert "boom" in views.updater_stats().last_error
 
@@ -478,6 +469,19 @@ def test_dashboard_pages_filters_and_cancels() -> None:
     first_running = board._row_ids[0]
     board._buttons[0].click()
     assert app.cancelled == [first_running]
+
+
+def test_a_quiet_dashboard_wakes_when_another_view_registers() -> None:
+    app = FakeApp(3)
+    for row in app.store.rows:
+        row["status"] = "SUCCESSFUL"
+    board = views.live_dashboard(app, page_size=5)
+    wait_until(lambda: not updater.updater().running)  # nothing unfinished: it went quiet
+    assert not board.live
+    app.store.rows[0]["status"] = "RUNNING"  # a task another kernel started
+    updater.updater().register(CountingView(1))  # e.g. a task widget displayed here
+    assert board.live
+    wait_until(lambda: 'data-status="RUNNING"' in _row_texts(board)[0], timeout=5)
 
 
 def test_dashboard_on_a_big_store_reads_one_page_at_a_time() -> None:

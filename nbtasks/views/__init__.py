@@ -1,9 +1,9 @@
 """Views of tasks: text, HTML and live ipywidgets, and the one view updater thread.
 
 ``TaskResult``/``GroupResult._repr_mimebundle_`` import this package on first display (the
-one upward edge of the import graph) and call ``mimebundle``; ``%tasks`` calls ``live_dashboard``
-(in a kernel) or ``dashboard_text``. Importing it loads no ipywidgets: the widget modules
-import it on the first widget built.
+one upward edge of the import graph) and call ``mimebundle``; ``%tasks`` calls
+``live_dashboard`` (in a kernel) or ``dashboard_text``. Importing the package loads no
+ipywidgets: ``widgets.ipywidgets()`` imports it when the first widget is built.
 
 The modules, in the order data flows through them:
 
