@@ -21,14 +21,13 @@ from .dashboard import Dashboard, dashboard_text, live_dashboard
 from .display import mimebundle, view_for
 from .format import html_bundle, summary_line
 from .group import GroupView
-from .snapshot import STATUSES, TERMINAL, UNFINISHED, Snapshot
+from .snapshot import TERMINAL, UNFINISHED, Snapshot
 from .task import TaskView
 from .updater import updater_stats
 
 # Not re-exported: ``snapshot.snapshot()`` and ``updater.updater()``, whose names would hide
 # their modules (``views.snapshot`` is the module).
 __all__ = [
-    "STATUSES",
     "TERMINAL",
     "UNFINISHED",
     "Dashboard",
