@@ -4,8 +4,10 @@ Rules read from the table ("may import (inside nbtasks)"):
 - each module imports only the nbtasks modules of its row; ``_errors`` (the exception tree,
   which imports nothing) is allowed everywhere;
 - imports under ``if TYPE_CHECKING:`` are annotations only and are not counted;
-- the one upward edge: ``_result`` may import ``_view`` inside a function (first display);
+- the one upward edge: ``_result`` may import ``views`` inside a function (first display);
   ``__init__`` loads ``_magics`` lazily in ``load_ipython_extension``;
+- each module of ``views/`` has a row of its own, all the same: the package's, plus the
+  package itself (its modules import each other);
 - ``_runtime`` is not in the table: it is the App's machinery (executors, timer, canvas) and
   gets the executors' row plus ``executors``; ``_worker`` (the process child) is part of
   ``executors/``, as the table says.
@@ -13,7 +15,7 @@ Rules read from the table ("may import (inside nbtasks)"):
   modules each may use; every other module imports only the package (``from .store import``),
   never one of its modules.
 Third-party homes: diskcache only under ``store/``; cloudpickle only in ``_codec``, lazily (and
-pickle only there: "no other module imports pickle"); ipywidgets only in ``_view``;
+pickle only there: "no other module imports pickle"); ipywidgets only in ``views/widgets.py``;
 IPython/ipykernel only in ``_kernel`` and ``_magics``; dask only in ``executors/dask.py``, lazily.
 """
 
@@ -31,6 +33,18 @@ PACKAGE = REPO / "nbtasks"
 
 _LOW = {"_errors"}
 _EXECUTORS_ROW = {"_attempt", "store", "_codec", "_model", "_errors", "executors", "_worker"}
+_VIEWS_ROW = {"_model", "_text", "_kernel", "_errors", "views"}
+_VIEWS_MODULES = [
+    "__init__",
+    "snapshot",
+    "format",
+    "widgets",
+    "task",
+    "group",
+    "dashboard",
+    "display",
+    "updater",
+]
 ROWS: dict[str, set[str]] = {
     "__init__": {"_app", "_context", "_errors", "_model", "_result", "store", "_task"},
     "_errors": set(),
@@ -63,7 +77,7 @@ ROWS: dict[str, set[str]] = {
     "_worker": _EXECUTORS_ROW,
     "_runtime": _EXECUTORS_ROW | {"_context"},
     "_task": {"_codec", "_model", "_errors"},
-    "_result": {"store", "_codec", "_model", "_errors"},
+    "_result": {"store", "_codec", "_model", "_errors", "_text"},
     "_app": {
         "_errors",
         "_model",
@@ -77,19 +91,20 @@ ROWS: dict[str, set[str]] = {
         "_runtime",
     },
     "_kernel": {"_errors"},
-    "_view": {"_result", "store", "_model", "_kernel", "_errors"},
-    "_magics": {"_app", "_task", "_result", "_view", "_kernel"},
-    "_cli": {"_app", "store", "_result", "_model"},
+    "_text": {"_model", "_errors"},  # pure text helpers of the front ends
+    **{("views" if m == "__init__" else f"views.{m}"): _VIEWS_ROW for m in _VIEWS_MODULES},
+    "_magics": {"_app", "_task", "_result", "views", "_kernel", "_text"},
+    "_cli": {"_app", "store", "_result", "_model", "_text"},
     "__main__": {"_cli"},  # `python -m nbtasks`
 }
-LAZY_ALLOWED = {("_result", "_view"), ("__init__", "_magics")}
-NEVER_FROM_APP = {"_view", "_kernel", "_magics"}
+LAZY_ALLOWED = {("_result", "views"), ("__init__", "_magics")}
+NEVER_FROM_APP = {"views", "_kernel", "_magics"}
 
 THIRD_PARTY_HOMES: dict[str, set[str]] = {
     "diskcache": {"store"},
     "cloudpickle": {"_codec"},
     "pickle": {"_codec"},
-    "ipywidgets": {"_view"},
+    "ipywidgets": {"views.widgets"},
     "IPython": {"_kernel", "_magics"},
     "ipykernel": {"_kernel", "_magics"},
     "dask": {"executors.dask"},
@@ -257,7 +272,8 @@ def test_the_walker_sees_relative_lazy_and_type_checking_imports() -> None:
     edges = {(i.module, i.target, i.lazy) for i in ALL_IMPORTS if i.internal}
     assert ("store.__init__", "_codec", False) in edges
     assert ("store.writer", "store.records", False) in edges
-    assert ("_result", "_view", True) in edges
+    assert ("_result", "views", True) in edges
+    assert ("views.task", "views", False) in edges  # inside its package
     assert ("executors.thread", "_attempt", False) in edges
     # `if TYPE_CHECKING: from ._app import App` in _result is not an import edge at run time.
     assert ("_result", "_app", False) not in edges
@@ -316,5 +332,6 @@ def test_import_nbtasks_is_lean() -> None:
     after_import, after_task, internal = json.loads(proc.stdout)
     assert after_import == []
     assert after_task == []
-    assert "nbtasks._view" not in internal and "nbtasks._magics" not in internal
+    assert not [m for m in internal if m.startswith("nbtasks.views")]
+    assert "nbtasks._magics" not in internal
     assert "nbtasks._kernel" not in internal
