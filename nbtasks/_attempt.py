@@ -160,7 +160,10 @@ class AttemptCore:
         finally:
             self._leave_user_code()
             _current.reset(token)
-        return self.unchecked_stop(value, error)
+        try:
+            return self.unchecked_stop(value, error)
+        finally:
+            del error  # its traceback holds this frame: no reference cycle through it
 
     def unchecked_stop(
         self, value: Any, error: BaseException | None

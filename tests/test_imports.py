@@ -7,11 +7,11 @@ Rules read from the table ("may import (inside nbtasks)"):
 - the one upward edge: ``_result`` may import ``_view`` inside a function (first display);
   ``__init__`` loads ``_magics`` lazily in ``load_ipython_extension``;
 - ``_runtime`` is not in the table: it is the App's machinery (executors, timer, canvas) and
-  gets the executors' row plus ``executors``; ``_worker`` (the process child) is part of
-  ``executors/``, as the table says.
+  gets the executors' row plus ``executors``. Every module under ``executors/`` (the process
+  pool and its child, the Dask executor and its worker side) has the executors' row.
 Third-party homes: diskcache only in ``_store``; cloudpickle only in ``_codec``, lazily (and
 pickle only there: "no other module imports pickle"); ipywidgets only in ``_view``;
-IPython/ipykernel only in ``_kernel`` and ``_magics``; dask only in ``executors/dask.py``, lazily.
+IPython/ipykernel only in ``_kernel`` and ``_magics``; dask only under ``executors/dask/``, lazily.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from helpers import REPO, run_python
 PACKAGE = REPO / "nbtasks"
 
 _LOW = {"_errors"}
-_EXECUTORS_ROW = {"_attempt", "_store", "_codec", "_model", "_errors", "executors", "_worker"}
+_EXECUTORS_ROW = {"_attempt", "_store", "_codec", "_model", "_errors", "executors"}
 ROWS: dict[str, set[str]] = {
     "__init__": {"_app", "_context", "_errors", "_model", "_result", "_store", "_task"},
     "_errors": set(),
@@ -39,7 +39,6 @@ ROWS: dict[str, set[str]] = {
     "_context": {"_store", "_codec", "_model", "_errors"},
     "_attempt": {"_context", "_store", "_codec", "_model", "_errors"},
     "executors": _EXECUTORS_ROW,
-    "_worker": _EXECUTORS_ROW,
     "_runtime": _EXECUTORS_ROW | {"_context"},
     "_task": {"_codec", "_model", "_errors"},
     "_result": {"_store", "_codec", "_model", "_errors"},
@@ -74,8 +73,8 @@ THIRD_PARTY_HOMES: dict[str, set[str]] = {
     "dask": {"executors.dask"},
     "distributed": {"executors.dask"},
 }
-#: The Dask executor may be split over several files of executors/ (e.g. a worker-side helper).
-DASK_FILES = ("executors.dask", "executors._dask")
+#: The Dask executor's package: its modules (executor, worker side, client) may import dask.
+DASK_FILES = ("executors.dask.",)
 MUST_BE_LAZY = {"cloudpickle", "dask", "distributed"}
 
 
