@@ -1,8 +1,9 @@
 """A worker process of the process executor (SPEC §7): its main loop.
 
 A **worker** owns the task it runs for the attempt (DESIGN principle 2): it opens the store itself
-and runs the core's ``Attempt`` (claim, call, record, hooks), so progress, metadata, state, output,
-heartbeats and the result go from the child to the store and survive the parent. It commits a
+and runs the core's attempt lifecycle (``attempt.WorkerAttempt``: claim, call, record, hooks), so
+progress, metadata, state, output, heartbeats and the result go from the child to the store and
+survive the parent. It commits a
 task's record before it reports the task finished or retried, so what the parent is told is
 durable, and it hands the record back to the parent then. Everything the worker writes to its
 file descriptors 1 and 2 (C code, subprocesses) is captured into the running task's output.
