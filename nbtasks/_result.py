@@ -30,8 +30,8 @@ from ._model import (
     aggregate_progress,
     to_datetime,
 )
-from .store import Live, damaged, owner_alive, parse_record, summary
 from ._text import format_duration, short_id
+from .store import Live, damaged, owner_alive, parse_record, summary
 
 if TYPE_CHECKING:
     from ._app import App

@@ -9,14 +9,14 @@ Rules read from the table ("may import (inside nbtasks)"):
 - each module of ``views/`` has a row of its own, all the same: the package's, plus the
   package itself (its modules import each other);
 - ``_runtime`` is not in the table: it is the App's machinery (executors, timer, canvas) and
-  gets the executors' row plus ``executors``; ``_worker`` (the process child) is part of
-  ``executors/``, as the table says.
+  gets the executors' row plus ``executors``. Every module under ``executors/`` (the process
+  pool and its child, the Dask executor and its worker side) has the executors' row.
 - the ``store`` package has a row per module (``store.writer``, ...): they say which of its
   modules each may use; every other module imports only the package (``from .store import``),
   never one of its modules.
 Third-party homes: diskcache only under ``store/``; cloudpickle only in ``_codec``, lazily (and
 pickle only there: "no other module imports pickle"); ipywidgets only in ``views/widgets.py``;
-IPython/ipykernel only in ``_kernel`` and ``_magics``; dask only in ``executors/dask.py``, lazily.
+IPython/ipykernel only in ``_kernel`` and ``_magics``; dask only under ``executors/dask/``, lazily.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from helpers import REPO, run_python
 PACKAGE = REPO / "nbtasks"
 
 _LOW = {"_errors"}
-_EXECUTORS_ROW = {"_attempt", "store", "_codec", "_model", "_errors", "executors", "_worker"}
+_EXECUTORS_ROW = {"_attempt", "store", "_codec", "_model", "_errors", "executors"}
 _VIEWS_ROW = {"_model", "_text", "_kernel", "_errors", "views"}
 _VIEWS_MODULES = [
     "__init__",
@@ -74,7 +74,6 @@ ROWS: dict[str, set[str]] = {
     "_context": {"store", "_codec", "_model", "_errors"},
     "_attempt": {"_context", "store", "_codec", "_model", "_errors"},
     "executors": _EXECUTORS_ROW,
-    "_worker": _EXECUTORS_ROW,
     "_runtime": _EXECUTORS_ROW | {"_context"},
     "_task": {"_codec", "_model", "_errors"},
     "_result": {"store", "_codec", "_model", "_errors", "_text"},
@@ -110,8 +109,8 @@ THIRD_PARTY_HOMES: dict[str, set[str]] = {
     "dask": {"executors.dask"},
     "distributed": {"executors.dask"},
 }
-#: The Dask executor may be split over several files of executors/ (e.g. a worker-side helper).
-DASK_FILES = ("executors.dask", "executors._dask")
+#: The Dask executor's package: its modules (executor, worker side, client) may import dask.
+DASK_FILES = ("executors.dask.",)
 MUST_BE_LAZY = {"cloudpickle", "dask", "distributed"}
 
 

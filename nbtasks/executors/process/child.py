@@ -1,16 +1,9 @@
-"""The child side of the process executor (SPEC §7): the zygote that forks workers, and the worker.
-
-The parent (``executors/process.py``) starts one **zygote** per pool as a new interpreter
-(``subprocess``: a threaded kernel is never forked). The zygote imports what a worker needs once,
-ignores SIGINT (the notebook's Interrupt button signals the kernel's whole process group), then
-forks a worker for each request it gets on its control socket: forking a single-threaded process
-is safe, and a warm fork costs a few milliseconds where a new interpreter costs ~80 ms. It reaps
-its children and reports each exit status, so the parent can say "killed by SIGSEGV". A worker
-forked with ``detached`` starts its own session: it outlives the kernel.
+"""A worker process of the process executor (SPEC §7): its main loop.
 
 A **worker** owns the task it runs for the attempt (DESIGN principle 2): it opens the store itself
-and runs the core's ``Attempt`` (claim, call, record, hooks), so progress, metadata, state, output,
-heartbeats and the result go from the child to the store and survive the parent. It commits a
+and runs the core's attempt lifecycle (``attempt.WorkerAttempt``: claim, call, record, hooks), so
+progress, metadata, state, output, heartbeats and the result go from the child to the store and
+survive the parent. It commits a
 task's record before it reports the task finished or retried, so what the parent is told is
 durable, and it hands the record back to the parent then. Everything the worker writes to its
 file descriptors 1 and 2 (C code, subprocesses) is captured into the running task's output.
@@ -19,10 +12,11 @@ While the parent lives, it enforces hard timeouts and cancels by terminating the
 whose parent is gone (a detached task after a kernel restart) enforces them itself: it records the
 outcome and exits. It also acts on cancel requests (``x:<id>`` keys) written by any process.
 
-A task running in a pool worker **submits other tasks** through its parent (``_ChildApp``, which
-is ``task.app`` here): the call goes over the worker's socket, the parent's App builds, commits and
-runs the new tasks as if they were submitted there (it owns them), and replies with their records
-(or the exception, raised here). The handles returned here read the store; they never write it.
+A task running in a pool worker **submits other tasks** through its parent (``child_app``,
+whose App is ``task.app`` here): the call goes over the worker's socket, the parent's App builds,
+commits and runs the new tasks as if they were submitted there (it owns them), and replies with
+their records (or the exception, raised here). The handles returned here read the store; they
+never write it.
 """
 
 from __future__ import annotations
@@ -30,10 +24,7 @@ from __future__ import annotations
 import codecs
 import collections
 import contextlib
-import dataclasses
-import inspect
 import itertools
-import json
 import os
 import select
 import signal
@@ -41,26 +32,20 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from . import _codec
-from ._attempt import Attempt, Job, Options, _limit_text
-from ._errors import NbtasksError, SoftTimeLimitExceeded, TaskCancelled, TaskTimeout
-from ._model import (
-    FINISHED,
-    MISSING,
-    SYSTEM_CLOCK,
-    Metadata,
-    Request,
-    TaskStatus,
-    check_id,
-    to_datetime,
-)
-from .store import Live, Store, describe_owner, owner_alive
-from .store import process_start_time as _start_time
+from ... import _codec
+from ..._attempt import Attempt, Job, Options, limit_text, record_interrupted
+from ..._errors import NbtasksError, SoftTimeLimitExceeded, TaskCancelled, TaskTimeout
+from ..._model import MISSING, Request
+from ...store import Live, Store, describe_owner, owner_alive, process_start_time
+from ..payload import load_task
+from .attempt import ChildRuntime, WorkerAttempt
+from .calls import CALLS
+from .channel import Channel
+from .child_app import _ChildApp
 
 HEARTBEAT: Final = 5.0  # seconds between heartbeats written to a running task's record
 MONITOR: Final = 0.2  # seconds between the monitor thread's checks
@@ -73,199 +58,6 @@ _LOADED_MAX: Final = 64  # unpickled (task, options) payloads kept per worker
 #: worker starts; when unset, each task costs one attribute test at each step.
 CRASH_ENV: Final = "NBTASKS_TEST_CRASH_AT"
 CRASH_EXIT: Final = 86
-#: The App methods a task in a worker may have its parent run (the submits; see _ChildApp).
-CALLS: Final = frozenset({"_submit", "_submit_many", "_submit_canvas", "submit"})
-_FINISHED_NAMES: Final = frozenset(s.value for s in FINISHED)
-
-# The bootstrap the parent runs as ``python -c BOOT CONFIG FD``: the parent's sys.path first, so
-# the worker imports nbtasks (and the user's modules) from where the parent does. The package's
-# __init__ (the App, results, views: half of nbtasks' import time) is not run here; it runs on
-# first use of a name from ``nbtasks`` (see _lazy_package), which keeps a cold start short.
-BOOT: Final = (
-    "import sys, json, importlib.util as u; c = json.loads(sys.argv[1]); sys.path[:] = c['path']; "
-    "s = u.find_spec('nbtasks'); sys.modules['nbtasks'] = u.module_from_spec(s); "
-    "from nbtasks._worker import zygote; zygote(int(sys.argv[2]), c)"
-)
-
-
-# --------------------------------------------------------------------------- messages
-
-
-class Channel:
-    """Pickled messages, each prefixed by its length, over a connected stream socket (what
-    ``multiprocessing.connection`` does, without importing ``multiprocessing``: a cold start is
-    ~10 ms shorter). Reads are buffered: one system call takes every message that has arrived.
-    One sender and one receiver at a time (the callers hold locks)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        sock.set_inheritable(False)  # not for a task's subprocesses
-        self.sock = sock
-        self._buf = bytearray()
-        self._eof = False
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def send(self, message: Any) -> None:
-        data = _codec.dumps_message(message)
-        self.sock.sendall(len(data).to_bytes(4, "big") + data)
-
-    def recv(self) -> Any:
-        """The next message (blocks until it is complete); EOFError at the end of the stream."""
-        while True:
-            message = self.take()
-            if message is not None:
-                return message[0]
-            self.fill(block=True)
-
-    def take(self) -> tuple[Any] | None:
-        """The next message if it is buffered already, as a 1-tuple; else None."""
-        buf = self._buf
-        if len(buf) < 4:
-            return None
-        end = 4 + int.from_bytes(buf[:4], "big")
-        if len(buf) < end:
-            return None
-        data = bytes(buf[4:end])
-        del buf[:end]
-        return (_codec.loads(data),)
-
-    def fill(self, block: bool = False) -> bool:
-        """Read what has arrived (waiting for something if ``block``); False if nothing had.
-        EOFError once the other end has closed and every message was taken."""
-        if self._eof:
-            raise EOFError("the other process closed the channel")
-        try:
-            data = self.sock.recv(1 << 16, 0 if block else socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return False
-        if not data:
-            self._eof = True
-            raise EOFError("the other process closed the channel")
-        self._buf += data
-        return True
-
-    def poll(self) -> bool:
-        """True if ``recv()`` has something to return (or to raise) without waiting long."""
-        if len(self._buf) >= 4 or self._eof:
-            return True
-        try:
-            return self.fill()
-        except EOFError:
-            return True
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-# --------------------------------------------------------------------------- the zygote
-
-
-def zygote(ctrl_fd: int, config: dict[str, Any]) -> None:
-    """Fork a worker per request on the control socket; report exits; end with the parent."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the workers
-    _lazy_package()
-    _codec.cloudpickle()  # preload: every worker unpickles
-    import ctypes  # noqa: F401  (the workers flush C stdio through it)
-    import importlib
-
-    for name in config.get("preload", ()):  # as multiprocessing's set_forkserver_preload
-        importlib.import_module(name)
-
-    ctrl = socket.socket(fileno=ctrl_fd)
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    ctrl_fd = ctrl.fileno()
-    while True:
-        ready, _, _ = select.select([ctrl_fd, wake_r], [], [])
-        if wake_r in ready:
-            try:
-                os.read(wake_r, 4096)
-            except BlockingIOError:
-                pass
-        _reap(ctrl)
-        if ctrl_fd not in ready:
-            continue
-        try:
-            data, fds, _flags, _addr = socket.recv_fds(ctrl, 65536, 1)
-        except (BlockingIOError, InterruptedError):
-            continue
-        except OSError:
-            break
-        if not data:
-            break  # the parent is gone: pool workers see their own socket close and exit
-        request = json.loads(data)
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                ctrl.close()
-                signal.set_wakeup_fd(-1)
-                os.close(wake_r)
-                os.close(wake_w)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                worker_main(fds[0], config, bool(request.get("detached")))
-                code = 0
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        for fd in fds:
-            os.close(fd)
-        _send(ctrl, {"forked": request["n"], "pid": pid})
-    os._exit(0)
-
-
-def _lazy_package() -> None:
-    """The ``nbtasks`` package was created without running its __init__ (BOOT): give it the
-    public error classes now (their class path is ``nbtasks.X``, also in what a worker records),
-    and run __init__ on first use of any other name (``nbtasks.current()`` in a task)."""
-    pkg = sys.modules["nbtasks"]
-    if hasattr(pkg, "App"):
-        return  # imported the usual way
-    from . import _errors
-
-    for name, value in vars(_errors).items():
-        error = isinstance(value, type) and issubclass(value, BaseException)
-        if error and value.__module__ == _errors.__name__:
-            value.__module__ = "nbtasks"
-            setattr(pkg, name, value)
-    lock = threading.Lock()
-
-    def complete(name: str) -> Any:
-        if name.startswith("_") or name == "executors":
-            raise AttributeError(name)  # a submodule being imported (`from . import _task`)
-        with lock:
-            if "__getattr__" in vars(pkg):
-                del pkg.__getattr__  # type: ignore[attr-defined,method-assign]
-                pkg.__spec__.loader.exec_module(pkg)  # type: ignore[union-attr]
-        return getattr(pkg, name)
-
-    pkg.__getattr__ = complete  # type: ignore[attr-defined,method-assign]
-
-
-def _reap(ctrl: socket.socket) -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        _send(ctrl, {"exit": pid, "code": os.waitstatus_to_exitcode(status)})
-
-
-def _send(ctrl: socket.socket, message: dict[str, Any]) -> None:
-    try:
-        ctrl.send(json.dumps(message).encode())
-    except OSError:
-        pass  # the parent is gone; the loop ends at the next read
-
-
-# --------------------------------------------------------------------------- the worker
 
 
 def worker_main(fd: int, config: dict[str, Any], detached: bool) -> None:
@@ -295,117 +87,6 @@ def _redirect_stdio(detached: bool) -> tuple[int, int | None]:
     return r, keep_err
 
 
-class _ChildApp:
-    """``task.app`` in a worker process: the App that owns this worker, seen from here.
-
-    A task running here submits others as it would in the notebook (``delay``, ``apply_async``,
-    ``apply``, ``map``/``starmap``/``chunks``, chains, groups, chords, ``app.submit``). Each
-    submit goes to the parent process, whose App builds and commits the tasks through its usual
-    path and runs them in its executors: it owns them (DESIGN principle 2), as if they had been
-    submitted there. The call returns once their READY records are committed, or raises what the
-    parent raised (a bad argument or option: the same TypeError or ValueError, nothing stored).
-    It returns the usual ``TaskResult``/``GroupResult``, over this process's store: they read
-    the records (``wait()``/``get()`` poll the store) and never write them; ``cancel()`` writes a
-    cancel request, which the owner acts on.
-    """
-
-    def __init__(self, worker: Worker, name: str) -> None:
-        self._worker = worker
-        self.name = name
-        self._store = _ReadStore(worker.store)
-        self._registry: dict[str, Any] = {}  # TaskResult.task is None here
-        self._runtime = self  # TaskResult.cancel() calls app._runtime.cancel(id)
-
-    def __repr__(self) -> str:
-        return f"<nbtasks.App {self.name!r} seen from worker process {os.getpid()}>"
-
-    # The App's submit methods, as Task, Signature and the canvas classes call them.
-
-    def _submit(
-        self, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
-    ) -> Any:
-        return self._call("_submit", (task, args, kwargs, options), {})
-
-    def _submit_many(
-        self, task: Any, calls: Any, options: dict[str, Any], *, chunk: bool = False
-    ) -> Any:
-        return self._call("_submit_many", (task, calls, options), {"chunk": chunk})
-
-    def _submit_canvas(self, items: Any, options: dict[str, Any]) -> Any:
-        return self._call("_submit_canvas", (items, options), {})
-
-    def submit(self, request: Request) -> Any:
-        """Mognet: submit a Request; the parent's App finds its task by name."""
-        result = self._call("submit", (request,), {})
-        request.id = result.id
-        return result
-
-    async def run(self, request: Request) -> Any:
-        return await self.submit(request)
-
-    def result(self, task_id: str) -> Any:
-        """The stored TaskResult of any task (read from the store)."""
-        check_id(task_id, "task_id")
-        return _public("TaskResult")(self, task_id)
-
-    def group_result(self, group_id: str) -> Any:
-        check_id(group_id, "group_id")
-        rec = self._store.get_group(group_id)
-        members = [self.result(tid) for tid in rec["members"]]
-        return _public("GroupResult")(self, group_id, members)
-
-    def cancel(self, task_id: str) -> bool:
-        """``TaskResult.cancel()`` here: a cancel request, acted on by the task's owner."""
-        if self._store.get_record(task_id)["status"] in _FINISHED_NAMES:
-            return False
-        self._store.request_cancel(task_id)
-        return True
-
-    def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return self._handles(self._worker.call(method, args, kwargs))
-
-    def _handles(self, described: tuple[Any, ...]) -> Any:
-        """The parent's reply (ids and records) as handles: ("r", id, record, cached) or
-        ("g", id, [members])."""
-        if described[0] == "g":
-            members = [self._handles(m) for m in described[2]]
-            return _public("GroupResult")(self, described[1], members)
-        _, task_id, rec, cached = described
-        return _public("TaskResult")(self, task_id, rec=rec, cached=cached)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        raise AttributeError(
-            f"App.{name} is not available to a task running in a worker process: there, the "
-            "App submits tasks (delay, apply_async, apply, map, chains, groups, chords, "
-            "app.submit) and reads their results (app.result(id)); do the rest from the notebook"
-        )
-
-
-class _ReadStore:
-    """The store as the handles of a worker's submits see it: read, never swept. The tasks'
-    owner is the App that runs this worker (it also owns a dead worker's task until it records
-    the outcome), so a record whose owner looks gone from here is not this process's to mark."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    def sweep(self) -> int:
-        return 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-
-def _public(name: str) -> Any:
-    """A public class of nbtasks (TaskResult, GroupResult): a task here gets the handles it
-    gets in the notebook. Looked up on the package, not imported: this module belongs to the
-    executors' layer (DESIGN's table); in a worker, the package's __init__ runs on first use
-    (see _lazy_package)."""
-    return getattr(sys.modules["nbtasks"], name)
-
-
 class _Reply:
     """A call this worker sent to its parent, and the reply once it is read."""
 
@@ -424,128 +105,10 @@ class _Unrunnable:
         self.name = name
         self._error = error
         self._hooks: frozenset[str] = frozenset()
+        self._is_async = False
 
     def _invoke(self, ctx: Any, args: Any, kwargs: Any) -> Any:
         raise self._error
-
-
-#: Record fields fixed at submit: the parent has them, so a final record is reported without.
-_SENT: Final = frozenset(
-    {"id", "task_name", "enqueued_at", "args_repr", "args", "kwargs", "backend", "executor"}
-)
-
-
-class _ChildRuntime:
-    """The ``_attempt.Runtime`` of a worker: reports to the parent instead of scheduling."""
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.store = worker.store
-        self.clock = SYSTEM_CLOCK
-        self.lock = threading.Lock()
-
-    def schedule(self, job: Job, delay: float) -> None:
-        """A retry. A pool worker commits the READY record and hands it back to the parent (it
-        may go to another worker); a detached one runs the next attempt itself."""
-        w = self.worker
-        self._hook_output(job)
-        if w.detached:
-            w.retry_delay = delay
-            self.store.flush()
-            return
-        self.store.change(job.live, owner=w.parent_owner)
-        self.store.flush()
-        self.store.live.pop(job.id, None)
-        w.send(("retry", job.id, delay, dict(job.live.rec)))
-
-    def finished(self, job: Job) -> None:
-        """Report the final record at once; this process's writer commits it at its next
-        tick. Should this process die first, the parent writes what it was told. A large value
-        lives in an entry of its own, which the parent can only read once committed: then the
-        record is committed first."""
-        self._hook_output(job)
-        rec = job.live.rec
-        if any(isinstance(rec.get(f), dict) and "k" in rec[f] for f in ("rv", "exc")):
-            self.store.flush()
-        self.worker.send(("done", job.id, {k: v for k, v in rec.items() if k not in _SENT}))
-
-    def _hook_output(self, job: Job) -> None:
-        """The hooks (on_success, on_failure, on_retry, after_return) ran after the outcome was
-        recorded, outside the task's context: what they wrote reached the task's output
-        through fds 1 and 2 (see _read_available). Add it to the record before it is reported,
-        as the task's own output is. Only for a task that has hooks."""
-        attempt = job.attempt
-        if attempt is None or not getattr(job.task, "_hooks", None):
-            return
-        self.worker.drain_output()
-        fields = attempt.ctx._snapshot(self.clock.time())
-        if fields:
-            self.store.change(job.live, **fields)
-
-    def timed_out(self, job: Job) -> None:
-        pass  # the parent terminates this process; an orphan's monitor thread records it
-
-
-class _WorkerAttempt(Attempt):
-    """An attempt that ends once: the main thread and the monitor thread (which terminates an
-    orphan's task) may both try, and the output pipe is drained into the task first."""
-
-    def __init__(self, job: Job, runtime: _ChildRuntime, worker: Worker) -> None:
-        super().__init__(job, runtime)  # type: ignore[arg-type]
-        self.worker = worker
-        self.ended = False
-        self.started = runtime.clock.monotonic()
-
-    def claim(self) -> bool:
-        if not super().claim():
-            return False
-        if self.worker.crash_at is not None:
-            self.worker.crash("claim", self.job)
-        if self.job.options.soft_timeout is not None:
-            self.soft_deadline = None  # SIGALRM raises it here (see _call), not the tick
-        return True
-
-    def _call(self) -> Any:
-        """A signal interrupts a blocking call (time.sleep, I/O), which an exception posted
-        from another thread cannot: SIGALRM raises SoftTimeLimitExceeded in this thread (as
-        billiard does for Celery). The timer runs only inside this call, so it never fires
-        outside the user's code."""
-        soft = self.job.options.soft_timeout
-        if soft is None:
-            return self._user_code()
-        signal.setitimer(signal.ITIMER_REAL, max(soft - self._elapsed(), 1e-6))
-        try:
-            return self._user_code()
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-
-    def _user_code(self) -> Any:
-        value = super()._call()
-        if getattr(self.job.task, "_is_async", False) and inspect.iscoroutine(value):
-            import asyncio  # an ``async def`` task: its own event loop in this process
-
-            value = asyncio.run(value)
-        return value
-
-    def _encode_rv(self, value: Any) -> dict[str, Any]:
-        encoded = super()._encode_rv(value)
-        if self.worker.crash_at is not None:
-            self.worker.crash("result", self.job)
-        return encoded
-
-    def _hook_returned(self) -> None:
-        self.worker.drain_output()
-
-    def _elapsed(self) -> float:
-        return self.runtime.clock.monotonic() - self.started
-
-    def end(self, value: Any, error: BaseException | None) -> None:
-        with self.worker.end_lock:
-            if self.ended:
-                return
-            self.ended = True
-            self.worker.drain_output()
-            super().end(value, error)
 
 
 class Worker:
@@ -563,11 +126,11 @@ class Worker:
         self.store = Store(config["store"], trust=bool(config["trust"]), sweep=False)
         self.store.commit_at_tick = True  # the parent hears of each task over the pipe
         self.store.on_cancel_request = self._cancel_requested
-        self.runtime = _ChildRuntime(self)
+        self.runtime = ChildRuntime(self)
         self.pid = os.getpid()
         self._send_lock = threading.Lock()
-        self.end_lock = threading.Lock()
-        self.attempt: _WorkerAttempt | None = None
+        self.end_lock = threading.RLock()  # _terminate ends the attempt while holding it
+        self.attempt: WorkerAttempt | None = None
         self.retry_delay: float | None = None
         self.orphaned = False
         self._cancel: str | None = None
@@ -606,7 +169,7 @@ class Worker:
     def serve(self) -> None:
         """Run the jobs the parent sends, in order. It sends the next one before this one ends
         (so no round trip is waited for), and "cancel" for one still queued here."""
-        self.send(("ready", self.pid, _start_time(self.pid), self.store.owner))
+        self.send(("ready", self.pid, process_start_time(self.pid), self.store.owner))
         queue: collections.deque[tuple[dict[str, Any], bytes]] = collections.deque()
         cancelled: set[str] = set()
         stop = False
@@ -746,24 +309,13 @@ class Worker:
         rec["owner"] = store.owner  # this process owns the record for the attempt
         live = Live(rec, args, kwargs)
         store.adopt(live)
-        request = Request(
-            task_name=rec["task_name"],
-            args=list(args),
-            kwargs=kwargs,
-            id=tid,
-            metadata=Metadata(rec.get("metadata") or {}),
-            retries=rec.get("retries") or 0,
-            priority=rec.get("priority") or 0,
-            eta=to_datetime(rec.get("eta")),
-            expires=to_datetime(rec.get("expires")),
-            parent_id=rec.get("parent_id"),
-        )
+        request = Request.from_record(rec, args, kwargs)
         job = Job(live, task, args, kwargs, request, options, chunk=bool(rec.get("chunk")))
         if cancelled:
             job.cancel_reason = "cancelled"  # the claim records it CANCELLED; it never runs
         while True:
             self.retry_delay = None
-            attempt = _WorkerAttempt(job, self.runtime, self)
+            attempt = WorkerAttempt(job, self.runtime, self)
             self._out_ctx = attempt.ctx
             self.attempt = attempt
             try:
@@ -780,7 +332,7 @@ class Worker:
     def _load(self, payload: bytes) -> tuple[Any, Options]:
         hit = self._loaded.get(payload)
         if hit is None:
-            task, options = _codec.loads(payload)
+            task, options = load_task(payload)
             # A Task unpickled here (this one, and any in its closure or arguments) has no App:
             # Task.__reduce__ leaves it behind. The class attribute stands in for it.
             sys.modules["nbtasks._task"].Task.app = self.app
@@ -847,7 +399,7 @@ class Worker:
                 self._soft_pending = True  # raised once the message is through (_quiet)
                 return
             attempt.ctx._soft_fired = True
-            raise SoftTimeLimitExceeded(_limit_text(attempt, "soft_timeout"))
+            raise SoftTimeLimitExceeded(limit_text(attempt.job, "soft_timeout"))
 
     # ------------------------------------------------------------------ the monitor
 
@@ -877,7 +429,7 @@ class Worker:
             elif self._cancel == attempt.job.id and on_its_own:
                 self._terminate(attempt, TaskCancelled(f"task {attempt.job.id} was cancelled"))
             elif self.orphaned and attempt.deadline is not None and now >= attempt.deadline:
-                self._terminate(attempt, TaskTimeout(_limit_text(attempt, "timeout")))
+                self._terminate(attempt, TaskTimeout(limit_text(attempt.job, "timeout")))
             elif now - last_beat >= HEARTBEAT:
                 last_beat = now
                 with self.end_lock:
@@ -896,35 +448,26 @@ class Worker:
         except OSError:
             return True
 
-    def _terminate(self, attempt: _WorkerAttempt, error: BaseException | None) -> None:
-        """Record the attempt's outcome (no retry: the process ends; None: INTERRUPTED, its
+    def _terminate(self, attempt: WorkerAttempt, error: BaseException | None) -> None:
+        """End the attempt from here (no retry: the process ends; None: INTERRUPTED, its
         parent is gone) and exit."""
         job = attempt.job
         with self.end_lock:
             if attempt.ended:
                 return
-            attempt.ended = True
-            self.drain_output()
             if error is None:
-                self.store.active.pop(job.id, None)
-                now = time.time()
+                attempt.ended = True
+                self.drain_output()
                 parent = describe_owner({"owner": self.parent_owner})
-                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-                fields = attempt.ctx._snapshot(now) or {}
-                self.store.change(
-                    job.live,
-                    TaskStatus.INTERRUPTED,
-                    **fields,
-                    finished_at=now,
-                    state="INTERRUPTED",
-                    reason=f"its parent process {parent} died (noticed at {when})",
-                )
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+                why = f"its parent process {parent} died (noticed at {when})"
+                record_interrupted(job, self.runtime, why)
             else:
                 if isinstance(error, TaskCancelled):
                     job.cancel_reason = "cancelled"
                     self.store.put_extra("x:" + job.id, None)
-                job.options = dataclasses.replace(job.options, retries=job.request.retries)
-                Attempt.end(attempt, MISSING, error)
+                attempt.no_more_retries = True
+                attempt.end(MISSING, error)
         self.store.close()
         os._exit(0)
 
