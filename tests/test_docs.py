@@ -32,6 +32,9 @@ import nbtasks
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md"
 
+# The triggers use POSIX: owners and modes, FIFOs, flock, signals.
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the triggers use POSIX")
+
 
 def quoted_messages() -> list[str]:
     """The messages the page quotes: every code span in bold, on one line."""
