@@ -553,8 +553,13 @@ def _detached_submit(env: Env) -> str:
 def _workers_cannot_start(env: Env) -> str:
     broken = env.tmp / "path" / "nbtasks"
     broken.mkdir(parents=True)
-    (broken / "__init__.py").write_text("")
-    (broken / "_worker.py").write_text("raise ImportError('a broken install')\n")
+    # A half-upgraded install: the package is there, the module the workers start from fails.
+    (broken / "executors" / "process").mkdir(parents=True)
+    for package in (broken, broken / "executors", broken / "executors" / "process"):
+        (package / "__init__.py").write_text("")
+    (broken / "executors" / "process" / "zygote.py").write_text(
+        "raise ImportError('a broken install')\n"
+    )
     env.monkeypatch.syspath_prepend(str(broken.parent))  # workers start with this sys.path
     ns = notebook("def f():\n    return 1\n")
     r = env.app(process_workers=1).task(name="f", executor="process")(ns["f"]).delay()
