@@ -13,7 +13,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._context import (
     Context,
@@ -32,6 +32,9 @@ from ._errors import (
 )
 from ._model import MISSING, Clock, Options, Request, TaskError, TaskStatus
 from ._store import HOST, Live, Store
+
+if TYPE_CHECKING:
+    from ._runtime import Supervisor
 
 
 @dataclass(eq=False)
@@ -62,6 +65,7 @@ class Runtime(Protocol):
     store: Store
     clock: Clock
     lock: threading.Lock
+    supervisor: Supervisor  # time limits and progress samples of the running attempts
 
     def schedule(self, job: Job, delay: float) -> None: ...
 
@@ -139,7 +143,7 @@ class Attempt:
             self.deadline = start + job.options.timeout
         if job.options.soft_timeout is not None:
             self.soft_deadline = start + job.options.soft_timeout
-        self.store.active[live.id] = self.ctx
+        self.runtime.supervisor.add(self)
         install_capture()
         install_tqdm_bridge()
         return True
@@ -166,7 +170,7 @@ class Attempt:
         del error  # its traceback holds this frame: no reference cycle through it
 
     def _leave_user_code(self) -> None:
-        """Stop soft time limits from landing here: under the lock the tick posts them with,
+        """Stop soft time limits from landing here: under the lock time_limit posts them with,
         mark the user code done and withdraw one that was posted but has not fired yet. If it
         fires meanwhile (at any bytecode), it is caught and the step is done again."""
         while True:
@@ -209,7 +213,7 @@ class Attempt:
     def end(self, value: Any, error: BaseException | None) -> None:
         """Record the outcome, run the hooks, tell the runtime."""
         job, live, ctx, store = self.job, self.job.live, self.ctx, self.store
-        store.active.pop(live.id, None)
+        self.runtime.supervisor.discard(self)
         now = self.runtime.clock.time()
         stop = ctx._stop
         if error is None and stop is not None and not isinstance(stop, SoftTimeLimitExceeded):
@@ -360,24 +364,24 @@ class Attempt:
 
     # ------------------------------------------------------------------ called by the context
 
-    def tick(self, ctx: Context) -> None:
-        """Every 0.1 s from the writer thread: persist progress/output; enforce time limits."""
+    def time_limit(self, option: str) -> None:
+        """The supervisor saw this attempt run past its ``timeout`` or ``soft_timeout``: the
+        task stops at its next progress()/check_cancelled(); a soft limit is also raised in the
+        task's thread now, if that thread runs the task's code."""
+        ctx = self.ctx
+        if option == "timeout":
+            ctx._request_stop(TaskTimeout(_limit_text(self, option)))
+            return
+        ctx._soft_fired = True
+        ctx._request_stop(SoftTimeLimitExceeded(_limit_text(self, option)))
+        with self._async_lock:
+            if ctx.thread_id is not None and self.in_user_code:
+                raise_in_thread(ctx.thread_id, SoftTimeLimitExceeded)
+
+    def sample(self, now: float) -> None:
+        """Every tick of the supervisor: persist what the task's progress and output changed."""
         install_tqdm_bridge()  # tqdm may have been imported by the task itself
-        now = self.runtime.clock.monotonic()
-        if self.soft_deadline is not None and not ctx._soft_fired and now >= self.soft_deadline:
-            ctx._soft_fired = True
-            ctx._request_stop(SoftTimeLimitExceeded(_limit_text(self, "soft_timeout")))
-            with self._async_lock:
-                if ctx.thread_id is not None and self.in_user_code:
-                    raise_in_thread(ctx.thread_id, SoftTimeLimitExceeded)
-        if (
-            self.deadline is not None
-            and now >= self.deadline
-            and not isinstance(ctx._stop, TaskTimeout)
-        ):
-            ctx._request_stop(TaskTimeout(_limit_text(self, "timeout")))
-            self.runtime.timed_out(self.job)
-        fields = ctx._snapshot(self.runtime.clock.time())
+        fields = self.ctx._snapshot(now)
         if fields:
             self.store.change(self.job.live, **fields)
 

@@ -1,9 +1,9 @@
 """``Context``: what a running task sees, and ``current()``.
 
 ``progress()`` is on the hot path: it only sets three attributes and checks one flag (DESIGN
-principle 7). The store's writer thread calls ``_tick()`` every 0.1 s to persist what changed
-(progress, output), so writes stay at <= 10 per second per task and the last value is always
-written when the attempt ends. The same tick notices timeouts.
+principle 7). The runtime's supervisor samples what changed (``_snapshot``: progress, output)
+every 0.1 s of its clock, so writes stay at <= 10 per second per task, and the last value is
+always written when the attempt ends. The same supervisor enforces time limits.
 """
 
 from __future__ import annotations
@@ -199,14 +199,14 @@ class Context:
         if task_id is not None:
             check_id(task_id, "task_id", "update_state")
             if task_id != self.request.id:
-                other = self._running("update_state").store.active.get(task_id)
+                other = self._running("update_state").runtime.supervisor.get(task_id)
                 if other is None:
                     raise ValueError(
                         f"update_state(task_id={task_id!r}): no task with this id is running "
                         "in this process, and a task's state is written by the process that "
                         "runs it; call update_state from that task (or leave task_id out)"
                     )
-                target = other
+                target = other.ctx
         target._running("update_state").update_state(state, _json_copy(meta))
 
     def retry(
@@ -243,7 +243,7 @@ class Context:
         text = "".join(self._out)
         return text[-OUTPUT_LIMIT:]
 
-    # ------------------------------------------------------------------ the writer's tick
+    # ------------------------------------------------------------------ the supervisor's sample
 
     def _snapshot(self, now: float) -> dict[str, Any] | None:
         """What changed since the last flush, as record fields (None if nothing did)."""
@@ -271,11 +271,6 @@ class Context:
             fields["output_total"] = out_total
         self._flushed = (cur, total, msg, out_total)
         return fields
-
-    def _tick(self) -> None:
-        attempt = self._attempt
-        if attempt is not None:  # the writer's tick may come just after the attempt ended
-            attempt.tick(self)
 
 
 def _number(value: Any, name: str, call: str = "progress") -> float:

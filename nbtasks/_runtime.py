@@ -1,10 +1,16 @@
 """The machinery behind an App: submission, scheduling, cancellation and what follows a task.
 
 ``Runtime`` is what an ``Attempt`` talks to (the ``_attempt.Runtime`` protocol): it owns the
-lock that orders claims against cancels, the executors (created on first use), a timer for
-countdowns, ETAs and retry backoff, and the canvas: tasks that wait for others (chains, chords)
-are committed READY at submit and dispatched when what they wait for succeeds, or CANCELLED
-with a reason naming the task that did not.
+lock that orders claims against cancels, the executors (created on first use), the supervisor,
+and the canvas: tasks that wait for others (chains, chords) are committed READY at submit and
+dispatched when what they wait for succeeds, or CANCELLED with a reason naming the task that did
+not.
+
+``Supervisor`` is supervision on the injected clock, one thread per runtime (a worker process
+has one too): the timers (countdowns, ETAs, retry backoff); every ``TICK`` while attempts run,
+their time limits and a sample of their progress and output into the store (so a task's
+``progress()`` only sets attributes and the store sees at most ~10 writes a second); and, while
+this process has unfinished tasks, the cancel requests other processes wrote into the store.
 """
 
 from __future__ import annotations
@@ -13,12 +19,12 @@ import heapq
 import itertools
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from . import executors
-from ._attempt import Job, Options
+from ._attempt import Attempt, Job, Options
 from ._codec import args_repr, cache_key, find_unpicklable
 from ._errors import StoreError, TaskCancelled, UnknownTaskId
 from ._model import FINISHED, Clock, Metadata, Request, TaskStatus, to_datetime
@@ -26,6 +32,8 @@ from ._store import Live, Store, new_id, owner_alive
 
 if TYPE_CHECKING:
     from ._task import Task
+
+TICK: Final = 0.1  # seconds of the clock between two samples of a running attempt
 
 
 @dataclass(eq=False)
@@ -51,12 +59,10 @@ class Runtime:
         self.inflight: dict[str, Job] = {}  # cache key -> job in flight in this process
         self._executors: dict[str, executors.Executor] = {}
         self._executors_lock = threading.Lock()
-        self._timer: list[tuple[float, int, Job]] = []
-        self._timer_cond = threading.Condition()
-        self._timer_thread: threading.Thread | None = None
-        self._seq = itertools.count()
+        self.supervisor = Supervisor(
+            store, clock, self._cancel_requested, self.timed_out, self._due
+        )
         self.closed = False
-        store.on_cancel_request = self._cancel_requested
 
     # ------------------------------------------------------------------ executors
 
@@ -200,6 +206,7 @@ class Runtime:
         )
         for key, job in cache_keys:
             self.inflight[key] = job
+        self.supervisor.start()  # cancel requests from other processes, from now on
         waiting_ids = {w.job.id for w in waiting}
         with self.lock:
             for job in jobs:
@@ -229,39 +236,16 @@ class Runtime:
     # ------------------------------------------------------------------ the timer
 
     def schedule(self, job: Job, delay: float) -> None:
-        if delay <= 0:
-            self.dispatch(job)
-            return
-        due = self.clock.monotonic() + delay
-        with self._timer_cond:
-            heapq.heappush(self._timer, (due, next(self._seq), job))
-            if self._timer_thread is None:
-                self._timer_thread = threading.Thread(
-                    target=self._run_timer, name="nbtasks-timer", daemon=True
-                )
-                self._timer_thread.start()
-            self._timer_cond.notify()
+        if delay <= 0 or not self.supervisor.schedule(job, delay):
+            self.dispatch(job)  # at once; after a shutdown, dispatch records it CANCELLED
 
-    def _run_timer(self) -> None:
-        while True:
-            with self._timer_cond:
-                while True:
-                    if self.closed and not self._timer:
-                        return
-                    now = self.clock.monotonic()
-                    if self._timer and self._timer[0][0] <= now:
-                        job = heapq.heappop(self._timer)[2]
-                        break
-                    timeout = self._timer[0][0] - now if self._timer else None
-                    # An ETA may be centuries away; a thread wait cannot be that long.
-                    if timeout is not None:
-                        timeout = min(timeout, threading.TIMEOUT_MAX / 2)
-                    self._timer_cond.wait(timeout)
-            if job.live.rec["status"] == "READY":
-                try:
-                    self.executor(job.options.executor).submit(job)
-                except RuntimeError:
-                    self.cancel_job(job, "the App was shut down before the task started")
+    def _due(self, job: Job) -> None:
+        """A countdown, ETA or retry backoff has run out (on the supervisor's thread)."""
+        if job.live.rec["status"] == "READY":
+            try:
+                self.executor(job.options.executor).submit(job)
+            except RuntimeError:
+                self.cancel_job(job, "the App was shut down before the task started")
 
     # ------------------------------------------------------------------ cancelling
 
@@ -305,7 +289,7 @@ class Runtime:
         return True
 
     def _cancel_requested(self, task_id: str) -> None:
-        """A cancel request from another process, seen by the writer's tick."""
+        """A cancel request from another process, seen by the supervisor."""
         job = self.jobs.get(task_id)
         if job is not None:
             self.cancel_job(job, "cancelled")
@@ -374,10 +358,7 @@ class Runtime:
 
     def shutdown(self, wait: bool, cancel_pending: bool) -> None:
         self.closed = True
-        with self._timer_cond:
-            timed = [entry[2] for entry in self._timer]
-            self._timer.clear()
-            self._timer_cond.notify_all()
+        timed = self.supervisor.close()
         pending: list[Job] = []
         for ex in list(self._executors.values()):
             pending += ex.shutdown(wait=wait, cancel_pending=cancel_pending)
@@ -391,6 +372,145 @@ class Runtime:
             self.store.flush()
         except StoreError:
             pass
+
+
+class Supervisor:
+    """Timers, time limits, progress samples and cancel requests, on one thread and the clock.
+
+    Its thread is started on need and ends once there is nothing to supervise (no timer, no
+    unfinished task in this process), so an idle or forgotten App holds no thread. What it
+    calls runs on that thread, without its lock: a callback may schedule again."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        on_cancel_request: Callable[[str], None],
+        on_timeout: Callable[[Job], None],
+        on_due: Callable[[Job], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.on_cancel_request = on_cancel_request
+        self.on_timeout = on_timeout
+        self.on_due = on_due
+        self.running: dict[str, Attempt] = {}  # task id -> its running attempt in this process
+        self._timed_out: set[str] = set()  # ids whose hard limit was acted on
+        self._timers: list[tuple[float, int, Job]] = []  # (monotonic due time, seq, job)
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._ticking = False  # the thread wakes every TICK (else only for a timer)
+        self._closed = False
+
+    def start(self) -> None:
+        """Something to supervise may have come: start the thread, or wake it if it is idle."""
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="nbtasks-supervisor", daemon=True
+                )
+                self._thread.start()
+            elif not self._ticking:
+                self._cond.notify()
+
+    def add(self, attempt: Attempt) -> None:
+        """A claimed attempt: supervised until ``discard``."""
+        self.running[attempt.job.id] = attempt
+        self.start()
+
+    def discard(self, attempt: Attempt) -> None:
+        tid = attempt.job.id
+        if self.running.get(tid) is attempt:
+            del self.running[tid]
+            self._timed_out.discard(tid)
+
+    def get(self, task_id: str) -> Attempt | None:
+        """The attempt of ``task_id`` running in this process, if there is one."""
+        return self.running.get(task_id)
+
+    def schedule(self, job: Job, delay: float) -> bool:
+        """Call ``on_due(job)`` once ``delay`` seconds of the clock have passed; False (and
+        nothing scheduled) once closed."""
+        with self._cond:
+            if self._closed:
+                return False
+            due = self.clock.monotonic() + delay
+            heapq.heappush(self._timers, (due, next(self._seq), job))
+            self._cond.notify()
+        self.start()
+        return True
+
+    def due(self, task_id: str) -> float | None:
+        """When (``clock.monotonic()``) the timer of ``task_id`` runs out; None: it has none."""
+        with self._cond:
+            return min((d for d, _, job in self._timers if job.id == task_id), default=None)
+
+    def close(self) -> list[Job]:
+        """Stop the timers (their jobs are returned, never started); attempts that still run
+        stay supervised until they end."""
+        with self._cond:
+            self._closed = True
+            timed = [entry[2] for entry in self._timers]
+            self._timers.clear()
+            self._cond.notify_all()
+        return timed
+
+    def _run(self) -> None:
+        clock, cond = self.clock, self._cond
+        next_tick: float | None = None
+        while True:
+            with cond:
+                while True:
+                    now = clock.monotonic()
+                    due: list[Job] = []
+                    while self._timers and self._timers[0][0] <= now:
+                        due.append(heapq.heappop(self._timers)[2])
+                    if not (self.running or self.store.live):
+                        next_tick = None
+                        if not self._timers:
+                            self._thread = None
+                            return
+                    elif next_tick is None:
+                        next_tick = now + TICK  # a tick's worth after it became busy
+                    tick = next_tick is not None and now >= next_tick
+                    if due or tick:
+                        break
+                    deadline = next_tick
+                    if self._timers and (deadline is None or self._timers[0][0] < deadline):
+                        deadline = self._timers[0][0]
+                    self._ticking = next_tick is not None
+                    clock.wait(cond, deadline)
+            if tick:
+                next_tick = now + TICK
+            for job in due:
+                if self.on_due is not None:
+                    self.on_due(job)
+            if tick:
+                try:
+                    self._tick(now)
+                except Exception as exc:  # pragma: no cover - a bug: show it, don't stop
+                    self.store.writer_error = exc
+
+    def _tick(self, now: float) -> None:
+        wall = self.clock.time()
+        for attempt in list(self.running.values()):
+            soft = attempt.soft_deadline
+            if soft is not None and now >= soft:
+                attempt.soft_deadline = None  # fires once
+                attempt.time_limit("soft_timeout")
+            hard = attempt.deadline
+            tid = attempt.job.id
+            if hard is not None and now >= hard and tid not in self._timed_out:
+                self._timed_out.add(tid)
+                attempt.time_limit("timeout")
+                self.on_timeout(attempt.job)
+            attempt.sample(wall)
+        if self.store.live:
+            for tid in self.store.cancel_requests():
+                live = self.store.live.get(tid)
+                if live is not None and not live.finished:
+                    self.on_cancel_request(tid)
 
 
 def _unpicklable_argument(

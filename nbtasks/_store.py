@@ -77,7 +77,7 @@ LOCK_TIMEOUT: Final = 10.0
 _WRITER_WAIT: Final = 0.1
 #: A commit whose busy wait is not cut (the common case: made once, not per commit).
 _NO_WAIT_CUT: Final = contextlib.nullcontext()
-TICK: Final = 0.1  # seconds between progress flushes and cancel polls
+TICK: Final = 0.1  # seconds between the writer's checkpoints and commits of soon=False changes
 COALESCE: Final = 0.002  # seconds the writer lets changes gather before it commits
 BACKLOG: Final = 4000  # dirty records past which workers wait for the writer
 # WAL checkpoints (copying committed pages into the database, then an fsync) are the writer's
@@ -855,8 +855,6 @@ class Store:
         self.codec = Codec(Signer(), str(self.path), trust)
         self.owner = owner_token()
         self.live: dict[str, Live] = {}
-        self.active: dict[str, Any] = {}  # task id -> running Context in this process
-        self.on_cancel_request: Callable[[str], None] | None = None
         self.writer_error: BaseException | None = None
         self._failing = False  # the writer's commits fail (and it has said so in the log)
         self._dirty: dict[str, Live] = {}
@@ -1197,6 +1195,11 @@ class Store:
                 f"{_explain(exc, self.path)}"
             ) from exc
 
+    def cancel_requests(self) -> list[str]:
+        """The ids of every task with a cancel request in the store (any process wrote it)."""
+        rows = self._sql("SELECT key FROM Cache WHERE key >= 'x:' AND key < 'x;'", [])
+        return [key[2:] for (key,) in rows]
+
     def _writable(self) -> None:
         if self.read_only:
             raise StoreError(
@@ -1428,20 +1431,6 @@ class Store:
             self._uncheckpointed = 0
         except sqlite3.Error as exc:  # busy or failing: the next tick (or SQLite) tries again
             self.writer_error = exc
-
-    def _tick(self) -> None:
-        for ctx in list(self.active.values()):
-            try:
-                ctx._tick()
-            except Exception as exc:  # pragma: no cover - a bug; show it, don't kill the writer
-                self.writer_error = exc
-        if self.on_cancel_request is not None and self.live:
-            rows = self._sql("SELECT key FROM Cache WHERE key >= 'x:' AND key < 'x;'", [])
-            for (key,) in rows:
-                tid = key[2:]
-                live = self.live.get(tid)
-                if live is not None and not live.finished:
-                    self.on_cancel_request(tid)
 
     def flush(self) -> None:
         """Commit everything changed so far, in the calling thread; when it returns, a commit
@@ -1840,7 +1829,8 @@ def interrupt_record(rec: dict[str, Any], now: float, why: str) -> None:
 
 
 def _writer_main(ref: weakref.ref[Store]) -> None:
-    """Group-commit dirty records; tick every 0.1 s. Holds the store only weakly between rounds."""
+    """Group-commit dirty records; every 0.1 s, commit what waits for the tick and checkpoint.
+    Holds the store only weakly between rounds."""
     next_tick = time.monotonic() + TICK
     while True:
         store = ref()
@@ -1869,15 +1859,8 @@ def _writer_main(ref: weakref.ref[Store]) -> None:
             store._drained.notify_all()
         now = time.monotonic()
         if now >= next_tick:
-            # What the tick sampled (progress) is committed at once, before the checkpoint's
-            # fsyncs, not after them in the next round.
             next_tick = now + TICK
-            paused = now - store._last_commit >= TICK
-            store._tick()
-            if store._dirty and store._write_batch() >= 0:
-                with store._drained:
-                    store._drained.notify_all()
-            store._checkpoint(paused)
+            store._checkpoint(paused=now - store._last_commit >= TICK)
         if store._closed and not store._dirty and not store._extra:
             return
         del store

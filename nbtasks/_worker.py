@@ -59,6 +59,7 @@ from ._model import (
     check_id,
     to_datetime,
 )
+from ._runtime import Supervisor
 from ._store import Live, Store, _start_time, describe_owner, owner_alive
 
 HEARTBEAT: Final = 5.0  # seconds between heartbeats written to a running task's record
@@ -442,6 +443,11 @@ class _ChildRuntime:
         self.store = worker.store
         self.clock = SYSTEM_CLOCK
         self.lock = threading.Lock()
+        # Progress samples, the hard time limit and cancel requests, as in the parent (SIGALRM
+        # raises the soft limit: see _WorkerAttempt).
+        self.supervisor = Supervisor(
+            self.store, self.clock, worker._cancel_requested, self.timed_out
+        )
 
     def schedule(self, job: Job, delay: float) -> None:
         """A retry. A pool worker commits the READY record and hands it back to the parent (it
@@ -561,7 +567,6 @@ class Worker:
         self.parent_owner: str = config["owner"]
         self.store = Store(config["store"], trust=bool(config["trust"]), sweep=False)
         self.store.commit_at_tick = True  # the parent hears of each task over the pipe
-        self.store.on_cancel_request = self._cancel_requested
         self.runtime = _ChildRuntime(self)
         self.pid = os.getpid()
         self._send_lock = threading.Lock()
@@ -851,7 +856,7 @@ class Worker:
     # ------------------------------------------------------------------ the monitor
 
     def _cancel_requested(self, task_id: str) -> None:
-        """The store's writer saw a cancel request (``x:<id>``) for our task."""
+        """The supervisor saw a cancel request (``x:<id>``) for our task."""
         self._cancel = task_id
         self._wake.set()
 
@@ -905,7 +910,7 @@ class Worker:
             attempt.ended = True
             self.drain_output()
             if error is None:
-                self.store.active.pop(job.id, None)
+                self.runtime.supervisor.discard(attempt)
                 now = time.time()
                 parent = describe_owner({"owner": self.parent_owner})
                 when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))

@@ -39,7 +39,7 @@ ROWS: dict[str, set[str]] = {
     "_context": {"_store", "_codec", "_model", "_errors"},
     "_attempt": {"_context", "_store", "_codec", "_model", "_errors"},
     "executors": _EXECUTORS_ROW,
-    "_worker": _EXECUTORS_ROW,
+    "_worker": _EXECUTORS_ROW | {"_runtime"},  # a worker process supervises its attempt too
     "_runtime": _EXECUTORS_ROW | {"_context"},
     "_task": {"_codec", "_model", "_errors"},
     "_result": {"_store", "_codec", "_model", "_errors"},

@@ -192,7 +192,7 @@ class DaskExecutor:
         return True
 
     def timed_out(self, job: Job) -> None:
-        # Called by the store's tick once the deadline passed (the context holds TaskTimeout).
+        # Called by the supervisor once the deadline passed (the context holds TaskTimeout).
         self._queue.put(("stop", job.id))
 
     # ------------------------------------------------------------------ shutting down
@@ -578,7 +578,7 @@ class DaskExecutor:
         with runtime.lock:
             if live.finished:
                 return
-            self.store.active.pop(live.id, None)
+            runtime.supervisor.discard(flight.attempt)
             self.store.change(
                 live,
                 TaskStatus.INTERRUPTED,
