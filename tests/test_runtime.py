@@ -153,6 +153,27 @@ def test_a_thread_task_past_its_timeout_stops_at_its_next_check(
     assert r.errors[-1].exception_class_path == "nbtasks.TaskTimeout"
 
 
+def test_hard_timeout_of_a_task_that_never_checks_discards_its_value(
+    app: nbtasks.App, clock: FakeClock
+) -> None:
+    """(From tests/test_context.py, where it slept past a real timeout.)"""
+    gate = Gate()
+
+    @app.task(timeout=5)
+    def oblivious() -> str:
+        gate.pause()  # busy, and never checks
+        return "too late"
+
+    r = oblivious.delay()
+    gate.wait_reached()
+    wait_until(clock.waiting)
+    clock.advance(5.1)
+    gate.release()
+    r.wait(10)
+    assert r.status is TaskStatus.FAILED
+    assert r.errors[-1].exception_class_path == "nbtasks.TaskTimeout"
+
+
 def test_a_thread_task_past_its_soft_timeout_gets_soft_time_limit_exceeded(
     app: nbtasks.App, clock: FakeClock
 ) -> None:
