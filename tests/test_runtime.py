@@ -255,3 +255,31 @@ def test_progress_is_sampled_at_most_once_a_tick_of_the_clock(
     assert current() == 3  # the last value of the tick, once
     gate.release()
     r.get(10)
+
+
+def test_cancel_ready_never_runs(tmp_path: Path, clock: FakeClock) -> None:
+    """(From tests/test_result.py, where it slept past a real countdown.) Its countdown comes
+    and goes: a task due after it, on the one worker, runs, and it does not."""
+    app = nbtasks.App(store=tmp_path / "store", clock=clock, workers=1)
+    reader = nbtasks.App(store=tmp_path / "store")
+    ran: list[str] = []
+
+    @app.task
+    def later(name: str) -> None:
+        ran.append(name)
+
+    try:
+        r = later.apply_async(("cancelled",), countdown=5)
+        assert r.cancel() is True
+        assert r.status is TaskStatus.CANCELLED  # cancel() reloads
+        marker = later.apply_async(("marker",), countdown=5)
+        clock.advance(5.1)
+        marker.get(10)
+        assert ran == ["marker"]
+        assert r.cancel() is False  # finished: no effect
+        wait_until(lambda: reader.result(r.id).is_finished)
+        assert reader.result(r.id).status is TaskStatus.CANCELLED
+        assert reader.result(r.id).reason == "cancelled"
+    finally:
+        app.shutdown(wait=True, cancel_pending=True)
+        reader.shutdown()
