@@ -20,6 +20,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from helpers import wait_until
 
 from nbtasks import _view
 
@@ -279,9 +280,7 @@ def test_cancel_button_cancels_and_nudges_the_updater() -> None:
     view = _view.TaskView(r)
     view._cancel.click()
     assert view._handle.cancelled
-    deadline = time.monotonic() + 5
-    while view.live and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: not view.live, timeout=5)
     assert "CANCELLED" in view._header.value
     assert view._cancel.layout.display == "none"
 
@@ -343,9 +342,7 @@ def test_updater_polls_at_most_ten_times_a_second_stops_and_restarts() -> None:
     up = _view.updater()
     view = CountingView(8)
     up.register(view)
-    deadline = time.monotonic() + 5
-    while up.running and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: not up.running, timeout=5)
     assert not up.running, "the updater must stop when nothing displayed is live"
     assert len(view.times) == 8
     gaps = [b - a for a, b in zip(view.times, view.times[1:], strict=False)]
@@ -353,9 +350,7 @@ def test_updater_polls_at_most_ten_times_a_second_stops_and_restarts() -> None:
     started = _view.updater_stats().threads_started
     again = CountingView(2)
     up.register(again)
-    deadline = time.monotonic() + 5
-    while again.live and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: not again.live, timeout=5)
     assert len(again.times) == 2
     assert _view.updater_stats().threads_started == started + 1
 
@@ -367,9 +362,7 @@ def test_only_one_updater_thread_for_many_views() -> None:
         up.register(v)
     names = [t.name for t in threading.enumerate() if t.name == "nbtasks-view-updater"]
     assert len(names) == 1
-    deadline = time.monotonic() + 5
-    while any(v.live for v in views) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: not any(v.live for v in views), timeout=5)
     assert all(len(v.times) == 5 for v in views)
 
 
@@ -382,9 +375,7 @@ def test_a_failing_view_does_not_stop_the_others() -> None:
     bad, good = Boom(1), CountingView(3)
     up.register(bad)
     up.register(good)
-    deadline = time.monotonic() + 5
-    while up.running and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: not up.running, timeout=5)
     assert len(good.times) == 3
     assert "boom" in _view.updater_stats().last_error
 
