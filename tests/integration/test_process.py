@@ -929,7 +929,7 @@ def test_an_owner_on_another_host_is_gone_when_its_heartbeat_is_stale(tmp_path: 
 # ----------------------------------------------------------------------------- a real kernel
 
 KERNEL_SETUP = """
-import os, time, nbtasks
+import os, threading, time, nbtasks
 
 @nbtasks.task(executor="process", detach=True)
 def far(n, dt):
@@ -941,8 +941,7 @@ def far(n, dt):
 
 @nbtasks.task(executor="process", detach=True)
 def forever():
-    while True:
-        time.sleep(0.05)
+    threading.Event().wait()  # until it is cancelled (terminated)
 
 @nbtasks.task(executor="process")
 def in_pool(seconds):
@@ -951,7 +950,7 @@ def in_pool(seconds):
 
 @nbtasks.task
 def in_thread():
-    time.sleep(60)
+    threading.Event().wait()  # until the kernel is restarted
 """
 
 
@@ -985,8 +984,7 @@ def test_detached_task_survives_a_kernel_restart(kernel: KernelDriver) -> None:
         "INTERRUPTED",
     ]
     first = kernel.value("R[0].refresh().progress.current")
-    time.sleep(0.5)
-    assert kernel.value("R[0].refresh().progress.current") > first  # live in the new kernel
+    wait_until(lambda: kernel.value("R[0].refresh().progress.current") > first)  # live here
     assert kernel.value("R[1].cancel()") is True  # a detached task cancelled from here
     assert kernel.value("R[1].wait(10).status.value") == "CANCELLED"
     assert kernel.value("R[0].get(timeout=30)") == 25
