@@ -314,9 +314,9 @@ def test_timeout_terminates_the_worker(app: nbtasks.App) -> None:
     def sleeper(ignore_term: bool) -> None:
         if ignore_term:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        time.sleep(30)
+        threading.Event().wait()  # blocks until a signal ends the process
 
-    r = sleeper.delay(False).wait(20)  # before its 30 s sleep ends: it was terminated
+    r = sleeper.delay(False).wait(20)  # it never returns: it was terminated
     assert r.status is nbtasks.TaskStatus.FAILED
     assert r.errors[-1].exception_class_path == "nbtasks.TaskTimeout"
     assert "ran past its timeout of 0.5s" in r.errors[-1].message
@@ -767,14 +767,17 @@ def test_workers_ignore_sigint(app: nbtasks.App) -> None:
     """The notebook's Interrupt button signals the kernel's whole process group."""
 
     @app.task(executor="process")
-    def nap() -> str:
-        time.sleep(0.5)
+    def nap(gate: str) -> str:
+        Path(gate).read_text()  # a FIFO: until the test writes to it
         return "done"
 
-    r = nap.delay()
+    gate = app.store.path.parent / "gate"
+    os.mkfifo(gate)
+    r = nap.delay(str(gate))
     wait_until(lambda: r.refresh().status is nbtasks.TaskStatus.RUNNING)
     for pid in pool_pids(app):
         os.kill(pid, signal.SIGINT)
+    gate.write_text("go")  # the task still runs: SIGINT did not end it
     assert r.get(timeout=20) == "done"
 
 
