@@ -466,7 +466,8 @@ class Supervisor:
                     due: list[Job] = []
                     while self._timers and self._timers[0][0] <= now:
                         due.append(heapq.heappop(self._timers)[2])
-                    if not (self.running or self.store.live):
+                    # Once closed, only what still runs: the store may be closed too.
+                    if not (self.running or (self.store.live and not self._closed)):
                         next_tick = None
                         if not self._timers:
                             self._thread = None
@@ -506,7 +507,7 @@ class Supervisor:
                 attempt.time_limit("timeout")
                 self.on_timeout(attempt.job)
             attempt.sample(wall)
-        if self.store.live:
+        if self.store.live and not self._closed:
             for tid in self.store.cancel_requests():
                 live = self.store.live.get(tid)
                 if live is not None and not live.finished:

@@ -283,3 +283,35 @@ def test_cancel_ready_never_runs(tmp_path: Path, clock: FakeClock) -> None:
     finally:
         app.shutdown(wait=True, cancel_pending=True)
         reader.shutdown()
+
+
+def test_a_cancel_request_from_another_app_is_polled_at_the_next_tick(
+    app: nbtasks.App, clock: FakeClock, tmp_path: Path
+) -> None:
+    gate = Gate()
+    checks: list[str] = []
+
+    @app.task
+    def slow(ctx: Context) -> None:
+        gate.pause()
+        ctx.check_cancelled()  # the request is in the store, not polled yet
+        checks.append("passed")
+        gate.pause()
+        ctx.check_cancelled()  # polled at the tick: TaskCancelled
+
+    r = slow.delay()
+    gate.wait_reached()
+    other = nbtasks.App(store=tmp_path / "store")
+    try:
+        assert other.result(r.id).cancel() is True  # a request: the owner acts on it
+    finally:
+        other.shutdown()
+    wait_until(clock.waiting)
+    clock.advance(0.05)
+    gate.release()
+    gate.wait_reached()
+    assert checks == ["passed"]
+    clock.advance(0.06)
+    gate.release()
+    assert r.wait(10).status is TaskStatus.CANCELLED
+    assert r.reason == "cancelled"
