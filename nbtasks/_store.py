@@ -22,8 +22,9 @@ Writes follow DESIGN principle 2: ``create()`` commits READY records at submit (
 for a whole group); after that the owner changes its in-memory record and marks it dirty, and
 one writer thread group-commits the latest version of every dirty record, in order per task,
 within milliseconds at low load and at most ~0.2 s behind under load (back-pressure slows the
-workers down instead). The writer also ticks every 0.1 s: it flushes running tasks' throttled
-progress and output, and picks up cancel requests written by other processes.
+workers down instead). Every 0.1 s the writer also checkpoints. Storage only: sampling
+progress, time limits and acting on cancel requests (``cancel_requests()``) are the runtime's
+supervisor's.
 
 diskcache unpickles what it pickled (CVE-2025-69872), so ``_SafeDisk`` refuses pickle mode:
 the store holds JSON text and signed bytes only.

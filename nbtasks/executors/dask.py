@@ -381,7 +381,7 @@ class DaskExecutor:
     def _apply(self, flight: _Flight, msg: dict[str, Any]) -> None:
         """What the worker sent, into the record. Progress and output go into this process's
         Context of the attempt, as a local task's ``progress()`` and ``print()`` would: the
-        store's tick persists them (<= 10/s) and ``Attempt.end`` writes the last values."""
+        runtime's supervisor samples them (<= 10/s) and ``Attempt.end`` writes the last values."""
         live, request, ctx = flight.job.live, flight.job.request, flight.attempt.ctx
         rec = live.rec
         fields: dict[str, Any] = {}
