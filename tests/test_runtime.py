@@ -18,6 +18,7 @@ from helpers import FakeClock, Gate, wait_until
 
 import nbtasks
 from nbtasks import Context, SoftTimeLimitExceeded, TaskStatus
+from nbtasks._model import SYSTEM_CLOCK
 
 
 @pytest.fixture
@@ -315,3 +316,20 @@ def test_a_cancel_request_from_another_app_is_polled_at_the_next_tick(
     gate.release()
     assert r.wait(10).status is TaskStatus.CANCELLED
     assert r.reason == "cancelled"
+
+
+def test_the_system_clock_waits_for_a_deadline_past_what_a_thread_wait_allows() -> None:
+    """A far ETA: the supervisor's wait is cut to what a thread can wait, never an error."""
+    condition, waiting, woke = threading.Condition(), threading.Event(), threading.Event()
+
+    def waiter() -> None:
+        with condition:
+            waiting.set()
+            SYSTEM_CLOCK.wait(condition, SYSTEM_CLOCK.monotonic() + threading.TIMEOUT_MAX * 2)
+        woke.set()
+
+    threading.Thread(target=waiter, daemon=True).start()
+    assert waiting.wait(10)
+    with condition:  # taken once the waiter waits in it
+        condition.notify()
+    assert woke.wait(10)
