@@ -241,11 +241,22 @@ class Runtime:
 
     def _due(self, job: Job) -> None:
         """A countdown, ETA or retry backoff has run out (on the supervisor's thread)."""
-        if job.live.rec["status"] == "READY":
-            try:
-                self.executor(job.options.executor).submit(job)
-            except RuntimeError:
-                self.cancel_job(job, "the App was shut down before the task started")
+        if job.live.rec["status"] != "READY":
+            return
+        if job.options.executor == "inline":
+            # An inline task runs in the thread that hands it over: not this one, which goes
+            # on supervising (the task's own time limits too).
+            threading.Thread(
+                target=self._hand_over, args=(job,), name="nbtasks-inline", daemon=True
+            ).start()
+        else:
+            self._hand_over(job)
+
+    def _hand_over(self, job: Job) -> None:
+        try:
+            self.executor(job.options.executor).submit(job)
+        except RuntimeError:
+            self.cancel_job(job, "the App was shut down before the task started")
 
     # ------------------------------------------------------------------ cancelling
 

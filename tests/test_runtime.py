@@ -333,3 +333,26 @@ def test_the_system_clock_waits_for_a_deadline_past_what_a_thread_wait_allows() 
     with condition:  # taken once the waiter waits in it
         condition.notify()
     assert woke.wait(10)
+
+
+def test_an_inline_task_due_after_a_countdown_is_supervised_while_it_runs(
+    app: nbtasks.App, clock: FakeClock
+) -> None:
+    """It runs on a thread of its own, not on the supervisor's, which enforces its timeout."""
+    gate = Gate()
+
+    @app.task(executor="inline", timeout=5)
+    def later(ctx: Context) -> str:
+        gate.pause()
+        ctx.check_cancelled()
+        return "not stopped"
+
+    r = later.apply_async(countdown=1)
+    clock.advance(1.1)  # returns once the supervisor has handed the task over
+    gate.wait_reached()
+    wait_until(clock.waiting)
+    clock.advance(5.1)
+    gate.release()
+    r.wait(10)
+    assert r.status is TaskStatus.FAILED
+    assert r.errors[-1].exception_class_path == "nbtasks.TaskTimeout"
