@@ -26,7 +26,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._context import (
     Context,
@@ -45,6 +45,9 @@ from ._errors import (
 )
 from ._model import MISSING, Clock, Options, Request, TaskError, TaskStatus
 from .store import HOST, Live, Store
+
+if TYPE_CHECKING:
+    from ._supervisor import Supervisor
 
 
 @dataclass(eq=False)
@@ -75,6 +78,7 @@ class Runtime(Protocol):
     store: Store
     clock: Clock
     lock: threading.Lock
+    supervisor: Supervisor  # time limits and progress samples of the running attempts
 
     def schedule(self, job: Job, delay: float) -> None: ...
 
@@ -169,7 +173,7 @@ class AttemptCore:
         self, value: Any, error: BaseException | None
     ) -> tuple[Any, BaseException | None]:
         """Asked to stop (timeout, cancel) but never checked: the value is discarded."""
-        stop = self.ctx._stop
+        stop = self.ctx.stop_error
         if error is None and stop is not None and not isinstance(stop, SoftTimeLimitExceeded):
             return MISSING, stop
         return value, error
@@ -193,7 +197,7 @@ class AttemptCore:
             try:
                 with self._async_lock:
                     self.in_user_code = False
-                    if self.ctx._soft_fired and self.ctx.thread_id is not None:
+                    if self.ctx.soft_fired and self.ctx.thread_id is not None:
                         clear_async_exc(self.ctx.thread_id)
                 return
             except SoftTimeLimitExceeded:
@@ -206,18 +210,18 @@ class AttemptCore:
         (best effort); past the hard one, ask it to stop and call ``timed_out``."""
         ctx = self.ctx
         soft = self.soft_deadline
-        if soft is not None and not ctx._soft_fired and monotonic >= soft:
-            ctx._soft_fired = True
-            ctx._request_stop(SoftTimeLimitExceeded(limit_text(self.job, "soft_timeout")))
+        if soft is not None and not ctx.soft_fired and monotonic >= soft:
+            ctx.soft_fired = True
+            ctx.request_stop(SoftTimeLimitExceeded(limit_text(self.job, "soft_timeout")))
             with self._async_lock:
                 if ctx.thread_id is not None and self.in_user_code:
                     raise_in_thread(ctx.thread_id, SoftTimeLimitExceeded)
         if (
             self.deadline is not None
             and monotonic >= self.deadline
-            and not isinstance(ctx._stop, TaskTimeout)
+            and not isinstance(ctx.stop_error, TaskTimeout)
         ):
-            ctx._request_stop(TaskTimeout(limit_text(self.job, "timeout")))
+            ctx.request_stop(TaskTimeout(limit_text(self.job, "timeout")))
             self.timed_out()
 
     def timed_out(self) -> None:
@@ -279,7 +283,7 @@ class Attempt(AttemptCore):
             self.runtime.finished(job)
             self._release()
             return False
-        self.store.active[live.id] = self.ctx
+        self.runtime.supervisor.add(self)
         self.start(clock.monotonic())
         return True
 
@@ -317,10 +321,10 @@ class Attempt(AttemptCore):
     def end(self, value: Any, error: BaseException | None) -> None:
         """Record the outcome, run the hooks, tell the runtime."""
         job, live, ctx, store = self.job, self.job.live, self.ctx, self.store
-        store.active.pop(live.id, None)
+        self.runtime.supervisor.discard(self)
         now = self.runtime.clock.time()
         value, error = self.unchecked_stop(value, error)
-        fields = ctx._snapshot(now) or {}
+        fields = ctx.snapshot(now) or {}
         fields["metadata"] = self._merged_metadata()
         einfo: TaskError | None = None
         if error is None:
@@ -357,7 +361,7 @@ class Attempt(AttemptCore):
         and those collections walked all of them again and again."""
         if self.job.attempt is self:
             self.job.attempt = None
-        self.ctx._attempt = None
+        self.ctx.detach()
 
     def _encode_rv(self, value: Any) -> dict[str, Any]:
         try:
@@ -439,7 +443,7 @@ class Attempt(AttemptCore):
         finally:
             self._hook_returned()
             _current.reset(token)
-        fields = self.ctx._snapshot(self.runtime.clock.time())
+        fields = self.ctx.snapshot(self.runtime.clock.time())
         if fields:
             self.store.change(self.job.live, **fields)
 
@@ -456,11 +460,11 @@ class Attempt(AttemptCore):
 
     # ------------------------------------------------------------------ called by the context
 
-    def tick(self, ctx: Context) -> None:
-        """Every 0.1 s from the writer thread: persist progress/output; enforce time limits."""
+    def sample(self, now: float) -> None:
+        """Every tick of the supervisor (``now``: the clock's wall time): persist what the
+        task's progress and output changed."""
         install_tqdm_bridge()  # tqdm may have been imported by the task itself
-        self.enforce_limits(self.runtime.clock.monotonic())
-        fields = ctx._snapshot(self.runtime.clock.time())
+        fields = self.ctx.snapshot(now)
         if fields:
             self.store.change(self.job.live, **fields)
 
@@ -522,8 +526,9 @@ def record_interrupted(job: Job, runtime: Runtime, reason: str) -> None:
     with runtime.lock:
         if live.finished:
             return
-        store.active.pop(live.id, None)
-        fields = (attempt.ctx._snapshot(now) if attempt is not None else None) or {}
+        if attempt is not None:
+            runtime.supervisor.discard(attempt)
+        fields = (attempt.ctx.snapshot(now) if attempt is not None else None) or {}
         store.change(
             live,
             TaskStatus.INTERRUPTED,

@@ -1,9 +1,9 @@
 """``Context``: what a running task sees, and ``current()``.
 
 ``progress()`` is on the hot path: it only sets three attributes and checks one flag (DESIGN
-principle 7). The store's writer thread calls ``_tick()`` every 0.1 s to persist what changed
-(progress, output), so writes stay at <= 10 per second per task and the last value is always
-written when the attempt ends. The same tick notices timeouts.
+principle 7). The runtime's supervisor samples what changed (``snapshot``: progress, output)
+every 0.1 s of its clock, so writes stay at <= 10 per second per task, and the last value is
+always written when the attempt ends. The same supervisor enforces time limits.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ class Context:
         self._cur: float | None = None
         self._total: float | None = None
         self._msg: str | None = None
-        self._stop: BaseException | None = None
-        self._soft_fired = False
+        self.stop_error: BaseException | None = None
+        self.soft_fired = False
         self._out: list[str] = []
         self._out_len = 0
         self._out_total = 0
@@ -100,7 +100,7 @@ class Context:
         self, current: float, total: float | None = None, message: str | None = None
     ) -> None:
         """Report progress. Costs a few attribute stores; raises TaskCancelled once cancelled."""
-        if self._stop is not None:
+        if self.stop_error is not None:
             self._raise_stop()
         # Every argument is checked before anything is set: a refused call leaves no trace.
         # An int or a float costs one set lookup, anything else takes the slow path; a str
@@ -150,23 +150,23 @@ class Context:
 
     @property
     def cancelled(self) -> bool:
-        return isinstance(self._stop, TaskCancelled)
+        return isinstance(self.stop_error, TaskCancelled)
 
     def check_cancelled(self) -> None:
         """Raise TaskCancelled (or TaskTimeout, SoftTimeLimitExceeded) if asked to stop."""
-        if self._stop is not None:
+        if self.stop_error is not None:
             self._raise_stop()
 
     def _raise_stop(self) -> None:
-        stop = self._stop
+        stop = self.stop_error
         if isinstance(stop, SoftTimeLimitExceeded):
-            self._stop = None  # raised once; the task may catch it and clean up
+            self.stop_error = None  # raised once; the task may catch it and clean up
         assert stop is not None
         raise stop
 
-    def _request_stop(self, exc: BaseException) -> None:
-        if self._stop is None or isinstance(self._stop, SoftTimeLimitExceeded):
-            self._stop = exc
+    def request_stop(self, exc: BaseException) -> None:
+        if self.stop_error is None or isinstance(self.stop_error, SoftTimeLimitExceeded):
+            self.stop_error = exc
 
     # ------------------------------------------------------------------ metadata and state
 
@@ -199,14 +199,14 @@ class Context:
         if task_id is not None:
             check_id(task_id, "task_id", "update_state")
             if task_id != self.request.id:
-                other = self._running("update_state").store.active.get(task_id)
+                other = self._running("update_state").runtime.supervisor.get(task_id)
                 if other is None:
                     raise ValueError(
                         f"update_state(task_id={task_id!r}): no task with this id is running "
                         "in this process, and a task's state is written by the process that "
                         "runs it; call update_state from that task (or leave task_id out)"
                     )
-                target = other
+                target = other.ctx
         target._running("update_state").update_state(state, _json_copy(meta))
 
     def retry(
@@ -229,23 +229,39 @@ class Context:
 
     # ------------------------------------------------------------------ output
 
-    def _write(self, text: str) -> None:
+    def write_output(self, text: str, total: int | None = None) -> None:
+        """Add text to the task's output (what it printed or logged, or a worker's pipe).
+        ``total``: the count of everything written so far, where a process elsewhere kept it
+        (its tail may have skipped some)."""
         self._out.append(text)
         n = len(text)
         self._out_len += n
-        self._out_total += n
+        self._out_total = self._out_total + n if total is None else total
         if self._out_len > 2 * OUTPUT_LIMIT:
             tail = "".join(self._out)[-OUTPUT_LIMIT:]
             self._out = [tail]
             self._out_len = len(tail)
 
+    @property
+    def reported(self) -> tuple[float | None, float | None, str | None]:
+        """The progress reported so far: (current, total, message)."""
+        return self._cur, self._total, self._msg
+
+    def set_reported(self, current: float | None, total: float | None, message: str | None) -> None:
+        """Progress as reported by the task's process elsewhere (a Dask worker)."""
+        self._cur, self._total, self._msg = current, total, message
+
+    def detach(self) -> None:
+        """The attempt is over: drop the reference to it (no cycle context <-> attempt)."""
+        self._attempt = None
+
     def output(self) -> str:
         text = "".join(self._out)
         return text[-OUTPUT_LIMIT:]
 
-    # ------------------------------------------------------------------ the writer's tick
+    # ------------------------------------------------------------------ the supervisor's sample
 
-    def _snapshot(self, now: float) -> dict[str, Any] | None:
+    def snapshot(self, now: float) -> dict[str, Any] | None:
         """What changed since the last flush, as record fields (None if nothing did)."""
         cur, total, msg, out_total = self._cur, self._total, self._msg, self._out_total
         if (cur, total, msg, out_total) == self._flushed:
@@ -271,11 +287,6 @@ class Context:
             fields["output_total"] = out_total
         self._flushed = (cur, total, msg, out_total)
         return fields
-
-    def _tick(self) -> None:
-        attempt = self._attempt
-        if attempt is not None:  # the writer's tick may come just after the attempt ended
-            attempt.tick(self)
 
 
 def _number(value: Any, name: str, call: str = "progress") -> float:
@@ -342,7 +353,7 @@ class _TaskStream:
     def write(self, text: str) -> int:
         ctx = _current.get()
         if ctx is not None:
-            ctx._write(text)
+            ctx.write_output(text)
             return len(text)
         return self._wrapped.write(text)  # type: ignore[no-any-return]
 
@@ -386,7 +397,7 @@ def _patch_logging() -> None:
         ctx = _current.get()
         if ctx is not None and _is_std_stream(self.stream):
             try:
-                ctx._write(self.format(record) + self.terminator)
+                ctx.write_output(self.format(record) + self.terminator)
             except Exception:
                 self.handleError(record)
             return

@@ -6,6 +6,7 @@ import contextvars
 import enum
 import importlib
 import math
+import threading
 import time as _time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -477,19 +478,31 @@ def aggregate_progress(items: Iterable[Progress | None], finished: int, count: i
 
 
 class Clock(Protocol):
-    """Injected time (DESIGN principle 15): wall time for records, monotonic for intervals."""
+    """Injected time (DESIGN principle 15): wall time for records and ETAs, monotonic for
+    intervals, and the one way the runtime's supervisor waits, so that a test's fake clock
+    can wake it when the test moves time on (tests/helpers.py: FakeClock)."""
 
     def time(self) -> float: ...
 
     def monotonic(self) -> float: ...
 
-    def sleep(self, seconds: float) -> None: ...
+    def wait(self, condition: threading.Condition, deadline: float | None) -> None:
+        """Wait on ``condition`` (held by the caller) until it is notified or ``monotonic()``
+        reaches ``deadline`` (None: until notified)."""
+        ...
 
 
 class SystemClock:
     time = staticmethod(_time.time)
     monotonic = staticmethod(_time.monotonic)
-    sleep = staticmethod(_time.sleep)
+
+    @staticmethod
+    def wait(condition: threading.Condition, deadline: float | None) -> None:
+        if deadline is None:
+            condition.wait()
+        else:
+            # An ETA may be centuries away; a thread wait cannot be that long.
+            condition.wait(min(deadline - _time.monotonic(), threading.TIMEOUT_MAX / 2))
 
 
 SYSTEM_CLOCK: Final = SystemClock()

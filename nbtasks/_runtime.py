@@ -1,16 +1,20 @@
 """The machinery behind an App: submission, scheduling, cancellation and what follows a task.
 
 ``Runtime`` is what an ``Attempt`` talks to (the ``_attempt.Runtime`` protocol): it owns the
-lock that orders claims against cancels, the executors (created on first use), a timer for
-countdowns, ETAs and retry backoff, and the canvas: tasks that wait for others (chains, chords)
-are committed READY at submit and dispatched when what they wait for succeeds, or CANCELLED
-with a reason naming the task that did not.
+lock that orders claims against cancels, the executors (created on first use), the supervisor,
+and the canvas: tasks that wait for others (chains, chords) are committed READY at submit and
+dispatched when what they wait for succeeds, or CANCELLED with a reason naming the task that did
+not.
+
+``Supervisor`` is supervision on the injected clock, one thread per runtime (a worker process
+has one too): the timers (countdowns, ETAs, retry backoff); every ``TICK`` while attempts run,
+their time limits and a sample of their progress and output into the store (so a task's
+``progress()`` only sets attributes and the store sees at most ~10 writes a second); and, while
+this process has unfinished tasks, the cancel requests other processes wrote into the store.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import json
 import threading
 from collections.abc import Sequence
@@ -22,6 +26,7 @@ from ._attempt import Job, Options
 from ._codec import args_repr, cache_key, find_unpicklable
 from ._errors import StoreError, TaskCancelled, UnknownTaskId
 from ._model import FINISHED, Clock, Metadata, Request, TaskStatus, to_datetime
+from ._supervisor import Supervisor
 from .store import Live, Store, new_id, owner_alive
 
 if TYPE_CHECKING:
@@ -51,12 +56,8 @@ class Runtime:
         self.inflight: dict[str, Job] = {}  # cache key -> job in flight in this process
         self._executors: dict[str, executors.Executor] = {}
         self._executors_lock = threading.Lock()
-        self._timer: list[tuple[float, int, Job]] = []
-        self._timer_cond = threading.Condition()
-        self._timer_thread: threading.Thread | None = None
-        self._seq = itertools.count()
+        self.supervisor = Supervisor(store, clock, self._cancel_requested, self._due)
         self.closed = False
-        store.on_cancel_request = self._cancel_requested
 
     # ------------------------------------------------------------------ executors
 
@@ -200,6 +201,7 @@ class Runtime:
         )
         for key, job in cache_keys:
             self.inflight[key] = job
+        self.supervisor.start()  # cancel requests from other processes, from now on
         waiting_ids = {w.job.id for w in waiting}
         with self.lock:
             for job in jobs:
@@ -229,39 +231,27 @@ class Runtime:
     # ------------------------------------------------------------------ the timer
 
     def schedule(self, job: Job, delay: float) -> None:
-        if delay <= 0:
-            self.dispatch(job)
-            return
-        due = self.clock.monotonic() + delay
-        with self._timer_cond:
-            heapq.heappush(self._timer, (due, next(self._seq), job))
-            if self._timer_thread is None:
-                self._timer_thread = threading.Thread(
-                    target=self._run_timer, name="nbtasks-timer", daemon=True
-                )
-                self._timer_thread.start()
-            self._timer_cond.notify()
+        if delay <= 0 or not self.supervisor.schedule(job, delay):
+            self.dispatch(job)  # at once; after a shutdown, dispatch records it CANCELLED
 
-    def _run_timer(self) -> None:
-        while True:
-            with self._timer_cond:
-                while True:
-                    if self.closed and not self._timer:
-                        return
-                    now = self.clock.monotonic()
-                    if self._timer and self._timer[0][0] <= now:
-                        job = heapq.heappop(self._timer)[2]
-                        break
-                    timeout = self._timer[0][0] - now if self._timer else None
-                    # An ETA may be centuries away; a thread wait cannot be that long.
-                    if timeout is not None:
-                        timeout = min(timeout, threading.TIMEOUT_MAX / 2)
-                    self._timer_cond.wait(timeout)
-            if job.live.rec["status"] == "READY":
-                try:
-                    self.executor(job.options.executor).submit(job)
-                except RuntimeError:
-                    self.cancel_job(job, "the App was shut down before the task started")
+    def _due(self, job: Job) -> None:
+        """A countdown, ETA or retry backoff has run out (on the supervisor's thread)."""
+        if job.live.rec["status"] != "READY":
+            return
+        if job.options.executor == "inline":
+            # An inline task runs in the thread that hands it over: not this one, which goes
+            # on supervising (the task's own time limits too).
+            threading.Thread(
+                target=self._hand_over, args=(job,), name="nbtasks-inline", daemon=True
+            ).start()
+        else:
+            self._hand_over(job)
+
+    def _hand_over(self, job: Job) -> None:
+        try:
+            self.executor(job.options.executor).submit(job)
+        except RuntimeError:
+            self.cancel_job(job, "the App was shut down before the task started")
 
     # ------------------------------------------------------------------ cancelling
 
@@ -298,14 +288,14 @@ class Runtime:
                 running = True
         if running:
             if job.attempt is not None:
-                job.attempt.ctx._request_stop(TaskCancelled(f"task {job.id} was {reason}"))
+                job.attempt.ctx.request_stop(TaskCancelled(f"task {job.id} was {reason}"))
             self.executor(job.options.executor).cancel_running(job)
         else:
             self.finished(job)
         return True
 
     def _cancel_requested(self, task_id: str) -> None:
-        """A cancel request from another process, seen by the writer's tick."""
+        """A cancel request from another process, seen by the supervisor."""
         job = self.jobs.get(task_id)
         if job is not None:
             self.cancel_job(job, "cancelled")
@@ -374,10 +364,7 @@ class Runtime:
 
     def shutdown(self, wait: bool, cancel_pending: bool) -> None:
         self.closed = True
-        with self._timer_cond:
-            timed = [entry[2] for entry in self._timer]
-            self._timer.clear()
-            self._timer_cond.notify_all()
+        timed = self.supervisor.close()
         pending: list[Job] = []
         for ex in list(self._executors.values()):
             pending += ex.shutdown(wait=wait, cancel_pending=cancel_pending)

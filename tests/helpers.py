@@ -6,6 +6,7 @@ would find whichever was imported first.
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import textwrap
@@ -30,6 +31,65 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {predicate}")
         time.sleep(interval)
+
+
+class FakeClock:
+    """A ``Clock`` (nbtasks._model) that moves only when the test calls ``advance``.
+
+    ``time()`` starts at ``start`` (a wall time), ``monotonic()`` at 1000; both move together.
+    A thread in ``wait`` wakes when its deadline passes on this clock (or when notified), and
+    ``advance`` returns once every thread it woke has handled the new time: waits again, or
+    has ended. So what the supervisor does at a time is done when ``advance`` returns, and what
+    it has not done by then it will not do before the next ``advance``."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self._offset = start - 1000.0
+        self._now = 1000.0
+        self._lock = threading.Condition()
+        self._waiting: dict[threading.Thread, tuple[float, threading.Condition]] = {}
+        self._woken: set[threading.Thread] = set()
+
+    def time(self) -> float:
+        return self._now + self._offset
+
+    def monotonic(self) -> float:
+        return self._now
+
+    def waiting(self) -> int:
+        """How many threads wait on this clock now."""
+        with self._lock:
+            return len(self._waiting)
+
+    def wait(self, condition: threading.Condition, deadline: float | None) -> None:
+        me = threading.current_thread()
+        with self._lock:
+            self._woken.discard(me)
+            self._lock.notify_all()
+            if deadline is not None and deadline <= self._now:
+                return
+            self._waiting[me] = (math.inf if deadline is None else deadline, condition)
+        try:
+            condition.wait()  # until advance() (or whoever else) notifies it
+        finally:
+            with self._lock:
+                self._waiting.pop(me, None)
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += seconds
+            due = [(t, c) for t, (d, c) in self._waiting.items() if d <= self._now]
+            self._woken.update(t for t, _ in due)
+        for thread, condition in due:
+            with condition:  # taken once the thread waits in it: the notify reaches it
+                if self._waiting.get(thread, (0.0, None))[1] is condition:
+                    condition.notify_all()
+        limit = time.monotonic() + 10
+        with self._lock:
+            while any(t.is_alive() for t in self._woken):
+                if time.monotonic() > limit:
+                    raise AssertionError(f"threads did not settle after advance(): {self._woken}")
+                self._lock.wait(0.01)
+            self._woken.clear()
 
 
 def committed(app: nbtasks.App, task_id: str) -> dict[str, Any]:

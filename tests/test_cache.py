@@ -164,13 +164,15 @@ def test_cache_ttl_bounds_the_age_of_a_reused_result(app: nbtasks.App) -> None:
     first = f.delay(1)
     first.wait(10)
     assert f.delay(1).id == first.id
-    time.sleep(0.15)
+    aged = first.finished_at.timestamp() + 0.1  # type: ignore[union-attr]
+    wait_until(lambda: time.time() > aged)  # the clock has passed the ttl
     fresh = f.delay(1)
     assert fresh.id != first.id and not fresh.cached
     fresh.wait(10)
     # Per call: a longer ttl accepts the first one again, a short one does not.
     assert f.apply_async((1,), cache_ttl=3600).id == fresh.id
-    time.sleep(0.02)
+    aged = fresh.finished_at.timestamp() + 0.01  # type: ignore[union-attr]
+    wait_until(lambda: time.time() > aged)
     assert f.apply_async((1,), cache_ttl=0.01).id != fresh.id
 
 
@@ -204,8 +206,8 @@ def sq(x):
 
 @app.task(name="cache.hang", cache=True)
 def hang(x):
-    import time
-    time.sleep(600)
+    import threading
+    threading.Event().wait()  # until its process is killed
 """
 
 _SUBMIT = """

@@ -96,6 +96,8 @@ for b in blobs:
 app.store.flush()
 print(json.dumps([r.id for r in done.results] + [b.id for b in blobs]), flush=True)
 running = [spin.delay(i).id for i in range(2)]
+while any(app.store.read_record(t)["status"] != "RUNNING" for t in running):
+    pass  # until their RUNNING records are committed (the test kills it after this line)
 print(json.dumps(running), flush=True)
 i = 1000
 while True:  # commit as fast as it can until it is killed

@@ -32,7 +32,7 @@ from helpers import REPO, run_python
 PACKAGE = REPO / "nbtasks"
 
 _LOW = {"_errors"}
-_EXECUTORS_ROW = {"_attempt", "store", "_codec", "_model", "_errors", "executors"}
+_EXECUTORS_ROW = {"_attempt", "_supervisor", "store", "_codec", "_model", "_errors", "executors"}
 _VIEWS_ROW = {"_model", "_text", "_kernel", "_errors", "views"}
 _VIEWS_MODULES = [
     "__init__",
@@ -73,6 +73,7 @@ ROWS: dict[str, set[str]] = {
     },
     "_context": {"store", "_codec", "_model", "_errors"},
     "_attempt": {"_context", "store", "_codec", "_model", "_errors"},
+    "_supervisor": set(),  # types only (TYPE_CHECKING): the clock, attempts and the store
     "executors": _EXECUTORS_ROW,
     "_runtime": _EXECUTORS_ROW | {"_context"},
     "_task": {"_codec", "_model", "_errors"},

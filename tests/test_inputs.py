@@ -283,10 +283,12 @@ def test_a_non_finite_progress_does_not_hide_the_values_after_it(
 
     @app.task
     def t(ctx: Context) -> None:
+        attempt = app._runtime.supervisor.get(ctx.id)
+        assert attempt is not None
         ctx.progress(float("nan"), 10)
-        ctx._tick()  # what the writer does every 0.1 s: here, between the two calls
+        attempt.sample(app._runtime.clock.time())  # what the supervisor does every 0.1 s
         ctx.progress(4, 10)
-        ctx._tick()
+        attempt.sample(app._runtime.clock.time())
         ctx.progress(5, 10)
 
     r = t.delay()

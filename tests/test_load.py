@@ -12,12 +12,11 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import REPO
+from helpers import REPO, wait_until
 
 import nbtasks
 from nbtasks._model import TaskStatus
@@ -46,6 +45,7 @@ def work(self, who, i):
     return {"who": who, "i": i, "pid": os.getpid()}
 
 
+open(go + "." + who, "w").close()  # ready: imported, store open
 while not os.path.exists(go):  # start together
     time.sleep(0.001)
 t0 = time.time()
@@ -95,7 +95,7 @@ def test_four_processes_of_2000_tasks_on_one_store(tmp_path: Path) -> None:
         )
         for k in range(PROCESSES)
     }
-    time.sleep(1.0)  # let them import and open the store
+    wait_until(lambda: all(Path(f"{go}.{who}").exists() for who in procs), timeout=120)
     go.touch()
     outs = {}
     for who, p in procs.items():

@@ -498,13 +498,13 @@ def test_interpreter_exit_flushes_what_is_pending(store_path: Path) -> None:
 # --------------------------------------------------------------------------- dead owners
 
 _DIES = """
-import os, signal, sys, time
+import os, signal, sys, threading, time
 import nbtasks
 app = nbtasks.App(store={store!r}, workers=1)
 
 @app.task
 def long():
-    time.sleep(600)
+    threading.Event().wait()  # until the process is killed
 
 running = long.delay()
 while app.store.read_record(running.id)["status"] != "RUNNING":  # committed RUNNING
@@ -547,15 +547,15 @@ def test_refresh_of_a_running_task_whose_owner_died(store_path: Path, make_app: 
     reader = make_app()
     proc = start_python(
         f"""
-        import os, time, nbtasks
+        import os, threading, nbtasks
         app = nbtasks.App(store={str(store_path)!r})
         @app.task
         def long():
-            time.sleep(600)
+            threading.Event().wait()  # until the process is killed
         r = long.delay()
         app.store.flush()
         print(r.id, os.getpid(), flush=True)
-        time.sleep(600)
+        threading.Event().wait()
         """
     )
     try:
@@ -668,9 +668,8 @@ def test_cancel_request_from_another_process_is_acted_on_by_the_owner(
         app = nbtasks.App(store={str(store_path)!r})
         @app.task
         def spin(ctx: nbtasks.Context):
-            while True:
+            while True:  # busy until cancelled, reporting
                 ctx.progress(1)
-                time.sleep(0.005)
         r = spin.delay()
         app.store.flush()
         print(r.id, flush=True)
@@ -887,8 +886,9 @@ def test_the_expiry_index_holds_only_rows_that_expire(
     assert _expire_index(store_path).endswith("WHERE expire_time IS NOT NULL")
     assert sorted(again.result(i).get() for i in ids) == [0, 2, 4, 6, 8]
     cache = again.store.cache
+    set_at = time.time()
     cache.set("side", "gone soon", expire=0.01)
-    time.sleep(0.05)
+    wait_until(lambda: time.time() > set_at + 0.02)  # the clock has passed its expiry
     assert cache.expire() == 1 and "side" not in cache
     assert len(again.results(task_name="expiry.double")) == 5
 

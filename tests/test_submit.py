@@ -162,7 +162,8 @@ def test_task_not_started_before_expires_is_cancelled_expired(
         expires = datetime.now(UTC) + timedelta(seconds=0.1)
     blocker = t1.block.delay()  # the only worker is busy
     r = t1.record.apply_async(("never",), expires=expires)
-    time.sleep(0.2)
+    expiry = t1.app.store.get_record(r.id)["expires"]
+    wait_until(lambda: time.time() > expiry)  # the clock has passed it
     t1.gate.set()
     blocker.get(10)
     r.wait(10)
@@ -247,9 +248,10 @@ def test_link_is_not_called_on_failure_and_link_error_is(t: Tasks, reader: nbtas
 
 
 def test_link_error_single_signature_and_success_does_not_call_it(t: Tasks) -> None:
-    r = t.add.apply_async((1, 1), link_error=t.record.s())
+    r = t.add.apply_async((1, 1), link=t.pair.s("tag"), link_error=t.record.s())
     assert r.get(10) == 2
-    time.sleep(0.05)
+    # The links are handled together once the task ends: the one for success has run.
+    wait_until(lambda: t.app.results(task_name="t.pair"))
     assert t.app.results(task_name="t.record") == []
 
 
@@ -281,9 +283,8 @@ def test_task_id(t: Tasks, reader: nbtasks.App) -> None:
 def test_per_call_timeout(t: Tasks) -> None:
     @t.app.task
     def spin(ctx: nbtasks.Context) -> None:
-        while True:
+        while True:  # busy until the limit, checking
             ctx.check_cancelled()
-            time.sleep(0.005)
 
     r = spin.apply_async(timeout=0.1)
     r.wait(10)
@@ -612,7 +613,8 @@ def test_purge(t: Tasks, store_path: Path) -> None:
         with pytest.raises(nbtasks.UnknownTaskId):
             t.app.result(bad.id)
         assert {r.id for r in t.app.results()} == {ok.id, blocker.id}
-        time.sleep(0.02)
+        aged = ok.finished_at.timestamp() + 0.01  # type: ignore[union-attr]
+        wait_until(lambda: time.time() > aged)  # the clock has passed it
         assert t.app.purge(older_than=0.01) == 1  # the running one is never purged
         assert [r.id for r in t.app.results()] == [blocker.id]
         with pytest.raises(ValueError, match="status"):

@@ -1,5 +1,5 @@
 """Inline: the attempt runs in the thread that hands it over (at submit, or when a countdown
-ends on the App's timer thread). Useful in tests and to debug a task with pdb."""
+ends, on a thread of its own). Useful in tests and to debug a task with pdb."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -110,14 +110,12 @@ class Store:
         self.codec = Codec(Signer(), str(self.path), trust)
         self.owner = owner_token()
         self.live: dict[str, Live] = {}
-        self.active: dict[str, Any] = {}  # task id -> running Context in this process
-        self.on_cancel_request: Callable[[str], None] | None = None
         # Commit at the writer's tick (<= TICK later) rather than at once: a worker process
         # reports its task's state over its pipe, and waking a writer thread per change costs
         # it a GIL hand-off per task.
         self.commit_at_tick = False
         self.reader = Reader(self.path, self.cache, lock_timeout)
-        self.writer = Writer(self.cache, self.path, self.live, lock_timeout, self._tick)
+        self.writer = Writer(self.cache, self.path, self.live, lock_timeout)
         if sweep and not read_only:  # not in a worker process: its parent swept, and owns its
             self.sweep()  # dead workers' tasks
 
@@ -347,20 +345,6 @@ class Store:
                 f"the store {self.path} was opened read-only (App(read_only=True)): "
                 "open it with nbtasks.App(store) to submit, cancel or purge"
             )
-
-    def _tick(self) -> None:
-        """The writer's tick (every TICK): running tasks' throttled progress and output, and
-        the cancel requests of this process's tasks."""
-        for ctx in list(self.active.values()):
-            try:
-                ctx._tick()
-            except Exception as exc:  # pragma: no cover - a bug; show it, don't kill the writer
-                self.writer.error = exc
-        if self.on_cancel_request is not None and self.live:
-            for tid in self.cancel_requests():
-                live = self.live.get(tid)
-                if live is not None and not live.finished:
-                    self.on_cancel_request(tid)
 
     def flush(self) -> None:
         """Commit everything changed so far, in the calling thread; when it returns, a commit

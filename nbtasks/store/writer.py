@@ -4,9 +4,8 @@ Writes follow DESIGN principle 2: ``Store.create()`` commits READY records at su
 transaction for a whole group); after that the owner changes its in-memory record and marks it
 dirty, and the writer thread group-commits the latest version of every dirty record, in order
 per task, within milliseconds at low load and at most ~0.2 s behind under load (back-pressure
-slows the workers down instead). The writer also ticks every 0.1 s (the store's tick: running
-tasks' throttled progress and output, cancel requests written by other processes) and
-checkpoints the WAL.
+slows the workers down instead). Every 0.1 s the writer also checkpoints the WAL. Storage only:
+sampling progress, time limits and acting on cancel requests are the runtime's supervisor's.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -33,7 +32,7 @@ from .records import Live, record_row
 _WRITER_WAIT: Final = 0.1
 #: A commit whose busy wait is not cut (the common case: made once, not per commit).
 _NO_WAIT_CUT: Final = contextlib.nullcontext()
-TICK: Final = 0.1  # seconds between progress flushes and cancel polls
+TICK: Final = 0.1  # seconds between the writer's checkpoints and commits of soon=False changes
 COALESCE: Final = 0.002  # seconds the writer lets changes gather before it commits
 BACKLOG: Final = 4000  # dirty records past which workers wait for the writer
 # WAL checkpoints (copying committed pages into the database, then an fsync) are the writer's
@@ -110,16 +109,12 @@ class Writer:
         path: Path,
         live: dict[str, Live],
         lock_timeout: float,
-        tick: Callable[[], None],
     ) -> None:
         self.cache = cache  # None: a read-only store, nothing is written
         self.path = path
         self.live = live  # the store's live table: a committed finished task leaves it
         self.lock_timeout = lock_timeout
-        self.error: BaseException | None = None  # the last commit's (or tick's) error
-        # The store's tick, held weakly: the thread holds the writer only between rounds, and
-        # the writer must not keep the store alive.
-        self._on_tick = weakref.WeakMethod(tick)
+        self.error: BaseException | None = None  # the last commit's or checkpoint's error
         self._failing = False  # commits fail (and the log has said so)
         self._dirty: dict[str, Live] = {}
         self._extra: dict[str, Any] = {}  # key -> value (None deletes), written with the batch
@@ -413,11 +408,6 @@ class Writer:
         except sqlite3.Error as exc:  # busy or failing: the next tick (or SQLite) tries again
             self.error = exc
 
-    def _tick(self) -> None:
-        tick = self._on_tick()
-        if tick is not None:
-            tick()
-
     def close(self) -> None:
         """Commit what is pending, stop the thread, and close this process's connection
         (diskcache's are the cache's to close)."""
@@ -440,7 +430,8 @@ class Writer:
 
 
 def _writer_main(ref: weakref.ref[Writer]) -> None:
-    """Group-commit dirty records; tick every 0.1 s. Holds the writer only weakly between rounds."""
+    """Group-commit dirty records; every 0.1 s, commit what waits for the tick (``soon=False``
+    changes) and checkpoint. Holds the writer only weakly between rounds."""
     next_tick = time.monotonic() + TICK
     while True:
         writer = ref()
@@ -469,15 +460,8 @@ def _writer_main(ref: weakref.ref[Writer]) -> None:
             writer._drained.notify_all()
         now = time.monotonic()
         if now >= next_tick:
-            # What the tick sampled (progress) is committed at once, before the checkpoint's
-            # fsyncs, not after them in the next round.
             next_tick = now + TICK
-            paused = now - writer._last_commit >= TICK
-            writer._tick()
-            if writer._dirty and writer.flush() >= 0:
-                with writer._drained:
-                    writer._drained.notify_all()
-            writer._checkpoint(paused)
+            writer._checkpoint(paused=now - writer._last_commit >= TICK)
         if writer._closed and not writer._dirty and not writer._extra:
             return
         del writer

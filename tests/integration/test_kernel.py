@@ -111,10 +111,7 @@ def test_widget_updates_arrive_while_idle_and_while_another_cell_sleeps(
 
     # one updater thread; it stops when nothing displayed is live and starts again when needed
     threads = "[t.name for t in threading.enumerate()].count('nbtasks-view-updater')"
-    deadline = time.monotonic() + 2
-    while kernel.value(threads) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert kernel.value(threads) == 0
+    wait_for(kernel, lambda: kernel.value(threads) == 0, timeout=2)
     kernel.run("r2 = steps.delay(5, 0.05)\ndisplay(r2)")
     kernel.run("r2.wait(10)")
     stats = kernel.value("vars(nbtasks.views.updater_stats())")
@@ -147,8 +144,8 @@ def test_cancel_button_works_while_another_cell_runs(kernel: KernelDriver) -> No
     else:
         assert seen - cell.finished < 2.0
     wait_for(kernel, lambda: kernel.models[button].get("disabled") is True, timeout=2)
-    time.sleep(0.3)  # the store's writer commits within 0.2 s (SPEC §3)
-    assert store_status(kernel.store, task_id) == "CANCELLED"
+    # The store's writer commits within 0.2 s (SPEC §3).
+    wait_for(kernel, lambda: store_status(kernel.store, task_id) == "CANCELLED", timeout=5)
 
 
 @pytest.mark.timeout(60)
@@ -249,7 +246,7 @@ def test_tasks_dashboard_cancel_and_purge(kernel: KernelDriver) -> None:
     assert out.startswith("cancelled steps"), out
     wait_for(kernel, lambda: 'data-status="CANCELLED"' in visible_rows()[0], timeout=5)
     assert "not cancelled" in kernel.run(f"%tasks cancel {long_id}").stdout
-    time.sleep(0.3)
+    wait_for(kernel, lambda: store_status(kernel.store, long_id) == "CANCELLED", timeout=5)
     assert kernel.run("%tasks purge --status CANCELLED").stdout == "purged 1 task\n"
     assert kernel.run("%tasks purge --older-than 1h").stdout == "purged 0 tasks\n"
     assert kernel.run("%tasks purge").stdout == "purged 3 tasks\n"
@@ -282,7 +279,8 @@ def test_results_and_widgets_after_kernel_restart(kernel: KernelDriver) -> None:
     kernel.run(SETUP)
     kernel.run("r = steps.delay(5, 0.02)\nr.wait(10)\nrunning = steps.delay(1000, 0.05)")
     ids = kernel.value("[r.id, running.id]")
-    time.sleep(0.5)  # let the group-commit writer persist the last progress (<= 0.2 s)
+    # The group-commit writer persists the final record, its last progress too (<= 0.2 s).
+    wait_for(kernel, lambda: store_status(kernel.store, ids[0]) == "SUCCESSFUL", timeout=5)
     kernel.km.restart_kernel(now=True)
     kernel.kc.wait_for_ready(timeout=60)
     out = kernel.value(

@@ -148,7 +148,7 @@ class DaskExecutor:
         return True
 
     def timed_out(self, job: Job) -> None:
-        # Called by the store's tick once the deadline passed (the context holds TaskTimeout).
+        # Called by the supervisor once the deadline passed (the context holds TaskTimeout).
         self._queue.put(("stop", job.id))
 
     # ------------------------------------------------------------------ shutting down
@@ -292,7 +292,9 @@ class DaskExecutor:
             if flight is None or flight.ended or not flight.claimed:
                 return
             self._cancel_future(flight)
-            stop = flight.attempt.ctx._stop or TaskCancelled(f"task {flight.job.id} was cancelled")
+            stop = flight.attempt.ctx.stop_error or TaskCancelled(
+                f"task {flight.job.id} was cancelled"
+            )
             self._end(flight, MISSING, stop)
         elif kind == "gone":
             flight = self._by_id.get(item[1])
@@ -337,15 +339,14 @@ class DaskExecutor:
     def _apply(self, flight: _Flight, msg: dict[str, Any]) -> None:
         """What the worker sent, into the record. Progress and output go into this process's
         Context of the attempt, as a local task's ``progress()`` and ``print()`` would: the
-        store's tick persists them (<= 10/s) and ``Attempt.end`` writes the last values."""
+        runtime's supervisor samples them (<= 10/s) and ``Attempt.end`` writes the last values."""
         live, request, ctx = flight.job.live, flight.job.request, flight.attempt.ctx
         rec = live.rec
         fields: dict[str, Any] = {}
         if "p" in msg:
-            ctx._cur, ctx._total, ctx._msg = msg["p"]
+            ctx.set_reported(*msg["p"])
         if "ot" in msg:
-            ctx._write(msg["o"])
-            ctx._out_total = msg["ot"]  # the worker's count (its tail may have skipped some)
+            ctx.write_output(msg["o"], total=msg["ot"])
         flush = "m" in msg
         if flush or "rm" in msg:
             merged = dict(rec.get("metadata") or {})
@@ -368,7 +369,9 @@ class DaskExecutor:
     def _final(self, flight: _Flight, msg: dict[str, Any]) -> None:
         """The final event (already applied): record the outcome, or gather the value."""
         flight.final = True
-        if "c" in msg and not isinstance(flight.attempt.ctx._stop, TaskCancelled | TaskTimeout):
+        if "c" in msg and not isinstance(
+            flight.attempt.ctx.stop_error, TaskCancelled | TaskTimeout
+        ):
             # It stopped because Dask released its key, and not at our request: the future
             # was cancelled behind our back (a lost connection, a closed client).
             self._cancelled_elsewhere(flight, flight.future)

@@ -78,7 +78,7 @@ class RemoteContext(Context):
         self._outbox: list[str] = []
         self._outlock = threading.Lock()
 
-    def _write(self, text: str) -> None:
+    def write_output(self, text: str, total: int | None = None) -> None:
         with self._outlock:
             self._outbox.append(text)
 
@@ -135,7 +135,7 @@ class RemoteAttempt(AttemptCore):
         """What changed since the last send (progress as ``[current, total, message]``, the
         output written since with the running total), plus whatever is pending."""
         ctx = self.ctx
-        cur, total, msg = ctx._cur, ctx._total, ctx._msg
+        cur, total, msg = ctx.reported
         out: dict[str, Any] = {}
         if cur is not None and (cur, total, msg) != self.sent:
             out["p"] = [cur, total, msg]
@@ -152,7 +152,7 @@ class RemoteAttempt(AttemptCore):
 
     def _changed(self) -> bool:
         ctx = self.ctx
-        return bool(self.pending or ctx._outbox) or (ctx._cur, ctx._total, ctx._msg) != self.sent
+        return bool(self.pending or ctx._outbox) or ctx.reported != self.sent
 
     def _send(self) -> None:
         msg = self._fields()
@@ -170,7 +170,7 @@ class RemoteAttempt(AttemptCore):
             # The client cancelled the future (cancel, timeout, a lost connection): stop at
             # the next progress()/check_cancelled(), as thread tasks do.
             self.released = True
-            ctx._request_stop(
+            ctx.request_stop(
                 TaskCancelled(f"task {self.request.id}: its Dask future was cancelled")
             )
         if self._changed():

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..._attempt import Attempt, Job
 from ..._model import SYSTEM_CLOCK, Clock
+from ..._supervisor import Supervisor
 
 if TYPE_CHECKING:
     from .child import Worker
@@ -31,6 +32,9 @@ class ChildRuntime:
         self.store = worker.store
         self.clock: Clock = SYSTEM_CLOCK
         self.lock = threading.Lock()
+        # Progress samples, the hard time limit and cancel requests, as in the parent (SIGALRM
+        # raises the soft limit: see WorkerAttempt).
+        self.supervisor = Supervisor(self.store, self.clock, worker.cancel_requested)
 
     def schedule(self, job: Job, delay: float) -> None:
         """A retry. A pool worker commits the READY record and hands it back to the parent (it
@@ -66,7 +70,7 @@ class ChildRuntime:
         if attempt is None or not getattr(job.task, "_hooks", None):
             return
         self.worker.drain_output()
-        fields = attempt.ctx._snapshot(self.clock.time())
+        fields = attempt.ctx.snapshot(self.clock.time())
         if fields:
             self.store.change(job.live, **fields)
 

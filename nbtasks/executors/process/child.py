@@ -125,7 +125,6 @@ class Worker:
         self.parent_owner: str = config["owner"]
         self.store = Store(config["store"], trust=bool(config["trust"]), sweep=False)
         self.store.commit_at_tick = True  # the parent hears of each task over the pipe
-        self.store.on_cancel_request = self._cancel_requested
         self.runtime = ChildRuntime(self)
         self.pid = os.getpid()
         self._send_lock = threading.Lock()
@@ -376,7 +375,7 @@ class Worker:
             text = self._decoder.decode(data)
             ctx = self._out_ctx
             if ctx is not None:
-                ctx._write(text)
+                ctx.write_output(text)
             elif self._keep_err is not None:
                 os.write(self._keep_err, text.encode(errors="replace"))
 
@@ -398,13 +397,13 @@ class Worker:
             if self._quiet_depth:
                 self._soft_pending = True  # raised once the message is through (_quiet)
                 return
-            attempt.ctx._soft_fired = True
+            attempt.ctx.soft_fired = True
             raise SoftTimeLimitExceeded(limit_text(attempt.job, "soft_timeout"))
 
     # ------------------------------------------------------------------ the monitor
 
-    def _cancel_requested(self, task_id: str) -> None:
-        """The store's writer saw a cancel request (``x:<id>``) for our task."""
+    def cancel_requested(self, task_id: str) -> None:
+        """The supervisor saw a cancel request (``x:<id>``) for our task."""
         self._cancel = task_id
         self._wake.set()
 

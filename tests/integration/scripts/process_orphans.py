@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 
 import nbtasks
@@ -23,11 +24,11 @@ def main() -> None:
 
     @app.task
     def in_thread() -> None:
-        time.sleep(60)
+        threading.Event().wait()  # until this process is killed
 
     @app.task(executor="process")
     def in_pool() -> None:
-        time.sleep(60)
+        threading.Event().wait()  # until its worker dies with this process
 
     @app.task(executor="process", detach=True)
     def far(n: int, dt: float) -> int:
@@ -40,8 +41,7 @@ def main() -> None:
 
     @app.task(executor="process", detach=True)
     def forever() -> None:
-        while True:
-            time.sleep(0.05)
+        threading.Event().wait()  # until it is cancelled (terminated)
 
     results = [in_thread.delay(), in_pool.delay(), far.delay(30, 0.1), forever.delay()]
     other = nbtasks.App(store=sys.argv[1])  # reads the store, as another process would
