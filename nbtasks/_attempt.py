@@ -28,9 +28,10 @@ from ._errors import (
     Retry,
     SoftTimeLimitExceeded,
     TaskCancelled,
+    TaskError,
     TaskTimeout,
 )
-from ._model import MISSING, Clock, Options, Request, TaskError, TaskStatus
+from ._model import MISSING, Clock, Options, Request, TaskStatus
 from ._store import HOST, Live, Store
 
 

@@ -90,7 +90,7 @@ class Runtime:
     ) -> Job:
         """Validate the arguments and encode the READY record (nothing is stored yet)."""
         if check and not chunk:
-            task._check_args(args, kwargs)
+            task.check_args(args, kwargs)
         tid = task_id or new_id()
         store = self.store
         try:
@@ -143,6 +143,7 @@ class Runtime:
             eta=to_datetime(opts.eta),
             expires=to_datetime(opts.expires),
             parent_id=rec.get("parent_id"),
+            root_id=rec.get("root_id") or tid,
         )
         job = Job(live, task, args, kwargs, request, opts, chunk=chunk)
         if opts.executor == "process":  # the task itself must pickle too: fail before storing

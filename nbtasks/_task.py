@@ -1,6 +1,7 @@
 """``Task``, the decorator's options, ``Signature`` and the canvas (chain, group, chord).
 
-Everything here validates and describes; submitting is the App's job (``app._submit``).
+Everything here validates and describes; submitting is the job of ``task.app``, through the
+``_ports.Submitter`` seam (the App, or the worker-side app of a process task).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from ._model import (
 )
 
 if TYPE_CHECKING:
-    from ._app import App
     from ._context import Context
+    from ._ports import AppPort
     from ._result import GroupResult, TaskResult
 
 #: The options a task takes at declaration and (all of them) per call.
@@ -196,7 +197,6 @@ class Task:
     # Option defaults: those of _model.Options, the one place they are written.
     executor: str = _DEFAULTS.executor
     retries: int = _DEFAULTS.retries
-    max_retries: ClassVar[int | None] = None  # Celery's spelling of `retries`, on a class
     retry_backoff: float = _DEFAULTS.retry_backoff
     retry_on: tuple[type[BaseException], ...] = _DEFAULTS.retry_on
     timeout: float | None = _DEFAULTS.timeout
@@ -208,20 +208,23 @@ class Task:
     expires: float | datetime | None = _DEFAULTS.expires
     shadow_name: str | None = None
 
-    app: App
+    app: AppPort
     _fn: Callable[..., Any] | None = None
     _default_options: Options | None = None  # delay()'s options, resolved on first use
 
     # ------------------------------------------------------------------ set-up
 
-    def _setup(self, app: App, fn: Callable[..., Any] | None, options: dict[str, Any]) -> None:
+    def attach(self, app: AppPort, fn: Callable[..., Any] | None, options: dict[str, Any]) -> None:
+        """Make this the task of ``app`` running ``fn`` (None: ``run``) with ``options``
+        (validated): what ``App.task`` and ``App.register`` do."""
         if "name" in options:  # again: app.register() takes a class's `name` unchecked
             _check_name(options["name"])
         self.app = app
         self._fn = fn
         self._default_options = None
-        if type(self).max_retries is not None and "retries" not in options:
-            self.retries = check_task_options({"retries": type(self).max_retries})["retries"]
+        declared = type(self).max_retries  # a class-based task's `max_retries = 3`
+        if not isinstance(declared, property) and declared is not None and "retries" not in options:
+            self.retries = check_task_options({"retries": declared})["retries"]
         for key, value in options.items():
             setattr(self, key, value)
         if self.detach and self.executor != "process":
@@ -247,6 +250,16 @@ class Task:
         )
 
     @property
+    def max_retries(self) -> int:
+        """Celery's name for the ``retries`` option (a subclass may set it as a class attribute)."""
+        return self.retries
+
+    def adopt(self, app: AppPort) -> None:
+        """Give a Task unpickled without its App (``__reduce__`` leaves it behind) to ``app``,
+        keeping its options: how a worker's submit becomes the owning App's."""
+        self.attach(app, self._fn, {"retries": self.retries})
+
+    @property
     def code_hash(self) -> str:
         if self._code_hash is None:
             self._code_hash = code_hash(self._fn if self._fn is not None else type(self))
@@ -260,7 +273,8 @@ class Task:
             return target(self, *args, **kwargs)
         return target(*args, **kwargs)
 
-    def _check_args(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    def check_args(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """TypeError naming the task and its signature unless the arguments fit it."""
         fast = self._fast_check
         if fast is not None:  # plain parameters: a few comparisons instead of Signature.bind
             names, required = fast
@@ -364,7 +378,7 @@ class Task:
 
     def delay(self, *args: Any, **kwargs: Any) -> TaskResult:
         """Submit; returns the TaskResult once the READY record is committed."""
-        return self.app._submit(self, args, kwargs, {})
+        return self.app.submit_call(self, args, kwargs, {})
 
     def apply_async(
         self,
@@ -374,7 +388,7 @@ class Task:
     ) -> TaskResult:
         """Submit with options: task_id, countdown, eta, expires, priority, link, link_error,
         metadata, executor, timeout, retries and every task option."""
-        return self.app._submit(self, *_args_kwargs(args, kwargs), options)
+        return self.app.submit_call(self, *_args_kwargs(args, kwargs), options)
 
     def apply(
         self,
@@ -390,15 +404,10 @@ class Task:
         options: dict[str, Any] = {"executor": "inline", "metadata": metadata}
         if task_id is not None:
             options["task_id"] = task_id
-        result = self.app._submit(self, a, kw, options)
+        result = self.app.submit_call(self, a, kw, options)
         result.refresh()
         if throw and result.status.value == "FAILED":
-            try:
-                result.return_value  # noqa: B018 - raises TaskFailed from the original
-            except NbtasksError as exc:
-                if exc.__cause__ is not None:
-                    raise exc.__cause__ from None  # Celery's apply(throw=True): the task's own
-                raise
+            result.get()  # Celery's apply(throw=True): raises what the task raised
         return result
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
@@ -419,7 +428,7 @@ class Task:
 
     def map(self, iterable: Iterable[Any], **options: Any) -> GroupResult:
         """One task per item: ``f(item)``."""
-        return self.app._submit_many(self, [((x,), {}) for x in iterable], options)
+        return self.app.submit_many(self, [((x,), {}) for x in iterable], options)
 
     def starmap(self, iterable: Iterable[Sequence[Any]], **options: Any) -> GroupResult:
         """One task per item: ``f(*item)``."""
@@ -428,7 +437,7 @@ class Task:
             if not isinstance(item, Sequence) or isinstance(item, str | bytes):
                 raise TypeError(f"starmap items must be tuples of arguments, got {item!r}")
             calls.append((tuple(item), {}))
-        return self.app._submit_many(self, calls, options)
+        return self.app.submit_many(self, calls, options)
 
     def chunks(self, iterable: Iterable[Sequence[Any]], n: int, **options: Any) -> GroupResult:
         """Celery's chunks: one task per chunk of at most ``n`` argument tuples."""
@@ -437,14 +446,14 @@ class Task:
         for item in iterable:
             if not isinstance(item, Sequence) or isinstance(item, str | bytes):
                 raise TypeError(f"chunks items must be tuples of arguments, got {item!r}")
-            self._check_args(tuple(item), {})
+            self.check_args(tuple(item), {})
             items.append(list(item))
         parts = [(items[i : i + n],) for i in range(0, len(items), n)]
-        return self.app._submit_many(self, [(p, {}) for p in parts], options, chunk=True)
+        return self.app.submit_many(self, [(p, {}) for p in parts], options, chunk=True)
 
     def create_request(self, *args: Any, **kwargs: Any) -> Request:
         """Mognet: a Request to fill (``req.metadata[...] = ...``) and pass to ``app.submit``."""
-        self._check_args(args, kwargs)
+        self.check_args(args, kwargs)
         return Request(task_name=self.name or "", args=list(args), kwargs=dict(kwargs))
 
 
@@ -603,7 +612,9 @@ class Signature:
         self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
     ) -> TaskResult:
         sig = self.clone(args, kwargs)
-        return self.task.app._submit(self.task, sig.args, sig.kwargs, {**sig.options, **options})
+        return self.task.app.submit_call(
+            self.task, sig.args, sig.kwargs, {**sig.options, **options}
+        )
 
     def delay(self, *args: Any, **kwargs: Any) -> TaskResult:
         return self.apply_async(args, kwargs)
@@ -635,7 +646,7 @@ class group:
         return f"group({', '.join(map(repr, self.tasks))})"
 
     def apply_async(self, **options: Any) -> GroupResult:
-        return self.tasks[0].task.app._submit_canvas([self], options)  # type: ignore[return-value]
+        return self.tasks[0].task.app.submit_canvas([self], options)  # type: ignore[return-value]
 
     def delay(self) -> GroupResult:
         return self.apply_async()
@@ -669,12 +680,12 @@ class chain:
     def __or__(self, other: Any) -> chain:
         return chain(self, other)
 
-    def _app(self) -> App:
+    def _app(self) -> AppPort:
         first = self.tasks[0]
         return (first.tasks[0] if isinstance(first, group) else first).task.app
 
     def apply_async(self, **options: Any) -> TaskResult | GroupResult:
-        return self._app()._submit_canvas(self.tasks, options)
+        return self._app().submit_canvas(self.tasks, options)
 
     def delay(self) -> TaskResult | GroupResult:
         return self.apply_async()
@@ -694,7 +705,7 @@ class chord:
     def apply_async(self, **options: Any) -> TaskResult:
         if not isinstance(self.body, Signature):
             raise TypeError("chord() needs a callback signature: chord(header, task.s())")
-        return self.body.task.app._submit_canvas([self.header, self.body], options)  # type: ignore[return-value]
+        return self.body.task.app.submit_canvas([self.header, self.body], options)  # type: ignore[return-value]
 
     def delay(self) -> TaskResult:
         return self.apply_async()

@@ -39,11 +39,14 @@ ROWS: dict[str, set[str]] = {
     "_context": {"_store", "_codec", "_model", "_errors"},
     "_attempt": {"_context", "_store", "_codec", "_model", "_errors"},
     "executors": _EXECUTORS_ROW,
-    "_worker": _EXECUTORS_ROW,
+    # The worker-side app implements both seams for real: its handles are the usual ones.
+    "_worker": _EXECUTORS_ROW | {"_ports", "_result"},
+    "_ports": set(),  # the seams: Protocols (their types only under TYPE_CHECKING)
     "_runtime": _EXECUTORS_ROW | {"_context"},
     "_task": {"_codec", "_model", "_errors"},
-    "_result": {"_store", "_codec", "_model", "_errors"},
+    "_result": {"_ports", "_store", "_codec", "_model", "_errors"},
     "_app": {
+        "_ports",
         "_errors",
         "_model",
         "_codec",
