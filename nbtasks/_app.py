@@ -19,7 +19,17 @@ from ._errors import NbtasksError, UnknownTaskId
 from ._model import CURRENT, FINISHED, SYSTEM_CLOCK, Clock, Request, TaskStatus, check_id
 from ._result import GroupResult, TaskResult
 from ._runtime import Runtime, Waiting
-from ._store import LOCK_TIMEOUT, Live, Store, new_id, no_gc, owner_alive, parse_record, summary
+from ._store import (
+    LOCK_TIMEOUT,
+    Live,
+    Store,
+    damaged,
+    new_id,
+    no_gc,
+    owner_alive,
+    parse_record,
+    summary,
+)
 from ._task import Signature, Task, check_task_options, group, resolve_options
 
 if TYPE_CHECKING:
@@ -391,7 +401,15 @@ class App:
             raise ValueError(f"limit must be an int >= 0, got {limit!r}")
         rows = self._store.listing(status=status, name=task_name, limit=limit)
         with no_gc():  # 100k handles: the collector would walk them over and over (2.4x)
-            return [TaskResult.from_summary(self, summary(row)) for row in rows]
+            return [TaskResult.from_summary(self, self._summary(row)) for row in rows]
+
+    def _summary(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        fields = summary(row)
+        if "damaged" in fields:  # the error its handle raises when its status is read
+            fields["damaged"] = str(
+                damaged("t:" + fields["id"], self.store_path, fields["damaged"])
+            )
+        return fields
 
     def purge(
         self,

@@ -25,12 +25,27 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 if TYPE_CHECKING:
     from ._result import GroupResult, TaskResult
-    from ._store import Live
     from ._task import Signature, Task, group
 
 #: (parent_id, root_id) of a task submitted from inside another: the submitting task's id, and
 #: the first task of its line (Celery's ``parent_id`` / ``root_id``).
 Lineage = tuple[str, str]
+
+
+class LiveTask(Protocol):
+    """A task in its owner's memory (``_store.Live``), as a handle reads it: the record this
+    process changes in place, the values it keeps unencoded, and a wait for the end."""
+
+    rec: dict[str, Any]
+    args: Any
+    kwargs: Any
+    value: Any
+    callbacks: list[Callable[[Any], None]]
+
+    @property
+    def finished(self) -> bool: ...
+
+    def wait(self, timeout: float | None) -> bool: ...
 
 
 class Submitter(Protocol):
@@ -83,7 +98,7 @@ class Results(Protocol):
     @property
     def store_path(self) -> Path: ...
 
-    def live(self, task_id: str) -> Live | None:
+    def live(self, task_id: str) -> LiveTask | None:
         """The task in this process's memory if this process owns it (read it at once)."""
         ...
 

@@ -33,11 +33,9 @@ from ._model import (
     check_id,
     to_datetime,
 )
-from ._store import DAMAGED, damaged
 
 if TYPE_CHECKING:
-    from ._ports import Results
-    from ._store import Live
+    from ._ports import LiveTask, Results
     from ._task import Task
 
 
@@ -58,7 +56,7 @@ class TaskResult:
         task_id: str,
         app: Results | None = None,
         *,
-        live: Live | None = None,
+        live: LiveTask | None = None,
         rec: dict[str, Any] | None = None,
         cached: bool = False,
         parent: TaskResult | GroupResult | None = None,
@@ -83,7 +81,8 @@ class TaskResult:
     @classmethod
     def from_summary(cls, app: Results, fields: dict[str, Any]) -> TaskResult:
         """A handle made from a listing's fields (status, name, the times, progress: see
-        ``Store.listing()``); the first read of any other field loads the whole record, as
+        ``Store.listing()``; a damaged record's row holds ``damaged``, the error to raise when
+        its status is read). The first read of any other field loads the whole record, as
         ``refresh()`` would (100,000 rows: ~0.2 s, against ~1 s to parse every record)."""
         self = cls.__new__(cls)
         self._app = app
@@ -93,7 +92,7 @@ class TaskResult:
         return self
 
     # Defaults until set: a listed handle sets none of these, __init__ only the first three.
-    _live: Live | None = None
+    _live: LiveTask | None = None
     _text: str | None = None  # a finished record's text, not parsed yet (see refresh)
     _final: dict[str, Any] | None = None  # the record once a current read saw it finished
     cached: bool = False
@@ -104,7 +103,7 @@ class TaskResult:
 
     # ------------------------------------------------------------------ loading
 
-    def _source(self) -> Live | None:
+    def _source(self) -> LiveTask | None:
         live = self._live
         if live is None:
             live = self._app.live(self.id)
@@ -149,8 +148,8 @@ class TaskResult:
         if self._rec.get("status") in _FINISHED_NAMES:
             # A finished task's record never changes again.
             return self._full if full else self._rec
-        if self._rec.get("status") == DAMAGED:
-            return self._rec  # status says why, for this record only
+        if "damaged" in self._rec:
+            return self._rec  # a listing's damaged row: status says why, for this record only
         final = self._final
         if final is not None:
             return final
@@ -184,7 +183,7 @@ class TaskResult:
         try:
             return _STATUS[rec["status"]]
         except KeyError:  # a listing's DAMAGED row: say why, for this record only
-            raise damaged("t:" + self.id, self._app.store_path, rec["damaged"]) from None
+            raise StoreError(rec["damaged"]) from None
 
     @property
     def enqueued_at(self) -> datetime | None:
@@ -433,7 +432,7 @@ class TaskResult:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
 
-        def wake(_: Live) -> None:
+        def wake(_: LiveTask) -> None:
             loop.call_soon_threadsafe(_resolve, fut)
 
         live.callbacks.append(wake)

@@ -44,7 +44,7 @@ ROWS: dict[str, set[str]] = {
     "_ports": set(),  # the seams: Protocols (their types only under TYPE_CHECKING)
     "_runtime": _EXECUTORS_ROW | {"_context"},
     "_task": {"_codec", "_model", "_errors"},
-    "_result": {"_ports", "_store", "_codec", "_model", "_errors"},
+    "_result": {"_ports", "_model", "_errors"},  # the store only through the Results seam
     "_app": {
         "_ports",
         "_errors",
