@@ -349,14 +349,18 @@ def test_handles_pickle_through_the_app_of_the_unpickling_process(app: nbtasks.A
     assert pickle.loads(pickle.dumps(app)) is app
 
 
-def test_app_implements_both_seams() -> None:
+def test_the_app_and_the_worker_side_app_implement_both_seams() -> None:
+    """Both are ``task.app`` somewhere; the process RPC carries exactly the submit methods."""
+    from nbtasks._worker import CALLS, _ChildApp
+
     names = {
         n
         for n in dir(_ports.Submitter)
         if not n.startswith("_") and callable(getattr(_ports.Submitter, n))
     }
-    assert names == _ports.SUBMIT_METHODS
-    for seam in (_ports.Submitter, _ports.Results):
-        for name in dir(seam):
-            if not name.startswith("_"):
-                assert hasattr(nbtasks.App, name) or name == "name", name
+    assert names == _ports.SUBMIT_METHODS == CALLS
+    for cls in (nbtasks.App, _ChildApp):
+        for seam in (_ports.Submitter, _ports.Results):
+            for name in dir(seam):
+                if not name.startswith("_") and name != "name":  # set on the instance
+                    assert name in vars(cls), f"{cls.__name__} lacks {name}"

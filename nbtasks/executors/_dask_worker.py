@@ -155,6 +155,7 @@ class RemoteAttempt:
             retries=head.get("retries", 0),
             priority=head.get("priority", 0),
             parent_id=head.get("parent_id"),
+            root_id=head.get("root_id") or head["id"],
         )
         self.ctx = RemoteContext(self)
         self.start = time.time()

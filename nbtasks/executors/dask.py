@@ -152,6 +152,7 @@ class DaskExecutor:
             head["priority"] = opts.priority
         if req.parent_id:
             head["parent_id"] = req.parent_id
+            head["root_id"] = req.root_id
         if opts.timeout is not None:
             head["timeout"] = opts.timeout
         if opts.soft_timeout is not None:
