@@ -457,6 +457,7 @@ class App:
 
     def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
         """Stop the executors (waiting for running tasks if ``wait``) and flush the store."""
+        ports.unregister(self)
         self._runtime.shutdown(wait, cancel_pending)
         if wait:
             self._store.close()

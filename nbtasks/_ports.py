@@ -147,6 +147,13 @@ def register(app: Results) -> None:
         _apps[path] = refs
 
 
+def unregister(app: Results) -> None:
+    """``app`` is shut down: handles unpickled from now on use another one."""
+    path = str(app.store_path)
+    with _apps_lock:
+        _apps[path] = [r for r in _apps.get(path, ()) if r() not in (None, app)]
+
+
 def set_opener(opener: Callable[[str | None], Any]) -> None:
     """How to get an App when none is registered for a store: ``opener(None)`` is the default
     app, ``opener(path)`` one on that store. ``nbtasks._app`` sets it once, when imported

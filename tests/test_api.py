@@ -349,6 +349,19 @@ def test_handles_pickle_through_the_app_of_the_unpickling_process(app: nbtasks.A
     assert pickle.loads(pickle.dumps(app)) is app
 
 
+def test_a_handle_unpickled_after_its_app_shut_down_reads_through_another(
+    store_path: Any,
+) -> None:
+    first = nbtasks.App(store=store_path)
+    r = first.task(lambda: 7, name="seven").delay()
+    assert r.get(10) == 7
+    data = pickle.dumps(r)
+    first.shutdown()
+    with nbtasks.App(store=store_path) as second:
+        back = pickle.loads(data)
+        assert back.app is second and back.get(10) == 7
+
+
 def test_the_app_and_the_worker_side_app_implement_both_seams() -> None:
     """Both are ``task.app`` somewhere; the process RPC carries exactly the submit methods."""
     from nbtasks._worker import CALLS, _ChildApp
