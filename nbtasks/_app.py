@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, overload
 from . import _ports as ports
 from ._errors import NbtasksError, UnknownTaskId
 from ._model import CURRENT, FINISHED, SYSTEM_CLOCK, Clock, Request, TaskStatus, check_id
+from ._options import check_task_options
 from ._result import GroupResult, TaskResult
 from ._runtime import Runtime, Waiting
 from ._store import (
@@ -30,7 +31,7 @@ from ._store import (
     parse_record,
     summary,
 )
-from ._task import Signature, Task, check_task_options, group, resolve_options
+from ._task import Signature, Task, group, resolve_options
 
 if TYPE_CHECKING:
     from pathlib import Path

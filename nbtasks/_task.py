@@ -1,4 +1,4 @@
-"""``Task``, the decorator's options, ``Signature`` and the canvas (chain, group, chord).
+"""``Task``, a submit's options resolved, ``Signature`` and the canvas (chain, group, chord).
 
 Everything here validates and describes; submitting is the job of ``task.app``, through the
 ``_ports.Submitter`` seam (the App, or the worker-side app of a process task).
@@ -7,108 +7,27 @@ Everything here validates and describes; submitting is the job of ``task.app``, 
 from __future__ import annotations
 
 import inspect
-import math
-import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from ._codec import code_hash
 from ._errors import NbtasksError
-from ._model import (
-    CURRENT,
-    Metadata,
-    Options,
-    Request,
-    as_metadata,
-    check_executor,
-    check_text,
-    to_timestamp,
+from ._model import CURRENT, Metadata, Options, Request, as_metadata, check_text, to_timestamp
+from ._options import (
+    CALL_OPTIONS,
+    INHERITED,
+    check_name,
+    check_task_options,
+    integer,
+    seconds,
+    when,
 )
 
 if TYPE_CHECKING:
     from ._context import Context
     from ._ports import AppPort
     from ._result import GroupResult, TaskResult
-
-#: The options a task takes at declaration and (all of them) per call.
-TASK_OPTIONS = frozenset(
-    {
-        "name",
-        "bind",
-        "executor",
-        "retries",
-        "max_retries",
-        "retry_backoff",
-        "retry_on",
-        "timeout",
-        "soft_timeout",
-        "priority",
-        "cache",
-        "cache_ttl",
-        "detach",
-        "expires",
-        "shadow_name",
-    }
-)
-#: The options a submit takes from the task unless the call gives them.
-_INHERITED = (
-    "executor",
-    "retries",
-    "retry_backoff",
-    "retry_on",
-    "timeout",
-    "soft_timeout",
-    "priority",
-    "cache",
-    "cache_ttl",
-    "detach",
-)
-CALL_OPTIONS = frozenset(
-    TASK_OPTIONS - {"name", "bind"}
-    | {"countdown", "eta", "link", "link_error", "metadata", "task_id"}
-)
-
-
-# --------------------------------------------------------------------------- validation
-
-
-_MAX_SECONDS = 100 * 365.25 * 86400  # longer countdowns overflow datetimes and thread waits
-
-
-def _number(value: Any, argument: str, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{argument} must be a number of seconds, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{argument}={value!r} must be a finite number of seconds")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(f"{argument}={value!r} must be {'> 0' if positive else '>= 0'} seconds")
-    if value > _MAX_SECONDS:
-        raise ValueError(f"{argument}={value!r} is more than 100 years; give a shorter time")
-    return value
-
-
-def _int(value: Any, argument: str, *, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{argument} must be an int, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{argument}={value!r} must be >= {minimum}")
-    return value
-
-
-def _bool(value: Any, argument: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{argument} must be True or False, got {value!r}")
-    return value
-
-
-def _exc_classes(value: Any, argument: str) -> tuple[type[BaseException], ...]:
-    items = value if isinstance(value, tuple | list) else (value,)
-    for item in items:
-        if not (isinstance(item, type) and issubclass(item, BaseException)):
-            raise TypeError(f"{argument} must be exception classes, got {item!r}")
-    return tuple(items)
 
 
 def _signatures(value: Any, argument: str) -> list[Signature]:
@@ -121,62 +40,6 @@ def _signatures(value: Any, argument: str) -> list[Signature]:
                 f"{argument} takes a Signature (task.s(...)) or a list of them, got {item!r}"
             )
     return list(items)
-
-
-def _when(value: Any, argument: str, now: float) -> float:
-    """``expires``: seconds from now or an aware datetime -> an epoch time."""
-    if isinstance(value, datetime):
-        return to_timestamp(value, argument)
-    if isinstance(value, timedelta):
-        return now + _number(value.total_seconds(), argument)
-    return now + _number(value, argument)
-
-
-def _check_name(value: Any) -> str:
-    """A task name: a non-empty str (TypeError) that UTF-8 can hold (ValueError: it is a column
-    of the store, and SQLite takes UTF-8 only)."""
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"name must be a non-empty str, got {value!r}")
-    return check_text(value, "name")
-
-
-def check_task_options(options: Mapping[str, Any], where: str = "task") -> dict[str, Any]:
-    """Validate declaration options; returns them normalised (``max_retries`` -> ``retries``)."""
-    out: dict[str, Any] = {}
-    for key, value in options.items():
-        if key not in TASK_OPTIONS:
-            raise TypeError(
-                f"{where}() got an unknown option {key!r}; the options are "
-                f"{', '.join(sorted(TASK_OPTIONS))}"
-            )
-        if value is None and key not in ("name", "timeout", "soft_timeout", "cache_ttl"):
-            continue
-        if key == "name":
-            if value is not None:
-                _check_name(value)
-        elif key in ("bind", "cache", "detach"):
-            _bool(value, key)
-        elif key == "executor":
-            check_executor(value)
-        elif key in ("retries", "max_retries"):
-            key = "retries"
-            _int(value, "retries", minimum=0)
-        elif key == "retry_backoff":
-            value = _number(value, key)
-        elif key == "retry_on":
-            value = _exc_classes(value, key)
-        elif key in ("timeout", "soft_timeout", "cache_ttl"):
-            if value is not None:
-                value = _number(value, key, positive=key != "cache_ttl")
-        elif key == "priority":
-            _int(value, key)
-        elif key == "expires":
-            if not isinstance(value, datetime | timedelta):
-                _number(value, key)
-        elif key == "shadow_name" and not isinstance(value, str):
-            raise TypeError(f"shadow_name must be a str, got {value!r}")
-        out[key] = value
-    return out
 
 
 # --------------------------------------------------------------------------- Task
@@ -218,7 +81,7 @@ class Task:
         """Make this the task of ``app`` running ``fn`` (None: ``run``) with ``options``
         (validated): what ``App.task`` and ``App.register`` do."""
         if "name" in options:  # again: app.register() takes a class's `name` unchecked
-            _check_name(options["name"])
+            check_name(options["name"])
         self.app = app
         self._fn = fn
         self._default_options = None
@@ -441,7 +304,7 @@ class Task:
 
     def chunks(self, iterable: Iterable[Sequence[Any]], n: int, **options: Any) -> GroupResult:
         """Celery's chunks: one task per chunk of at most ``n`` argument tuples."""
-        _int(n, "n", minimum=1)
+        integer(n, "n", minimum=1)
         items = []
         for item in iterable:
             if not isinstance(item, Sequence) or isinstance(item, str | bytes):
@@ -536,7 +399,7 @@ def _resolve(task: Task, call: Mapping[str, Any], now: float) -> tuple[Options, 
         check_text(task_id, "task_id")  # a key in the store: UTF-8 only
     extras["task_id"] = task_id
     over = check_task_options(call, "apply_async")
-    merged = {key: getattr(task, key) for key in _INHERITED}
+    merged = {key: getattr(task, key) for key in INHERITED}
     expires = over.pop("expires", task.expires)
     over.pop("shadow_name", None)
     merged.update(over)
@@ -548,14 +411,14 @@ def _resolve(task: Task, call: Mapping[str, Any], now: float) -> tuple[Options, 
         raise ValueError("give countdown or eta, not both")
     start: float | None = None
     if countdown is not None:
-        start = now + _number(countdown, "countdown")
+        start = now + seconds(countdown, "countdown")
     elif eta is not None:
         if not isinstance(eta, datetime):
             raise TypeError(f"eta must be a timezone-aware datetime, got {eta!r}")
         start = to_timestamp(eta, "eta")
     opts = Options(
         **merged,
-        expires=None if expires is None else _when(expires, "expires", now),
+        expires=None if expires is None else when(expires, "expires", now),
         eta=start,
         link=link,
         link_error=link_error,

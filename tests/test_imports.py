@@ -43,10 +43,12 @@ ROWS: dict[str, set[str]] = {
     "_worker": _EXECUTORS_ROW | {"_ports", "_result"},
     "_ports": set(),  # the seams: Protocols (their types only under TYPE_CHECKING)
     "_runtime": _EXECUTORS_ROW | {"_context"},
-    "_task": {"_codec", "_model", "_errors"},
+    "_options": {"_model", "_errors"},  # option names and their validation
+    "_task": {"_options", "_codec", "_model", "_errors"},
     "_result": {"_ports", "_model", "_errors"},  # the store only through the Results seam
     "_app": {
         "_ports",
+        "_options",
         "_errors",
         "_model",
         "_codec",
