@@ -399,8 +399,7 @@ class TaskResult:
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.005
         while True:
-            self.refresh()
-            if self.is_finished:
+            if self.refresh()._rec["status"] in _FINISHED_NAMES:  # the snapshot just read
                 return self
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"task {self.task_name}[{self.id}] did not finish in {timeout}s")
@@ -426,7 +425,7 @@ class TaskResult:
         """``await result``: as ``get()``, without blocking the event loop."""
         live = self._source()
         if live is None:
-            while not self.refresh().is_finished:
+            while self.refresh()._rec["status"] not in _FINISHED_NAMES:
                 await asyncio.sleep(0.02)
             return self._outcome(True)
         loop = asyncio.get_running_loop()
