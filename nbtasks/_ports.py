@@ -135,16 +135,22 @@ class AppPort(Submitter, Results, Protocol):
 _apps: dict[str, list[weakref.ref[Any]]] = {}
 _apps_lock = threading.Lock()
 _opener: Callable[[str | None], Any] | None = None
+_default: weakref.ref[Any] | None = None
 
 
-def register(app: Results) -> None:
+def register(app: Results, *, default: bool = False) -> None:
     """Make ``app`` the one that handles unpickled in this process use for its store (the
-    newest wins): every App, and the worker-side app of a process task, register themselves."""
+    newest wins): every App, and the worker-side app of a process task, register themselves.
+    ``default``: also the app of ``AsyncResult(id)`` without one (the worker-side app: in a
+    worker process, the App is the one that owns the worker)."""
+    global _default
     path = str(app.store_path)
     with _apps_lock:
         refs = [r for r in _apps.get(path, ()) if r() is not None]
         refs.append(weakref.ref(app))
         _apps[path] = refs
+        if default:
+            _default = weakref.ref(app)
 
 
 def unregister(app: Results) -> None:
@@ -165,12 +171,12 @@ def set_opener(opener: Callable[[str | None], Any]) -> None:
 def app_for_store(path: str | Path | None) -> Any:
     """The app this process uses for the store at ``path`` (None: the default app): the newest
     registered one on that store, else what the opener gives (see the module's docstring)."""
-    if path is not None:
-        with _apps_lock:
-            for ref in reversed(_apps.get(str(path), ())):
-                app = ref()
-                if app is not None:
-                    return app
+    with _apps_lock:
+        refs = _apps.get(str(path), ()) if path is not None else [_default] if _default else ()
+        for ref in reversed(refs):
+            app = ref()
+            if app is not None:
+                return app
     if _opener is None:
         raise LookupError(
             f"no App of this process uses the store {path}: import nbtasks and open one "

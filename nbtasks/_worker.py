@@ -322,7 +322,9 @@ class _ChildApp:
         self._worker = worker
         self.name = name
         self._store = worker.store
-        ports.register(self)  # a handle unpickled here (a task's argument) reads through it
+        # A handle unpickled here (a task's argument), or built by AsyncResult(id), reads
+        # through it: no App is made in a worker.
+        ports.register(self, default=True)
 
     def __repr__(self) -> str:
         return f"<nbtasks.App {self.name!r} seen from worker process {os.getpid()}>"

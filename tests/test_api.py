@@ -236,6 +236,8 @@ def test_a_process_task_sends_itself_as_the_parent_of_what_it_submits(
         @app.task(executor="process")
         def spawner(ctx: nbtasks.Context) -> tuple[str | None, list[Any]]:
             child = leaf.delay()
+            again = nbtasks.AsyncResult(child.id)  # the worker's app: no App made there
+            assert "seen from worker process" in repr(again.app), again.app
             return ctx.request.id, [child.id, child.get(20)]
 
         @app.task
