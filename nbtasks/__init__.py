@@ -35,8 +35,8 @@ from ._errors import (
 )
 from ._model import Progress, Request, TaskStatus
 from ._result import AsyncResult, GroupResult, TaskResult
-from ._store import flush_all as _flush_all
 from ._task import Signature, Task, chain, chord, group
+from .store import flush_all as _flush_all
 
 __version__ = "0.1.0"
 

@@ -20,7 +20,8 @@ from ._model import CURRENT, FINISHED, SYSTEM_CLOCK, Clock, Request, TaskStatus,
 from ._options import check_task_options
 from ._result import GroupResult, TaskResult
 from ._runtime import Runtime, Waiting
-from ._store import (
+from ._task import Signature, Task, group, resolve_options
+from .store import (
     LOCK_TIMEOUT,
     Live,
     Store,
@@ -31,7 +32,6 @@ from ._store import (
     parse_record,
     summary,
 )
-from ._task import Signature, Task, group, resolve_options
 
 if TYPE_CHECKING:
     from pathlib import Path

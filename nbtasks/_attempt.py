@@ -1,14 +1,27 @@
-"""``Attempt``: the one place user code runs.
+"""The one attempt lifecycle: the only place user code runs.
 
-An attempt claims its task (like ``Future.set_running_or_notify_cancel``: it fails if the task
-was cancelled or has expired, and then the task does not run), calls the function with its
-Context current, classifies the outcome (success, failure, retry, cancel, timeout), records it,
-then runs the hooks and tells the runtime (links, chains, chords). Executors only decide *where*
-an attempt runs: a thread, an event loop, a worker process.
+``AttemptCore`` is what every attempt does wherever it runs (a thread, an event loop, a worker
+process, a Dask worker): call the task with its Context current, enforce its time limits, and
+build what ``ctx.retry()`` raises. Two seams tell the kinds apart:
+
+- **where the outcome is recorded**: ``Attempt`` claims its task in this process's store (like
+  ``Future.set_running_or_notify_cancel``: it fails if the task was cancelled or has expired,
+  and then the task does not run), classifies the outcome (success, failure, retry, cancel,
+  timeout), records it, runs the hooks and tells the runtime (links, chains, chords). A process
+  worker's attempt is an ``Attempt`` on the worker's own store whose runtime reports to the
+  parent (``executors/process/child.py``); a Dask worker's attempt sends what it would record to
+  the client, whose ``Attempt`` records it (``executors/dask/worker.py``);
+- **how a time limit lands**: ``enforce_limits`` (from a tick) asks the task to stop and posts
+  a soft limit into its thread; a process worker raises the soft limit from SIGALRM instead, and
+  its parent terminates it at the hard one (``timed_out``).
+
+``record_outcome`` and ``record_interrupted`` record how an attempt ended that never had a claim
+here: its worker died, or it could not be sent. Executors only decide *where* an attempt runs.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 from collections.abc import Callable
@@ -32,7 +45,7 @@ from ._errors import (
     TaskTimeout,
 )
 from ._model import MISSING, Clock, Options, Request, TaskStatus
-from ._store import HOST, Live, Store
+from .store import HOST, Live, Store
 
 
 @dataclass(eq=False)
@@ -74,32 +87,164 @@ class Runtime(Protocol):
 _worker_ids: dict[tuple[int, int], str] = {}
 
 
-def worker_id() -> str:
-    """``host:pid:thread name``, made once per thread."""
+def worker_id(host: str = HOST) -> str:
+    """``host:pid:thread name`` of the calling thread (cached per thread for this host); a Dask
+    worker passes its address as the host."""
     key = (os.getpid(), threading.get_ident())
+    if host != HOST:
+        return format_worker_id(host, key[0], threading.current_thread().name)
     wid = _worker_ids.get(key)
     if wid is None:
-        wid = _worker_ids[key] = f"{HOST}:{key[0]}:{threading.current_thread().name}"
+        wid = _worker_ids[key] = format_worker_id(HOST, key[0], threading.current_thread().name)
     return wid
 
 
-class Attempt:
-    def __init__(self, job: Job, runtime: Runtime) -> None:
+def format_worker_id(host: str, pid: int | None, thread: str) -> str:
+    """The one worker-id format, also for an attempt whose worker died before it said."""
+    return f"{host}:{pid}:{thread}"
+
+
+def limit_text(job: Job, option: str) -> str:
+    """What a time limit's exception says: ``option`` is "timeout" or "soft_timeout"."""
+    seconds = getattr(job.options, option)
+    return f"task {job.request.task_name}[{job.id}] ran past its {option} of {seconds:g}s"
+
+
+class AttemptCore:
+    """One attempt of a job, wherever it runs: the call, its time limits and its retries.
+    Subclasses record the outcome (``Attempt``: the store) or send it (a Dask worker)."""
+
+    #: Run an ``async def`` task's coroutine on an event loop of its own (worker processes;
+    #: in the notebook's process such tasks go to the asyncio executor instead).
+    runs_coroutines = False
+
+    def __init__(self, job: Job) -> None:
         self.job = job
-        self.runtime = runtime
-        self.store = runtime.store
-        self.ctx = Context(self)
+        self.ctx = self.new_context()
         self.deadline: float | None = None
         self.soft_deadline: float | None = None
         self.in_user_code = False
         self._async_lock = threading.Lock()
         self.no_more_retries = False
-        self._meta0 = dict(job.request.metadata)
-        job.attempt = self
+
+    def new_context(self) -> Context:
+        return Context(self)  # type: ignore[arg-type]
 
     @property
     def request(self) -> Request:
         return self.job.request
+
+    def start(self, monotonic: float) -> None:
+        """The task starts now: its time limits count from here; capture its output."""
+        opts = self.job.options
+        if opts.timeout is not None:
+            self.deadline = monotonic + opts.timeout
+        if opts.soft_timeout is not None:
+            self.soft_deadline = monotonic + opts.soft_timeout
+        install_capture()
+        install_tqdm_bridge()
+
+    # ------------------------------------------------------------------ the call
+
+    def call(self) -> tuple[Any, BaseException | None]:
+        """Call the task in this thread with its Context current: (value, None) or (MISSING,
+        what it raised). A stop it was asked for but never checked wins over its value."""
+        self.ctx.thread_id = threading.get_ident()
+        token = _current.set(self.ctx)
+        value: Any = MISSING
+        error: BaseException | None = None
+        self.in_user_code = True
+        try:
+            value = self._call()
+        except BaseException as exc:
+            error = exc
+        finally:
+            self._leave_user_code()
+            _current.reset(token)
+        try:
+            return self.unchecked_stop(value, error)
+        finally:
+            del error  # its traceback holds this frame: no reference cycle through it
+
+    def unchecked_stop(
+        self, value: Any, error: BaseException | None
+    ) -> tuple[Any, BaseException | None]:
+        """Asked to stop (timeout, cancel) but never checked: the value is discarded."""
+        stop = self.ctx._stop
+        if error is None and stop is not None and not isinstance(stop, SoftTimeLimitExceeded):
+            return MISSING, stop
+        return value, error
+
+    def _call(self) -> Any:
+        job = self.job
+        if job.chunk:
+            return [job.task._invoke(self.ctx, tuple(item), {}) for item in job.args[0]]
+        value = job.task._invoke(self.ctx, job.args, job.kwargs)
+        if self.runs_coroutines and job.task._is_async and inspect.iscoroutine(value):
+            import asyncio  # an ``async def`` task: its own event loop in this process
+
+            value = asyncio.run(value)
+        return value
+
+    def _leave_user_code(self) -> None:
+        """Stop soft time limits from landing here: under the lock the tick posts them with,
+        mark the user code done and withdraw one that was posted but has not fired yet. If it
+        fires meanwhile (at any bytecode), it is caught and the step is done again."""
+        while True:
+            try:
+                with self._async_lock:
+                    self.in_user_code = False
+                    if self.ctx._soft_fired and self.ctx.thread_id is not None:
+                        clear_async_exc(self.ctx.thread_id)
+                return
+            except SoftTimeLimitExceeded:
+                continue
+
+    # ------------------------------------------------------------------ time limits
+
+    def enforce_limits(self, monotonic: float) -> None:
+        """From a tick: past the soft limit, ask the task to stop and raise it in its thread
+        (best effort); past the hard one, ask it to stop and call ``timed_out``."""
+        ctx = self.ctx
+        soft = self.soft_deadline
+        if soft is not None and not ctx._soft_fired and monotonic >= soft:
+            ctx._soft_fired = True
+            ctx._request_stop(SoftTimeLimitExceeded(limit_text(self.job, "soft_timeout")))
+            with self._async_lock:
+                if ctx.thread_id is not None and self.in_user_code:
+                    raise_in_thread(ctx.thread_id, SoftTimeLimitExceeded)
+        if (
+            self.deadline is not None
+            and monotonic >= self.deadline
+            and not isinstance(ctx._stop, TaskTimeout)
+        ):
+            ctx._request_stop(TaskTimeout(limit_text(self.job, "timeout")))
+            self.timed_out()
+
+    def timed_out(self) -> None:
+        """The hard limit passed and the task was asked to stop: who else must act."""
+
+    # ------------------------------------------------------------------ retries
+
+    def make_retry(
+        self, exc: BaseException | None, countdown: float | None, max_retries: int | None
+    ) -> BaseException:
+        limit = self.job.options.retries if max_retries is None else max_retries
+        error = retry_request(self.request, limit, exc, countdown)
+        if not isinstance(error, Retry):
+            self.no_more_retries = True  # max_retries overrides the task's retries (Celery)
+        return error
+
+
+class Attempt(AttemptCore):
+    """An attempt whose outcome this process records in its store (it owns the task)."""
+
+    def __init__(self, job: Job, runtime: Runtime) -> None:
+        super().__init__(job)
+        self.runtime = runtime
+        self.store = runtime.store
+        self._meta0 = dict(job.request.metadata)
+        job.attempt = self
 
     # ------------------------------------------------------------------ claim
 
@@ -135,50 +280,19 @@ class Attempt:
             self.runtime.finished(job)
             self._release()
             return False
-        start = clock.monotonic()
-        if job.options.timeout is not None:
-            self.deadline = start + job.options.timeout
-        if job.options.soft_timeout is not None:
-            self.soft_deadline = start + job.options.soft_timeout
         self.store.active[live.id] = self.ctx
-        install_capture()
-        install_tqdm_bridge()
+        self.start(clock.monotonic())
         return True
 
     # ------------------------------------------------------------------ run
 
     def run(self) -> None:
-        """Run the attempt in the calling thread (thread and inline executors)."""
+        """Run the attempt in the calling thread (thread and inline executors, workers)."""
         if not self.claim():
             return
-        self.ctx.thread_id = threading.get_ident()
-        token = _current.set(self.ctx)
-        value: Any = MISSING
-        error: BaseException | None = None
-        self.in_user_code = True
-        try:
-            value = self._call()
-        except BaseException as exc:
-            error = exc
-        finally:
-            self._leave_user_code()
-            _current.reset(token)
+        value, error = self.call()
         self.end(value, error)
         del error  # its traceback holds this frame: no reference cycle through it
-
-    def _leave_user_code(self) -> None:
-        """Stop soft time limits from landing here: under the lock the tick posts them with,
-        mark the user code done and withdraw one that was posted but has not fired yet. If it
-        fires meanwhile (at any bytecode), it is caught and the step is done again."""
-        while True:
-            try:
-                with self._async_lock:
-                    self.in_user_code = False
-                    if self.ctx._soft_fired and self.ctx.thread_id is not None:
-                        clear_async_exc(self.ctx.thread_id)
-                return
-            except SoftTimeLimitExceeded:
-                continue
 
     async def arun(self) -> None:
         """Run the attempt as a coroutine on the running loop (``async def`` tasks)."""
@@ -199,12 +313,6 @@ class Attempt:
         self.end(value, error)
         del error  # its traceback holds this frame: no reference cycle through it
 
-    def _call(self) -> Any:
-        job = self.job
-        if job.chunk:
-            return [job.task._invoke(self.ctx, tuple(item), {}) for item in job.args[0]]
-        return job.task._invoke(self.ctx, job.args, job.kwargs)
-
     # ------------------------------------------------------------------ end
 
     def end(self, value: Any, error: BaseException | None) -> None:
@@ -212,10 +320,7 @@ class Attempt:
         job, live, ctx, store = self.job, self.job.live, self.ctx, self.store
         store.active.pop(live.id, None)
         now = self.runtime.clock.time()
-        stop = ctx._stop
-        if error is None and stop is not None and not isinstance(stop, SoftTimeLimitExceeded):
-            error = stop  # asked to stop but never checked: the value is discarded
-            value = MISSING
+        value, error = self.unchecked_stop(value, error)
         fields = ctx._snapshot(now) or {}
         fields["metadata"] = self._merged_metadata()
         einfo: TaskError | None = None
@@ -282,15 +387,6 @@ class Attempt:
             return True
         opts = self.job.options
         return self.request.retries < opts.retries and isinstance(error, opts.retry_on)
-
-    def make_retry(
-        self, exc: BaseException | None, countdown: float | None, max_retries: int | None
-    ) -> BaseException:
-        limit = self.job.options.retries if max_retries is None else max_retries
-        error = retry_request(self.request, limit, exc, countdown)
-        if not isinstance(error, Retry):
-            self.no_more_retries = True  # max_retries overrides the task's retries (Celery)
-        return error
 
     def _retry(
         self, error: BaseException, errors: list[dict[str, str]], fields: dict[str, Any]
@@ -364,23 +460,13 @@ class Attempt:
     def tick(self, ctx: Context) -> None:
         """Every 0.1 s from the writer thread: persist progress/output; enforce time limits."""
         install_tqdm_bridge()  # tqdm may have been imported by the task itself
-        now = self.runtime.clock.monotonic()
-        if self.soft_deadline is not None and not ctx._soft_fired and now >= self.soft_deadline:
-            ctx._soft_fired = True
-            ctx._request_stop(SoftTimeLimitExceeded(_limit_text(self, "soft_timeout")))
-            with self._async_lock:
-                if ctx.thread_id is not None and self.in_user_code:
-                    raise_in_thread(ctx.thread_id, SoftTimeLimitExceeded)
-        if (
-            self.deadline is not None
-            and now >= self.deadline
-            and not isinstance(ctx._stop, TaskTimeout)
-        ):
-            ctx._request_stop(TaskTimeout(_limit_text(self, "timeout")))
-            self.runtime.timed_out(self.job)
+        self.enforce_limits(self.runtime.clock.monotonic())
         fields = ctx._snapshot(self.runtime.clock.time())
         if fields:
             self.store.change(self.job.live, **fields)
+
+    def timed_out(self) -> None:
+        self.runtime.timed_out(self.job)
 
     def merge_metadata(self, values: dict[str, Any], flush: bool) -> None:
         live = self.job.live
@@ -421,9 +507,32 @@ def _root(error: BaseException | None) -> BaseException | None:
     return error
 
 
-def _limit_text(attempt: Attempt, option: str) -> str:
-    seconds = getattr(attempt.job.options, option)
-    return (
-        f"task {attempt.request.task_name}[{attempt.request.id}] ran past its "
-        f"{option} of {seconds:g}s"
-    )
+def record_outcome(job: Job, runtime: Runtime, error: BaseException) -> None:
+    """Record how an attempt ended that had no claim in this process: its worker died (or was
+    terminated) running it, or it could not be handed to a worker. As for any attempt, the
+    task's retry policy applies, then the hooks run and the runtime is told."""
+    Attempt(job, runtime).end(MISSING, error)
+
+
+def record_interrupted(job: Job, runtime: Runtime, reason: str) -> None:
+    """Record that an attempt's fate is unknown (INTERRUPTED): the process or cluster that ran
+    it went away. No retry, no hooks; what its Context held last is kept."""
+    live, store = job.live, runtime.store
+    attempt = job.attempt
+    now = runtime.clock.time()
+    with runtime.lock:
+        if live.finished:
+            return
+        store.active.pop(live.id, None)
+        fields = (attempt.ctx._snapshot(now) if attempt is not None else None) or {}
+        store.change(
+            live,
+            TaskStatus.INTERRUPTED,
+            **fields,
+            finished_at=now,
+            state=TaskStatus.INTERRUPTED.value,
+            reason=reason,
+        )
+    runtime.finished(job)
+    if attempt is not None:
+        attempt._release()

@@ -9,37 +9,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from ._app import App
 from ._errors import NbtasksError
 from ._model import Progress, TaskStatus, to_datetime
 from ._result import TaskResult
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``15m``, ``2h``, ``7d``, ``1w`` -> seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
-    if not m:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a duration; write e.g. 90, 90s, 15m, 2h, 7d or 1w"
-        )
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+from ._text import format_duration, match_ids, parse_duration, parse_status
 
 
-def _status(text: str) -> str:
-    name = text.upper()
-    if name not in TaskStatus.__members__:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a status; use one of {', '.join(TaskStatus.__members__)}"
-        )
-    return name
+def _duration_arg(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:  # argparse shows an ArgumentTypeError's message as it is
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _store_default() -> str:
@@ -52,19 +39,22 @@ def build_parser() -> argparse.ArgumentParser:
     store_help = "the store directory (default: $NBTASKS_STORE, else ./.nbtasks)"
 
     lst = sub.add_parser("list", help="list the store's tasks, newest first")
-    lst.add_argument("--status", type=_status, help="only tasks with this status")
+    lst.add_argument("--status", help="only tasks with this status")
     lst.add_argument("--name", help="only tasks with this task name")
     lst.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     lst.add_argument("--store", default=_store_default(), help=store_help)
     lst.add_argument("--json", action="store_true", help="one JSON object per line")
 
     show = sub.add_parser("show", help="show one task")
-    show.add_argument("id", help="the task id (or a unique prefix of it)")
+    show.add_argument(
+        "id", help="the task id, a unique start of it, or its short id (the last 8 digits)"
+    )
     show.add_argument("--store", default=_store_default(), help=store_help)
+    show.set_defaults(status=None)  # main() reads the filter of list and purge before the App
 
     purge = sub.add_parser("purge", help="delete finished tasks")
-    purge.add_argument("--status", type=_status, help="only finished tasks with this status")
-    purge.add_argument("--older-than", type=parse_duration, help="e.g. 7d: finished before then")
+    purge.add_argument("--status", help="only finished tasks with this status")
+    purge.add_argument("--older-than", type=_duration_arg, help="e.g. 7d: finished before then")
     purge.add_argument("--store", default=_store_default(), help=store_help)
 
     demo = sub.add_parser("demo", help="run a small mix of tasks with live progress")
@@ -77,14 +67,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return run_demo(args.store)
+        status = None if args.status is None else parse_status(args.status, "--status")
         # Listing and showing never write (SPEC §10) and never unpickle: a store opened
         # read-only lists whoever wrote it, even one this user cannot write.
         app = App(store=args.store, read_only=args.command != "purge")
         if args.command == "list":
-            return cmd_list(app, args.status, args.name, args.limit, args.json)
+            return cmd_list(app, status, args.name, args.limit, args.json)
         if args.command == "show":
             return cmd_show(app, args.id)
-        n = app.purge(older_than=args.older_than, status=args.status)
+        n = app.purge(older_than=args.older_than, status=status)
         print(f"purged {n} finished task(s) from {app.store.path}")
         return 0
     except (NbtasksError, ValueError, TypeError) as exc:  # bad input: said, not a traceback
@@ -95,8 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------- list / show
 
 
-def _when(ts: float | None) -> str:
-    dt = to_datetime(ts)
+def _when(when: datetime | float | None) -> str:
+    dt = to_datetime(when) if isinstance(when, int | float) else when
     return dt.astimezone().strftime("%Y-%m-%d %H:%M:%S") if dt else "-"
 
 
@@ -109,17 +100,21 @@ def _progress_text(p: Any) -> str:
     return f"{prog.current:g}"
 
 
-def cmd_list(app: App, status: str | None, name: str | None, limit: int, as_json: bool) -> int:
-    rows = app.store.summaries(status=status, name=name, limit=limit)
+def cmd_list(
+    app: App, status: TaskStatus | None, name: str | None, limit: int, as_json: bool
+) -> int:
+    by_status = None if status is None else status.value
+    rows = app.store.summaries(status=by_status, name=name, limit=limit)
     if as_json:
         for row in rows:
             print(json.dumps(row))
         return 0
-    total = app.store.count(status=status, name=name)
+    total = app.store.count(status=by_status, name=name)
     print(f"{'ID':36}  {'NAME':24} {'STATUS':11} {'PROGRESS':>8}  {'STARTED':19}  DURATION")
     for row in rows:
         start, fin = row["started_at"], row["finished_at"]
-        dur = f"{fin - start:.3f}s" if start is not None and fin is not None else ""
+        both = start is not None and fin is not None
+        dur = format_duration(fin - start, precise=True) if both else ""
         print(
             f"{row['id']:36}  {(row['task_name'] or '')[:24]:24} {row['status']:11} "
             f"{_progress_text(row['progress']):>8}  {_when(start):19}  {dur}"
@@ -128,33 +123,35 @@ def cmd_list(app: App, status: str | None, name: str | None, limit: int, as_json
     return 0
 
 
-def _find(app: App, prefix: str) -> TaskResult:
+def _find(app: App, text: str) -> TaskResult:
+    """The task ``text`` names: its id, else the one id ``match_ids`` finds for it."""
     try:
-        return app.result(prefix)
+        return app.result(text)
     except KeyError:
         pass
-    rows = app.store.summaries(limit=None)
-    hits = [r["id"] for r in rows if r["id"].startswith(prefix)]
+    hits = match_ids((row["id"] for row in app.store.summaries(limit=None)), text)
     if len(hits) != 1:
         raise NbtasksError(
             f"{'no task' if not hits else f'{len(hits)} tasks'} in {app.store.path} "
-            f"with an id starting {prefix!r}"
+            f"with an id that starts or ends with {text!r}"
         )
     return app.result(hits[0])
 
 
-def cmd_show(app: App, prefix: str) -> int:
-    r = _find(app, prefix)
-    rec = r._full
+def cmd_show(app: App, text: str) -> int:
+    r = _find(app, text)
+    # The arguments' repr is in the record only: the handle offers the arguments themselves,
+    # which may be pickles that ``show`` must not load (SPEC §10).
+    args_repr = app.store.read_record(r.id).get("args_repr", "")
     lines = [
         ("id", r.id),
         ("task", r.task_name),
         ("status", r.status.value + (f" ({r.reason})" if r.reason else "")),
         ("state", r.state),
-        ("arguments", rec.get("args_repr", "")),
-        ("enqueued", _when(rec.get("enqueued_at"))),
-        ("started", _when(rec.get("started_at"))),
-        ("finished", _when(rec.get("finished_at"))),
+        ("arguments", args_repr),
+        ("enqueued", _when(r.enqueued_at)),
+        ("started", _when(r.started_at)),
+        ("finished", _when(r.finished_at)),
         ("attempts", str(r.attempts)),
         ("progress", str(r.progress) if r.progress else "-"),
         ("metadata", json.dumps(r.metadata)),
@@ -268,4 +265,4 @@ def _live_display(results: list[TaskResult], group: list[TaskResult]) -> None:
         time.sleep(interval)
 
 
-__all__ = ["main", "parse_duration"]
+__all__ = ["main"]

@@ -13,10 +13,11 @@
     A live dashboard of the store: one row per task, newest first, with filters, paging and a
     cancel button per unfinished task.
 ``%tasks cancel ID``
-    Cancel a task; ``ID`` is a full id or the short id shown in widgets (its last 8 hex digits).
+    Cancel a task; ``ID`` is a full id, the start of one, or the short id shown in widgets (its
+    last 8 hex digits): ``_text.match_ids``.
 ``%tasks purge [--status S] [--older-than D]``
     Delete finished results; ``D`` is seconds or a number with a unit: ``90s``, ``10m``,
-    ``2h``, ``7d``, ``1w``.
+    ``2h``, ``7d``, ``1w`` (``_text.parse_duration``).
 """
 
 from __future__ import annotations
@@ -24,43 +25,22 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
-import datetime as _dt
 import inspect
-import re
 import shlex
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import display
 
-from . import _kernel, _view
+from . import _kernel, views
+from ._text import match_ids, parse_duration, parse_status, short_id
 
-__all__ = ["NbtasksMagics", "build_cell_function", "load_ipython_extension", "parse_duration"]
+if TYPE_CHECKING:
+    from ._model import TaskStatus
 
-_UNITS = {
-    "": 1.0,
-    "s": 1.0,
-    "sec": 1.0,
-    "m": 60.0,
-    "min": 60.0,
-    "h": 3600.0,
-    "d": 86400.0,
-    "w": 604800.0,
-}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
-
-
-def parse_duration(text: str) -> _dt.timedelta:
-    """'3600', '90s', '10m', '2h', '7d', '1w' -> timedelta; UsageError otherwise."""
-    match = _DURATION.match(text.lower())
-    if match is None or match.group(2) not in _UNITS:
-        raise UsageError(
-            f"--older-than {text!r}: expected seconds or a number with a unit "
-            "(s, m, h, d, w), e.g. 90s, 10m, 2h, 7d"
-        )
-    return _dt.timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+__all__ = ["NbtasksMagics", "build_cell_function", "load_ipython_extension"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -146,22 +126,11 @@ def _default_app() -> Any:
     return default_app()
 
 
-def _find_unfinished(app: Any, short: str) -> list[str]:
-    """Ids of READY/RUNNING tasks whose id starts or (short id) ends with ``short``."""
-    needle = short.lower().replace("-", "")
-    store = getattr(app, "_store", None)
-    summaries = getattr(store, "summaries", None)
-    if callable(summaries):
-        rows = summaries(status=list(_view.UNFINISHED), limit=None)
-        ids = [str(r["id"]) for r in rows]
-    else:
-        ids = [str(r.id) for s in _view.UNFINISHED for r in app.results(status=s)]
-    found = []
-    for task_id in ids:
-        compact = task_id.replace("-", "").lower()
-        if compact.startswith(needle) or compact.endswith(needle):
-            found.append(task_id)
-    return found
+def _find_unfinished(app: Any, text: str) -> list[str]:
+    """Ids of the READY/RUNNING tasks that ``text`` names (``match_ids``: the start of an id,
+    or its end, as the short id in widgets)."""
+    rows = app.store.summaries(status=list(views.UNFINISHED), limit=None)
+    return match_ids((row["id"] for row in rows), text)
 
 
 @magics_class
@@ -201,18 +170,16 @@ class NbtasksMagics(Magics):
             self._purge(argv[1:])
         else:
             args = _tasks_parser().parse_args(argv)
-            status = args.status.upper() if args.status else None
-            if status is not None and status not in _view.STATUSES:
-                raise UsageError(
-                    f"--status {args.status!r}: expected one of {', '.join(_view.STATUSES)}"
-                )
+            status = _status(args.status).value if args.status else None
             app = _default_app()
             if not _kernel.in_kernel():  # terminal IPython: text, no widget machinery
                 print(
-                    _view.dashboard_text(app, status=status, name=args.name, limit=args.page_size)
+                    views.dashboard_text(app, status=status, name=args.name, limit=args.page_size)
                 )
                 return
-            board = _view.dashboard(app, status=status, name=args.name, page_size=args.page_size)
+            board = views.live_dashboard(
+                app, status=status, name=args.name, page_size=args.page_size
+            )
             display(board)
 
     def _cancel(self, argv: Sequence[str]) -> None:
@@ -233,28 +200,40 @@ class NbtasksMagics(Magics):
                     f"%tasks cancel: {wanted!r} matches {len(matches)} tasks; give more of the id"
                 ) from None
             result = app.result(matches[0])
-        label = f"{result.task_name} {_view.short_id(str(result.id))}"
+        label = f"{result.task_name} {short_id(result.id)}"
         if result.cancel():
             print(f"cancelled {label}")
         else:
             result.refresh()
-            print(f"not cancelled: {label} is already {_view._status_str(result.status)}")
+            print(f"not cancelled: {label} is already {result.status.value}")
 
     def _purge(self, argv: Sequence[str]) -> None:
         args = _purge_parser().parse_args(list(argv))
-        statuses: list[str] | None = None
+        statuses = None
         if args.status:
-            statuses = [s.strip().upper() for part in args.status for s in part.split(",") if s]
-            bad = [s for s in statuses if s not in _view.TERMINAL]
+            statuses = [_status(s) for part in args.status for s in part.split(",")]
+            bad = [s.value for s in statuses if not s.is_finished]
             if bad:
                 raise UsageError(
                     f"--status {', '.join(bad)}: only finished results can be purged "
-                    f"({', '.join(sorted(_view.TERMINAL))})"
+                    f"({', '.join(sorted(views.TERMINAL))})"
                 )
-        older = parse_duration(args.older_than) if args.older_than else None
-        status_arg: Any = statuses[0] if statuses and len(statuses) == 1 else statuses
-        count = _default_app().purge(older_than=older, status=status_arg)
+        older = None
+        if args.older_than:
+            try:
+                older = parse_duration(args.older_than)
+            except ValueError as exc:
+                raise UsageError(f"--older-than: {exc}") from None
+        count = _default_app().purge(older_than=older, status=statuses)
         print(f"purged {count} task{'s' if count != 1 else ''}")
+
+
+def _status(text: str) -> TaskStatus:
+    """``parse_status`` for ``--status``, its error as a UsageError."""
+    try:
+        return parse_status(text.strip(), "--status")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def load_ipython_extension(ipython: Any) -> None:

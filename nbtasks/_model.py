@@ -389,6 +389,26 @@ class Request:
         """Celery's ``Context.get``."""
         return getattr(self, key, default)
 
+    @classmethod
+    def from_record(
+        cls, rec: Mapping[str, Any], args: Iterable[Any], kwargs: Mapping[str, Any]
+    ) -> Request:
+        """The Request of a stored task (or of a record's fields shipped to a worker), with its
+        arguments decoded by the caller. Fields a record leaves out read as their defaults."""
+        return cls(
+            task_name=rec["task_name"],
+            args=list(args),
+            kwargs=dict(kwargs),
+            id=rec["id"],
+            metadata=Metadata(rec.get("metadata") or {}),
+            retries=rec.get("retries") or 0,
+            priority=rec.get("priority") or 0,
+            eta=to_datetime(rec.get("eta")),
+            expires=to_datetime(rec.get("expires")),
+            parent_id=rec.get("parent_id"),
+            root_id=rec.get("root_id") or rec["id"],
+        )
+
 
 # --------------------------------------------------------------------------- progress
 

@@ -33,6 +33,7 @@ from ._model import (
     check_id,
     to_datetime,
 )
+from ._text import format_duration, short_id
 
 if TYPE_CHECKING:
     from ._ports import LiveTask, Results
@@ -464,7 +465,7 @@ class TaskResult:
             parts.append(str(prog))
         start, end = self._rec.get("started_at"), self._rec.get("finished_at")
         if start is not None and end is not None:
-            parts.append(f"in {_duration(end - start)}")
+            parts.append(f"in {format_duration(end - start, precise=True)}")
         if self.cached:
             parts.append("(cached)")
         if self.status is TaskStatus.FAILED and self.errors:
@@ -476,9 +477,9 @@ class TaskResult:
         return f"<TaskResult {' '.join(parts)}>"
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any] | None:
-        from . import _view  # the one upward edge: widgets load on first display
+        from . import views  # the one upward edge: widgets load on first display
 
-        return _view.mimebundle(self, include, exclude)
+        return views.mimebundle(self, include, exclude)
 
     def __reduce__(self) -> Any:
         """(app, id): the app pickles as a reference to its store (see ``_ports``)."""
@@ -499,26 +500,9 @@ _FINISHED_NAMES = frozenset(s.value for s in FINISHED)
 _STATUS = {s.value: s for s in TaskStatus}
 
 
-def short_id(task_id: str) -> str:
-    """Eight characters that tell tasks apart: ids start with a shared timestamp, so the
-    short form is the end of the id."""
-    compact = str(task_id).replace("-", "")
-    return compact[-8:] if len(compact) > 8 else compact
-
-
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.0f}µs"
-    if seconds < 1:
-        return f"{seconds * 1e3:.1f}ms"
-    if seconds < 120:
-        return f"{seconds:.2f}s"
-    return f"{seconds / 60:.1f}min"
 
 
 def _restore_result(app: Results, task_id: str) -> TaskResult:
@@ -604,6 +588,6 @@ class GroupResult:
         return f"<GroupResult {short_id(self.id)} {len(self.results)} tasks {counts}>"
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any] | None:
-        from . import _view
+        from . import views
 
-        return _view.mimebundle(self, include, exclude)
+        return views.mimebundle(self, include, exclude)

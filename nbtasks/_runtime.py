@@ -22,7 +22,7 @@ from ._attempt import Job, Options
 from ._codec import args_repr, cache_key, find_unpicklable
 from ._errors import StoreError, TaskCancelled, UnknownTaskId
 from ._model import FINISHED, Clock, Metadata, Request, TaskStatus, to_datetime
-from ._store import Live, Store, new_id, owner_alive
+from .store import Live, Store, new_id, owner_alive
 
 if TYPE_CHECKING:
     from ._task import Task

@@ -366,7 +366,8 @@ def test_a_handle_unpickled_after_its_app_shut_down_reads_through_another(
 
 def test_the_app_and_the_worker_side_app_implement_both_seams() -> None:
     """Both are ``task.app`` somewhere; the process RPC carries exactly the submit methods."""
-    from nbtasks._worker import CALLS, _ChildApp
+    from nbtasks.executors.process.calls import CALLS
+    from nbtasks.executors.process.child_app import _ChildApp
 
     names = {
         n

@@ -266,7 +266,7 @@ FACTOR = 2
 
 
 def test_by_value_refs_follow_rebound_globals_closures_and_main_helpers() -> None:
-    """What a process task's cached payload is checked against (executors/process.py)."""
+    """What a process task's cached payload is checked against (executors/process/pool.py)."""
     global FACTOR
 
     def scaled(x: int) -> int:

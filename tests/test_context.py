@@ -872,7 +872,7 @@ def test_a_finished_task_leaves_no_reference_cycles(app: nbtasks.App, kind: str)
     Live): left to the cyclic collector, a big map's finished tasks were walked over and
     over by full collections while the map ran."""
     from nbtasks._attempt import Attempt, Job
-    from nbtasks._store import Live
+    from nbtasks.store import Live
 
     ok = _declare(app, kind, _works)
     bad = _declare(app, kind, _fails)

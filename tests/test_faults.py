@@ -32,8 +32,9 @@ from helpers import (
 )
 
 import nbtasks
-from nbtasks import _store
+from nbtasks import store as _store
 from nbtasks._model import TaskStatus
+from nbtasks.store import writer
 
 AppFactory = Callable[..., nbtasks.App]
 FINISHED = {"SUCCESSFUL", "FAILED", "CANCELLED", "INTERRUPTED"}
@@ -180,7 +181,7 @@ class DiskFull:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.on = False
         self.failures = 0
-        real = _store._upsert
+        real = writer.upsert
 
         def upsert(con: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
             if self.on:
@@ -188,7 +189,7 @@ class DiskFull:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             real(con, rows)
 
-        monkeypatch.setattr(_store, "_upsert", upsert)
+        monkeypatch.setattr(writer, "upsert", upsert)
 
 
 def test_disk_full_fails_submits_clearly_and_retries_the_rest(

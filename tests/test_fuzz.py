@@ -74,7 +74,7 @@ def _listing_works(app: nbtasks.App) -> int:
     assert len(rows) == n
     for r in app.results():
         r.status  # noqa: B018
-    raw = app.store._sql("SELECT value FROM Cache WHERE key >= 't:' AND key < 't;'", [])
+    raw = app.store.reader.rows("SELECT value FROM Cache WHERE key >= 't:' AND key < 't;'", [])
     for (text,) in raw:
         _strict_json(text)  # every record is JSON that SQLite can read
     return n

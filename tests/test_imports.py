@@ -4,14 +4,19 @@ Rules read from the table ("may import (inside nbtasks)"):
 - each module imports only the nbtasks modules of its row; ``_errors`` (the exception tree,
   which imports nothing) is allowed everywhere;
 - imports under ``if TYPE_CHECKING:`` are annotations only and are not counted;
-- the one upward edge: ``_result`` may import ``_view`` inside a function (first display);
+- the one upward edge: ``_result`` may import ``views`` inside a function (first display);
   ``__init__`` loads ``_magics`` lazily in ``load_ipython_extension``;
+- each module of ``views/`` has a row of its own, all the same: the package's, plus the
+  package itself (its modules import each other);
 - ``_runtime`` is not in the table: it is the App's machinery (executors, timer, canvas) and
-  gets the executors' row plus ``executors``; ``_worker`` (the process child) is part of
-  ``executors/``, as the table says.
-Third-party homes: diskcache only in ``_store``; cloudpickle only in ``_codec``, lazily (and
-pickle only there: "no other module imports pickle"); ipywidgets only in ``_view``;
-IPython/ipykernel only in ``_kernel`` and ``_magics``; dask only in ``executors/dask.py``, lazily.
+  gets the executors' row plus ``executors``. Every module under ``executors/`` (the process
+  pool and its child, the Dask executor and its worker side) has the executors' row.
+- the ``store`` package has a row per module (``store.writer``, ...): they say which of its
+  modules each may use; every other module imports only the package (``from .store import``),
+  never one of its modules.
+Third-party homes: diskcache only under ``store/``; cloudpickle only in ``_codec``, lazily (and
+pickle only there: "no other module imports pickle"); ipywidgets only in ``views/widgets.py``;
+IPython/ipykernel only in ``_kernel`` and ``_magics``; dask only under ``executors/dask/``, lazily.
 """
 
 from __future__ import annotations
@@ -27,32 +32,62 @@ from helpers import REPO, run_python
 PACKAGE = REPO / "nbtasks"
 
 _LOW = {"_errors"}
-_EXECUTORS_ROW = {"_attempt", "_store", "_codec", "_model", "_errors", "executors", "_worker"}
+_EXECUTORS_ROW = {"_attempt", "store", "_codec", "_model", "_errors", "executors"}
+_VIEWS_ROW = {"_model", "_text", "_kernel", "_errors", "views"}
+_VIEWS_MODULES = [
+    "__init__",
+    "snapshot",
+    "format",
+    "widgets",
+    "task",
+    "group",
+    "dashboard",
+    "display",
+    "updater",
+]
 ROWS: dict[str, set[str]] = {
-    "__init__": {"_app", "_context", "_errors", "_model", "_result", "_store", "_task"},
+    "__init__": {"_app", "_context", "_errors", "_model", "_result", "store", "_task"},
     "_errors": set(),
     "_model": {"_errors"},
     "_codec": {"_model", "_errors", "_key"},
     "_key": {"_errors"},
-    "_store": {"_codec", "_model", "_errors", "_storefiles"},
-    "_storefiles": {"_errors"},  # the store's files and lock: no diskcache
-    "_context": {"_store", "_codec", "_model", "_errors"},
-    "_attempt": {"_context", "_store", "_codec", "_model", "_errors"},
-    "executors": _EXECUTORS_ROW,
-    # The worker-side app implements both seams for real: its handles are the usual ones.
-    "_worker": _EXECUTORS_ROW | {"_ports", "_result"},
+    # The store package, each module using only the ones before it.
+    "store.files": set(),  # the store's files and lock: no diskcache
+    "store.disk": {"store.files"},
+    "store.opening": {"_model", "store.files", "store.disk"},
+    "store.records": {"_model"},
+    "store.queries": {"store.files", "store.disk", "store.opening", "store.records"},
+    "store.writer": {"_model", "store.files", "store.disk", "store.records"},
+    "store.owners": {"_model", "store.disk", "store.queries", "store.records", "store.writer"},
+    "store.cleanup": {"store.files", "store.disk", "store.queries", "store.records"},
+    "store": {
+        "_codec",
+        "_model",
+        "store.cleanup",
+        "store.disk",
+        "store.opening",
+        "store.owners",
+        "store.queries",
+        "store.records",
+        "store.writer",
+    },
+    "_context": {"store", "_codec", "_model", "_errors"},
+    "_attempt": {"_context", "store", "_codec", "_model", "_errors"},
+    # The worker-side app (executors.process.child_app) implements both seams for real: its
+    # handles are the usual ones.
+    "executors": _EXECUTORS_ROW | {"_ports", "_result"},
     "_ports": set(),  # the seams: Protocols (their types only under TYPE_CHECKING)
     "_runtime": _EXECUTORS_ROW | {"_context"},
     "_options": {"_model", "_errors"},  # option names and their validation
     "_task": {"_options", "_codec", "_model", "_errors"},
-    "_result": {"_ports", "_model", "_errors"},  # the store only through the Results seam
+    "_result": {"_ports", "_model", "_errors", "_text"},  # the store only through the seam
     "_app": {
         "_ports",
         "_options",
         "_errors",
         "_model",
         "_codec",
-        "_store",
+        "store",
         "_context",
         "_attempt",
         "executors",
@@ -61,26 +96,27 @@ ROWS: dict[str, set[str]] = {
         "_runtime",
     },
     "_kernel": {"_errors"},
-    "_view": {"_result", "_store", "_model", "_kernel", "_errors"},
-    "_magics": {"_app", "_task", "_result", "_view", "_kernel"},
-    "_cli": {"_app", "_store", "_result", "_model"},
+    "_text": {"_model", "_errors"},  # pure text helpers of the front ends
+    **{("views" if m == "__init__" else f"views.{m}"): _VIEWS_ROW for m in _VIEWS_MODULES},
+    "_magics": {"_app", "_task", "_result", "views", "_kernel", "_text"},
+    "_cli": {"_app", "store", "_result", "_model", "_text"},
     "__main__": {"_cli"},  # `python -m nbtasks`
 }
-LAZY_ALLOWED = {("_result", "_view"), ("__init__", "_magics")}
-NEVER_FROM_APP = {"_view", "_kernel", "_magics"}
+LAZY_ALLOWED = {("_result", "views"), ("__init__", "_magics")}
+NEVER_FROM_APP = {"views", "_kernel", "_magics"}
 
 THIRD_PARTY_HOMES: dict[str, set[str]] = {
-    "diskcache": {"_store"},
+    "diskcache": {"store"},
     "cloudpickle": {"_codec"},
     "pickle": {"_codec"},
-    "ipywidgets": {"_view"},
+    "ipywidgets": {"views.widgets"},
     "IPython": {"_kernel", "_magics"},
     "ipykernel": {"_kernel", "_magics"},
     "dask": {"executors.dask"},
     "distributed": {"executors.dask"},
 }
-#: The Dask executor may be split over several files of executors/ (e.g. a worker-side helper).
-DASK_FILES = ("executors.dask", "executors._dask")
+#: The Dask executor's package: its modules (executor, worker side, client) may import dask.
+DASK_FILES = ("executors.dask.",)
 MUST_BE_LAZY = {"cloudpickle", "dask", "distributed"}
 
 
@@ -99,7 +135,7 @@ def _module_name(path: Path) -> str:
 
 
 def _row(module: str) -> str:
-    return "executors" if module.split(".")[0] == "executors" else module
+    return "executors" if module.split(".")[0] == "executors" else module.removesuffix(".__init__")
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -130,10 +166,13 @@ def _resolve(module: str, node: ast.ImportFrom) -> list[str]:
 
 
 def _top(parts: list[str]) -> str:
-    """'executors.thread' counts as 'executors'; everything else by its first part."""
+    """'executors.thread' counts as 'executors'; a module of the store package by its own name
+    ('store.writer'); everything else by its first part."""
     parts = [p for p in parts if p]
     if not parts:
         return "__init__"
+    if parts[0] == "store" and len(parts) > 1:
+        return f"store.{parts[1]}"
     return parts[0]
 
 
@@ -210,7 +249,15 @@ def _params() -> list[object]:
 def test_every_module_has_a_row() -> None:
     missing = [m for m in MODULES if _row(m) not in ROWS]
     assert missing == [], f"add these modules to DESIGN.md's table and to ROWS: {missing}"
-    assert {"_app", "_store", "_codec", "_task", "_result", "_context", "_attempt"} <= set(MODULES)
+    assert {
+        "_app",
+        "store.__init__",
+        "_codec",
+        "_task",
+        "_result",
+        "_context",
+        "_attempt",
+    } <= set(MODULES)
 
 
 @pytest.mark.parametrize("module", _params())
@@ -228,8 +275,10 @@ def test_app_never_imports_the_notebook_modules() -> None:
 def test_the_walker_sees_relative_lazy_and_type_checking_imports() -> None:
     """The walker itself: known edges of the current code are found, typed ones skipped."""
     edges = {(i.module, i.target, i.lazy) for i in ALL_IMPORTS if i.internal}
-    assert ("_store", "_codec", False) in edges
-    assert ("_result", "_view", True) in edges
+    assert ("store.__init__", "_codec", False) in edges
+    assert ("store.writer", "store.records", False) in edges
+    assert ("_result", "views", True) in edges
+    assert ("views.task", "views", False) in edges  # inside its package
     assert ("executors.thread", "_attempt", False) in edges
     # `if TYPE_CHECKING: from ._app import App` in _result is not an import edge at run time.
     assert ("_result", "_app", False) not in edges
@@ -249,6 +298,8 @@ def test_third_party_package_has_one_home(package: str) -> None:
     def at_home(module: str) -> bool:
         if package in ("dask", "distributed"):
             return module.startswith(DASK_FILES)
+        if package == "diskcache":
+            return _row(module).split(".")[0] == "store"
         return module in homes
 
     users = sorted(
@@ -286,7 +337,8 @@ def test_import_nbtasks_is_lean() -> None:
     after_import, after_task, internal = json.loads(proc.stdout)
     assert after_import == []
     assert after_task == []
-    assert "nbtasks._view" not in internal and "nbtasks._magics" not in internal
+    assert not [m for m in internal if m.startswith("nbtasks.views")]
+    assert "nbtasks._magics" not in internal
     assert "nbtasks._kernel" not in internal
 
 
@@ -296,7 +348,7 @@ def test_import_nbtasks_is_lean() -> None:
 #: Function-level imports that may close a cycle, as DESIGN.md allows: the view loads on a
 #: handle's first display (``TaskResult._repr_mimebundle_``, ``GroupResult``'s too), and the
 #: magics when IPython loads the extension.
-CYCLE_ALLOWED = {("_result", "_view"), ("__init__", "_magics")}
+CYCLE_ALLOWED = {("_result", "views"), ("__init__", "_magics")}
 
 
 def _import_graph() -> dict[str, set[str]]:
@@ -349,7 +401,7 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
     edges = {(i.module, i.target) for i in ALL_IMPORTS if i.internal and i.lazy}
-    assert ("_result", "_view") in edges  # the allowed edge is really there
+    assert ("_result", "views") in edges  # the allowed edge is really there
 
 
 # --------------------------------------------------------------------------- private names
@@ -358,6 +410,7 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 THIRD_PARTY_PRIVATES = {
     "_con",  # diskcache.Cache._con: the SQLite connection (queries diskcache has no API for)
     "_disk",  # diskcache.Cache._disk: how a value is stored in a file
+    "_sql",  # diskcache.Cache._sql: its statement runner, under the store's own checks
     "_exit",  # os._exit: a forked worker ends without running the parent's atexit handlers
     "_shell_channel_io_loop",  # ipykernel's subshell manager (ipykernel 7: _kernel.py)
     "_create_subshell",
@@ -367,25 +420,21 @@ THIRD_PARTY_PRIVATES = {
 #: are still removing (the attempt lifecycle, the executors, the views, the command line).
 PENDING_PRIVATES = {
     ("_attempt", "_invoke"),  # Task._invoke
+    ("_attempt", "_is_async"),  # Task._is_async
     ("_attempt", "_snapshot"),  # Context._snapshot
     ("_attempt", "_stop"),  # Context._stop
     ("_attempt", "_request_stop"),  # Context._request_stop
     ("_runtime", "_request_stop"),
     ("_runtime", "_signature"),  # Task._signature
-    ("_worker", "_snapshot"),
-    ("_worker", "_write"),  # Context._write
-    ("executors.process", "_fn"),  # Task._fn
-    ("executors.dask", "_write"),
-    ("executors.dask", "_stop"),
-    ("executors._dask_worker", "_stop"),
-    ("executors._dask_worker", "_request_stop"),
-    ("executors._dask_worker", "_cur"),  # Context's progress fields
-    ("executors._dask_worker", "_total"),
-    ("executors._dask_worker", "_msg"),
-    ("executors._dask_worker", "_invoke"),
-    ("executors._dask_worker", "_is_async"),  # Task._is_async
-    ("_magics", "_status_str"),  # _view._status_str
-    ("_cli", "_full"),  # TaskResult._full
+    ("executors.dask.executor", "_stop"),
+    ("executors.dask.executor", "_write"),  # Context._write
+    ("executors.dask.worker", "_cur"),  # Context's progress fields
+    ("executors.dask.worker", "_msg"),
+    ("executors.dask.worker", "_total"),
+    ("executors.dask.worker", "_request_stop"),
+    ("executors.process.attempt", "_snapshot"),
+    ("executors.process.child", "_write"),
+    ("executors.process.pool", "_fn"),  # Task._fn
 }
 
 
@@ -431,6 +480,8 @@ def private_reaches(path: Path, module: str | None = None) -> list[Reach]:
         name = node.attr
         if not name.startswith("_") or name.startswith("__") or name in own:
             continue
+        if name.endswith("_"):
+            continue  # a protocol name of IPython's (``_repr_mimebundle_``), not a private
         if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
             continue
         found.append(Reach(module, name, node.lineno, ast.unparse(node)))

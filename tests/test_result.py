@@ -18,7 +18,8 @@ import pytest
 from helpers import wait_until
 
 import nbtasks
-from nbtasks import TaskStatus, _store
+from nbtasks import TaskStatus
+from nbtasks import store as _store
 
 AppFactory = Callable[..., nbtasks.App]
 

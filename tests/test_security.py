@@ -23,7 +23,7 @@ import pytest
 from helpers import REPO, run_python
 
 import nbtasks
-from nbtasks import _view
+from nbtasks import views
 from nbtasks._codec import Codec, Signer
 from nbtasks._model import TaskStatus
 
@@ -220,10 +220,10 @@ def test_listing_a_foreign_store_reads_json_only(foreign: Foreign, make_app: App
     assert big.state == "SUCCESSFUL" and big.is_finished
     assert "b'bbbb" in big._rec["args_repr"]
     # %tasks: the text table (terminal IPython) and the dashboard widget.
-    text = _view.dashboard_text(app)
+    text = views.dashboard_text(app)
     for name in ("pair", "canary", "big_canary", "boom", "plain"):
         assert name in text
-    board = _view.Dashboard(app, page_size=20)
+    board = views.Dashboard(app, page_size=20)
     bundle = board._repr_mimebundle_()
     assert bundle["text/html"].count("data-task-id") == 5
     assert bundle["text/plain"].endswith("(5 of 5 tasks)")

@@ -1,4 +1,4 @@
-"""nbtasks._store: a real diskcache store on disk in ``tmp_path``.
+"""nbtasks.store: a real diskcache store on disk in ``tmp_path``.
 
 Opening (schema, corruption, permissions, owners), READY records committed at submit, the
 group-committing writer, the dead-owner sweep, several Apps and processes on one store, the
@@ -22,8 +22,9 @@ import pytest
 from helpers import committed, start_python, stored_count, wait_until
 
 import nbtasks
-from nbtasks import _store
 from nbtasks._model import IllegalTransition, TaskStatus
+from nbtasks.store import opening, owners, queries, records, writer
+from nbtasks.store.files import MARKER
 
 AppFactory = Callable[..., nbtasks.App]
 
@@ -46,9 +47,9 @@ def test_a_new_store_is_a_diskcache_opened_as_a_store(app: nbtasks.App, store_pa
     cache = app.store.cache
     assert isinstance(cache, diskcache.Cache)
     assert cache.eviction_policy == "none"  # the default would evict results past 1 GB
-    assert cache.get("nbtasks:schema") == _store.SCHEMA
-    marker = json.loads((store_path / _store.MARKER).read_text())
-    assert marker["schema"] == _store.SCHEMA
+    assert cache.get("nbtasks:schema") == opening.SCHEMA
+    marker = json.loads((store_path / MARKER).read_text())
+    assert marker["schema"] == opening.SCHEMA
     assert app.store.path == store_path
 
 
@@ -110,7 +111,7 @@ def test_newer_schema_is_refused_and_kept(store_path: Path, make_app: AppFactory
     one.delay().get(10)
     a.shutdown()
     with diskcache.Cache(str(store_path)) as raw:
-        raw.set("nbtasks:schema", _store.SCHEMA + 1)
+        raw.set("nbtasks:schema", opening.SCHEMA + 1)
     with pytest.raises(nbtasks.StoreError) as info:
         nbtasks.App(store=store_path)
     message = str(info.value)
@@ -159,7 +160,7 @@ def test_zero_byte_database_is_refused_naming_the_path(
     assert "0 bytes" in message or "empty" in message
     assert "mv " in message  # says what to do
     assert db.stat().st_size == 0  # not silently recreated as an empty store
-    assert (store_path / _store.MARKER).exists()
+    assert (store_path / MARKER).exists()
 
 
 def test_garbage_database_is_refused_naming_the_path(
@@ -392,11 +393,53 @@ def test_illegal_transition_through_the_store_is_refused(app: nbtasks.App) -> No
     r = one.delay()
     r.wait(10)
     app.store.flush()
-    live = _store.Live(dict(committed(app, r.id)))
+    live = records.Live(dict(committed(app, r.id)))
     with pytest.raises(IllegalTransition):
         app.store.change(live, TaskStatus.RUNNING)
     assert live.rec["status"] == "SUCCESSFUL"
     assert committed(app, r.id)["status"] == "SUCCESSFUL"
+    with pytest.raises(IllegalTransition):
+        app.store.cancel(live, "too late", time.time())
+    with pytest.raises(IllegalTransition):
+        app.store.interrupt(live, "too late", time.time())
+    assert committed(app, r.id)["status"] == "SUCCESSFUL"
+
+
+def _ready(task_id: str) -> records.Live:
+    """A READY record of this process, built by hand (nothing will run it)."""
+    now = time.time()
+    return records.Live(
+        {
+            "id": task_id,
+            "task_name": "by.hand",
+            "status": "READY",
+            "enqueued_at": now,
+            "owner": owners.owner_token(),
+        }
+    )
+
+
+@pytest.mark.parametrize("end", ["cancel", "interrupt"])
+def test_the_store_cancels_and_interrupts_through_the_table(app: nbtasks.App, end: str) -> None:
+    """``Store.cancel``/``interrupt``: the status, its state, the time and the reason, in memory
+    at once and committed; waiters wake."""
+    live = _ready(f"by-hand-{end}")
+    app.store.create([live])
+    woken: list[str] = []
+    live.callbacks.append(lambda done: woken.append(done.id))
+    getattr(app.store, end)(live, "because", 1234.5)
+    status = "CANCELLED" if end == "cancel" else "INTERRUPTED"
+    fields = {"status": status, "state": status, "finished_at": 1234.5, "reason": "because"}
+    assert {k: live.rec[k] for k in fields} == fields
+    assert live.wait(0) and woken == [live.id]
+    app.store.flush()
+    assert {k: committed(app, live.id)[k] for k in fields} == fields
+
+
+def test_cancel_requests_lists_the_ids_with_a_pending_request(app: nbtasks.App) -> None:
+    assert app.store.cancel_requests() == []
+    app.store.request_cancel("some-task")
+    assert app.store.cancel_requests() == ["some-task"]
 
 
 def test_the_writer_keeps_the_wal_bounded_and_cuts_it_back_when_idle(
@@ -417,8 +460,8 @@ def test_the_writer_keeps_the_wal_bounded_and_cuts_it_back_when_idle(
         results = [f.delay(i) for i in range(3000)]
         assert [r.get(timeout=60) for r in results] == list(range(3000))
         largest = max(largest, wal.stat().st_size)
-    assert largest <= (_store.WAL_SAFETY + 1000) * frame
-    time.sleep(3 * _store.TICK)  # a tick with no commit beside it: the checkpoint completes
+    assert largest <= (writer.WAL_SAFETY + 1000) * frame
+    time.sleep(3 * writer.TICK)  # a tick with no commit beside it: the checkpoint completes
     f.delay(0).get(timeout=10)  # the next commit starts the WAL over, and truncates it
     wait_until(lambda: wal.stat().st_size <= (4 << 20) + 64 * frame, timeout=5)
     assert stored_count(store_path) == 12001
@@ -548,16 +591,16 @@ def test_live_owners_are_not_swept(make_app: AppFactory) -> None:
 
 
 def test_owner_tokens() -> None:
-    me = _store.owner_token()
-    assert _store.owner_alive(me)
-    assert _store.owner_pid(me) == os.getpid()
-    assert not _store.owner_alive(None)
-    assert not _store.owner_alive("garbage")
+    me = owners.owner_token()
+    assert owners.owner_alive(me)
+    assert owners.owner_pid(me) == os.getpid()
+    assert not owners.owner_alive(None)
+    assert not owners.owner_alive("garbage")
     # Same pid, another start time: the pid was reused, the owner is gone.
     host, pid, start = me.rsplit(":", 2)
-    assert not _store.owner_alive(f"{host}:{pid}:{int(start) + 1}")
+    assert not owners.owner_alive(f"{host}:{pid}:{int(start) + 1}")
     # Another host: cannot tell, assume alive.
-    assert _store.owner_alive(f"elsewhere:{pid}:1")
+    assert owners.owner_alive(f"elsewhere:{pid}:1")
 
 
 # --------------------------------------------------------------------------- many writers
@@ -787,13 +830,13 @@ def test_a_schema_1_store_gains_the_listing_columns_when_opened(
     con = sqlite3.connect(store_path / "cache.db")
     with con:
         con.execute("DROP INDEX nb_listing")  # schema 1 had neither the columns nor it
-        for name, _ in _store.SUMMARY_COLUMNS:
+        for name, _ in opening.SUMMARY_COLUMNS:
             con.execute(f"ALTER TABLE Cache DROP COLUMN {name}")
         con.execute("UPDATE Cache SET value = 1 WHERE key = 'nbtasks:schema'")
     con.close()
 
     app = make_app()
-    assert app.store.cache.get("nbtasks:schema") == _store.SCHEMA == 2
+    assert app.store.cache.get("nbtasks:schema") == opening.SCHEMA == 2
     cols = _listing_columns(store_path)
     for tid in ids:
         assert _as_stored(cols[tid]) == _expected_columns(committed(app, tid))
@@ -853,7 +896,7 @@ def test_the_expiry_index_holds_only_rows_that_expire(
 def _listing_plan(store_path: Path, app: nbtasks.App) -> str:
     import sqlite3
 
-    sql, params = app.store._select(_store._LISTING_SQL, None, None)
+    sql, params = queries.select(records.LISTING_SQL, None, None)
     con = sqlite3.connect(store_path / "cache.db")
     try:
         return " ".join(r[3] for r in con.execute("EXPLAIN QUERY PLAN " + sql, params))
@@ -903,7 +946,7 @@ def test_layout_check_fails_loudly_when_a_column_is_missing() -> None:
             return Rows()
 
     with pytest.raises(nbtasks.StoreError, match=r"diskcache>=5\.6,<5\.7"):
-        _store._check_private_layout(FakeCache())  # type: ignore[arg-type]
+        opening._check_private_layout(FakeCache())  # type: ignore[arg-type]
 
 
 def test_the_store_never_lets_diskcache_pickle(app: nbtasks.App) -> None:
@@ -917,7 +960,7 @@ def test_the_store_never_lets_diskcache_pickle(app: nbtasks.App) -> None:
 
 
 def test_new_ids_are_time_ordered_and_unique() -> None:
-    ids = [_store.new_id() for _ in range(5000)]
+    ids = [records.new_id() for _ in range(5000)]
     assert ids == sorted(ids)
     assert len(set(ids)) == len(ids)
     assert all(len(i) == 36 and i[14] == "7" for i in ids)

@@ -27,8 +27,8 @@ import pytest
 from helpers import REPO, ready_task_of_a_dead_process, start_python, wait_until
 
 import nbtasks
-from nbtasks import _store
 from nbtasks._codec import cache_key
+from nbtasks.store import SCHEMA
 
 AppFactory = Callable[..., nbtasks.App]
 NOBODY = 65534
@@ -250,7 +250,7 @@ def test_a_new_store_never_writes_through_an_old_temp_file_link(
 
     assert one.delay().get(10) == 1
     assert victim.read_text() == "my notes\n"
-    assert json.loads((store_path / "nbtasks-store.json").read_text())["schema"] == _store.SCHEMA
+    assert json.loads((store_path / "nbtasks-store.json").read_text())["schema"] == SCHEMA
 
 
 def test_a_store_directory_that_is_a_link_is_refused(tmp_path: Path) -> None:
@@ -346,8 +346,8 @@ def test_settings_that_diskcache_knows_never_change_nbtasks_connections(
     t.start()
     t.join(30)
     assert seen == {"sync": 1, "query_only": 0, "map": [0, 2, 4]}
-    with app.store._write_lock:  # the writer thread uses this connection too
-        con = app.store._write_con()
+    with app.store.writer.lock:  # the writer thread uses this connection too
+        con = app.store.writer.connection()
         assert con.execute("PRAGMA synchronous").fetchone()[0] == 1
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert con.execute("PRAGMA query_only").fetchone()[0] == 0
@@ -392,7 +392,7 @@ def test_a_lock_held_elsewhere_gives_up_and_names_its_holder(
         f"""
         import sys
         from pathlib import Path
-        from nbtasks._storefiles import StoreLock
+        from nbtasks.store.files import StoreLock
         with StoreLock(Path({str(store_path)!r}), 10):
             print("held", flush=True)
             sys.stdin.read()

@@ -35,8 +35,8 @@ EXECUTORS: Final[dict[str, str]] = {
     "thread": "nbtasks.executors.thread:ThreadExecutor",
     "inline": "nbtasks.executors.inline:InlineExecutor",
     "aio": "nbtasks.executors.aio:AsyncioExecutor",
-    "process": "nbtasks.executors.process:ProcessExecutor",
-    "dask": "nbtasks.executors.dask:DaskExecutor",
+    "process": "nbtasks.executors.process.pool:ProcessExecutor",
+    "dask": "nbtasks.executors.dask.executor:DaskExecutor",
 }
 
 

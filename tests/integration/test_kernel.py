@@ -117,7 +117,7 @@ def test_widget_updates_arrive_while_idle_and_while_another_cell_sleeps(
     assert kernel.value(threads) == 0
     kernel.run("r2 = steps.delay(5, 0.05)\ndisplay(r2)")
     kernel.run("r2.wait(10)")
-    stats = kernel.value("vars(nbtasks._view.updater_stats())")
+    stats = kernel.value("vars(nbtasks.views.updater_stats())")
     assert stats["threads_started"] == 2 and stats["errors"] == 0, stats
     root2 = last_task_widget(kernel)
     wait_for(kernel, lambda: status_of(kernel, root2) == "SUCCESSFUL", timeout=5)
@@ -132,7 +132,7 @@ def test_cancel_button_works_while_another_cell_runs(kernel: KernelDriver) -> No
     task_id = kernel.value("r.id")
     # ipykernel >= 7.4 lets a comm's messages go to a helper subshell; before, a click waits
     # for the shell (see nbtasks/_kernel.py), so only "it cancels, after the cell" is checked.
-    routed = kernel.value("nbtasks._view.view_for(r)._cancel_routed")
+    routed = kernel.value("nbtasks.views.view_for(r)._cancel_routed")
     version = kernel.value("__import__('ipykernel').__version__")
     assert routed or not version.startswith("7.4"), "ipykernel 7.4 must route the button"
     sleeper = kernel.execute("time.sleep(4)")
@@ -415,13 +415,13 @@ def test_updater_overhead_with_50_live_tasks(kernel: KernelDriver, tmp_path: Pat
     assert len(shown.displays) == 50
     comms_per_task = (len(kernel.models) - opened) / 50
     kernel.drain(0.5)
-    n0, s0 = len(kernel.updates), kernel.value("vars(nbtasks._view.updater_stats())")
+    n0, s0 = len(kernel.updates), kernel.value("vars(nbtasks.views.updater_stats())")
     c0, t0 = cpu(), time.monotonic()
     kernel.drain(window)
     spent = time.monotonic() - t0
     displayed = (cpu() - c0) / spent
     updates = len(kernel.updates) - n0
-    s1 = kernel.value("vars(nbtasks._view.updater_stats())")
+    s1 = kernel.value("vars(nbtasks.views.updater_stats())")
     bars = {kernel.part(root, "nbtasks-bar") for root in kernel.find("nbtasks-task")}
     bar_updates = sum(1 for t, cid, s in kernel.updates[n0:] if cid in bars and "value" in s)
     figures = {

@@ -260,11 +260,11 @@ def test_retries_apply_to_a_lost_worker(app: nbtasks.App, tmp_path: Path) -> Non
 def test_a_worker_killed_at_a_step_fails_its_task_cleanly(
     app: nbtasks.App, monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
-    """The worker exits (the test hook, _worker.CRASH_ENV) right after it claimed its task,
-    before the claim is committed; or once its large return value is committed but not yet the
+    """The worker exits (the test hook, process/child.CRASH_ENV) right after it claimed its
+    task, before the claim is committed; or once its large return value is committed but not yet the
     record that refers to it. The task ends FAILED with WorkerLost (or is retried), its record
     is whole and final, no orphan value is left, and the App carries on."""
-    from nbtasks._worker import CRASH_ENV, CRASH_EXIT
+    from nbtasks.executors.process.child import CRASH_ENV, CRASH_EXIT
 
     monkeypatch.setenv(CRASH_ENV, f"{step}:tests.crashy")  # read by the workers as they start
 
@@ -825,8 +825,8 @@ import sys, nbtasks
 app = nbtasks.App(store={str(tmp_path / "s")!r})
 t = app.task(lambda: 1)
 assert t.delay().get(timeout=10) == 1
-print(sorted(m for m in ("cloudpickle", "nbtasks.executors.process", "nbtasks._worker")
-             if m in sys.modules))
+print(sorted(m for m in ("cloudpickle", "nbtasks.executors.process",
+                         "nbtasks.executors.process.child") if m in sys.modules))
 p = app.task(lambda: 2, executor="process", name="p")
 assert p.delay().get(timeout=20) == 2
 print(sorted(m for m in ("cloudpickle", "nbtasks.executors.process") if m in sys.modules))

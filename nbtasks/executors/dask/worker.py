@@ -1,9 +1,10 @@
 """The worker side of the Dask executor: what runs inside a ``dask.distributed`` worker.
 
 The client process owns the task's record (DESIGN principle 2); a worker never opens the store.
-``run()`` calls the task with a real ``nbtasks.Context`` whose attempt is a ``RemoteAttempt``:
-``progress()`` costs what it costs in the core (a few attribute stores), and what the task
-reports travels back through Dask itself, with no shared filesystem:
+``run()`` runs the core's attempt lifecycle (``_attempt.AttemptCore``: the call with its Context
+current, the time limits, ``ctx.retry()``) as a ``RemoteAttempt``, whose seam sends what the
+core would record: ``progress()`` costs what it costs in the core (a few attribute stores), and
+what the task reports travels back through Dask itself, with no shared filesystem:
 
 * one thread per worker process ticks every 0.1 s, and for each running task sends what changed
   (progress, output, ``update_state``) as one ``Worker.log_event`` on the executor's own topic;
@@ -14,41 +15,29 @@ reports travels back through Dask itself, with no shared filesystem:
 * a final event carries the outcome and the last values (nothing is lost to throttling), and the
   return value when its pickle is small; a larger one is gathered by the client from the worker.
 
-The same tick enforces ``soft_timeout`` (as the core does for threads) and a hard ``timeout``,
-and notices when Dask cancelled the task's key (the client cancelled the future, or dropped
-out): the next ``progress()``/``check_cancelled()`` then raises, as for thread tasks.
+The same tick enforces ``soft_timeout`` and a hard ``timeout`` (the core's ``enforce_limits``, as
+for threads), and notices when Dask cancelled the task's key (the client cancelled the future,
+or dropped out): the next ``progress()``/``check_cancelled()`` then raises, as for thread tasks.
 
 Nothing here is imported by ``import nbtasks``; ``distributed`` is imported on first use.
 """
 
 from __future__ import annotations
 
-import asyncio
-import linecache
 import os
 import threading
 import time
-import traceback
 from collections import OrderedDict
 from typing import Any, Final
 
 # The core's Context, reached through _attempt (the executors' row of DESIGN's table).
-from .._attempt import (
-    Context,
-    _current,
-    install_capture,
-    install_tqdm_bridge,
-    raise_in_thread,
-    retry_request,
-)
-from .._codec import cloudpickle, dumps
-from .._errors import (
-    Retry,
-    SoftTimeLimitExceeded,
-    TaskCancelled,
-    TaskTimeout,
-)
-from .._model import Metadata, Request
+from ..._attempt import AttemptCore, Context, Job, Options, worker_id
+from ..._codec import dumps, loads
+from ..._errors import TaskCancelled
+from ..._model import Request
+from ...store import Live
+from ..payload import load_task
+from .errors import encode_error
 
 TICK: Final = 0.1  # seconds between sends per task: <= 10 events per second per task
 #: A return value whose pickle is at most this long travels in the final event (no gather);
@@ -57,7 +46,7 @@ EVENT_VALUE_LIMIT: Final = 16 * 1024
 OUTPUT_TAIL: Final = 64 * 1024  # characters of output sent at most per event (the core keeps
 #                                 the same tail, _context.OUTPUT_LIMIT)
 
-_tasks: OrderedDict[bytes, Any] = OrderedDict()  # task blob -> task object (an LRU)
+_tasks: OrderedDict[bytes, tuple[Any, Options]] = OrderedDict()  # payload -> task (an LRU)
 _TASK_CACHE: Final = 64
 _active: dict[str, RemoteAttempt] = {}  # Dask key -> running attempt in this process
 _lock = threading.Lock()  # guards _active and every send (ticks against the final snapshot)
@@ -66,54 +55,15 @@ _ticker: threading.Thread | None = None
 _ticker_pid = 0
 
 
-# --------------------------------------------------------------------------- the task object
-
-
-_DROP: Final = frozenset(
-    {"app", "_target", "_default_options", "_signature", "_fast_check", "__wrapped__"}
-)
-
-
-def task_blob(task: Any) -> bytes:
-    """Pickle a Task for the workers (cloudpickle: notebook functions travel by value): its
-    class and instance attributes, without the App (its store, threads and locks stay here)."""
-    attrs = {k: v for k, v in vars(task).items() if k not in _DROP}
-    try:
-        return dumps((type(task), attrs, _cell_source(task)))
-    except TypeError as exc:
-        raise TypeError(
-            f"task {task.name} cannot be sent to Dask workers: it cannot be pickled ({exc}). "
-            "Define what it uses at module level, or pass it as an argument."
-        ) from exc
-
-
-def _cell_source(task: Any) -> dict[str, Any]:
-    """The source of a task defined in a notebook cell, which only this kernel's linecache
-    holds (IPython registers each cell there): with it, a worker's traceback shows the lines."""
-    fn = vars(task).get("_fn") or getattr(type(task), "run", None)
-    filename = getattr(getattr(fn, "__code__", None), "co_filename", None)
-    entry = linecache.cache.get(filename) if filename else None
-    if not filename or entry is None or len(entry) != 4 or entry[1] is not None:
-        return {}  # a real file (the worker reads it, if it has it), or nothing known
-    return {filename: entry}
-
-
-def _load_task(blob: bytes) -> Any:
-    task = _tasks.get(blob)
-    if task is not None:
+def _load_task(blob: bytes) -> tuple[Any, Options]:
+    hit = _tasks.get(blob)
+    if hit is not None:
         _tasks.move_to_end(blob)
-        return task
-    cls, attrs, source = cloudpickle().loads(blob)
-    for filename, entry in source.items():
-        linecache.cache.setdefault(filename, entry)
-    task = cls.__new__(cls)
-    vars(task).update(attrs)
-    fn = attrs.get("_fn")
-    task._target = fn if fn is not None else task.run
-    _tasks[blob] = task
+        return hit
+    hit = _tasks[blob] = load_task(blob)
     if len(_tasks) > _TASK_CACHE:
         _tasks.popitem(last=False)
-    return task
+    return hit
 
 
 # --------------------------------------------------------------------------- the attempt
@@ -138,38 +88,27 @@ class RemoteContext(Context):
         return "".join(box)
 
 
-class RemoteAttempt:
-    """What a Context needs from its attempt, on a Dask worker: it sends instead of storing."""
+class RemoteAttempt(AttemptCore):
+    """The core's attempt on a Dask worker; its seam: it sends what the core would record."""
 
-    def __init__(self, head: dict[str, Any], args: Any, kwargs: Any, worker: Any) -> None:
-        self.head = head
-        self.key: str = head["key"]
-        self.topic: str = head["topic"]
+    runs_coroutines = True  # an ``async def`` task runs on an event loop of its own here
+
+    def __init__(self, job: Job, key: str, topic: str, worker: Any) -> None:
+        super().__init__(job)
+        self.key = key
+        self.topic = topic
         self.worker = worker
-        self.request = Request(
-            task_name=head["name"],
-            args=list(args),
-            kwargs=dict(kwargs),
-            id=head["id"],
-            metadata=Metadata.trusted(head.get("meta") or {}),
-            retries=head.get("retries", 0),
-            priority=head.get("priority", 0),
-            parent_id=head.get("parent_id"),
-            root_id=head.get("root_id") or head["id"],
-        )
-        self.ctx = RemoteContext(self)
-        self.start = time.time()
-        self.wid = f"{worker.address}:{os.getpid()}:{threading.current_thread().name}"
+        self.started_at = time.time()
+        self.wid = worker_id(worker.address)
         self.request.worker_id = self.wid
-        mono = time.monotonic()
-        timeout, soft = head.get("timeout"), head.get("soft_timeout")
-        self.deadline = None if timeout is None else mono + timeout
-        self.soft_deadline = None if soft is None else mono + soft
         self.pending: dict[str, Any] = {}
         self.sent: tuple[Any, ...] = (None, None, None)  # the progress sent last
         self.out_total = 0  # characters of output written so far
-        self.in_user_code = False
         self.released = False  # Dask released its key (the client cancelled it, or left)
+        self.start(time.monotonic())
+
+    def new_context(self) -> Context:
+        return RemoteContext(self)
 
     # ------------------------------------------------------------------ what the Context calls
 
@@ -186,13 +125,6 @@ class RemoteAttempt:
             if state is not None:
                 self.pending["st"] = state
             # sent with the next tick (<= 0.1 s), like the core's group-committed change
-
-    def make_retry(
-        self, exc: BaseException | None, countdown: float | None, max_retries: int | None
-    ) -> BaseException:
-        """``ctx.retry()``, as in ``_attempt.Attempt.make_retry`` (the client decides)."""
-        limit = self.head.get("max_retries", 0) if max_retries is None else max_retries
-        return retry_request(self.request, limit, exc, countdown)
 
     def tick(self, ctx: Context) -> None:  # the core's writer never calls it on a worker
         pass
@@ -232,13 +164,7 @@ class RemoteAttempt:
 
     def _tick(self, mono: float) -> None:
         ctx = self.ctx
-        if self.soft_deadline is not None and not ctx._soft_fired and mono >= self.soft_deadline:
-            ctx._soft_fired = True
-            ctx._request_stop(SoftTimeLimitExceeded(self._limit_text("soft_timeout")))
-            if ctx.thread_id is not None and self.in_user_code:
-                raise_in_thread(ctx.thread_id, SoftTimeLimitExceeded)
-        if self.deadline is not None and mono >= self.deadline:
-            ctx._request_stop(TaskTimeout(self._limit_text("timeout")))
+        self.enforce_limits(mono)
         ts = self.worker.state.tasks.get(self.key)
         if ts is None or ts.state == "cancelled":
             # The client cancelled the future (cancel, timeout, a lost connection): stop at
@@ -249,12 +175,6 @@ class RemoteAttempt:
             )
         if self._changed():
             self._send()
-
-    def _limit_text(self, option: str) -> str:
-        return (
-            f"task {self.request.task_name}[{self.request.id}] ran past its "
-            f"{option} of {self.head[option]:g}s"
-        )
 
 
 # --------------------------------------------------------------------------- the ticker
@@ -288,29 +208,27 @@ def _tick_loop() -> None:
 
 
 def run(payload: bytes) -> Any:
-    """The function Dask runs, with ``(task blob, head, args, kwargs)`` pickled: call the task,
-    send the outcome as the final event (the value too, when its pickle is small), and return
-    ``(ok, value or error, info)`` as well, which the client gathers when the event could not
-    carry it (or went missing)."""
+    """The function Dask runs, with ``(task payload, head, args, kwargs)`` pickled: run the
+    attempt, send the outcome as the final event (the value too, when its pickle is small), and
+    return ``(ok, value or error, info)`` as well, which the client gathers when the event could
+    not carry it (or went missing)."""
     from distributed.worker import get_worker, thread_state
 
-    blob, head, args, kwargs = cloudpickle().loads(payload)
+    blob, head, args, kwargs = loads(payload)
 
     worker = get_worker()
     key = thread_state.key
     topic = head["topic"]
-    expires = head.get("expires")
-    if expires is not None and time.time() >= expires:
+    task, options = _load_task(blob)
+    if options.expires is not None and time.time() >= options.expires:
         _send_final(worker, topic, {"k": key, "x": 1})
         return (False, None, {"expired": True})
-    head["key"] = key
-    task = _load_task(blob)
-    attempt = RemoteAttempt(head, args, kwargs, worker)
-    ctx = attempt.ctx
-    ctx.thread_id = threading.get_ident()
-    install_capture()
-    install_tqdm_bridge()
-    info: dict[str, Any] = {"t": attempt.start, "w": attempt.wid, "a": worker.address}
+    request = Request.from_record(head, args, kwargs)
+    job = Job(
+        Live(head), task, tuple(args), kwargs, request, options, chunk=bool(head.get("chunk"))
+    )
+    attempt = RemoteAttempt(job, key, topic, worker)
+    info: dict[str, Any] = {"t": attempt.started_at, "w": attempt.wid, "a": worker.address}
     # "started": sent at once, so the record turns RUNNING and a lost worker is told apart
     # from one that had not started the task yet.
     worker.log_event(topic, {"k": key, **info})
@@ -318,27 +236,13 @@ def run(payload: bytes) -> Any:
         _active[key] = attempt
         _ensure_ticker()
         _wake.notify()
-    token = _current.set(ctx)
-    value: Any = None
-    error: BaseException | None = None
-    attempt.in_user_code = True
     try:
-        if head.get("chunk"):
-            value = [task._invoke(ctx, tuple(item), {}) for item in args[0]]
-        elif task._is_async:
-            value = asyncio.run(task._invoke(ctx, args, kwargs))
-        else:
-            value = task._invoke(ctx, args, kwargs)
-    except BaseException as exc:
-        error = exc
+        value, error = attempt.call()
     finally:
-        attempt.in_user_code = False
-        _current.reset(token)
         with _lock:
             _active.pop(key, None)
             info.update(attempt._fields())
-    if ctx._stop is not None and error is None and not isinstance(ctx._stop, SoftTimeLimitExceeded):
-        error = ctx._stop  # asked to stop (timeout, cancel) but never checked
+    value, error = attempt.unchecked_stop(value, error)  # a stop the last tick asked for
     meta = dict(attempt.request.metadata)
     if meta:
         info["rm"] = meta
@@ -365,28 +269,3 @@ def _send_final(worker: Any, topic: str, msg: dict[str, Any]) -> None:
         worker.log_event(topic, msg)
     except Exception:  # pragma: no cover - the client gathers the result instead
         pass
-
-
-# --------------------------------------------------------------------------- errors
-
-
-def encode_error(error: BaseException) -> dict[str, Any]:
-    """An exception as class path + traceback text (+ the pickle when it round-trips), as
-    ``concurrent.futures.process`` sends them; a ``Retry`` keeps its countdown."""
-    out: dict[str, Any] = {}
-    if isinstance(error, Retry):
-        out["retry"] = {"msg": str(error), "countdown": error.countdown}
-        if error.exc is None:
-            return out
-        error = error.exc
-    cls = type(error)
-    out["cls"] = f"{cls.__module__}.{cls.__qualname__}"
-    out["msg"] = str(error)
-    out["tb"] = "".join(traceback.format_exception(error))
-    try:
-        data = dumps(error)
-        cloudpickle().loads(data)
-        out["exc"] = data
-    except Exception:
-        pass
-    return out

@@ -14,7 +14,7 @@ nbtasks reads, writes and deletes only its own files inside it:
 - the store's lock is taken with a bounded wait (``App(lock_timeout=...)``), and the process
   that holds it is named where the lock file says so (a pid, read as a number and nothing else).
 
-This module knows nothing of diskcache (``_store`` does): it is plain files and locks, written
+This module knows nothing of diskcache (``store.disk`` does): it is plain files and locks, written
 for Linux, macOS and Windows alike (``fcntl`` where it exists, ``msvcrt`` on Windows).
 """
 
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Final
 
-from ._errors import StoreError
+from .._errors import StoreError
 
 if sys.platform == "win32":  # pragma: no cover - Windows
     import msvcrt

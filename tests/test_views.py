@@ -1,9 +1,9 @@
-"""Unit tests of nbtasks._view: text/HTML rendering, widgets and the view updater, no kernel.
+"""Unit tests of nbtasks.views: text/HTML rendering, widgets and the view updater, no kernel.
 
 ipywidgets work outside a kernel (their comm is a ``comm.DummyComm``), so the widgets are
 built and their traits checked here; what reaches a frontend is checked in
-``tests/integration``.  Fakes stand in for TaskResult/GroupResult (duck typing, as _view
-reads them) except in the tests at the end, which use a real App and store.
+``tests/integration``.  Fakes stand in for TaskResult/GroupResult (duck typing, as the views
+read them) except in the tests at the end, which use a real App and store.
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from helpers import wait_until
 
-from nbtasks import _view
+from nbtasks import views
+from nbtasks.views import display, snapshot, task, updater
+from nbtasks.views import format as fmt
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
@@ -76,7 +79,7 @@ class FakeGroup:
         self.results = members
 
     def completed_count(self) -> int:
-        return sum(r.status in _view.TERMINAL for r in self.results)
+        return sum(r.status in views.TERMINAL for r in self.results)
 
     def cancel(self) -> None:
         for r in self.results:
@@ -86,37 +89,32 @@ class FakeGroup:
 @pytest.fixture(autouse=True)
 def fresh_updater() -> Iterator[None]:
     """Each test gets its own updater and view cache."""
-    _view._updater = None
-    _view._views.clear()
+    updater._updater = None
+    display._views.clear()
     yield
-    if _view._updater is not None:
-        _view._updater.stop()
-    _view._updater = None
-    _view._views.clear()
+    if updater._updater is not None:
+        updater._updater.stop()
+    updater._updater = None
+    display._views.clear()
 
 
 # ----------------------------------------------------------------------------- text and HTML
 def test_summary_line_is_one_line_with_name_short_id_status_and_progress() -> None:
     r = FakeResult(progress=progress(42, 100, "loading"))
-    line = _view.summary_line(r)
+    line = views.summary_line(r)
     assert line == "<TaskResult demo.train 456789ab RUNNING 42/100 (42%) · loading>"
     assert "\n" not in line
-
-
-def test_short_id_is_the_random_end_of_a_time_ordered_id() -> None:
-    assert _view.short_id("0190a1b2-c3d4-7e5f-8a9b-0123456789ab") == "456789ab"
-    assert _view.short_id("abc") == "abc"
 
 
 def test_summary_line_of_a_failed_task_names_the_exception() -> None:
     err = SimpleNamespace(exception_class_path="builtins.ZeroDivisionError", traceback="tb")
     r = FakeResult(status="FAILED", errors=[err], finished_at=T0)
-    assert _view.summary_line(r).endswith("FAILED ZeroDivisionError>")
+    assert views.summary_line(r).endswith("FAILED ZeroDivisionError>")
 
 
 def test_group_summary_counts_statuses() -> None:
     members = [FakeResult(status=s) for s in ("SUCCESSFUL", "SUCCESSFUL", "RUNNING", "FAILED")]
-    line = _view.summary_line(FakeGroup(members))
+    line = views.summary_line(FakeGroup(members))
     assert "3/4 finished" in line
     assert "2 SUCCESSFUL" in line and "1 RUNNING" in line and "1 FAILED" in line
 
@@ -131,7 +129,7 @@ def test_html_escapes_everything_user_controlled() -> None:
         progress=progress(1, 2, "<img src=x>"),
         output="<i>out</i>",
     )
-    page = _view.html_bundle(r)["text/html"]
+    page = views.html_bundle(r)["text/html"]
     for raw in ("<b>name</b>", "<script>", "<img src=x>", "<i>out</i>", "x.<E>"):
         assert raw not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -139,18 +137,18 @@ def test_html_escapes_everything_user_controlled() -> None:
 
 def test_mimebundle_outside_a_kernel_is_text_and_html_and_honours_include_exclude() -> None:
     r = FakeResult()
-    bundle = _view.mimebundle(r)
+    bundle = views.mimebundle(r)
     assert bundle is not None and set(bundle) == {"text/plain", "text/html"}
-    assert _view.mimebundle(r, include=["text/plain"]) == {"text/plain": bundle["text/plain"]}
-    assert set(_view.mimebundle(r, exclude=["text/html"]) or {}) == {"text/plain"}
+    assert views.mimebundle(r, include=["text/plain"]) == {"text/plain": bundle["text/plain"]}
+    assert set(views.mimebundle(r, exclude=["text/html"]) or {}) == {"text/plain"}
 
 
 def test_text_path_never_imports_ipywidgets_or_ipython() -> None:
     code = (
         "import sys, types\n"
-        "from nbtasks import _view\n"
+        "from nbtasks import views\n"
         "r = types.SimpleNamespace(id='i', task_name='t', status='RUNNING', progress=None)\n"
-        "b = _view.mimebundle(r)\n"
+        "b = views.mimebundle(r)\n"
         "assert set(b) == {'text/plain', 'text/html'}, b\n"
         "bad = [m for m in ('ipywidgets', 'IPython', 'ipykernel') if m in sys.modules]\n"
         "assert not bad, bad\n"
@@ -161,25 +159,17 @@ def test_text_path_never_imports_ipywidgets_or_ipython() -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize(
-    ("seconds", "text"),
-    [(None, ""), (0, "0.0 s"), (3.25, "3.2 s"), (42.4, "42 s"), (725, "12:05"), (3723, "1:02:03")],
-)
-def test_fmt_duration(seconds: float | None, text: str) -> None:
-    assert _view.fmt_duration(seconds) == text
-
-
 def test_progress_and_timing_text() -> None:
     now = T0 + dt.timedelta(seconds=5)
-    snap = _view.snapshot(FakeResult(progress=progress(3, 10, "step")))
-    assert _view.progress_text(snap) == "3/10 (30%) · step"
-    assert _view.timing_text(snap, now) == "elapsed 5.0 s · 2/s · ETA 4.0 s"
-    unknown_total = _view.snapshot(FakeResult(progress=progress(7, None)))
-    assert _view.progress_text(unknown_total) == "7 done"
-    ready = _view.snapshot(FakeResult(status="READY", started_at=None))
-    assert _view.timing_text(ready, now) == "waiting 5.0 s"
-    done = _view.snapshot(FakeResult(status="SUCCESSFUL", finished_at=now))
-    assert _view.timing_text(done, now) == "took 5.0 s"
+    snap = snapshot.snapshot(FakeResult(progress=progress(3, 10, "step")))
+    assert fmt.progress_text(snap) == "3/10 (30%) · step"
+    assert fmt.timing_text(snap, now) == "elapsed 5.0 s · 2/s · ETA 4.0 s"
+    unknown_total = snapshot.snapshot(FakeResult(progress=progress(7, None)))
+    assert fmt.progress_text(unknown_total) == "7 done"
+    ready = snapshot.snapshot(FakeResult(status="READY", started_at=None))
+    assert fmt.timing_text(ready, now) == "waiting 5.0 s"
+    done = snapshot.snapshot(FakeResult(status="SUCCESSFUL", finished_at=now))
+    assert fmt.timing_text(done, now) == "took 5.0 s"
 
 
 def test_store_summary_rows_are_read_without_loading_results() -> None:
@@ -192,7 +182,7 @@ def test_store_summary_rows_are_read_without_loading_results() -> None:
         "started_at": T0.isoformat(),
         "finished_at": None,
     }
-    snap = _view._summary_snapshot(row)
+    snap = snapshot.summary_snapshot(row)
     assert (snap.current, snap.total, snap.fraction, snap.message) == (5, 20, 0.25, "m")
     assert snap.eta == 6.0
     assert snap.enqueued_at == T0 and snap.started_at == T0
@@ -201,7 +191,7 @@ def test_store_summary_rows_are_read_without_loading_results() -> None:
 # ----------------------------------------------------------------------------- widgets
 def test_task_widget_shows_state_and_sets_only_changed_traits() -> None:
     r = FakeResult(progress=progress(1, 4, "one"), metadata={"user": "dkl"})
-    view = _view.TaskView(r)
+    view = views.TaskView(r)
     assert view.live
     assert view._bar.value == 0.25 and view._bar.max == 1.0
     assert "RUNNING" in view._header.value and "demo.train" in view._header.value
@@ -211,19 +201,19 @@ def test_task_widget_shows_state_and_sets_only_changed_traits() -> None:
     assert view._cancel.layout.display is None
 
     view._handle.source["progress"] = progress(3, 4, "three")
-    before = _view.updater_stats().messages
+    before = views.updater_stats().messages
     assert view.poll() is True
     assert view._bar.value == 0.75
-    sent = _view.updater_stats().messages - before
+    sent = views.updater_stats().messages - before
     assert 1 <= sent <= 3  # bar, info (elapsed changes too); nothing else
-    before = _view.updater_stats().messages
+    before = views.updater_stats().messages
     view.poll()
-    assert _view.updater_stats().messages - before <= 1  # only the elapsed time may change
+    assert views.updater_stats().messages - before <= 1  # only the elapsed time may change
 
 
 def test_task_widget_final_states() -> None:
     r = FakeResult(progress=progress(1, 4))
-    view = _view.TaskView(r)
+    view = views.TaskView(r)
     err = SimpleNamespace(exception_class_path="builtins.ValueError", traceback="Traceback: boom")
     r.source.update(status="FAILED", errors=[err], finished_at=T0 + dt.timedelta(seconds=2))
     assert view.poll() is False
@@ -234,19 +224,19 @@ def test_task_widget_final_states() -> None:
     assert view._cancel.disabled and view._cancel.layout.display == "none"
 
     ok = FakeResult(status="SUCCESSFUL", finished_at=T0, progress=None)
-    assert _view.TaskView(ok)._bar.value == 1.0  # full bar without progress reports
-    assert not _view.TaskView(ok).live
+    assert views.TaskView(ok)._bar.value == 1.0  # full bar without progress reports
+    assert not views.TaskView(ok).live
 
 
 def test_task_widget_retry_count() -> None:
     r = FakeResult(worker_ids=["w1", "w2", "w3"])
-    view = _view.TaskView(r)
+    view = views.TaskView(r)
     assert "retry 2" in view._header.value
 
 
 def test_output_tail_is_appended_with_append_stdout() -> None:
     r = FakeResult(output="a\n")
-    view = _view.TaskView(r)
+    view = views.TaskView(r)
     assert [o["text"] for o in view._out.outputs] == ["a\n"]
     r.source["output"] = "a\nb\n"
     view.poll()
@@ -263,32 +253,30 @@ def test_output_tail_is_appended_with_append_stdout() -> None:
 
 def test_output_widget_is_compacted() -> None:
     r = FakeResult(output="")
-    view = _view.TaskView(r)
+    view = views.TaskView(r)
     text = ""
-    for i in range(_view.OUTPUT_MAX_APPENDS + 5):
+    for i in range(task.OUTPUT_MAX_APPENDS + 5):
         text += f"line {i}\n"
         r.source["output"] = text
         view._last_reset = 0.0
         view.poll()
-    assert len(view._out.outputs) < _view.OUTPUT_MAX_APPENDS
+    assert len(view._out.outputs) < task.OUTPUT_MAX_APPENDS
     assert "".join(o["text"] for o in view._out.outputs).endswith(text[-50:])
 
 
 def test_cancel_button_cancels_and_nudges_the_updater() -> None:
     r = FakeResult(progress=progress(1, 4))
-    view = _view.TaskView(r)
+    view = views.TaskView(r)
     view._cancel.click()
     assert view._handle.cancelled
-    deadline = time.monotonic() + 5
-    while view.live and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: not view.live, timeout=5)
     assert "CANCELLED" in view._header.value
     assert view._cancel.layout.display == "none"
 
 
 def test_updater_error_is_shown_in_the_widget() -> None:
     r = FakeResult()
-    view = _view.TaskView(r)
+    view = views.TaskView(r)
 
     def broken() -> None:
         raise OSError("store unreachable")
@@ -302,7 +290,7 @@ def test_updater_error_is_shown_in_the_widget() -> None:
 def test_group_widget_aggregates_and_expands() -> None:
     members = [FakeResult(status="READY", started_at=None) for _ in range(4)]
     group = FakeGroup(members)
-    view = _view.GroupView(group)
+    view = views.GroupView(group)
     assert view._bar.value == 0.0 and view.live
     assert "0/4</b> finished" in view._counts.value
     view._members[0].source.update(status="SUCCESSFUL", finished_at=T0)
@@ -326,7 +314,7 @@ class CountingView:
         self.left = polls_until_done
         self.live = True
         self.next_due = 0.0
-        self.min_period = _view.PERIOD
+        self.min_period = updater.PERIOD
         self.times: list[float] = []
 
     def poll(self) -> bool:
@@ -340,36 +328,30 @@ class CountingView:
 
 
 def test_updater_polls_at_most_ten_times_a_second_stops_and_restarts() -> None:
-    up = _view.updater()
+    up = updater.updater()
     view = CountingView(8)
     up.register(view)
-    deadline = time.monotonic() + 5
-    while up.running and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: not up.running, timeout=5)
     assert not up.running, "the updater must stop when nothing displayed is live"
     assert len(view.times) == 8
     gaps = [b - a for a, b in zip(view.times, view.times[1:], strict=False)]
     assert min(gaps) >= 0.09, gaps
-    started = _view.updater_stats().threads_started
+    started = views.updater_stats().threads_started
     again = CountingView(2)
     up.register(again)
-    deadline = time.monotonic() + 5
-    while again.live and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: not again.live, timeout=5)
     assert len(again.times) == 2
-    assert _view.updater_stats().threads_started == started + 1
+    assert views.updater_stats().threads_started == started + 1
 
 
 def test_only_one_updater_thread_for_many_views() -> None:
-    up = _view.updater()
+    up = updater.updater()
     views = [CountingView(5) for _ in range(30)]
     for v in views:
         up.register(v)
     names = [t.name for t in threading.enumerate() if t.name == "nbtasks-view-updater"]
     assert len(names) == 1
-    deadline = time.monotonic() + 5
-    while any(v.live for v in views) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: not any(v.live for v in views), timeout=5)
     assert all(len(v.times) == 5 for v in views)
 
 
@@ -378,15 +360,13 @@ def test_a_failing_view_does_not_stop_the_others() -> None:
         def poll(self) -> bool:
             raise RuntimeError("boom")
 
-    up = _view.updater()
+    up = updater.updater()
     bad, good = Boom(1), CountingView(3)
     up.register(bad)
     up.register(good)
-    deadline = time.monotonic() + 5
-    while up.running and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: not up.running, timeout=5)
     assert len(good.times) == 3
-    assert "boom" in _view.updater_stats().last_error
+    assert "boom" in views.updater_stats().last_error
 
 
 # ----------------------------------------------------------------------------- dashboard
@@ -433,7 +413,7 @@ class FakeStore:
 
 class FakeApp:
     def __init__(self, n: int) -> None:
-        self._store = FakeStore(n)
+        self.store = FakeStore(n)
         self.cancelled: list[str] = []
 
     def result(self, task_id: str) -> Any:
@@ -447,7 +427,7 @@ class FakeApp:
         return R()
 
 
-def _row_texts(board: _view.Dashboard) -> list[str]:
+def _row_texts(board: views.Dashboard) -> list[str]:
     return [
         c.value
         for c, r in zip(board._cells, board._rows, strict=True)
@@ -457,7 +437,7 @@ def _row_texts(board: _view.Dashboard) -> list[str]:
 
 def test_dashboard_pages_filters_and_cancels() -> None:
     app = FakeApp(45)
-    board = _view.Dashboard(app, page_size=20)
+    board = views.Dashboard(app, page_size=20)
     rows = _row_texts(board)
     assert len(rows) == 20
     assert "tasks 1-20 of 45" in board._page.value
@@ -466,7 +446,7 @@ def test_dashboard_pages_filters_and_cancels() -> None:
     assert bundle["text/plain"].endswith("(20 of 45 tasks)")
     assert bundle["text/html"].count("data-task-id") == 20
     assert board._prev.disabled and not board._next.disabled
-    assert app._store.rows[0]["id"] in rows[0]  # newest first
+    assert app.store.rows[0]["id"] in rows[0]  # newest first
     # a cancel button only on unfinished rows
     visible = [b.layout.visibility for b in board._buttons]
     assert visible[0] == "hidden" and "visible" in visible
@@ -491,18 +471,29 @@ def test_dashboard_pages_filters_and_cancels() -> None:
     assert app.cancelled == [first_running]
 
 
+def test_a_quiet_dashboard_wakes_when_another_view_registers() -> None:
+    app = FakeApp(3)
+    for row in app.store.rows:
+        row["status"] = "SUCCESSFUL"
+    board = views.live_dashboard(app, page_size=5)
+    wait_until(lambda: not updater.updater().running)  # nothing unfinished: it went quiet
+    assert not board.live
+    app.store.rows[0]["status"] = "RUNNING"  # a task another kernel started
+    updater.updater().register(CountingView(1))  # e.g. a task widget displayed here
+    assert board.live
+    wait_until(lambda: 'data-status="RUNNING"' in _row_texts(board)[0], timeout=5)
+
+
 def test_dashboard_on_a_big_store_reads_one_page_at_a_time() -> None:
     """Opening and paging read a page of rows, never the whole store (how fast that is:
     benchmarks/store.py; tests assert no timings)."""
     app = FakeApp(100_000)
-    board = _view.Dashboard(app, page_size=20)
+    board = views.Dashboard(app, page_size=20)
     assert "of 100000" in board._page.value
     board._move(+1)
     board.poll()
     assert "tasks 21-40 of 100000" in board._page.value
-    assert app._store.limits and all(
-        limit is not None and limit <= 20 for limit in app._store.limits
-    )
+    assert app.store.limits and all(limit is not None and limit <= 20 for limit in app.store.limits)
 
 
 # ----------------------------------------------------------------------------- real core
@@ -568,7 +559,7 @@ def test_dashboard_pages_through_a_store_of_100k_tasks(tmp_path: Path) -> None:
         noop.map(range(100_000)).wait(90)
     app = nbtasks.App(store=tmp_path / "store")
     try:
-        board = _view.Dashboard(app, page_size=20)
+        board = views.Dashboard(app, page_size=20)
         assert "tasks 1-20 of 100000" in board._page.value
         board._move(+1)
         board.poll()

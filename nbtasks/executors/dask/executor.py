@@ -1,37 +1,9 @@
-"""Dask: tasks run on a ``dask.distributed`` cluster; this process stays their owner.
-
-Dask schedules (priorities, data locality, resilience, many machines); nbtasks keeps what Dask
-does not: the record in the store, metadata, retries with backoff, caching, widgets. The
-client process owns every record (DESIGN principle 2): workers never open the store. What a
-running task reports comes back through Dask itself (no shared filesystem): the worker side
-(``_dask_worker``) logs events on a topic of this executor's own, and the client subscribed to
-it. One dispatcher thread here applies them, in order, with ``store.change``:
-
-* a "started" event claims the task (READY -> RUNNING) with the worker's start time and id;
-* progress, output and ``update_state`` arrive throttled at the source (<= 10/s per task),
-  ``set_metadata`` at once, and the last values with the return value;
-* finished futures are gathered in batches, and ``Attempt.end`` records the outcome, runs the
-  hooks, retries (nbtasks' policy with backoff: Dask's own ``retries`` stay 0) and tells the
-  runtime (links, chains, chords).
-
-Cancel and ``timeout`` cancel the Dask future and record CANCELLED / ``TaskTimeout`` at once;
-the worker notices its cancelled key at its next tick, and the task stops at its next
-``progress()``/``check_cancelled()`` (Dask cannot stop a running thread). A worker lost while
-it ran a task (the scheduler's ``remove-worker`` event names the tasks it was processing, or
-the future errs with ``KilledWorker``) fails the attempt with ``WorkerLost``: retried by the
-task's policy, instead of silently re-run by Dask. Futures cancelled behind our back (the
-client lost its scheduler connection, or was closed) leave their tasks INTERRUPTED with a
-reason that says so.
-
-Workers need nbtasks installed (as they need any library the tasks use); the task functions
-themselves travel by value (cloudpickle), so notebook functions work.
-"""
+"""The Dask executor: submits attempts to the cluster and applies what its workers report
+(see the package's docstring)."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import inspect
 import queue
 import sys
 import threading
@@ -41,31 +13,22 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from .._attempt import Attempt, Job
-from .._codec import cloudpickle, dumps
-from .._errors import Retry, TaskCancelled, TaskTimeout, WorkerLost
-from .._model import MISSING, TaskStatus
-from . import _dask_worker
+from ..._attempt import Attempt, Job, record_interrupted
+from ..._codec import cloudpickle, dumps
+from ..._errors import TaskCancelled, TaskTimeout, WorkerLost
+from ..._model import MISSING
+from ..payload import task_payload
+from . import worker
+from .client import Hub, connect, scheduler_address
+from .errors import decode_error
 
 if TYPE_CHECKING:
-    from .._attempt import Runtime
+    from ..._attempt import Runtime
 
 BATCH: Final = 2000  # queue items handled per round
 WATCHDOG: Final = 1.0  # seconds between checks when nothing is in flight
 POLL: Final = 0.2  # seconds between polls of the futures in flight
 GATHER_EVERY: Final = 0.01  # seconds between two gathers, at least
-
-
-class RemoteTraceback(Exception):
-    """The worker's traceback text, attached as ``__cause__`` of the exception it raised
-    (as ``concurrent.futures.process`` does): the record shows where it failed remotely."""
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
 
 
 class _Flight:
@@ -109,7 +72,7 @@ class DaskExecutor:
             ) from exc
         self.runtime = runtime
         self.store = runtime.store
-        self.client, self._own_client = _connect(client)
+        self.client, self._own_client = connect(client)
         self.topic = f"nbtasks-{uuid.uuid4().hex}"
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -119,7 +82,7 @@ class DaskExecutor:
         self._to_gather: list[_Flight] = []  # finished, value still on the worker
         self._stopping = False
         self._closed = False
-        self._hub = _Hub.of(self.client)
+        self._hub = Hub.of(self.client)
         self._hub.listen(self.topic, self._on_event)
         # Each worker a task starts on is watched through its own topic, where the scheduler
         # logs its removal ("all" would do too, but a client subscribed to "all" makes the
@@ -129,7 +92,7 @@ class DaskExecutor:
         self._thread.start()
 
     def __repr__(self) -> str:
-        return f"<DaskExecutor of scheduler {_scheduler_address(self.client)}>"
+        return f"<DaskExecutor of scheduler {scheduler_address(self.client)}>"
 
     # ------------------------------------------------------------------ submitting
 
@@ -141,31 +104,24 @@ class DaskExecutor:
         req, opts, live = job.request, job.options, job.live
         n = req.retries
         key = f"{req.task_name}-{job.id}" if n == 0 else f"{req.task_name}-{job.id}-{n}"
-        head: dict[str, Any] = {"id": job.id, "topic": self.topic, "name": req.task_name}
+        # The record's fields a Request is built from (Request.from_record), and the topic.
+        head: dict[str, Any] = {"id": job.id, "task_name": req.task_name, "topic": self.topic}
         if n:
             head["retries"] = n
-        if opts.retries:
-            head["max_retries"] = opts.retries
         if req.metadata:
-            head["meta"] = dict(req.metadata)
+            head["metadata"] = dict(req.metadata)
         if opts.priority:
             head["priority"] = opts.priority
         if req.parent_id:
             head["parent_id"] = req.parent_id
             head["root_id"] = req.root_id
-        if opts.timeout is not None:
-            head["timeout"] = opts.timeout
-        if opts.soft_timeout is not None:
-            head["soft_timeout"] = opts.soft_timeout
-        if opts.expires is not None:
-            head["expires"] = opts.expires
         if job.chunk:
             head["chunk"] = True
         try:
             # Pickled at every submit, as Dask does: a notebook global changed since is seen.
             # One bytes argument: Dask does not walk it looking for keys and futures (the
             # arguments were checked to pickle at submit).
-            payload = dumps((_dask_worker.task_blob(job.task), head, job.args, job.kwargs))
+            payload = dumps((task_payload(job.task, opts), head, job.args, job.kwargs))
         except TypeError as exc:
             self._fail_unsent(job, exc)
             return
@@ -177,7 +133,7 @@ class DaskExecutor:
             live.callbacks.append(self._on_live_finished)
         try:
             flight.future = self.client.submit(
-                _dask_worker.run, payload, key=key, priority=opts.priority, pure=False
+                worker.run, payload, key=key, priority=opts.priority, pure=False
             )
         except Exception as exc:
             with self._lock:
@@ -540,7 +496,7 @@ class DaskExecutor:
         """A future cancelled behind our back: the client lost the scheduler or was closed."""
         exc = getattr(getattr(future, "_state", None), "exception", None)
         reason = getattr(exc, "reason", None)
-        addr = _scheduler_address(self.client)
+        addr = scheduler_address(self.client)
         if reason == "scheduler-connection-lost":
             why = f"the Dask client lost its connection to the scheduler {addr}"
         elif self.client.status in ("closing", "closed"):
@@ -553,7 +509,7 @@ class DaskExecutor:
         """Nothing stays RUNNING forever: a closed client interrupts what it had in flight."""
         self._hub.check()
         if self.client.status in ("closing", "closed") and self._flights:
-            addr = _scheduler_address(self.client)
+            addr = scheduler_address(self.client)
             for flight in list(self._flights.values()):
                 if not flight.ended:
                     self._interrupt(flight, f"the Dask client of scheduler {addr} was closed")
@@ -574,34 +530,10 @@ class DaskExecutor:
             flight.ended = True
             self._forget(flight)
         flight.future = None
-        job, live = flight.job, flight.job.live
-        runtime = self.runtime
-        with runtime.lock:
-            if live.finished:
-                return
-            self.store.active.pop(live.id, None)
-            self.store.change(
-                live,
-                TaskStatus.INTERRUPTED,
-                finished_at=runtime.clock.time(),
-                state=TaskStatus.INTERRUPTED.value,
-                reason=f"{why}; it may not have finished",
-            )
-        runtime.finished(job)
+        record_interrupted(flight.job, self.runtime, f"{why}; it may not have finished")
 
     def _interrupt_unsent(self, job: Job, why: str) -> None:
-        runtime = self.runtime
-        with runtime.lock:
-            if job.live.finished:
-                return
-            self.store.change(
-                job.live,
-                TaskStatus.INTERRUPTED,
-                finished_at=runtime.clock.time(),
-                state=TaskStatus.INTERRUPTED.value,
-                reason=f"it could not be sent to Dask: {why}",
-            )
-        runtime.finished(job)
+        record_interrupted(job, self.runtime, f"it could not be sent to Dask: {why}")
 
     def _fail_unsent(self, job: Job, exc: BaseException) -> None:
         """It cannot be sent at all: the attempt fails (and may retry, like any failure)."""
@@ -643,176 +575,3 @@ def _result_or_error(future: Any) -> Any:
         return future.result(timeout=60)
     except BaseException as exc:
         return _Failure(exc)
-
-
-def decode_error(err: dict[str, Any]) -> BaseException:
-    """The worker's error back as an exception: the original when it unpickles, else a stand-in
-    with the same class path; the worker's traceback text is its ``__cause__``."""
-    exc: BaseException | None = None
-    if "cls" in err:
-        data = err.get("exc")
-        if data is not None:
-            try:
-                exc = cloudpickle().loads(data)
-            except Exception:
-                exc = None
-        if isinstance(exc, BaseException):
-            # Its frames are the worker's: the traceback text below tells them as they were.
-            exc = exc.with_traceback(None)
-        else:
-            exc = _standin(err["cls"], err.get("msg", ""))
-        exc.__cause__ = RemoteTraceback('\n"""\n' + err.get("tb", "") + '"""')
-    retry = err.get("retry")
-    if retry is not None:
-        return Retry(retry.get("msg") or "retry", exc=exc, countdown=retry.get("countdown"))
-    assert exc is not None
-    return exc
-
-
-_standins: dict[str, type[Exception]] = {}
-
-
-def _standin(path: str, message: str) -> BaseException:
-    """An exception of a class that did not travel (it does not pickle, or is not importable
-    here), named like the original so the record keeps its class path."""
-    cls = _standins.get(path)
-    if cls is None:
-        module, _, qualname = path.rpartition(".")
-        cls = type(
-            qualname.rpartition(".")[2] or "RemoteError",
-            (Exception,),
-            {"__module__": module or "builtins", "__qualname__": qualname},
-        )
-        _standins[path] = cls
-    return cls(message)
-
-
-# --------------------------------------------------------------------------- the client
-
-
-def _connect(client: Any) -> tuple[Any, bool]:
-    """The Client to use and whether this executor made it (and so closes it)."""
-    import distributed
-
-    if client is None:
-        try:
-            return distributed.default_client(), False
-        except ValueError:
-            raise ValueError(
-                "executor='dask' needs a Dask cluster, and no Dask client exists in this "
-                "process: pass one with nbtasks.App(dask=Client(...)) or "
-                "nbtasks.configure(dask='tcp://scheduler:8786'), or create a "
-                "distributed.Client() before submitting"
-            ) from None
-    if isinstance(client, distributed.Client):
-        if client.asynchronous:
-            raise TypeError(
-                "App(dask=...) needs a synchronous distributed.Client (asynchronous=False): "
-                "nbtasks talks to it from its own threads"
-            )
-        return client, False
-    if isinstance(client, str) or hasattr(client, "scheduler_address"):
-        try:
-            return distributed.Client(client, set_as_default=False), True
-        except OSError as exc:
-            raise OSError(f"App(dask={client!r}): cannot reach the Dask scheduler: {exc}") from exc
-    raise TypeError(
-        "App(dask=...) takes a distributed.Client, a cluster (e.g. LocalCluster) or a "
-        f"scheduler address such as 'tcp://127.0.0.1:8786', got {client!r}"
-    )
-
-
-def _scheduler_address(client: Any) -> str:
-    try:
-        return str(client.scheduler.address)
-    except AttributeError:
-        return "(unknown)"
-
-
-class _Hub:
-    """One event handler per topic per Client (Dask keeps only one), fanned out to every
-    executor on that client; a handler the user had set keeps being called."""
-
-    _lock = threading.Lock()
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.listeners: dict[str, list[Callable[[Any], None]]] = {}
-        self.previous: dict[str, Any] = {}
-        self.tasks: set[asyncio.Future[Any]] = set()
-        self.comm = client.scheduler_comm  # a new one after a reconnection
-
-    @classmethod
-    def of(cls, client: Any) -> _Hub:
-        """The client's hub, kept on the client itself (it goes away with it)."""
-        with cls._lock:
-            hub: _Hub | None = getattr(client, "_nbtasks_hub", None)
-            if hub is None:
-                hub = cls(client)
-                client._nbtasks_hub = hub
-            return hub
-
-    def listen(self, topic: str, fn: Callable[[Any], None]) -> None:
-        with self._lock:
-            fns = self.listeners.get(topic)
-            if fns is None:
-                fns = self.listeners[topic] = []
-                previous = getattr(self.client, "_event_handlers", {}).get(topic)
-                if getattr(previous, "_nbtasks", False):
-                    previous = None  # ours, left by an executor that has shut down
-                self.previous[topic] = previous
-                self.client.subscribe_topic(topic, self._fan_out(topic))
-            fns.append(fn)
-
-    def unlisten(self, topic: str, fn: Callable[[Any], None]) -> None:
-        with self._lock:
-            fns = self.listeners.get(topic)
-            if not fns or fn not in fns:
-                return
-            fns.remove(fn)
-            if fns:
-                return
-            del self.listeners[topic]
-            previous = self.previous.pop(topic, None)
-        try:
-            if previous is not None:
-                self.client.subscribe_topic(topic, previous)
-                return
-            if self.client.status == "running":
-                self.client.unsubscribe_topic(topic)
-            # unsubscribe_topic() leaves the handler in place: drop ours.
-            handlers = getattr(self.client, "_event_handlers", {})
-            if getattr(handlers.get(topic), "_nbtasks", False):
-                del handlers[topic]
-        except Exception:  # pragma: no cover - the client is closing
-            pass
-
-    def check(self) -> None:
-        """After a reconnection (maybe to a new scheduler), subscribe again: cheap to repeat,
-        and a restarted scheduler would not know the topics."""
-        comm = self.client.scheduler_comm
-        if comm is self.comm or comm is None or self.client.status != "running":
-            return
-        with self._lock:
-            self.comm = comm
-            topics = list(self.listeners)
-        for topic in topics:
-            try:
-                self.client.subscribe_topic(topic, self._fan_out(topic))
-            except Exception:  # pragma: no cover - lost again: the next check retries
-                self.comm = None
-
-    def _fan_out(self, topic: str) -> Callable[[Any], None]:
-        def handler(event: Any) -> None:
-            previous = self.previous.get(topic)
-            if previous is not None:
-                result = previous(event)
-                if inspect.isawaitable(result):  # a coroutine handler: Dask would await it
-                    task = asyncio.ensure_future(result)
-                    self.tasks.add(task)
-                    task.add_done_callback(self.tasks.discard)
-            for fn in list(self.listeners.get(topic, ())):
-                fn(event)
-
-        handler._nbtasks = True  # type: ignore[attr-defined]
-        return handler

@@ -1,0 +1,132 @@
+"""A worker process's attempt: the core ``Attempt`` on the worker's own store, with a runtime
+that reports to the parent instead of scheduling (DESIGN principle 2: the worker owns the task
+it runs). Its seams: the soft time limit comes from SIGALRM, the output pipe is drained into the
+task before each record, and the attempt ends once (the monitor thread of an orphan may end it).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import TYPE_CHECKING, Any, Final
+
+from ..._attempt import Attempt, Job
+from ..._model import SYSTEM_CLOCK, Clock
+
+if TYPE_CHECKING:
+    from .child import Worker
+
+
+#: Record fields fixed at submit: the parent has them, so a final record is reported without.
+_SENT: Final = frozenset(
+    {"id", "task_name", "enqueued_at", "args_repr", "args", "kwargs", "backend", "executor"}
+)
+
+
+class ChildRuntime:
+    """The ``_attempt.Runtime`` of a worker: reports to the parent instead of scheduling."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.store = worker.store
+        self.clock: Clock = SYSTEM_CLOCK
+        self.lock = threading.Lock()
+
+    def schedule(self, job: Job, delay: float) -> None:
+        """A retry. A pool worker commits the READY record and hands it back to the parent (it
+        may go to another worker); a detached one runs the next attempt itself."""
+        w = self.worker
+        self._hook_output(job)
+        if w.detached:
+            w.retry_delay = delay
+            self.store.flush()
+            return
+        self.store.change(job.live, owner=w.parent_owner)
+        self.store.flush()
+        self.store.live.pop(job.id, None)
+        w.send(("retry", job.id, delay, dict(job.live.rec)))
+
+    def finished(self, job: Job) -> None:
+        """Report the final record at once; this process's writer commits it at its next
+        tick. Should this process die first, the parent writes what it was told. A large value
+        lives in an entry of its own, which the parent can only read once committed: then the
+        record is committed first."""
+        self._hook_output(job)
+        rec = job.live.rec
+        if any(isinstance(rec.get(f), dict) and "k" in rec[f] for f in ("rv", "exc")):
+            self.store.flush()
+        self.worker.send(("done", job.id, {k: v for k, v in rec.items() if k not in _SENT}))
+
+    def _hook_output(self, job: Job) -> None:
+        """The hooks (on_success, on_failure, on_retry, after_return) ran after the outcome was
+        recorded, outside the task's context: what they wrote reached the task's output
+        through fds 1 and 2 (see _read_available). Add it to the record before it is reported,
+        as the task's own output is. Only for a task that has hooks."""
+        attempt = job.attempt
+        if attempt is None or not getattr(job.task, "_hooks", None):
+            return
+        self.worker.drain_output()
+        fields = attempt.ctx._snapshot(self.clock.time())
+        if fields:
+            self.store.change(job.live, **fields)
+
+    def timed_out(self, job: Job) -> None:
+        pass  # the parent terminates this process; an orphan's monitor thread records it
+
+
+class WorkerAttempt(Attempt):
+    """An attempt that ends once: the main thread and the monitor thread (which terminates an
+    orphan's task) may both try, and the output pipe is drained into the task first."""
+
+    def __init__(self, job: Job, runtime: ChildRuntime, worker: Worker) -> None:
+        super().__init__(job, runtime)
+        self.worker = worker
+        self.ended = False
+        self.started = runtime.clock.monotonic()
+
+    runs_coroutines = True
+
+    def claim(self) -> bool:
+        if not super().claim():
+            return False
+        if self.worker.crash_at is not None:
+            self.worker.crash("claim", self.job)
+        return True
+
+    def start(self, monotonic: float) -> None:
+        super().start(monotonic)
+        self.soft_deadline = None  # SIGALRM raises it here (see _call), not a tick
+
+    def _call(self) -> Any:
+        """A signal interrupts a blocking call (time.sleep, I/O), which an exception posted
+        from another thread cannot: SIGALRM raises SoftTimeLimitExceeded in this thread (as
+        billiard does for Celery). The timer runs only inside this call, so it never fires
+        outside the user's code."""
+        soft = self.job.options.soft_timeout
+        if soft is None:
+            return super()._call()
+        signal.setitimer(signal.ITIMER_REAL, max(soft - self._elapsed(), 1e-6))
+        try:
+            return super()._call()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _encode_rv(self, value: Any) -> dict[str, Any]:
+        encoded = super()._encode_rv(value)
+        if self.worker.crash_at is not None:
+            self.worker.crash("result", self.job)
+        return encoded
+
+    def _hook_returned(self) -> None:
+        self.worker.drain_output()
+
+    def _elapsed(self) -> float:
+        return self.runtime.clock.monotonic() - self.started
+
+    def end(self, value: Any, error: BaseException | None) -> None:
+        with self.worker.end_lock:
+            if self.ended:
+                return
+            self.ended = True
+            self.worker.drain_output()
+            super().end(value, error)

@@ -1,0 +1,400 @@
+"""The store: the only user of diskcache, and the owner's live table of its tasks. Storage
+only: it owns every status change (through ``_model.check_transition``) and persists it; it
+supervises nothing.
+
+Key layout (one diskcache ``Cache`` opened as a store, never as a cache)::
+
+    nbtasks:schema      int   schema version, checked on open
+    t:<task id>         str   the task's JSON record, tagged with its status (tag index),
+                              its listing fields copied into nbtasks' own columns
+    g:<group id>        str   a group's JSON record (member ids)
+    v:<task id>:<what>  bytes a large signed pickle (arguments or return value)
+    k:<cache key>       str   the id of the task that computed a cached call
+    x:<task id>         str   a cancel request, written by anyone, acted on by the owner
+
+The package's modules, each used by the ones after it:
+
+- ``files``: the store directory and its own files, value files, the portable ``StoreLock``;
+- ``disk``: diskcache's ``Disk`` and ``Cache`` made safe, and what their errors mean;
+- ``opening``: opening and checking a store (schema, layout, ``Settings``, owner);
+- ``records``: ids, a record's JSON text and listing row, summaries, ``Live``;
+- ``queries``: reading entries and listings;
+- ``writer``: the group-commit writer thread;
+- ``owners``: owner tokens and the sweep of dead owners' tasks;
+- ``cleanup``: deleting finished records (purge) and giving their space back (vacuum).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Final
+
+import diskcache
+
+from .._codec import INLINE_LIMIT, Codec, Signer, _is_plain
+from .._errors import StoreError, UnknownTaskId
+from .._model import FINISHED, MISSING, TaskStatus, check_transition
+from . import cleanup
+from .disk import explain
+from .opening import LOCK_TIMEOUT, SCHEMA, open_cache, open_reader
+from .owners import (
+    HOST,
+    as_swept,
+    describe_owner,
+    owner_alive,
+    owner_token,
+    process_start_time,
+    sweep_dead_owners,
+    swept_rows,
+)
+from .queries import CANCEL_REQUESTS, READ_LISTED, Reader
+from .records import STATUS, Live, damaged, ending, new_id, no_gc, parse_record, summary
+from .writer import Writer, flush_all
+
+__all__ = [
+    "HOST",
+    "LOCK_TIMEOUT",
+    "SCHEMA",
+    "Live",
+    "Store",
+    "damaged",
+    "describe_owner",
+    "flush_all",
+    "new_id",
+    "no_gc",
+    "owner_alive",
+    "parse_record",
+    "process_start_time",
+    "summary",
+]
+
+#: A pickle this long or longer goes to its own entry (its base64 would pass INLINE_LIMIT).
+_INLINE_PICKLE: Final = INLINE_LIMIT * 3 // 4 - 32
+_FINISHED_VALUES: Final = sorted(s.value for s in FINISHED)
+
+
+class Store:
+    """One open store: diskcache, the codec, the live table; its reads (``reader``) and
+    writes (``writer``)."""
+
+    def __init__(
+        self,
+        location: str | os.PathLike[str] | diskcache.Cache,
+        *,
+        trust: bool = False,
+        sweep: bool = True,
+        read_only: bool = False,
+        lock_timeout: float = LOCK_TIMEOUT,
+    ) -> None:
+        adopt = isinstance(location, diskcache.Cache)
+        if isinstance(location, diskcache.Cache):  # an open Cache: its directory is the store
+            location = location.directory
+        if not isinstance(location, str | os.PathLike):
+            raise TypeError(
+                f"store must be a directory (str or PathLike) or a diskcache.Cache, "
+                f"got {type(location).__name__}"
+            )
+        self.path = Path(os.path.abspath(os.fspath(location)))
+        self.trust = trust
+        self.read_only = read_only
+        self.lock_timeout = lock_timeout
+        if read_only:
+            self.cache: Any = None
+            open_reader(self.path, lock_timeout)
+        else:
+            self.cache = open_cache(self.path, trust, adopt, lock_timeout)
+        self.codec = Codec(Signer(), str(self.path), trust)
+        self.owner = owner_token()
+        self.live: dict[str, Live] = {}
+        self.active: dict[str, Any] = {}  # task id -> running Context in this process
+        self.on_cancel_request: Callable[[str], None] | None = None
+        # Commit at the writer's tick (<= TICK later) rather than at once: a worker process
+        # reports its task's state over its pipe, and waking a writer thread per change costs
+        # it a GIL hand-off per task.
+        self.commit_at_tick = False
+        self.reader = Reader(self.path, self.cache, lock_timeout)
+        self.writer = Writer(self.cache, self.path, self.live, lock_timeout, self._tick)
+        if sweep and not read_only:  # not in a worker process: its parent swept, and owns its
+            self.sweep()  # dead workers' tasks
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    @property
+    def writer_error(self) -> BaseException | None:
+        """The last commit's error (None once a commit works again)."""
+        return self.writer.error
+
+    # ------------------------------------------------------------------ reading
+
+    def get_record(self, task_id: str) -> dict[str, Any]:
+        live = self.live.get(task_id)
+        if live is not None:
+            return live.rec
+        return self.read_record(task_id)
+
+    def read_record(self, task_id: str) -> dict[str, Any]:
+        """The committed record (never the in-memory one)."""
+        key = "t:" + task_id
+        text = self.reader.get(key)
+        if text is None:
+            raise self._unknown(task_id)
+        rec = parse_record(text, key, self.path)
+        return as_swept(task_id, rec) if self.read_only else rec
+
+    def read_listed(self, task_id: str) -> tuple[dict[str, Any], str]:
+        """The committed record's listing fields (as ``summary()`` gives them), and its text
+        to parse when any other field is wanted: one query, and no parse for a handle that is
+        only asked its status (~12 µs, against ~20 to read and parse the whole record)."""
+        row = self.reader.row(READ_LISTED, "t:" + task_id)
+        if row is None:
+            raise self._unknown(task_id)
+        *fields, text = row
+        return summary(fields), text
+
+    def _unknown(self, task_id: str) -> UnknownTaskId:
+        return UnknownTaskId(
+            f"no task with id {task_id!r} in the store {self.path}; "
+            "check the id, or open the store the task was submitted to"
+        )
+
+    def get_group(self, group_id: str) -> dict[str, Any]:
+        key = "g:" + group_id
+        text = self.reader.get(key)
+        if text is None:
+            raise UnknownTaskId(f"no group with id {group_id!r} in the store {self.path}")
+        return parse_record(text, key, self.path)
+
+    def get_blob(self, key: str) -> bytes:
+        pending = self.writer.staged(key)
+        if pending is not MISSING:
+            return pending  # type: ignore[no-any-return]
+        value = self.reader.get(key)
+        if value is None:
+            raise StoreError(f"the value {key} is missing from the store {self.path}")
+        if type(value) is not bytes:
+            raise damaged(key, self.path, "it is not a value nbtasks wrote")
+        return value
+
+    def encode_value(self, task_id: str, what: str, value: Any) -> dict[str, Any]:
+        """Encode a value for a record: JSON, a small signed pickle inline, or a large pickle
+        in its own entry (a file) written with the record's next batch (or at once by
+        ``create``), its signature in the record. A large pickle is neither base64-ed nor
+        copied to be signed: while it is written it is held once, beside the value itself."""
+        if _is_plain(value):
+            return {"j": value}
+        signature, data = self.codec.pickle(value)
+        if len(data) < _INLINE_PICKLE:
+            return self.codec.inline(signature, data)
+        key = f"v:{task_id}:{what}"
+        self.writer.stage(key, data)
+        return {"k": key, "s": signature.hex()}
+
+    def decode_value(self, enc: dict[str, Any], what: str) -> Any:
+        if "k" in enc:
+            return self.codec.decode_blob(self.get_blob(enc["k"]), enc.get("s"), what)
+        return self.codec.decode(enc, what)
+
+    # ------------------------------------------------------------------ queries
+
+    def listing(
+        self,
+        status: str | Iterable[str] | None = None,
+        name: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[tuple[Any, ...]]:
+        """Committed tasks, newest first, as rows of ``records.LISTING_SQL`` (nothing parsed
+        or unpickled); a read-only store's as the sweep would leave them."""
+        self.flush()
+        rows = self.reader.listing(status, name, offset, limit)
+        return swept_rows(self.reader, rows, self.path) if self.read_only else rows
+
+    def summaries(
+        self,
+        status: str | Iterable[str] | None = None,
+        name: str | None = None,
+        offset: int = 0,
+        limit: int | None = 50,
+    ) -> list[dict[str, Any]]:
+        """The fields a dashboard shows, as dicts (``listing()`` rows, named)."""
+        rows = self.listing(status, name, offset, limit)
+        with no_gc():
+            return [summary(row) for row in rows]
+
+    def count(self, status: str | Iterable[str] | None = None, name: str | None = None) -> int:
+        self.flush()
+        return self.reader.count(status, name)
+
+    def find_cached(self, key: str) -> str | None:
+        """The id of the task that computed a cached call, if any. An entry that is not one
+        nbtasks wrote (a task id) is a miss: the submit computes, and its entry replaces it."""
+        try:
+            tid = self.reader.get("k:" + key)
+        except StoreError:
+            return None
+        return tid if isinstance(tid, str) else None
+
+    def cancel_requests(self) -> list[str]:
+        """The ids of the tasks with a pending cancel request (written by any process)."""
+        return [key[2:] for (key,) in self.reader.rows(CANCEL_REQUESTS, [])]
+
+    # ------------------------------------------------------------------ writing
+
+    def create(
+        self,
+        lives: list[Live],
+        groups: Iterable[dict[str, Any]] = (),
+        cache_keys: Iterable[tuple[str, str]] = (),
+        *,
+        fresh_ids: bool = False,
+    ) -> None:
+        """Commit READY records (and group records, cache index keys) in one transaction,
+        then put them in the live table. Raises StoreError and stores nothing on failure;
+        with ``fresh_ids`` (ids the caller chose), ValueError if one is in the store already.
+
+        The transaction also carries every change pending for the writer, so a loop of submits
+        costs one commit per task, not two (whoever commits takes the batch)."""
+        new = [(live.id, live) for live in lives]
+        groups, cache_keys = list(groups), list(cache_keys)
+        if new or groups or cache_keys:
+            self._writable()
+        if self.writer.commit(new, groups, cache_keys, fresh_ids) < 0:
+            exc = self.writer.error
+            why = explain(exc, self.path) if exc is not None else "unknown error"
+            raise StoreError(
+                f"could not commit the new task(s) to the store {self.path}, so nothing was "
+                f"stored: {why}"
+            ) from exc
+        for live in lives:
+            self.live[live.id] = live
+
+    def adopt(self, live: Live) -> None:
+        self.live[live.id] = live
+
+    # A worker process owns its task's record while it runs it (DESIGN principle 2): this
+    # process hands the record over (``release``), then only mirrors what the worker wrote
+    # (``observe``). If that process dies, this one owns the record again.
+
+    def release(self, live: Live) -> None:
+        """Hand a task's record over to another process: commit what is pending for it here
+        (or wait for the commit under way that carries it)."""
+        self.writer.settle(live.id)
+
+    def observe(self, live: Live, fields: dict[str, Any]) -> None:
+        """Mirror fields that the task's owner in another process wrote (or is writing): in
+        memory only, never written from here. Waiters wake when the status becomes final."""
+        status = fields.get("status")
+        if status is not None and status != live.rec["status"]:
+            check_transition(live.id, TaskStatus(live.rec["status"]), TaskStatus(status))
+        live.rec.update(fields)
+        if status is not None and status in FINISHED:
+            live.notify_finished()
+
+    def change(
+        self, live: Live, status: TaskStatus | None = None, *, soon: bool = True, **fields: Any
+    ) -> None:
+        """Apply a change in memory (seen at once by this process) and mark it for the writer:
+        committed within milliseconds, or with ``soon=False`` at the writer's next tick (0.1 s;
+        it does not wake the writer). A status change goes through the transition table."""
+        if status is not None:
+            check_transition(live.id, STATUS[live.rec["status"]], status)
+            fields["status"] = status.value
+        live.rec.update(fields)  # one C call: atomic with the writer's json.dumps under the GIL
+        self.writer.mark(live, soon and not self.commit_at_tick)
+        if status is not None and status in FINISHED:
+            live.notify_finished()
+
+    def cancel(self, live: Live, reason: str, now: float, **fields: Any) -> None:
+        """READY or RUNNING -> CANCELLED; ``reason`` says why (``cancelled``, ``expired``, a
+        failed chain member ...), ``fields`` are recorded with it."""
+        self.change(
+            live, TaskStatus.CANCELLED, **fields, **ending(TaskStatus.CANCELLED, reason, now)
+        )
+
+    def interrupt(self, live: Live, why: str, now: float, **fields: Any) -> None:
+        """READY or RUNNING -> INTERRUPTED: the task's attempt was lost (``why``, recorded as
+        its reason); ``fields`` are recorded with it."""
+        self.change(
+            live, TaskStatus.INTERRUPTED, **fields, **ending(TaskStatus.INTERRUPTED, why, now)
+        )
+
+    def mark(self, live: Live, soon: bool = True) -> None:
+        self.writer.mark(live, soon and not self.commit_at_tick)
+
+    def put_extra(self, key: str, value: Any) -> None:
+        """Write (or, with None, delete) a side entry with the next batch."""
+        self.writer.put_extra(key, value)
+
+    def request_cancel(self, task_id: str) -> None:
+        """A cancel request for a task owned elsewhere: written at once, acted on by the owner."""
+        self._writable()
+        try:
+            self.cache.set("x:" + task_id, str(time.time()))
+        except (diskcache.Timeout, sqlite3.Error) as exc:
+            raise StoreError(
+                f"could not write the cancel request of {task_id} to the store {self.path}: "
+                f"{explain(exc, self.path)}"
+            ) from exc
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise StoreError(
+                f"the store {self.path} was opened read-only (App(read_only=True)): "
+                "open it with nbtasks.App(store) to submit, cancel or purge"
+            )
+
+    def _tick(self) -> None:
+        """The writer's tick (every TICK): running tasks' throttled progress and output, and
+        the cancel requests of this process's tasks."""
+        for ctx in list(self.active.values()):
+            try:
+                ctx._tick()
+            except Exception as exc:  # pragma: no cover - a bug; show it, don't kill the writer
+                self.writer.error = exc
+        if self.on_cancel_request is not None and self.live:
+            for tid in self.cancel_requests():
+                live = self.live.get(tid)
+                if live is not None and not live.finished:
+                    self.on_cancel_request(tid)
+
+    def flush(self) -> None:
+        """Commit everything changed so far, in the calling thread; when it returns, a commit
+        the writer had under way has finished too (it holds the same lock)."""
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.read_only:
+            self.reader.close()
+            return
+        self.writer.close()
+        self.cache.close()
+
+    # ------------------------------------------------------------------ recovery and purge
+
+    def sweep(self) -> int:
+        """READY/RUNNING records whose owner process on this host is gone become INTERRUPTED.
+        A damaged record is left as it is (it lists as damaged); a read-only store is not
+        swept (its readers see the sweep's verdict without writing it)."""
+        if self.read_only:
+            return 0
+        return sweep_dead_owners(self.reader, self.cache, self.path)
+
+    def purge(self, older_than: float | None = None, status: Iterable[str] | None = None) -> int:
+        """Delete finished records (finished before ``older_than``, an epoch time). A damaged
+        record is left alone: it is not known to be finished."""
+        self._writable()
+        self.flush()
+        statuses = list(status) if status is not None else _FINISHED_VALUES
+        return cleanup.purge(self.reader, self.cache, self.path, older_than, statuses)
+
+    def vacuum(self, orphan_age: float = 3600.0) -> None:
+        """Give the space of deleted records back to the file system (``cleanup.vacuum``)."""
+        self._writable()
+        self.flush()
+        with self.writer.lock:
+            cleanup.vacuum(self.reader, self.cache, self.path, orphan_age)

@@ -1,0 +1,186 @@
+"""Owners: each task has one, the process that runs it (DESIGN principle 2), named by a token
+(host, pid, process start time). When a store is opened, its READY/RUNNING records whose owner
+is gone become INTERRUPTED (the sweep); a read-only store shows that verdict without writing it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import diskcache
+
+from .._errors import StoreError
+from .._model import TaskStatus, check_transition
+from .disk import explain
+from .queries import Reader
+from .records import DAMAGED, STATUS, UNFINISHED, ending, parse_record, record_row
+from .writer import upsert
+
+HOST: Final = socket.gethostname()
+STALE: Final = 60.0  # seconds without a heartbeat after which an owner on another host is gone
+
+
+def process_start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc), to tell a reused pid; None
+    if there is no such process, or only its zombie (it has ended, not been reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    if fields[0] == b"Z":
+        return None
+    return fields[19].decode()
+
+
+def owner_token(pid: int | None = None) -> str:
+    pid = os.getpid() if pid is None else pid
+    return f"{HOST}:{pid}:{process_start_time(pid) or '?'}"
+
+
+def owner_alive(owner: str | None) -> bool:
+    """False only when the owner surely is gone: same host, and its pid is dead or reused."""
+    if not owner:
+        return False
+    parts = owner.split(":")
+    if len(parts) < 3:
+        return False
+    host, pid_text, start = ":".join(parts[:-2]), parts[-2], parts[-1]
+    if host != HOST:
+        return True  # cannot tell from here
+    try:
+        pid = int(pid_text)
+    except ValueError:  # not a token nbtasks wrote: nobody owns the task
+        return False
+    if not 0 < pid < 2**22:  # os.kill(0 or -1, ...) would signal a whole process group
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    now = process_start_time(pid)
+    if now is None:
+        return False
+    return start == "?" or now == start
+
+
+def owner_pid(owner: str | None) -> int | None:
+    try:
+        return int((owner or "").split(":")[-2])
+    except (IndexError, ValueError):
+        return None
+
+
+def describe_owner(rec: dict[str, Any]) -> str:
+    owner = rec.get("owner") or "?"
+    parts = owner.split(":")
+    return f"pid {parts[-2]} on {':'.join(parts[:-2])}" if len(parts) >= 3 else owner
+
+
+def owner_gone(rec: dict[str, Any], now: float) -> bool:
+    """On this host: its pid is dead or reused. On another (where pids say nothing): the record
+    carries heartbeats (a worker process writes one every few seconds) and the last is stale."""
+    owner = rec.get("owner")
+    if not owner_alive(owner):
+        return True
+    beat = rec.get("heartbeat")
+    host = (owner or "").rsplit(":", 2)[0]
+    return beat is not None and host != HOST and now - beat > STALE
+
+
+def gone_why(rec: dict[str, Any]) -> str:
+    why = f"its owner process {describe_owner(rec)} is gone"
+    beat = rec.get("heartbeat")
+    if isinstance(beat, int | float):
+        why += f" (last heartbeat {time.strftime('%H:%M:%S', time.localtime(beat))})"
+    return why
+
+
+def interrupt_record(task_id: str, rec: dict[str, Any], now: float, why: str) -> None:
+    """A committed record whose owner is gone, INTERRUPTED (through the transition table)."""
+    check_transition(task_id, STATUS[rec["status"]], TaskStatus.INTERRUPTED)
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+    rec["status"] = TaskStatus.INTERRUPTED.value
+    rec.update(ending(TaskStatus.INTERRUPTED, f"{why} (found at {when})", now))
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def sweep_dead_owners(reader: Reader, cache: Any, path: Path) -> int:
+    """READY/RUNNING records whose owner process on this host is gone become INTERRUPTED, in
+    one transaction; returns how many. A damaged record is left as it is (it lists as
+    damaged)."""
+    now = time.time()
+    dead = [key for key, rec in _unfinished(reader, path) if owner_gone(rec, now)]
+    if not dead:
+        return 0
+    n = 0
+    try:
+        with cache.transact():
+            for key in dead:
+                try:
+                    rec = parse_record(reader.get(key), key, path)
+                except StoreError:
+                    continue
+                if rec["status"] not in UNFINISHED or not owner_gone(rec, now):
+                    continue
+                interrupt_record(key[2:], rec, now, gone_why(rec))
+                upsert(cache._con, [record_row(key[2:], rec, now)])
+                n += 1
+    except (diskcache.Timeout, sqlite3.Error) as exc:
+        raise StoreError(
+            f"could not mark the tasks of dead processes in the store {path} as "
+            f"INTERRUPTED: {explain(exc, path)}"
+        ) from exc
+    return n
+
+
+def _unfinished(reader: Reader, path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The READY/RUNNING records, parsed (damaged ones left out)."""
+    rows = reader.rows(
+        "SELECT key, value FROM Cache WHERE tag IN ('READY', 'RUNNING') "
+        "AND key >= 't:' AND key < 't;'",
+        [],
+    )
+    out = []
+    for key, text in rows:
+        with contextlib.suppress(StoreError):
+            out.append((key, parse_record(text, key, path)))
+    return out
+
+
+def as_swept(task_id: str, rec: dict[str, Any]) -> dict[str, Any]:
+    """A record of a read-only store as a sweep would leave it (a copy), nothing written."""
+    if rec["status"] in UNFINISHED and owner_gone(rec, time.time()):
+        rec = dict(rec)
+        interrupt_record(task_id, rec, time.time(), gone_why(rec))
+    return rec
+
+
+def swept_rows(reader: Reader, rows: list[tuple[Any, ...]], path: Path) -> list[tuple[Any, ...]]:
+    """A read-only store's listing rows as a sweep would leave them (nothing written); an
+    unfinished record that cannot be read lists as DAMAGED (the sweep skips it)."""
+    out = []
+    for row in rows:
+        if row[1] in UNFINISHED:
+            try:
+                key = row[0]
+                rec = as_swept(key[2:], parse_record(reader.get(key), key, path))
+            except StoreError:
+                row = (row[0], DAMAGED, *row[2:])
+            else:
+                if rec["status"] != row[1]:
+                    row = (row[0], rec["status"], *row[2:5], rec["finished_at"], row[6])
+        out.append(row)
+    return out

@@ -1,0 +1,139 @@
+"""Reading a store: one entry by its key, and the listings (``app.results()``, ``nbtasks list``,
+``%tasks``), all in SQL on diskcache's ``Cache`` table, nothing parsed or unpickled.
+
+By status, a listing is one indexed query on diskcache's tag column (the layout is checked on
+open); without, a range scan of the ``t:`` keys, newest first, which reads the covering index
+``nb_listing`` (``opening``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import diskcache
+
+from .._errors import StoreError
+from .disk import explain, fetch_value
+from .files import DB_NAME
+from .opening import connect
+from .records import LISTING_SQL, no_gc
+
+#: How an entry is stored, then its value: the last columns of every ``Reader.row`` query.
+STORED: Final = "mode, expire_time, filename, value"
+#: One entry by a str key (diskcache keeps those raw).
+_GET: Final = f"SELECT {STORED} FROM Cache WHERE key = ? AND raw = 1"
+#: One task's listing row, then how its record is stored and the record (see ``Reader.row``).
+READ_LISTED: Final = f"SELECT {LISTING_SQL}, {STORED} FROM Cache WHERE key = ? AND raw = 1"
+#: The cancel requests' keys.
+CANCEL_REQUESTS: Final = "SELECT key FROM Cache WHERE key >= 'x:' AND key < 'x;'"
+
+_SQL_INT_MAX: Final = 2**63 - 1
+
+
+class Reader:
+    """The reads of one store: on diskcache's connection of the calling thread, or (a
+    read-only store, ``cache`` None) on one of nbtasks' own per thread, opened ``mode=ro``."""
+
+    def __init__(self, path: Path, cache: diskcache.Cache | None, lock_timeout: float) -> None:
+        self.path = path
+        self.cache = cache
+        self.lock_timeout = lock_timeout
+        self._local = threading.local()  # read-only: each thread's connection
+        self._readers: list[sqlite3.Connection] = []
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        cache = self.cache
+        if cache is not None:
+            return cache._sql(sql, params)  # type: ignore[no-any-return]
+        con = getattr(self._local, "reader", None)
+        if con is None:
+            con = self._local.reader = connect(self.path / DB_NAME, self.lock_timeout, True)
+            self._readers.append(con)
+        return con.execute(sql, params)
+
+    def rows(self, sql: str, params: list[Any]) -> list[Any]:
+        try:
+            return self.query(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"querying the store {self.path} failed: {explain(exc, self.path)}"
+            ) from exc
+
+    def get(self, key: str) -> Any:
+        """An entry's value, as ``Cache.get`` gives it; None if there is none."""
+        row = self.row(_GET, key)
+        return None if row is None else row[0]
+
+    def row(self, sql: str, key: str) -> tuple[Any, ...] | None:
+        """The row of ``sql`` (whose last columns are ``STORED``) for ``key``, ending in the
+        entry's value as ``Cache.get`` gives it; None if there is none. What nbtasks writes (in
+        the row, no expiry) is taken as read: one query, where ``Cache.get`` costs 1-5 µs more
+        (of ~20 for one record); a value in a file is read by ``fetch_value``, which confines
+        the row's file name to the store and reads only regular files."""
+        try:
+            row = self.query(sql, (key,)).fetchone()
+            if row is None:
+                return None
+            *head, mode, expires, filename, value = row
+            if mode != diskcache.core.MODE_RAW or expires is not None:
+                if expires is not None and expires < time.time():
+                    return None  # expired, as diskcache would say (nbtasks sets no expiry)
+                value = fetch_value(str(self.path), mode, filename, value)
+            return (*head, value)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"reading {key} from the store {self.path} failed: {explain(exc, self.path)}"
+            ) from exc
+
+    def listing(
+        self, status: str | Iterable[str] | None, name: str | None, offset: int, limit: int | None
+    ) -> list[tuple[Any, ...]]:
+        """Committed tasks, newest first, as rows of ``LISTING_SQL``."""
+        sql, params = select(LISTING_SQL, status, name)
+        sql += " LIMIT ? OFFSET ?"
+        params += _limits(limit, offset)
+        with no_gc():  # 100,000 row tuples: ~130 collector passes (one full) while fetched
+            return self.rows(sql, params)
+
+    def count(self, status: str | Iterable[str] | None, name: str | None) -> int:
+        sql, params = select("count(*)", status, name, order=False)
+        return int(self.rows(sql, params)[0][0])
+
+    def close(self) -> None:
+        """Close the read-only connections (diskcache's are the cache's to close)."""
+        for con in self._readers:
+            con.close()
+        self._readers.clear()
+
+
+def select(
+    cols: str, status: str | Iterable[str] | None, name: str | None, order: bool = True
+) -> tuple[str, list[Any]]:
+    """A query of the task rows (by status and name, when given) and its parameters."""
+    params: list[Any] = []
+    if status is None:
+        sql = f"SELECT {cols} FROM Cache WHERE key >= 't:' AND key < 't;'"
+    else:
+        statuses = [status] if isinstance(status, str) else list(status)
+        marks = ",".join("?" * len(statuses))
+        sql = f"SELECT {cols} FROM Cache WHERE tag IN ({marks}) AND key >= 't:' AND key < 't;'"
+        params += statuses
+    if name is not None:
+        sql += " AND nb_name = ?"
+        params.append(name)
+    if order:
+        sql += " ORDER BY key DESC"
+    return sql, params
+
+
+def _limits(limit: int | None, offset: int) -> list[int]:
+    """LIMIT and OFFSET within SQLite's integers (a larger int would raise OverflowError)."""
+    return [
+        -1 if limit is None or limit > _SQL_INT_MAX else max(limit, -1),
+        min(max(offset, 0), _SQL_INT_MAX),
+    ]

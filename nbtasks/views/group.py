@@ -1,0 +1,126 @@
+"""The live widget of a group: one aggregate bar with counts per status, expanding to a table
+of its members."""
+
+from __future__ import annotations
+
+import copy
+import html
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from .. import _kernel
+from .._text import short_id
+from .format import badge, counts_html, group_html, group_line, members_html, now
+from .snapshot import UNFINISHED, group_counts, group_status, snapshot
+from .updater import updater
+from .widgets import BAR_STYLES, BaseView, html_widget, ipywidgets, set_traits, shared, show
+
+__all__ = ["GroupView"]
+
+TABLE_PERIOD = 0.5  # seconds between renderings of the members' table while it is open
+
+
+class GroupView(BaseView):
+    """One aggregate bar with counts per status; expands to a table of its members."""
+
+    def __init__(self, obj: Any) -> None:
+        super().__init__()
+        w = ipywidgets()
+        _kernel.warn_if_unsupported()
+        self._group = obj
+        self.group_id = str(getattr(obj, "id", "?"))
+        # private copies of the members' handles: refreshing them leaves the user's alone
+        self._members = [copy.copy(r) for r in obj.results]
+        self._snaps = [snapshot(m) for m in self._members]
+        counts, total, fraction = group_counts(self._snaps)
+        status = group_status(counts, total)
+        self._title = html_widget(self._title_html(status), shared("grow"))
+        self._cancel = w.Button(
+            description="Cancel all",
+            icon="stop",
+            button_style="warning",
+            style=shared("button"),
+            layout=w.Layout(width="auto", display=None if status in UNFINISHED else "none"),
+        )
+        self._cancel.add_class("nbtasks-cancel")
+        self._cancel.on_click(self._on_cancel)
+        self._bar = w.FloatProgress(
+            value=fraction,
+            min=0.0,
+            max=1.0,
+            bar_style=BAR_STYLES.get(status, ""),
+            layout=shared("bar"),
+            style=shared("progress"),
+        )
+        self._bar.add_class("nbtasks-bar")
+        self._counts = html_widget(counts_html(counts, total), shared("info"))
+        self._counts.add_class("nbtasks-counts")
+        self._table = html_widget("")
+        self._expand = w.Accordion(
+            children=[self._table], titles=(f"members ({total})",), selected_index=None
+        )
+        self._expand.observe(self._on_expand, names="selected_index")
+        self._problem = html_widget("", w.Layout(display="none"))
+        self.root = w.VBox(
+            [
+                w.HBox([self._title, self._cancel], layout=shared("row")),
+                w.HBox([self._bar, self._counts], layout=shared("row")),
+                self._expand,
+                self._problem,
+            ],
+            layout=shared("box"),
+        )
+        self.root.add_class("nbtasks-group")
+        self.live = status in UNFINISHED
+        self._table_due = 0.0
+        _kernel.route_comm_to_helper_subshell(self._cancel.comm)
+
+    def static_bundle(self) -> dict[str, Any]:
+        """text/plain and text/html of the last snapshots, to go beside the widget."""
+        snaps = list(self._snaps)
+        return {
+            "text/plain": group_line(self.group_id, snaps),
+            "text/html": group_html(self.group_id, snaps),
+        }
+
+    def _title_html(self, status: str) -> str:
+        return (
+            f"<b>group</b> <code class='nbtasks-id' title='{html.escape(self.group_id)}' "
+            f"style='opacity:0.7'>{html.escape(short_id(self.group_id))}</code> {badge(status)}"
+        )
+
+    def _on_cancel(self, _button: Any = None) -> None:
+        try:
+            self._group.cancel()
+        finally:
+            self.live = True
+            updater().register(self, now=True)
+
+    def _on_expand(self, change: Mapping[str, Any]) -> None:
+        if change.get("new") is not None:  # render the table even if the group is finished
+            self._table_due = 0.0
+            self.live = True
+            updater().register(self, now=True)
+
+    def poll(self) -> bool:
+        for i, member in enumerate(self._members):
+            if not self._snaps[i].is_finished:  # a finished member never changes again
+                member.refresh()
+                self._snaps[i] = snapshot(member)
+        counts, total, fraction = group_counts(self._snaps)
+        status = group_status(counts, total)
+        set_traits(self._title, value=self._title_html(status))
+        set_traits(self._bar, value=fraction, bar_style=BAR_STYLES.get(status, ""))
+        set_traits(self._counts, value=counts_html(counts, total))
+        finished = status not in UNFINISHED
+        if finished:
+            show(self._cancel, False)
+        moment = time.monotonic()
+        if self._expand.selected_index is not None and (finished or moment >= self._table_due):
+            set_traits(self._table, value=members_html(self._snaps, now()))
+            self._table_due = moment + TABLE_PERIOD
+        self._ok()
+        self._note((tuple(counts.values()), round(fraction, 3)))
+        self.live = not finished
+        return self.live

@@ -1,0 +1,203 @@
+"""What a view renders: frozen ``Snapshot``s read from a handle or a store summary row.
+
+Views only render snapshots (DESIGN principle 8): everything else in ``views`` takes a
+``Snapshot`` (or a list of them for a group), never a handle. Statuses are kept as their names
+(``str``): a listing may hold a ``DAMAGED`` row, which no ``TaskStatus`` names.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._model import FINISHED, TaskStatus
+from .._text import short_id
+
+__all__ = [
+    "STATUSES",
+    "TERMINAL",
+    "UNFINISHED",
+    "Snapshot",
+    "group_counts",
+    "group_status",
+    "is_group",
+    "snapshot",
+    "summary_snapshot",
+]
+
+STATUSES = tuple(s.value for s in TaskStatus)
+TERMINAL = frozenset(s.value for s in FINISHED)
+UNFINISHED = tuple(s for s in STATUSES if s not in TERMINAL)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a view renders of one task: plain data, read once from a TaskResult."""
+
+    id: str
+    name: str
+    status: str
+    enqueued_at: _dt.datetime | None = None
+    started_at: _dt.datetime | None = None
+    finished_at: _dt.datetime | None = None
+    current: float | None = None
+    total: float | None = None
+    fraction: float | None = None
+    message: str | None = None
+    rate: float | None = None
+    eta: float | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    output: str = ""
+    errors: tuple[tuple[str, str], ...] = ()
+    attempts: int = 0
+    state: str | None = None
+    reason: str | None = None  # why it was cancelled or interrupted
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def short_id(self) -> str:
+        return short_id(self.id)
+
+
+def _status_name(value: Any) -> str:
+    # TaskStatus is a StrEnum: str() is its name. A handle always has a status; READY is what
+    # a view shows for one that has none yet.
+    return "READY" if value is None else str(value)
+
+
+def _to_datetime(value: Any) -> _dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, _dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=_dt.UTC)
+    if isinstance(value, (int, float)):
+        return _dt.datetime.fromtimestamp(float(value), tz=_dt.UTC)
+    if isinstance(value, str):
+        try:
+            parsed = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=_dt.UTC)
+    return None
+
+
+def _num(value: Any) -> float | None:
+    """A finite float, or None: a view must not fail on a NaN a task reported."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def _progress_fields(progress: Any) -> dict[str, Any]:
+    """The progress fields of a Snapshot from a ``Progress`` or the store's JSON list."""
+    if progress is None:
+        return {}
+    if isinstance(progress, list | tuple):  # a summary row: [current, total, message, rate]
+        got = dict(zip(("current", "total", "message", "rate"), progress, strict=False))
+    else:
+        names = ("current", "total", "message", "rate", "fraction", "eta")
+        got = {name: getattr(progress, name, None) for name in names}
+    current, total = _num(got.get("current")), _num(got.get("total"))
+    fraction = _num(got.get("fraction"))
+    if fraction is None and current is not None and total:
+        fraction = current / total
+    if fraction is not None:
+        fraction = min(max(fraction, 0.0), 1.0)
+    message = got.get("message")
+    rate, eta = _num(got.get("rate")), _num(got.get("eta"))
+    if eta is None and rate and total is not None and current is not None:
+        eta = max(0.0, (total - current) / rate)
+    return {
+        "current": current,
+        "total": total,
+        "fraction": fraction,
+        "message": None if message is None else str(message),
+        "rate": rate,
+        "eta": eta,
+    }
+
+
+def snapshot(obj: Any) -> Snapshot:
+    """Read a TaskResult's fields (as they are now: no refresh) into a Snapshot."""
+    errors = tuple(
+        (
+            str(getattr(err, "exception_class_path", "") or ""),
+            str(getattr(err, "traceback", "") or ""),
+        )
+        for err in getattr(obj, "errors", None) or ()
+    )
+    metadata = getattr(obj, "metadata", None)
+    attempts = getattr(obj, "attempts", 0)
+    state = getattr(obj, "state", None)
+    reason = getattr(obj, "reason", None)
+    return Snapshot(
+        id=str(getattr(obj, "id", "?")),
+        name=str(getattr(obj, "task_name", None) or "?"),
+        status=_status_name(getattr(obj, "status", None)),
+        enqueued_at=_to_datetime(getattr(obj, "enqueued_at", None)),
+        started_at=_to_datetime(getattr(obj, "started_at", None)),
+        finished_at=_to_datetime(getattr(obj, "finished_at", None)),
+        metadata=dict(metadata) if isinstance(metadata, Mapping) else {},
+        output=str(getattr(obj, "output", None) or ""),
+        errors=errors,
+        attempts=attempts if isinstance(attempts, int) else 0,
+        state=None if state is None else str(state),
+        reason=None if reason is None else str(reason),
+        **_progress_fields(getattr(obj, "progress", None)),
+    )
+
+
+def summary_snapshot(row: Mapping[str, Any]) -> Snapshot:
+    """A Snapshot from one row of ``Store.summaries()`` (nothing loaded or unpickled)."""
+    return Snapshot(
+        id=str(row.get("id", "?")),
+        name=str(row.get("task_name") or "?"),
+        status=_status_name(row.get("status")),
+        enqueued_at=_to_datetime(row.get("enqueued_at")),
+        started_at=_to_datetime(row.get("started_at")),
+        finished_at=_to_datetime(row.get("finished_at")),
+        **_progress_fields(row.get("progress")),
+    )
+
+
+def is_group(obj: Any) -> bool:
+    """A GroupResult (or anything shaped like one): shown as one aggregate view."""
+    return hasattr(obj, "results") and hasattr(obj, "completed_count")
+
+
+# ----------------------------------------------------------------------------- groups
+def group_counts(snaps: Sequence[Snapshot]) -> tuple[dict[str, int], int, float]:
+    """Members per status (every status, in ``STATUSES`` order), how many, and the fraction
+    done (a finished member counts 1, a running one its progress)."""
+    counts = {s: 0 for s in STATUSES}
+    progress = 0.0
+    for snap in snaps:
+        counts[snap.status] = counts.get(snap.status, 0) + 1
+        if snap.is_finished:
+            progress += 1.0
+        elif snap.fraction is not None:
+            progress += snap.fraction
+    total = len(snaps)
+    return counts, total, (progress / total if total else 1.0)
+
+
+def group_status(counts: Mapping[str, int], total: int) -> str:
+    """RUNNING while anything runs (or some ran and some wait), else the worst outcome."""
+    running, ready = counts.get("RUNNING", 0), counts.get("READY", 0)
+    if running or (ready and ready != total):
+        return "RUNNING"
+    if ready:
+        return "READY"
+    for status in ("FAILED", "INTERRUPTED", "CANCELLED"):
+        if counts.get(status):
+            return status
+    return "SUCCESSFUL"

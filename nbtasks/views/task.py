@@ -1,0 +1,195 @@
+"""The live widget of one task: header, bar, timing, errors, output tail, metadata, cancel."""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import time
+from typing import Any
+
+from .. import _kernel
+from .format import (
+    errors_html,
+    header_html,
+    info_html,
+    metadata_html,
+    now,
+    task_html,
+    task_line,
+)
+from .snapshot import Snapshot, snapshot
+from .updater import updater, updater_stats
+from .widgets import BAR_STYLES, BaseView, html_widget, ipywidgets, set_traits, shared, show
+
+__all__ = ["OUTPUT_MAX_APPENDS", "OUTPUT_WIDGET_CHARS", "TaskView"]
+
+OUTPUT_WIDGET_CHARS = 16_000  # tail kept in an Output widget before it is compacted
+OUTPUT_MAX_APPENDS = 200  # appends before compacting the Output widget's outputs
+
+
+class TaskView(BaseView):
+    """The live widget of one task: header, bar, timing, error, output tail, metadata, cancel.
+
+    It polls a private copy of the handle (``copy.copy``: the same task in the same App, no
+    store opened), so refreshing it never changes the snapshot the user's handle holds.
+    """
+
+    def __init__(self, obj: Any) -> None:
+        super().__init__()
+        w = ipywidgets()
+        _kernel.warn_if_unsupported()
+        self._handle = copy.copy(obj)
+        snap = snapshot(obj)
+        at = now()
+        self.task_id = snap.id
+        self.last = snap
+        self._header = html_widget(header_html(snap), shared("grow"))
+        self._header.add_class("nbtasks-header")
+        self._cancel = w.Button(
+            description="Cancel",
+            icon="stop",
+            button_style="warning",
+            tooltip="Cancel this task",
+            style=shared("button"),
+            disabled=snap.is_finished,
+            layout=w.Layout(width="auto", display="none" if snap.is_finished else None),
+        )
+        self._cancel.add_class("nbtasks-cancel")
+        self._cancel.on_click(self._on_cancel)
+        self._bar = w.FloatProgress(
+            value=self._bar_value(snap),
+            min=0.0,
+            max=1.0,
+            bar_style=BAR_STYLES.get(snap.status, ""),
+            layout=shared("bar"),
+            style=shared("progress"),
+        )
+        self._bar.add_class("nbtasks-bar")
+        self._info = html_widget(info_html(snap, at), shared("info"))
+        self._info.add_class("nbtasks-info")
+        self._error = html_widget(
+            errors_html(snap), w.Layout(display=None if snap.errors else "none")
+        )
+        self._error.add_class("nbtasks-errors")
+        self._out = w.Output(
+            layout=w.Layout(
+                display=None if snap.output else "none",
+                max_height="14em",
+                overflow="auto",
+                border="1px solid #ddd",
+            )
+        )
+        self._out.add_class("nbtasks-output")
+        self._shown_output = ""
+        self._appends = 0
+        self._widget_chars = 0
+        self._last_reset = 0.0
+        self._write_output(snap.output, initial=True)
+        self._meta_html = html_widget(metadata_html(snap.metadata))
+        self._meta = w.Accordion(
+            children=[self._meta_html],
+            titles=(self._meta_title(snap),),
+            selected_index=None,
+            layout=w.Layout(display=None if snap.metadata else "none"),
+        )
+        self._meta.add_class("nbtasks-metadata")
+        self._problem = html_widget("", w.Layout(display="none"))
+        self.root = w.VBox(
+            [
+                w.HBox([self._header, self._cancel], layout=shared("row")),
+                w.HBox([self._bar, self._info], layout=shared("row")),
+                self._error,
+                self._out,
+                self._meta,
+                self._problem,
+            ],
+            layout=shared("box"),
+        )
+        self.root.add_class("nbtasks-task")
+        self.live = not snap.is_finished
+        self._cancel_routed = _kernel.route_comm_to_helper_subshell(self._cancel.comm)
+
+    def static_bundle(self) -> dict[str, Any]:
+        """text/plain and text/html of the last snapshot, to go beside the widget."""
+        return {"text/plain": task_line(self.last), "text/html": task_html(self.last)}
+
+    @staticmethod
+    def _meta_title(snap: Snapshot) -> str:
+        n = len(snap.metadata)
+        return f"metadata ({n} key{'s' if n != 1 else ''})"
+
+    @staticmethod
+    def _bar_value(snap: Snapshot) -> float:
+        if snap.status == "SUCCESSFUL":
+            return 1.0
+        return float(snap.fraction or 0.0)
+
+    # -- handlers (run in the comm's thread: a helper subshell or the main shell) --------------
+    def _on_cancel(self, _button: Any = None) -> None:
+        try:
+            self._handle.cancel()
+        finally:
+            self.live = True
+            updater().register(self, now=True)
+
+    # -- updater thread only ----------------------------------------------------------------
+    def poll(self) -> bool:
+        self._handle.refresh()
+        snap = snapshot(self._handle)
+        self.last = snap
+        self.render(snap)
+        self._ok()
+        self._note((snap.status, snap.current, snap.message, len(snap.output), snap.attempts))
+        self.live = not snap.is_finished
+        return self.live
+
+    def render(self, snap: Snapshot, at: _dt.datetime | None = None) -> None:
+        at = at or now()
+        set_traits(self._header, value=header_html(snap))
+        set_traits(
+            self._bar, value=self._bar_value(snap), bar_style=BAR_STYLES.get(snap.status, "")
+        )
+        set_traits(self._info, value=info_html(snap, at))
+        if snap.errors:
+            set_traits(self._error, value=errors_html(snap))
+        show(self._error, bool(snap.errors))
+        self._write_output(snap.output)
+        if snap.metadata or self._meta.layout.display != "none":
+            set_traits(self._meta_html, value=metadata_html(snap.metadata))
+            set_traits(self._meta, titles=(self._meta_title(snap),))
+            show(self._meta, bool(snap.metadata))
+        if snap.is_finished:
+            set_traits(self._cancel, disabled=True)
+            show(self._cancel, False)
+
+    def _write_output(self, text: str, initial: bool = False) -> None:
+        """Append what is new in the task's output tail with ``Output.append_stdout``."""
+        if text == self._shown_output:
+            return
+        delta = text[len(self._shown_output) :] if text.startswith(self._shown_output) else None
+        if (
+            delta is not None
+            and self._appends < OUTPUT_MAX_APPENDS
+            and self._widget_chars + len(delta) <= OUTPUT_WIDGET_CHARS
+        ):
+            self._out.append_stdout(delta)
+            self._appends += 1
+            self._widget_chars += len(delta)
+        else:
+            # The task's tail rolled over, or the widget holds too much: start over with the
+            # last part, at most once a second, so that a chatty task does not resend its
+            # whole tail ten times a second.
+            moment = time.monotonic()
+            if not initial and moment - self._last_reset < 1.0:
+                return
+            self._last_reset = moment
+            tail = text[-(OUTPUT_WIDGET_CHARS // 2) :]
+            self._out.outputs = ()
+            if tail:
+                self._out.append_stdout(tail)
+            self._appends = 1
+            self._widget_chars = len(tail)
+        self._shown_output = text
+        updater_stats().messages += 1
+        if not initial:
+            show(self._out, bool(text))

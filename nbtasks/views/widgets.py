@@ -1,0 +1,162 @@
+"""The ipywidgets toolkit of the views (the only module that imports ipywidgets, on first use)
+and ``BaseView``, the bookkeeping every widget view shares.
+
+The rules every view follows (DESIGN.md principle 9):
+
+- A view is built **in the cell thread** (``mimebundle()`` is called by IPython's display
+  formatter there) and then registered with the updater, whose thread is the only writer of
+  the traits it renders: ``set_traits`` sends only the traits whose value changed, in one comm
+  message per widget (``hold_sync``).
+- Task threads and worker processes never touch a widget; they only update the task's state.
+  Task output reaches an Output widget through ``Output.append_stdout`` called by the updater,
+  never through ``with out:`` (ipywidgets#4020).
+- Frontend-edited traits (filters, accordions) are only read by the updater; button handlers
+  only write cancel requests and nudge the updater. Buttons are routed to a helper subshell
+  where the kernel allows it (``_kernel.route_comm_to_helper_subshell``), so they work while
+  another cell runs.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from .updater import PERIOD, updater_stats
+
+__all__ = ["BAR_STYLES", "BaseView", "html_widget", "ipywidgets", "set_traits", "shared", "show"]
+
+SLOW_PERIOD = 1.0  # for views whose snapshot has not changed for IDLE_AFTER seconds
+IDLE_AFTER = 10.0
+MAX_POLL_FAILURES = 20  # consecutive failed polls before a view gives up (the error is shown)
+BAR_STYLES = {  # a FloatProgress's bar_style per status
+    "READY": "info",
+    "RUNNING": "",
+    "SUCCESSFUL": "success",
+    "FAILED": "danger",
+    "CANCELLED": "warning",
+    "INTERRUPTED": "warning",
+}
+
+
+def ipywidgets() -> Any:
+    """ipywidgets, imported on first use (never at ``import nbtasks``)."""
+    import ipywidgets
+
+    return ipywidgets
+
+
+_shared_widgets: dict[str, Any] = {}
+
+
+def shared(name: str) -> Any:
+    """A layout or style widget that never changes, shared by every view of this kernel.
+
+    Each ipywidgets widget opens a comm (a ``comm_open`` message, a model in the frontend), and
+    by default every widget gets a Layout and a Style of its own: ~30 comms for one task view.
+    Sharing the ones that never change halves that, which matters when a cell shows 50 tasks
+    at once (a burst of comm_opens can exceed the iopub socket's high-water mark).
+    """
+    widget = _shared_widgets.get(name)
+    if widget is None or getattr(widget, "comm", None) is None:  # none yet, or closed
+        w = ipywidgets()
+        from ipywidgets.widgets.widget_button import ButtonStyle
+        from ipywidgets.widgets.widget_int import ProgressStyle
+        from ipywidgets.widgets.widget_string import HTMLStyle
+
+        factories: dict[str, Callable[[], Any]] = {
+            "html": HTMLStyle,
+            "button": ButtonStyle,
+            "progress": ProgressStyle,
+            "row": lambda: w.Layout(align_items="center"),
+            "box": lambda: w.Layout(border="1px solid #e0e0e0", padding="2px 6px", margin="2px 0"),
+            "grow": lambda: w.Layout(flex="1 1 auto"),
+            "bar": lambda: w.Layout(width="auto", flex="1 1 40%", min_width="8em"),
+            "info": lambda: w.Layout(flex="1 1 60%"),
+            "plain": lambda: w.Layout(),
+            "cell": lambda: w.Layout(flex="0 1 54em"),
+        }
+        widget = _shared_widgets[name] = factories[name]()
+    return widget
+
+
+def html_widget(value: str = "", layout: Any = None) -> Any:
+    """An HTML widget with the shared style (and the shared plain layout unless given)."""
+    return ipywidgets().HTML(
+        value=value,
+        style=shared("html"),
+        layout=layout if layout is not None else shared("plain"),
+    )
+
+
+def set_traits(widget: Any, **traits: Any) -> int:
+    """Set only the traits whose value changed, in one comm message; returns messages sent."""
+    changed = {}
+    for name, value in traits.items():
+        if getattr(widget, name) != value:
+            changed[name] = value
+    if not changed:
+        return 0
+    if len(changed) == 1:
+        ((name, value),) = changed.items()
+        setattr(widget, name, value)
+    else:
+        with widget.hold_sync():
+            for name, value in changed.items():
+                setattr(widget, name, value)
+    updater_stats().messages += 1
+    return 1
+
+
+def show(widget: Any, visible: bool) -> int:
+    return set_traits(widget.layout, display=None if visible else "none")
+
+
+class BaseView:
+    """Shared bookkeeping: liveness, poll scheduling, error display (principle 12)."""
+
+    root: Any
+    _problem: Any  # an HTML widget, hidden until a poll fails
+
+    def __init__(self) -> None:
+        self.live = True
+        self.next_due = 0.0
+        self.min_period = PERIOD
+        self._failures = 0
+        self._last_change = time.monotonic()
+        self._last_key: Any = None
+
+    def _note(self, key: Any) -> None:
+        """Poll slower (SLOW_PERIOD) when nothing changed for IDLE_AFTER seconds."""
+        now = time.monotonic()
+        if key != self._last_key:
+            self._last_key = key
+            self._last_change = now
+            self.min_period = PERIOD
+        elif now - self._last_change > IDLE_AFTER:
+            self.min_period = SLOW_PERIOD
+
+    def failed(self, exc: BaseException) -> bool:
+        """Show an updater error in the widget; give up after MAX_POLL_FAILURES in a row."""
+        self._failures += 1
+        text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        give_up = self._failures >= MAX_POLL_FAILURES
+        note = "stopped updating" if give_up else "retrying"
+        try:
+            set_traits(
+                self._problem,
+                value=f'<span style="color:#c62828">nbtasks view updater error ({note}): '
+                f"<code>{html.escape(text)}</code></span>",
+            )
+            show(self._problem, True)
+        except Exception:
+            pass  # the widget itself is broken: the error is still counted in updater_stats()
+        self.live = not give_up
+        return self.live
+
+    def _ok(self) -> None:
+        if self._failures:
+            self._failures = 0
+            show(self._problem, False)
