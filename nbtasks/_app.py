@@ -1,6 +1,6 @@
 """``App``, the composition root, and the default app.
 
-Each method is a few lines that hand over to a collaborator: the store (``_store``), the
+Each method is a few lines that hand over to a collaborator: the store (``store``), the
 runtime (``_runtime``: executors, timer, canvas, cancellation) and the task model (``_task``).
 """
 

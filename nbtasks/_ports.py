@@ -2,9 +2,10 @@
 
 ``Task``, ``Signature`` and the canvas classes submit through a ``Submitter``; ``TaskResult`` and
 ``GroupResult`` read, wait and cancel through a ``Results``. The ``App`` implements both; so does
-the worker-side app of a process task (``_worker._ChildApp``), which forwards the submits to the
-App that owns its worker (the RPC carries exactly ``SUBMIT_METHODS``) and reads the store. So
-``_task`` and ``_result`` never import ``_app``, and nothing reaches into another's privates.
+the worker-side app of a process task (``executors.process.child_app``), which forwards the
+submits to the App that owns its worker (the RPC carries exactly ``SUBMIT_METHODS``) and reads
+the store. So ``_task`` and ``_result`` never import ``_app``, and nothing reaches into
+another's privates.
 
 **How a handle finds its App** when it is unpickled, or built as ``AsyncResult(id)`` without
 one: a handle pickles as its app and its id, and an app (the App, the worker-side app) pickles
@@ -33,7 +34,7 @@ Lineage = tuple[str, str]
 
 
 class LiveTask(Protocol):
-    """A task in its owner's memory (``_store.Live``), as a handle reads it: the record this
+    """A task in its owner's memory (``store.Live``), as a handle reads it: the record this
     process changes in place, the values it keeps unencoded, and a wait for the end."""
 
     rec: dict[str, Any]
