@@ -1,4 +1,5 @@
-# `make demo` and `make test` each build .venv and install what they need.
+# `make demo`, `make test` and `make lint` each build .venv and install what they need; `.ci/run`
+# runs `make lint` then `make test`.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
