@@ -14,16 +14,18 @@ import atexit
 from typing import Any
 
 from . import _errors
-from ._app import App, AsyncResult, configure, default_app, task
+from ._app import App, configure, default_app, task
 from ._context import Context, current
 from ._errors import (
     MaxRetriesExceededError,
     NbtasksError,
+    RemoteTraceback,
     ResultNotReady,
     Retry,
     SoftTimeLimitExceeded,
     StoreError,
     TaskCancelled,
+    TaskError,
     TaskFailed,
     TaskInterrupted,
     TaskTimeout,
@@ -31,8 +33,8 @@ from ._errors import (
     UntrustedValue,
     WorkerLost,
 )
-from ._model import Progress, Request, TaskError, TaskStatus
-from ._result import GroupResult, TaskResult
+from ._model import Progress, Request, TaskStatus
+from ._result import AsyncResult, GroupResult, TaskResult
 from ._task import Signature, Task, chain, chord, group
 from .store import flush_all as _flush_all
 
@@ -66,6 +68,7 @@ __all__ = [
     "MaxRetriesExceededError",
     "NbtasksError",
     "Progress",
+    "RemoteTraceback",
     "Request",
     "ResultNotReady",
     "Retry",

@@ -1,6 +1,6 @@
 """``App``, the composition root, and the default app.
 
-Each method is a few lines that hand over to a collaborator: the store (``_store``), the
+Each method is a few lines that hand over to a collaborator: the store (``store``), the
 runtime (``_runtime``: executors, timer, canvas, cancellation) and the task model (``_task``).
 """
 
@@ -14,16 +14,31 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, overload
 
-from . import _result
+from . import _ports as ports
 from ._errors import NbtasksError, UnknownTaskId
-from ._model import FINISHED, SYSTEM_CLOCK, Clock, Request, TaskStatus, check_id
+from ._model import CURRENT, FINISHED, SYSTEM_CLOCK, Clock, Request, TaskStatus, check_id
+from ._options import check_task_options
 from ._result import GroupResult, TaskResult
 from ._runtime import Runtime, Waiting
-from ._task import Signature, Task, check_task_options, group, resolve_options
-from .store import LOCK_TIMEOUT, Store, new_id, no_gc
+from ._task import Signature, Task, group, resolve_options
+from .store import (
+    LOCK_TIMEOUT,
+    Live,
+    Store,
+    damaged,
+    new_id,
+    no_gc,
+    owner_alive,
+    parse_record,
+    summary,
+)
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import diskcache
+
+    from ._ports import Lineage
 
 _STATUS_NAMES = [s.value for s in TaskStatus]
 
@@ -87,13 +102,23 @@ class App:
         self._runtime = Runtime(self._store, clock or SYSTEM_CLOCK, name, settings)
         self._registry: dict[str, Task] = {}
         self._cache_lock = threading.Lock()
+        ports.register(self)  # handles unpickled in this process read through it
 
     def __repr__(self) -> str:
         return f"<nbtasks.App {self.name!r} store={str(self._store.path)!r}>"
 
+    def __reduce__(self) -> Any:
+        """An App pickles as a reference to its store (how a pickled handle finds its App in
+        the process that unpickles it: see ``_ports``)."""
+        return (ports.app_for_store, (str(self._store.path),))
+
     @property
     def store(self) -> Store:
         return self._store
+
+    @property
+    def store_path(self) -> Path:
+        return self._store.path
 
     # ------------------------------------------------------------------ declaring
 
@@ -126,7 +151,7 @@ class App:
             cls = base or Task
             t = cls()
             name = opts.get("name") or task_name_of(f)
-            t._setup(self, f, {**opts, "name": name})
+            t.attach(self, f, {**opts, "name": name})
             t.__doc__ = f.__doc__
             t.__name__ = getattr(f, "__name__", name)  # type: ignore[attr-defined]
             t.__wrapped__ = f  # type: ignore[attr-defined]
@@ -143,37 +168,44 @@ class App:
 
         t = cls()
         name = cls.name or task_name_of(cls)
-        t._setup(self, None, {"name": name})
+        t.attach(self, None, {"name": name})
         self._registry[name] = t
         return t
 
     # ------------------------------------------------------------------ submitting
 
-    def _submit(
+    # The Submitter seam (_ports): what Task, Signature and the canvas classes call.
+
+    def submit_call(
         self,
         task: Task,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         options: dict[str, Any],
+        *,
+        lineage: Lineage | None = None,
     ) -> TaskResult:
+        """One task (``delay``, ``apply_async``, ``apply``, a Signature's)."""
         rt = self._runtime
         opts, extras = resolve_options(task, options, rt.clock.time())
         task_id = extras["task_id"]
         if task_id is not None:
             self._check_new_id(task_id)
-        job = rt.build(task, args, kwargs, opts, extras["metadata"], task_id)
+        job = rt.build(
+            task, args, kwargs, opts, extras["metadata"], task_id, extra=_lineage(lineage)
+        )
         fresh = task_id is not None  # checked again, atomically, as the record is written
         if not opts.cache:
             rt.submit([job], fresh_ids=fresh)
-            return TaskResult(self, job.id, live=job.live, rec=job.live.rec)
+            return TaskResult(job.id, self, live=job.live, rec=job.live.rec)
         with self._cache_lock:
             hit_job, hit_id, key = rt.cached(task, job)
             if hit_job is not None:
-                return TaskResult(self, hit_job.id, live=hit_job.live, cached=True)
+                return TaskResult(hit_job.id, self, live=hit_job.live, cached=True)
             if hit_id is not None:
-                return TaskResult(self, hit_id, cached=True)
+                return TaskResult(hit_id, self, cached=True)
             rt.submit([job], cache_keys=[(key, job)], fresh_ids=fresh)
-        return TaskResult(self, job.id, live=job.live, rec=job.live.rec)
+        return TaskResult(job.id, self, live=job.live, rec=job.live.rec)
 
     def _check_new_id(self, task_id: str) -> None:
         try:
@@ -182,13 +214,14 @@ class App:
             return
         raise ValueError(f"task_id={task_id!r} is already used in this store; pick a new id")
 
-    def _submit_many(
+    def submit_many(
         self,
         task: Task,
         calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
         options: dict[str, Any],
         *,
         chunk: bool = False,
+        lineage: Lineage | None = None,
     ) -> GroupResult:
         """map / starmap / chunks: every record, the group's included, in one transaction."""
         rt = self._runtime
@@ -196,6 +229,7 @@ class App:
         if extras["task_id"] is not None:
             raise ValueError("task_id cannot be given for a group of tasks")
         gid = new_id()
+        extra = {"group_id": gid, **_lineage(lineage)}
         # Some 20 objects per task, none of them garbage: the collector's full passes would
         # walk them all again each time their number grew by a quarter (a 20k map: 112-129
         # µs/task with it running, 99-116 paused; docs/design.md, "no garbage cycles").
@@ -209,20 +243,28 @@ class App:
                     extras["metadata"],
                     None,
                     chunk=chunk,
-                    extra={"group_id": gid},
+                    extra=extra,
                 )
                 for a, kw in calls
             ]
             group_rec = {"id": gid, "members": [j.id for j in jobs], "task_name": task.name}
             rt.submit(jobs, [group_rec])
             return GroupResult(
-                self, gid, [TaskResult(self, j.id, live=j.live, rec=j.live.rec) for j in jobs]
+                self, gid, [TaskResult(j.id, self, live=j.live, rec=j.live.rec) for j in jobs]
             )
 
-    def _submit_canvas(
-        self, items: Sequence[Signature | group], options: dict[str, Any]
+    def submit_canvas(
+        self,
+        items: Sequence[Signature | group],
+        options: dict[str, Any],
+        *,
+        lineage: Lineage | None = None,
     ) -> TaskResult | GroupResult:
-        """Chains, groups and chords: stages committed together; later stages wait."""
+        """Chains, groups and chords: stages committed together; later stages wait. Each link's
+        parent is the link before it; the root of every link is the submitting task's root,
+        else the first link."""
+        first = _lineage(lineage)
+        root = first.get("root_id")
         rt = self._runtime
         now = rt.clock.time()
         jobs, waiting, groups = [], [], []
@@ -239,16 +281,16 @@ class App:
                 opts, extras = resolve_options(sig.task, call, now)
                 args = sig.args
                 if prev and not sig.immutable:
-                    sig.task._check_args(
-                        (None, *args), sig.kwargs
-                    )  # the parent's value comes first
+                    sig.task.check_args((None, *args), sig.kwargs)  # the parent's value first
                 else:
-                    sig.task._check_args(args, sig.kwargs)
-                extra: dict[str, Any] = {"group_id": gid}
+                    sig.task.check_args(args, sig.kwargs)
+                extra: dict[str, Any] = {"group_id": gid, "root_id": root}
                 if prev_group is not None:
                     extra["parent_group"] = prev_group
                 elif prev:
                     extra["parent_id"] = prev[0].id
+                else:
+                    extra["parent_id"] = first.get("parent_id")
                 job = rt.build(
                     sig.task,
                     args,
@@ -262,9 +304,10 @@ class App:
                 if prev:
                     waiting.append(Waiting(job, list(prev), prev_group is not None, sig.immutable))
                 stage.append(job)
+            root = root or stage[0].id
             jobs += stage
             members = [
-                TaskResult(self, j.id, live=j.live, rec=j.live.rec, parent=prev_result)
+                TaskResult(j.id, self, live=j.live, rec=j.live.rec, parent=prev_result)
                 for j in stage
             ]
             if gid is not None:
@@ -277,7 +320,7 @@ class App:
         assert result is not None
         return result
 
-    def submit(self, request: Request) -> TaskResult:
+    def submit(self, request: Request, *, lineage: Lineage | None = None) -> TaskResult:
         """Mognet: submit a Request made by ``task.create_request(...)``."""
         if not isinstance(request, Request):
             raise TypeError(f"submit() takes a Request (task.create_request(...)), got {request!r}")
@@ -290,7 +333,9 @@ class App:
         options: dict[str, Any] = {"metadata": dict(request.metadata), "priority": request.priority}
         if request.id is not None:
             options["task_id"] = request.id
-        result = self._submit(task, tuple(request.args), dict(request.kwargs), options)
+        result = self.submit_call(
+            task, tuple(request.args), dict(request.kwargs), options, lineage=lineage
+        )
         request.id = result.id
         return result
 
@@ -302,14 +347,43 @@ class App:
 
     def result(self, task_id: str) -> TaskResult:
         """The stored TaskResult of any task, also one from an earlier kernel."""
-        check_id(task_id, "task_id")  # a str that UTF-8 can hold: the store's keys are UTF-8
-        live = self._store.live.get(task_id)
-        return TaskResult(self, task_id, live=live, rec=live.rec if live else None)
+        return TaskResult(task_id, self)
 
     def group_result(self, group_id: str) -> GroupResult:
         check_id(group_id, "group_id")
         rec = self._store.get_group(group_id)
         return GroupResult(self, group_id, [self.result(tid) for tid in rec["members"]])
+
+    # The Results seam (_ports): what TaskResult and GroupResult read and cancel through.
+
+    def live(self, task_id: str) -> Live | None:
+        return self._store.live.get(task_id)
+
+    def read_listed(self, task_id: str) -> tuple[dict[str, Any], str]:
+        return self._store.read_listed(task_id)
+
+    def read_record(self, task_id: str, text: str | None = None) -> dict[str, Any]:
+        """The committed record (parsed from ``text`` if given). An unfinished one whose owner
+        process is gone is swept first (INTERRUPTED), as opening the store would."""
+        store = self._store
+        if text is None:
+            rec = store.read_record(task_id)
+        else:
+            rec = parse_record(text, "t:" + task_id, store.path)
+        if rec["status"] not in _FINISHED_NAMES and not owner_alive(rec.get("owner")):
+            store.sweep()
+            rec = store.read_record(task_id)
+        return rec
+
+    def decode(self, enc: dict[str, Any], what: str) -> Any:
+        return self._store.decode_value(enc, what)
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a task (see ``TaskResult.cancel``); False once it has finished."""
+        return self._runtime.cancel(task_id)
+
+    def registered(self, name: str) -> Task | None:
+        return self._registry.get(name)
 
     def results(
         self,
@@ -328,7 +402,15 @@ class App:
             raise ValueError(f"limit must be an int >= 0, got {limit!r}")
         rows = self._store.listing(status=status, name=task_name, limit=limit)
         with no_gc():  # 100k handles: the collector would walk them over and over (2.4x)
-            return [TaskResult._listed(self, row) for row in rows]
+            return [TaskResult.from_summary(self, self._summary(row)) for row in rows]
+
+    def _summary(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        fields = summary(row)
+        if "damaged" in fields:  # the error its handle raises when its status is read
+            fields["damaged"] = str(
+                damaged("t:" + fields["id"], self.store_path, fields["damaged"])
+            )
+        return fields
 
     def purge(
         self,
@@ -376,6 +458,7 @@ class App:
 
     def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
         """Stop the executors (waiting for running tasks if ``wait``) and flush the store."""
+        ports.unregister(self)
         self._runtime.shutdown(wait, cancel_pending)
         if wait:
             self._store.close()
@@ -441,19 +524,29 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     return default_app().task(fn, **options) if fn is not None else default_app().task(**options)
 
 
-def AsyncResult(task_id: str, app: App | None = None) -> TaskResult:
-    """The stored TaskResult of ``task_id`` (also from an earlier kernel)."""
-    return (app or default_app()).result(task_id)
-
-
-def app_for_store(path: Any) -> App:
+def _open(path: str | None) -> App:
+    """``_ports``' opener: the default app for None or its own store, else a new App."""
     app = default_app()
-    if app._store.path == path:
+    if path is None or str(app.store_path) == path:
         return app
     return App(store=path)
 
 
-_result.app_for_store = app_for_store
+ports.set_opener(_open)
 
 
-__all__ = ["App", "AsyncResult", "NbtasksError", "configure", "default_app", "task"]
+def _lineage(given: Lineage | None) -> dict[str, Any]:
+    """parent_id and root_id of what is submitted now: ``given`` (a worker process's task),
+    else the task running in this thread, if any (Celery's meaning of both)."""
+    if given is None:
+        ctx = CURRENT.get()
+        if ctx is None:
+            return {}
+        request = ctx.request
+        given = (request.id, request.root_id or request.id)
+    return {"parent_id": given[0], "root_id": given[1]}
+
+
+_FINISHED_NAMES = frozenset(s.value for s in FINISHED)
+
+__all__ = ["App", "NbtasksError", "configure", "default_app", "task"]

@@ -41,9 +41,10 @@ from ._errors import (
     Retry,
     SoftTimeLimitExceeded,
     TaskCancelled,
+    TaskError,
     TaskTimeout,
 )
-from ._model import MISSING, Clock, Options, Request, TaskError, TaskStatus
+from ._model import MISSING, Clock, Options, Request, TaskStatus
 from .store import HOST, Live, Store
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ class Job:
     """A submitted task in memory: what to call, with what, and how."""
 
     live: Live
-    task: Any  # nbtasks.Task: has _invoke(ctx, args, kwargs), the hooks and is_async
+    task: Any  # nbtasks.Task: has invoke(ctx, args, kwargs), hooks and is_async
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     request: Request
@@ -181,9 +182,9 @@ class AttemptCore:
     def _call(self) -> Any:
         job = self.job
         if job.chunk:
-            return [job.task._invoke(self.ctx, tuple(item), {}) for item in job.args[0]]
-        value = job.task._invoke(self.ctx, job.args, job.kwargs)
-        if self.runs_coroutines and job.task._is_async and inspect.iscoroutine(value):
+            return [job.task.invoke(self.ctx, tuple(item), {}) for item in job.args[0]]
+        value = job.task.invoke(self.ctx, job.args, job.kwargs)
+        if self.runs_coroutines and job.task.is_async and inspect.iscoroutine(value):
             import asyncio  # an ``async def`` task: its own event loop in this process
 
             value = asyncio.run(value)
@@ -419,7 +420,7 @@ class Attempt(AttemptCore):
         self, status: TaskStatus, value: Any, error: BaseException | None, einfo: TaskError | None
     ) -> None:
         job = self.job
-        if not job.task._hooks:  # the base class's hooks do nothing
+        if not job.task.hooks:  # the base class's hooks do nothing
             return
         args, kwargs = list(job.args), job.kwargs
         if status is TaskStatus.SUCCESSFUL:
@@ -430,7 +431,7 @@ class Attempt(AttemptCore):
         self._hook("after_return", status.value, retval, job.id, args, kwargs, einfo)
 
     def _hook(self, name: str, *args: Any) -> None:
-        if name not in self.job.task._hooks:
+        if name not in self.job.task.hooks:
             return  # the base class's hooks do nothing
         hook: Callable[..., Any] = getattr(self.job.task, name)
         # With the task's context current, what the hook prints or logs goes to the task's

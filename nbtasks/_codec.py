@@ -26,10 +26,9 @@ from collections.abc import Callable, Iterable
 from types import CodeType, FunctionType
 from typing import Any, Final
 
-from ._errors import UntrustedValue
+from ._errors import TaskError, UntrustedValue
 from ._key import key_path as key_path
 from ._key import load_key
-from ._model import TaskError
 
 _MAC_SIZE: Final = 32
 #: Encoded values at least this long are stored in their own store entry (a file, past

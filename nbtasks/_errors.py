@@ -7,7 +7,9 @@ Every message says what went wrong, why, and how to fix it::
     ├── UntrustedValue          a pickled value whose signature does not verify
     ├── UnknownTaskId           (also a KeyError) no such task in the store
     ├── ResultNotReady          return_value of a task that has not finished
-    ├── TaskFailed              return_value of a FAILED task (original as __cause__)
+    ├── TaskError               one failed attempt, as recorded (TaskResult.errors)
+    │   └── TaskFailed          return_value of a FAILED task (original as __cause__); get()
+    │                           when the task's own exception cannot be restored
     ├── TaskCancelled           a cancelled (or expired) task; raised inside it by progress()
     ├── TaskInterrupted         its owner process died before it finished
     ├── TaskTimeout             an attempt ran past its hard `timeout`
@@ -15,9 +17,15 @@ Every message says what went wrong, why, and how to fix it::
     ├── WorkerLost              a worker process died while running the task
     ├── MaxRetriesExceededError ctx.retry() past max_retries without an exc
     └── Retry                   control flow: raised by ctx.retry(), caught by the runner
+
+    RemoteTraceback             (an Exception) a failed task's own traceback text, chained as
+                                the __cause__ of the exception get() re-raises
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 
 class NbtasksError(Exception):
@@ -43,8 +51,91 @@ class ResultNotReady(NbtasksError):
     """The task has not finished yet."""
 
 
-class TaskFailed(NbtasksError):
-    """The task failed; the original exception is ``__cause__`` where it could be restored."""
+class TaskError(NbtasksError):
+    """One failed attempt of a task, as recorded (django-tasks' TaskError): the exception's
+    class path, its traceback text and its message. ``TaskResult.errors`` lists them.
+
+    It is an exception class so that ``except nbtasks.TaskError:`` means what a django-tasks
+    user reads into it: it catches ``TaskFailed``, which carries the same fields (those of the
+    last failed attempt). nbtasks never raises a plain ``TaskError``.
+    """
+
+    def __init__(self, exception_class_path: str, traceback: str = "", message: str = "") -> None:
+        super().__init__(exception_class_path, traceback, message)
+        # The record's fields are frozen (as django-tasks' dataclass); raising it still sets
+        # __traceback__, __cause__ and __context__.
+        object.__setattr__(self, "exception_class_path", exception_class_path)
+        object.__setattr__(self, "traceback", traceback)
+        object.__setattr__(self, "message", message)
+
+    exception_class_path: str
+    traceback: str
+    message: str
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _TASK_ERROR_FIELDS:
+            raise AttributeError(f"TaskError.{name} is read-only: a TaskError is a record")
+        super().__setattr__(name, value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), self.args)  # the fields are in args (and cannot be set later)
+
+    @property
+    def exception_class(self) -> type[BaseException]:
+        """The exception class, imported by its path."""
+        module_name, _, qualname = self.exception_class_path.rpartition(".")
+        obj: Any = importlib.import_module(module_name or "builtins")
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        return obj  # type: ignore[no-any-return]
+
+    def to_json(self) -> dict[str, str]:
+        return {"cls": self.exception_class_path, "tb": self.traceback, "msg": self.message}
+
+    @classmethod
+    def from_json(cls, data: dict[str, str]) -> TaskError:
+        return cls(data["cls"], data.get("tb", ""), data.get("msg", ""))
+
+    def _fields(self) -> tuple[str, str, str]:
+        return (self.exception_class_path, self.traceback, self.message)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, TaskError)
+        return self._fields() == other._fields() and self.args == other.args
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __str__(self) -> str:
+        if self.message:
+            return f"{self.exception_class_path}: {self.message}"
+        return self.exception_class_path
+
+    def __repr__(self) -> str:
+        return f"TaskError({self.exception_class_path!r}, message={self.message!r})"
+
+
+_TASK_ERROR_FIELDS = frozenset({"exception_class_path", "traceback", "message"})
+
+
+class TaskFailed(TaskError):
+    """The task failed. Its fields are the last failed attempt's (``exception_class_path``,
+    ``traceback``, ``message``); the original exception is ``__cause__`` where it could be
+    restored."""
+
+    def __init__(
+        self, text: str, exception_class_path: str = "", traceback: str = "", message: str = ""
+    ) -> None:
+        super().__init__(exception_class_path, traceback, message)
+        self.args = (text, exception_class_path, traceback, message)  # pickles with its fields
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __repr__(self) -> str:
+        return f"TaskFailed({self.args[0]!r})"
 
 
 class TaskCancelled(NbtasksError):
@@ -80,3 +171,17 @@ class Retry(NbtasksError):
         super().__init__(message)
         self.exc = exc
         self.countdown = countdown
+
+
+class RemoteTraceback(Exception):
+    """The traceback text of a task that failed elsewhere (a thread, a worker process, a Dask
+    worker, an earlier kernel): ``get()`` re-raises the task's exception with this as its
+    ``__cause__``, so the report shows where it was raised (``concurrent.futures.process``
+    chains its ``_RemoteTraceback`` the same way)."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb.rstrip()}\n"""'

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import enum
-import importlib
+import json
 import math
 import threading
 import time as _time
@@ -241,8 +241,17 @@ def _items(value: Any, kind: int | str) -> tuple[Iterator[tuple[Any, Any]], bool
     return enumerate(value), False
 
 
+def as_json(value: Any) -> Any:
+    """A checked JSON value as it reads back from the store (a tuple becomes a list), so that
+    the process that set it reads what every other one does (SPEC 4)."""
+    if isinstance(value, _JSON_SCALARS):
+        return value
+    return json.loads(json.dumps(value))
+
+
 class Metadata(dict[str, Any]):
-    """A dict that refuses values JSON cannot hold, naming the key (Mognet's metadata)."""
+    """A dict that refuses values JSON cannot hold, naming the key (Mognet's metadata). A value
+    is stored as JSON reads it back: ``m["k"] = (1, 2)`` reads ``[1, 2]`` at once."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
@@ -252,7 +261,7 @@ class Metadata(dict[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         check_metadata_key(key, "metadata")
         check_json(value, f"metadata[{key!r}]")
-        super().__setitem__(key, value)
+        super().__setitem__(key, as_json(value))
 
     def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         """All or nothing: every key and value is checked before any is set."""
@@ -260,7 +269,7 @@ class Metadata(dict[str, Any]):
         for k, v in values.items():
             check_metadata_key(k, "metadata")
             check_json(v, f"metadata[{k!r}]")
-        super().update(values)
+        super().update({k: as_json(v) for k, v in values.items()})
 
     def __ior__(self, other: Any) -> Metadata:  # type: ignore[override,misc]
         self.update(other)  # dict's |= would skip the checks
@@ -346,6 +355,8 @@ class Request:
 
     Inside a task, ``ctx.request`` is the running attempt's Request. ``metadata`` (alias
     ``meta``) is merged into the stored metadata at ``update_state`` and at the end.
+    ``parent_id``: the task that submitted this one (or the previous link of a chain);
+    ``root_id``: the first task of that line (this task's own id if it has no parent).
     """
 
     task_name: str
@@ -358,6 +369,7 @@ class Request:
     expires: datetime | None = None
     priority: int = 0
     parent_id: str | None = None
+    root_id: str | None = None
     worker_id: str | None = None
     options: dict[str, Any] | None = None
 
@@ -395,35 +407,8 @@ class Request:
             eta=to_datetime(rec.get("eta")),
             expires=to_datetime(rec.get("expires")),
             parent_id=rec.get("parent_id"),
+            root_id=rec.get("root_id") or rec["id"],
         )
-
-
-# --------------------------------------------------------------------------- errors
-
-
-@dataclass(frozen=True)
-class TaskError:
-    """One failed attempt (django-tasks' TaskError)."""
-
-    exception_class_path: str
-    traceback: str
-    message: str = ""
-
-    @property
-    def exception_class(self) -> type[BaseException]:
-        """The exception class, imported by its path."""
-        module_name, _, qualname = self.exception_class_path.rpartition(".")
-        obj: Any = importlib.import_module(module_name or "builtins")
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-        return obj  # type: ignore[no-any-return]
-
-    def to_json(self) -> dict[str, str]:
-        return {"cls": self.exception_class_path, "tb": self.traceback, "msg": self.message}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, str]) -> TaskError:
-        return cls(data["cls"], data.get("tb", ""), data.get("msg", ""))
 
 
 # --------------------------------------------------------------------------- progress

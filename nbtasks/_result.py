@@ -14,10 +14,13 @@ from collections.abc import Generator, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from . import _ports as ports
 from ._errors import (
+    RemoteTraceback,
     ResultNotReady,
     StoreError,
     TaskCancelled,
+    TaskError,
     TaskFailed,
     TaskInterrupted,
 )
@@ -25,58 +28,74 @@ from ._model import (
     FINISHED,
     MISSING,
     Progress,
-    TaskError,
     TaskStatus,
     aggregate_progress,
+    check_id,
     to_datetime,
 )
 from ._text import format_duration, short_id
-from .store import Live, damaged, owner_alive, parse_record, summary
 
 if TYPE_CHECKING:
-    from ._app import App
+    from ._ports import LiveTask, Results
     from ._task import Task
 
 
 class TaskResult:
-    """The state and outcome of one task (django-tasks' TaskResult, with Celery's extras)."""
+    """The state and outcome of one task (django-tasks' TaskResult, with Celery's extras).
+
+    ``nbtasks.AsyncResult`` is this class, as in Celery: every handle ``delay()`` returns is
+    one, and ``AsyncResult(task_id, app=None)`` builds the stored handle of any task.
+
+    ``status``, ``state``, ``result``, ``progress``, ``metadata`` and ``output`` are current on
+    every read (SPEC 5): this process's live record for a task it owns, else one indexed row of
+    the store (a finished task's are final, and read once). The other fields are the snapshot
+    that ``refresh()``, ``wait()`` and ``get()`` reload.
+    """
 
     def __init__(
         self,
-        app: App,
         task_id: str,
+        app: Results | None = None,
         *,
-        live: Live | None = None,
+        live: LiveTask | None = None,
         rec: dict[str, Any] | None = None,
         cached: bool = False,
         parent: TaskResult | GroupResult | None = None,
     ) -> None:
+        if app is None:
+            app = ports.app_for_store(None)  # the default app
+        if rec is None:
+            check_id(task_id, "task_id")  # a str that UTF-8 can hold: the store's keys are
+            live = live or app.live(task_id)
+            if live is not None:
+                rec = live.rec
         self._app = app
         self.id = task_id
         self._live = live
         self.cached = cached
         self._parent = parent
         self._rec: dict[str, Any] = dict(rec) if rec is not None else {}
-        self._partial = False  # _rec holds only a listing's fields (see _listed, refresh)
+        self._partial = False  # _rec holds only a listing's fields (see from_summary, refresh)
         if rec is None:
-            self.refresh()
+            self.refresh()  # UnknownTaskId if the store has no such task
 
     @classmethod
-    def _listed(cls, app: App, row: tuple[Any, ...]) -> TaskResult:
-        """A handle made from a ``Store.listing()`` row: it holds the listing's fields (status,
-        name, the times, progress); the first read of any other field loads the whole record,
-        as ``refresh()`` would (100,000 rows: ~0.2 s, against ~1 s to parse every record)."""
+    def from_summary(cls, app: Results, fields: dict[str, Any]) -> TaskResult:
+        """A handle made from a listing's fields (status, name, the times, progress: see
+        ``Store.listing()``; a damaged record's row holds ``damaged``, the error to raise when
+        its status is read). The first read of any other field loads the whole record, as
+        ``refresh()`` would (100,000 rows: ~0.2 s, against ~1 s to parse every record)."""
         self = cls.__new__(cls)
-        rec = summary(row)
         self._app = app
-        self.id = rec["id"]
-        self._rec = rec
+        self.id = fields["id"]
+        self._rec = fields
         self._partial = True
         return self
 
     # Defaults until set: a listed handle sets none of these, __init__ only the first three.
-    _live: Live | None = None
+    _live: LiveTask | None = None
     _text: str | None = None  # a finished record's text, not parsed yet (see refresh)
+    _final: dict[str, Any] | None = None  # the record once a current read saw it finished
     cached: bool = False
     _parent: TaskResult | GroupResult | None = None
     _value: Any = MISSING
@@ -85,10 +104,10 @@ class TaskResult:
 
     # ------------------------------------------------------------------ loading
 
-    def _source(self) -> Live | None:
+    def _source(self) -> LiveTask | None:
         live = self._live
         if live is None:
-            live = self._app._store.live.get(self.id)
+            live = self._app.live(self.id)
         return live
 
     def refresh(self) -> TaskResult:
@@ -98,36 +117,57 @@ class TaskResult:
             self._live = live
             self._rec = dict(live.rec)
             self._text, self._partial = None, False
-        else:
-            store = self._app._store
-            fields, text = store.read_listed(self.id)
-            if fields["status"] in _FINISHED_NAMES:
-                # The listing fields now; the record's text is parsed when it is wanted.
-                self._rec, self._text, self._partial = fields, text, True
-                return self
-            rec = parse_record(text, "t:" + self.id, store.path)
-            if not owner_alive(rec.get("owner")):
-                store.sweep()
-                rec = store.read_record(self.id)
-            self._rec, self._text, self._partial = rec, None, False
+            return self
+        fields, text = self._app.read_listed(self.id)
+        if fields["status"] in _FINISHED_NAMES:
+            # The listing fields now; the record's text is parsed when it is wanted.
+            self._rec, self._text, self._partial = fields, text, True
+            return self
+        self._rec = self._app.read_record(self.id, text)
+        self._text, self._partial = None, False
         return self
 
     @property
     def _full(self) -> dict[str, Any]:
-        """The whole record: parsed now from the text read with the listing fields, or read
-        now if this handle came from a listing."""
+        """The whole snapshot record: parsed now from the text read with the listing fields,
+        or read now if this handle came from a listing."""
         if self._partial:
             if self._text is None:
                 self.refresh()
             if self._text is not None:
-                rec = parse_record(self._text, "t:" + self.id, self._app._store.path)
+                rec = self._app.read_record(self.id, self._text)
                 self._rec, self._text, self._partial = rec, None, False
         return self._rec
+
+    def _now(self, full: bool = True) -> dict[str, Any]:
+        """The record as it is now, for the fields that are current on every read (``full``:
+        more than the listing's status and progress are wanted)."""
+        live = self._source()
+        if live is not None:
+            self._live = live
+            return live.rec
+        if self._rec.get("status") in _FINISHED_NAMES:
+            # A finished task's record never changes again.
+            return self._full if full else self._rec
+        if "damaged" in self._rec:
+            return self._rec  # a listing's damaged row: status says why, for this record only
+        final = self._final
+        if final is not None:
+            return final
+        rec = self._app.read_record(self.id)
+        if rec["status"] in _FINISHED_NAMES:
+            self._final = rec
+        return rec
 
     async def arefresh(self) -> TaskResult:
         return await asyncio.to_thread(self.refresh)
 
     # ------------------------------------------------------------------ fields
+
+    @property
+    def app(self) -> Results:
+        """The App this handle reads through (Celery's ``AsyncResult.app``)."""
+        return self._app
 
     @property
     def task_name(self) -> str:
@@ -136,14 +176,15 @@ class TaskResult:
     @property
     def task(self) -> Task | None:
         """The Task registered under ``task_name`` on this App, else None."""
-        return self._app._registry.get(self.task_name)
+        return self._app.registered(self.task_name)
 
     @property
     def status(self) -> TaskStatus:
+        rec = self._now(full=False)
         try:
-            return _STATUS[self._rec["status"]]
+            return _STATUS[rec["status"]]
         except KeyError:  # a listing's DAMAGED row: say why, for this record only
-            raise damaged("t:" + self.id, self._app._store.path, self._rec["damaged"]) from None
+            raise StoreError(rec["damaged"]) from None
 
     @property
     def enqueued_at(self) -> datetime | None:
@@ -168,7 +209,7 @@ class TaskResult:
             if live is not None and live.args is not MISSING:
                 self._args = list(live.args)
             else:
-                self._args = self._decode("args")
+                self._args = self._decode("args", self._full)
         return self._args  # type: ignore[no-any-return]
 
     @property
@@ -178,7 +219,7 @@ class TaskResult:
             if live is not None and live.kwargs is not MISSING:
                 self._kwargs = dict(live.kwargs)
             else:
-                self._kwargs = self._decode("kwargs")
+                self._kwargs = self._decode("kwargs", self._full)
         return self._kwargs  # type: ignore[no-any-return]
 
     @property
@@ -199,30 +240,42 @@ class TaskResult:
         return list(self._full.get("worker_ids") or [])
 
     @property
+    def parent_id(self) -> str | None:
+        """The task that submitted this one, or the previous link of its chain (Celery)."""
+        return self._full.get("parent_id")
+
+    @property
+    def root_id(self) -> str:
+        """The first task of this one's line: its own id if nothing submitted it (Celery)."""
+        return self._full.get("root_id") or self.id  # type: ignore[no-any-return]
+
+    @property
     def metadata(self) -> dict[str, Any]:
-        return dict(self._full.get("metadata") or {})
+        return dict(self._now().get("metadata") or {})
 
     meta = metadata
 
     @property
     def state(self) -> str:
-        return self._full.get("state") or self._rec["status"]  # type: ignore[no-any-return]
+        rec = self._now()
+        return rec.get("state") or rec["status"]  # type: ignore[no-any-return]
 
     @property
     def result(self) -> Any:
         """While running: the ``meta`` of the last ``update_state``; when finished: the return
         value (None if the task did not succeed)."""
-        if self._rec["status"] == "SUCCESSFUL":
-            return self.return_value
-        return self._full.get("result")
+        rec = self._now()
+        if rec["status"] == "SUCCESSFUL":
+            return self._return_value(rec)
+        return rec.get("result")
 
     @property
     def progress(self) -> Progress | None:
-        return Progress.from_json(self._rec.get("progress"))
+        return Progress.from_json(self._now(full=False).get("progress"))
 
     @property
     def output(self) -> str:
-        return self._full.get("output") or ""  # type: ignore[no-any-return]
+        return self._now().get("output") or ""  # type: ignore[no-any-return]
 
     @property
     def reason(self) -> str | None:
@@ -231,7 +284,7 @@ class TaskResult:
 
     @property
     def is_finished(self) -> bool:
-        return self._rec["status"] in _FINISHED_NAMES
+        return self._now(full=False)["status"] in _FINISHED_NAMES
 
     @property
     def attempts(self) -> int:
@@ -251,33 +304,47 @@ class TaskResult:
 
     @property
     def return_value(self) -> Any:
-        """The return value if SUCCESSFUL; else raises ResultNotReady, TaskFailed,
-        TaskCancelled or TaskInterrupted."""
-        status = self._rec["status"]
-        if status == "SUCCESSFUL":
-            if self._value is MISSING:
-                live = self._live
-                if live is not None and live.value is not MISSING:
-                    self._value = live.value
-                else:
-                    self._value = self._decode("rv")
-            return self._value
-        name = f"task {self.task_name}[{self.id}]"
-        if status == "FAILED":
-            err = self.errors[-1] if self.errors else None
-            what = f"{err.exception_class_path}: {err.message}" if err else "unknown error"
-            cause = self._exception()
-            raise TaskFailed(f"{name} failed: {what}") from cause
-        if status == "CANCELLED":
-            raise TaskCancelled(f"{name} was cancelled: {self.reason or 'cancelled'}")
-        if status == "INTERRUPTED":
-            raise TaskInterrupted(
-                f"{name} was interrupted: {self.reason or 'its process ended'}; submit it again"
-            )
-        raise ResultNotReady(f"{name} is {status}; wait() for it or check is_finished")
+        """The return value if SUCCESSFUL; else raises ResultNotReady, TaskFailed (the task's
+        own exception as its ``__cause__`` where it can be restored), TaskCancelled or
+        TaskInterrupted (django-tasks)."""
+        rec = self._now()
+        if rec["status"] == "SUCCESSFUL":
+            return self._return_value(rec)
+        if rec["status"] == "FAILED":
+            raise self._failed(rec) from self._exception(rec)
+        raise self._not_returned(rec)
 
-    def _decode(self, field: str) -> Any:
-        enc = self._full.get(field)
+    def _return_value(self, rec: dict[str, Any]) -> Any:
+        if self._value is MISSING:
+            live = self._live
+            if live is not None and live.value is not MISSING:
+                self._value = live.value
+            else:
+                self._value = self._decode("rv", rec)
+        return self._value
+
+    def _failed(self, rec: dict[str, Any]) -> TaskFailed:
+        errors = rec.get("errors") or []
+        err = TaskError.from_json(errors[-1]) if errors else TaskError("", "", "unknown error")
+        what = f"{err.exception_class_path}: {err.message}" if errors else "unknown error"
+        text = f"task {self.task_name}[{self.id}] failed: {what}"
+        return TaskFailed(text, err.exception_class_path, err.traceback, err.message)
+
+    def _not_returned(self, rec: dict[str, Any]) -> Exception:
+        """ResultNotReady, TaskCancelled or TaskInterrupted for a task that did not finish
+        with a value or an exception."""
+        name = f"task {self.task_name}[{self.id}]"
+        status, reason = rec["status"], rec.get("reason")
+        if status == "CANCELLED":
+            return TaskCancelled(f"{name} was cancelled: {reason or 'cancelled'}")
+        if status == "INTERRUPTED":
+            return TaskInterrupted(
+                f"{name} was interrupted: {reason or 'its process ended'}; submit it again"
+            )
+        return ResultNotReady(f"{name} is {status}; wait() for it or check is_finished")
+
+    def _decode(self, field: str, rec: dict[str, Any]) -> Any:
+        enc = rec.get(field)
         if enc is None:
             return None
         if "u" in enc:
@@ -285,17 +352,41 @@ class TaskResult:
                 f"the {field} of task {self.task_name}[{self.id}] could not be pickled "
                 f"({enc['u']}), so only the process that ran it had it"
             )
-        return self._app._store.decode_value(enc, f"the {field} of task {self.id}")
+        return self._app.decode(enc, f"the {field} of task {self.id}")
 
-    def _exception(self) -> BaseException | None:
-        enc = self._full.get("exc")
+    def _exception(self, rec: dict[str, Any]) -> BaseException | None:
+        """What the task raised, restored (a new object each time), with its own traceback
+        text chained as ``__cause__`` (as ``concurrent.futures.process`` does); None where it
+        cannot be restored (not pickled, class not importable, signature not trusted)."""
+        enc = rec.get("exc")
         if not enc:
             return None
         try:
-            exc = self._app._store.decode_value(enc, f"the exception of task {self.id}")
+            exc = self._app.decode(enc, f"the exception of task {self.id}")
         except Exception:
             return None
-        return exc if isinstance(exc, BaseException) else None
+        if not isinstance(exc, BaseException):
+            return None
+        errors = rec.get("errors") or []
+        if errors and errors[-1].get("tb"):
+            exc.__cause__ = RemoteTraceback(errors[-1]["tb"])
+        return exc
+
+    def _outcome(self, propagate: bool) -> Any:
+        """A finished task's return value, or what it raised (raised, or returned if not
+        ``propagate``)."""
+        rec = self._now()
+        if rec["status"] == "SUCCESSFUL":
+            return self._return_value(rec)
+        error: BaseException
+        if rec["status"] == "FAILED":
+            restored = self._exception(rec)
+            error = restored if restored is not None else self._failed(rec)
+        else:
+            error = self._not_returned(rec)
+        if not propagate:
+            return error
+        raise error
 
     # ------------------------------------------------------------------ waiting
 
@@ -309,12 +400,11 @@ class TaskResult:
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.005
         while True:
-            self.refresh()
-            if self.is_finished:
+            if self.refresh()._rec["status"] in _FINISHED_NAMES:  # the snapshot just read
                 return self
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"task {self.task_name}[{self.id}] did not finish in {timeout}s")
-            live = self._app._store.live.get(self.id)
+            live = self._app.live(self.id)
             if live is not None:  # it became ours (e.g. adopted): wait on the event
                 return self.wait(None if deadline is None else deadline - time.monotonic())
             time.sleep(
@@ -322,41 +412,47 @@ class TaskResult:
             )
             delay = min(delay * 2, 0.1)
 
-    def get(self, timeout: float | None = None) -> Any:
-        """``wait()`` then ``return_value``."""
-        return self.wait(timeout).return_value
+    def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
+        """``wait()``, then the return value. A failed task raises what it raised (restored,
+        its traceback text as ``__cause__``), or ``TaskFailed`` where that cannot be restored;
+        CANCELLED / INTERRUPTED raise ``TaskCancelled`` / ``TaskInterrupted``.
+        ``propagate=False`` returns the exception instead of raising it (Celery)."""
+        return self.wait(timeout)._outcome(propagate)
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._await().__await__()
 
     async def _await(self) -> Any:
+        """``await result``: as ``get()``, without blocking the event loop."""
         live = self._source()
         if live is None:
-            while not self.refresh().is_finished:
+            while self.refresh()._rec["status"] not in _FINISHED_NAMES:
                 await asyncio.sleep(0.02)
-            return self.return_value
+            return self._outcome(True)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
 
-        def wake(_: Live) -> None:
+        def wake(_: LiveTask) -> None:
             loop.call_soon_threadsafe(_resolve, fut)
 
         live.callbacks.append(wake)
         if not live.finished:
             await fut
-        return self.refresh().return_value
+        return self.refresh()._outcome(True)
 
     async def aget_metadata(self) -> dict[str, Any]:
         return await asyncio.to_thread(self.get_metadata)
 
     def get_metadata(self) -> dict[str, Any]:
         """The stored metadata, fresh from the store (Mognet)."""
-        return dict(self._app._store.get_record(self.id).get("metadata") or {})
+        live = self._app.live(self.id)
+        rec = live.rec if live is not None else self._app.read_record(self.id)
+        return dict(rec.get("metadata") or {})
 
     def cancel(self) -> bool:
         """READY: it never runs. RUNNING: threads stop at their next progress() or
         check_cancelled(); processes are terminated. False once finished."""
-        done = self._app._runtime.cancel(self.id)
+        done = self._app.cancel(self.id)
         self.refresh()
         return done
 
@@ -386,7 +482,8 @@ class TaskResult:
         return views.mimebundle(self, include, exclude)
 
     def __reduce__(self) -> Any:
-        return (_restore_result, (self._app._store.path, self.id))
+        """(app, id): the app pickles as a reference to its store (see ``_ports``)."""
+        return (_restore_result, (self._app, self.id))
 
     def __copy__(self) -> TaskResult:
         """A handle on the same task in the same App (no store is opened)."""
@@ -395,6 +492,9 @@ class TaskResult:
         new._rec = dict(self._rec)
         return new
 
+
+#: Celery's name for the handle class: ``nbtasks.AsyncResult(task_id, app=None)``.
+AsyncResult = TaskResult
 
 _FINISHED_NAMES = frozenset(s.value for s in FINISHED)
 _STATUS = {s.value: s for s in TaskStatus}
@@ -405,20 +505,18 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-#: Set by ``_app`` at import: the App to use for a store path when a TaskResult is unpickled
-#: (injected, so that this module does not import the App).
-app_for_store: Any = None
+def _restore_result(app: Results, task_id: str) -> TaskResult:
+    return app.result(task_id)
 
 
-def _restore_result(store: Any, task_id: str) -> TaskResult:
-    result: TaskResult = app_for_store(store).result(task_id)
-    return result
+def _restore_group(app: Results, group_id: str) -> GroupResult:
+    return app.group_result(group_id)
 
 
 class GroupResult:
     """The results of a group, map, starmap, chunks or a chord's header, in order."""
 
-    def __init__(self, app: App, group_id: str, results: list[TaskResult]) -> None:
+    def __init__(self, app: Results, group_id: str, results: list[TaskResult]) -> None:
         self._app = app
         self.id = group_id
         self.results = results
@@ -444,10 +542,11 @@ class GroupResult:
             r.wait(left)
         return self
 
-    def get(self, timeout: float | None = None) -> list[Any]:
-        """The return values in order; raises the first failure's TaskFailed."""
+    def get(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
+        """The return values in order; raises what the first failed member raised (as
+        ``TaskResult.get``); ``propagate=False``: that member's exception in its place."""
         self.wait(timeout)
-        return [r.return_value for r in self.results]
+        return [r._outcome(propagate) for r in self.results]
 
     def __await__(self) -> Generator[Any, None, list[Any]]:
         async def _all() -> list[Any]:
@@ -480,6 +579,9 @@ class GroupResult:
 
     def cancel(self) -> bool:
         return any([r.cancel() for r in self.results])
+
+    def __reduce__(self) -> Any:
+        return (_restore_group, (self._app, self.id))
 
     def __repr__(self) -> str:
         counts = " ".join(f"{k}={v}" for k, v in sorted(self.counts().items()))

@@ -91,7 +91,7 @@ class Runtime:
     ) -> Job:
         """Validate the arguments and encode the READY record (nothing is stored yet)."""
         if check and not chunk:
-            task._check_args(args, kwargs)
+            task.check_args(args, kwargs)
         tid = task_id or new_id()
         store = self.store
         try:
@@ -144,6 +144,7 @@ class Runtime:
             eta=to_datetime(opts.eta),
             expires=to_datetime(opts.expires),
             parent_id=rec.get("parent_id"),
+            root_id=rec.get("root_id") or tid,
         )
         job = Job(live, task, args, kwargs, request, opts, chunk=chunk)
         if opts.executor == "process":  # the task itself must pickle too: fail before storing
@@ -385,7 +386,7 @@ def _unpicklable_argument(
 ) -> str:
     """A TypeError message naming the argument that cannot be pickled, and its type."""
     try:
-        named = list(task._signature.bind_partial(*args, **kwargs).arguments.items())
+        named = list(task.call_signature.bind_partial(*args, **kwargs).arguments.items())
     except (TypeError, AttributeError):
         named = [*((f"#{i}", a) for i, a in enumerate(args)), *kwargs.items()]
     found = find_unpicklable(named)

@@ -1,113 +1,33 @@
-"""``Task``, the decorator's options, ``Signature`` and the canvas (chain, group, chord).
+"""``Task``, a submit's options resolved, ``Signature`` and the canvas (chain, group, chord).
 
-Everything here validates and describes; submitting is the App's job (``app._submit``).
+Everything here validates and describes; submitting is the job of ``task.app``, through the
+``_ports.Submitter`` seam (the App, or the worker-side app of a process task).
 """
 
 from __future__ import annotations
 
 import inspect
-import math
-import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from ._codec import code_hash
 from ._errors import NbtasksError
-from ._model import (
-    CURRENT,
-    Metadata,
-    Options,
-    Request,
-    as_metadata,
-    check_executor,
-    check_text,
-    to_timestamp,
+from ._model import CURRENT, Metadata, Options, Request, as_metadata, check_text, to_timestamp
+from ._options import (
+    CALL_OPTIONS,
+    INHERITED,
+    check_name,
+    check_task_options,
+    integer,
+    seconds,
+    when,
 )
 
 if TYPE_CHECKING:
-    from ._app import App
     from ._context import Context
+    from ._ports import AppPort
     from ._result import GroupResult, TaskResult
-
-#: The options a task takes at declaration and (all of them) per call.
-TASK_OPTIONS = frozenset(
-    {
-        "name",
-        "bind",
-        "executor",
-        "retries",
-        "max_retries",
-        "retry_backoff",
-        "retry_on",
-        "timeout",
-        "soft_timeout",
-        "priority",
-        "cache",
-        "cache_ttl",
-        "detach",
-        "expires",
-        "shadow_name",
-    }
-)
-#: The options a submit takes from the task unless the call gives them.
-_INHERITED = (
-    "executor",
-    "retries",
-    "retry_backoff",
-    "retry_on",
-    "timeout",
-    "soft_timeout",
-    "priority",
-    "cache",
-    "cache_ttl",
-    "detach",
-)
-CALL_OPTIONS = frozenset(
-    TASK_OPTIONS - {"name", "bind"}
-    | {"countdown", "eta", "link", "link_error", "metadata", "task_id"}
-)
-
-
-# --------------------------------------------------------------------------- validation
-
-
-_MAX_SECONDS = 100 * 365.25 * 86400  # longer countdowns overflow datetimes and thread waits
-
-
-def _number(value: Any, argument: str, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{argument} must be a number of seconds, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{argument}={value!r} must be a finite number of seconds")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(f"{argument}={value!r} must be {'> 0' if positive else '>= 0'} seconds")
-    if value > _MAX_SECONDS:
-        raise ValueError(f"{argument}={value!r} is more than 100 years; give a shorter time")
-    return value
-
-
-def _int(value: Any, argument: str, *, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{argument} must be an int, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{argument}={value!r} must be >= {minimum}")
-    return value
-
-
-def _bool(value: Any, argument: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{argument} must be True or False, got {value!r}")
-    return value
-
-
-def _exc_classes(value: Any, argument: str) -> tuple[type[BaseException], ...]:
-    items = value if isinstance(value, tuple | list) else (value,)
-    for item in items:
-        if not (isinstance(item, type) and issubclass(item, BaseException)):
-            raise TypeError(f"{argument} must be exception classes, got {item!r}")
-    return tuple(items)
 
 
 def _signatures(value: Any, argument: str) -> list[Signature]:
@@ -120,62 +40,6 @@ def _signatures(value: Any, argument: str) -> list[Signature]:
                 f"{argument} takes a Signature (task.s(...)) or a list of them, got {item!r}"
             )
     return list(items)
-
-
-def _when(value: Any, argument: str, now: float) -> float:
-    """``expires``: seconds from now or an aware datetime -> an epoch time."""
-    if isinstance(value, datetime):
-        return to_timestamp(value, argument)
-    if isinstance(value, timedelta):
-        return now + _number(value.total_seconds(), argument)
-    return now + _number(value, argument)
-
-
-def _check_name(value: Any) -> str:
-    """A task name: a non-empty str (TypeError) that UTF-8 can hold (ValueError: it is a column
-    of the store, and SQLite takes UTF-8 only)."""
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"name must be a non-empty str, got {value!r}")
-    return check_text(value, "name")
-
-
-def check_task_options(options: Mapping[str, Any], where: str = "task") -> dict[str, Any]:
-    """Validate declaration options; returns them normalised (``max_retries`` -> ``retries``)."""
-    out: dict[str, Any] = {}
-    for key, value in options.items():
-        if key not in TASK_OPTIONS:
-            raise TypeError(
-                f"{where}() got an unknown option {key!r}; the options are "
-                f"{', '.join(sorted(TASK_OPTIONS))}"
-            )
-        if value is None and key not in ("name", "timeout", "soft_timeout", "cache_ttl"):
-            continue
-        if key == "name":
-            if value is not None:
-                _check_name(value)
-        elif key in ("bind", "cache", "detach"):
-            _bool(value, key)
-        elif key == "executor":
-            check_executor(value)
-        elif key in ("retries", "max_retries"):
-            key = "retries"
-            _int(value, "retries", minimum=0)
-        elif key == "retry_backoff":
-            value = _number(value, key)
-        elif key == "retry_on":
-            value = _exc_classes(value, key)
-        elif key in ("timeout", "soft_timeout", "cache_ttl"):
-            if value is not None:
-                value = _number(value, key, positive=key != "cache_ttl")
-        elif key == "priority":
-            _int(value, key)
-        elif key == "expires":
-            if not isinstance(value, datetime | timedelta):
-                _number(value, key)
-        elif key == "shadow_name" and not isinstance(value, str):
-            raise TypeError(f"shadow_name must be a str, got {value!r}")
-        out[key] = value
-    return out
 
 
 # --------------------------------------------------------------------------- Task
@@ -196,7 +60,6 @@ class Task:
     # Option defaults: those of _model.Options, the one place they are written.
     executor: str = _DEFAULTS.executor
     retries: int = _DEFAULTS.retries
-    max_retries: ClassVar[int | None] = None  # Celery's spelling of `retries`, on a class
     retry_backoff: float = _DEFAULTS.retry_backoff
     retry_on: tuple[type[BaseException], ...] = _DEFAULTS.retry_on
     timeout: float | None = _DEFAULTS.timeout
@@ -208,20 +71,23 @@ class Task:
     expires: float | datetime | None = _DEFAULTS.expires
     shadow_name: str | None = None
 
-    app: App
+    app: AppPort
     _fn: Callable[..., Any] | None = None
     _default_options: Options | None = None  # delay()'s options, resolved on first use
 
     # ------------------------------------------------------------------ set-up
 
-    def _setup(self, app: App, fn: Callable[..., Any] | None, options: dict[str, Any]) -> None:
+    def attach(self, app: AppPort, fn: Callable[..., Any] | None, options: dict[str, Any]) -> None:
+        """Make this the task of ``app`` running ``fn`` (None: ``run``) with ``options``
+        (validated): what ``App.task`` and ``App.register`` do."""
         if "name" in options:  # again: app.register() takes a class's `name` unchecked
-            _check_name(options["name"])
+            check_name(options["name"])
         self.app = app
         self._fn = fn
         self._default_options = None
-        if type(self).max_retries is not None and "retries" not in options:
-            self.retries = check_task_options({"retries": type(self).max_retries})["retries"]
+        declared = type(self).max_retries  # a class-based task's `max_retries = 3`
+        if not isinstance(declared, property) and declared is not None and "retries" not in options:
+            self.retries = check_task_options({"retries": declared})["retries"]
         for key, value in options.items():
             setattr(self, key, value)
         if self.detach and self.executor != "process":
@@ -247,12 +113,43 @@ class Task:
         )
 
     @property
+    def max_retries(self) -> int:
+        """Celery's name for the ``retries`` option (a subclass may set it as a class attribute)."""
+        return self.retries
+
+    def adopt(self, app: AppPort) -> None:
+        """Give a Task unpickled without its App (``__reduce__`` leaves it behind) to ``app``,
+        keeping its options: how a worker's submit becomes the owning App's."""
+        self.attach(app, self._fn, {"retries": self.retries})
+
+    @property
     def code_hash(self) -> str:
         if self._code_hash is None:
             self._code_hash = code_hash(self._fn if self._fn is not None else type(self))
         return self._code_hash
 
-    def _invoke(self, ctx: Context, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+    @property
+    def function(self) -> Callable[..., Any] | None:
+        """The decorated function (None for a class-based task, whose code is ``run``)."""
+        return self._fn
+
+    @property
+    def is_async(self) -> bool:
+        """True for an ``async def`` task."""
+        return self._is_async
+
+    @property
+    def call_signature(self) -> inspect.Signature:
+        """The signature callers pass arguments to (without ``self`` or the Context)."""
+        return self._signature
+
+    @property
+    def hooks(self) -> frozenset[str]:
+        """The names of the hooks this task overrides (the base class's do nothing)."""
+        return self._hooks
+
+    def invoke(self, ctx: Context, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        """Call the task's code for one attempt, giving it ``ctx`` as it asked for it."""
         target = self._target
         if self._ctx_param:
             return target(ctx, *args, **kwargs)
@@ -260,7 +157,8 @@ class Task:
             return target(self, *args, **kwargs)
         return target(*args, **kwargs)
 
-    def _check_args(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    def check_args(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """TypeError naming the task and its signature unless the arguments fit it."""
         fast = self._fast_check
         if fast is not None:  # plain parameters: a few comparisons instead of Signature.bind
             names, required = fast
@@ -364,7 +262,7 @@ class Task:
 
     def delay(self, *args: Any, **kwargs: Any) -> TaskResult:
         """Submit; returns the TaskResult once the READY record is committed."""
-        return self.app._submit(self, args, kwargs, {})
+        return self.app.submit_call(self, args, kwargs, {})
 
     def apply_async(
         self,
@@ -374,7 +272,7 @@ class Task:
     ) -> TaskResult:
         """Submit with options: task_id, countdown, eta, expires, priority, link, link_error,
         metadata, executor, timeout, retries and every task option."""
-        return self.app._submit(self, *_args_kwargs(args, kwargs), options)
+        return self.app.submit_call(self, *_args_kwargs(args, kwargs), options)
 
     def apply(
         self,
@@ -390,15 +288,10 @@ class Task:
         options: dict[str, Any] = {"executor": "inline", "metadata": metadata}
         if task_id is not None:
             options["task_id"] = task_id
-        result = self.app._submit(self, a, kw, options)
+        result = self.app.submit_call(self, a, kw, options)
         result.refresh()
         if throw and result.status.value == "FAILED":
-            try:
-                result.return_value  # noqa: B018 - raises TaskFailed from the original
-            except NbtasksError as exc:
-                if exc.__cause__ is not None:
-                    raise exc.__cause__ from None  # Celery's apply(throw=True): the task's own
-                raise
+            result.get()  # Celery's apply(throw=True): raises what the task raised
         return result
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
@@ -419,7 +312,7 @@ class Task:
 
     def map(self, iterable: Iterable[Any], **options: Any) -> GroupResult:
         """One task per item: ``f(item)``."""
-        return self.app._submit_many(self, [((x,), {}) for x in iterable], options)
+        return self.app.submit_many(self, [((x,), {}) for x in iterable], options)
 
     def starmap(self, iterable: Iterable[Sequence[Any]], **options: Any) -> GroupResult:
         """One task per item: ``f(*item)``."""
@@ -428,23 +321,23 @@ class Task:
             if not isinstance(item, Sequence) or isinstance(item, str | bytes):
                 raise TypeError(f"starmap items must be tuples of arguments, got {item!r}")
             calls.append((tuple(item), {}))
-        return self.app._submit_many(self, calls, options)
+        return self.app.submit_many(self, calls, options)
 
     def chunks(self, iterable: Iterable[Sequence[Any]], n: int, **options: Any) -> GroupResult:
         """Celery's chunks: one task per chunk of at most ``n`` argument tuples."""
-        _int(n, "n", minimum=1)
+        integer(n, "n", minimum=1)
         items = []
         for item in iterable:
             if not isinstance(item, Sequence) or isinstance(item, str | bytes):
                 raise TypeError(f"chunks items must be tuples of arguments, got {item!r}")
-            self._check_args(tuple(item), {})
+            self.check_args(tuple(item), {})
             items.append(list(item))
         parts = [(items[i : i + n],) for i in range(0, len(items), n)]
-        return self.app._submit_many(self, [(p, {}) for p in parts], options, chunk=True)
+        return self.app.submit_many(self, [(p, {}) for p in parts], options, chunk=True)
 
     def create_request(self, *args: Any, **kwargs: Any) -> Request:
         """Mognet: a Request to fill (``req.metadata[...] = ...``) and pass to ``app.submit``."""
-        self._check_args(args, kwargs)
+        self.check_args(args, kwargs)
         return Request(task_name=self.name or "", args=list(args), kwargs=dict(kwargs))
 
 
@@ -527,7 +420,7 @@ def _resolve(task: Task, call: Mapping[str, Any], now: float) -> tuple[Options, 
         check_text(task_id, "task_id")  # a key in the store: UTF-8 only
     extras["task_id"] = task_id
     over = check_task_options(call, "apply_async")
-    merged = {key: getattr(task, key) for key in _INHERITED}
+    merged = {key: getattr(task, key) for key in INHERITED}
     expires = over.pop("expires", task.expires)
     over.pop("shadow_name", None)
     merged.update(over)
@@ -539,14 +432,14 @@ def _resolve(task: Task, call: Mapping[str, Any], now: float) -> tuple[Options, 
         raise ValueError("give countdown or eta, not both")
     start: float | None = None
     if countdown is not None:
-        start = now + _number(countdown, "countdown")
+        start = now + seconds(countdown, "countdown")
     elif eta is not None:
         if not isinstance(eta, datetime):
             raise TypeError(f"eta must be a timezone-aware datetime, got {eta!r}")
         start = to_timestamp(eta, "eta")
     opts = Options(
         **merged,
-        expires=None if expires is None else _when(expires, "expires", now),
+        expires=None if expires is None else when(expires, "expires", now),
         eta=start,
         link=link,
         link_error=link_error,
@@ -603,7 +496,9 @@ class Signature:
         self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
     ) -> TaskResult:
         sig = self.clone(args, kwargs)
-        return self.task.app._submit(self.task, sig.args, sig.kwargs, {**sig.options, **options})
+        return self.task.app.submit_call(
+            self.task, sig.args, sig.kwargs, {**sig.options, **options}
+        )
 
     def delay(self, *args: Any, **kwargs: Any) -> TaskResult:
         return self.apply_async(args, kwargs)
@@ -635,7 +530,7 @@ class group:
         return f"group({', '.join(map(repr, self.tasks))})"
 
     def apply_async(self, **options: Any) -> GroupResult:
-        return self.tasks[0].task.app._submit_canvas([self], options)  # type: ignore[return-value]
+        return self.tasks[0].task.app.submit_canvas([self], options)  # type: ignore[return-value]
 
     def delay(self) -> GroupResult:
         return self.apply_async()
@@ -669,12 +564,12 @@ class chain:
     def __or__(self, other: Any) -> chain:
         return chain(self, other)
 
-    def _app(self) -> App:
+    def _app(self) -> AppPort:
         first = self.tasks[0]
         return (first.tasks[0] if isinstance(first, group) else first).task.app
 
     def apply_async(self, **options: Any) -> TaskResult | GroupResult:
-        return self._app()._submit_canvas(self.tasks, options)
+        return self._app().submit_canvas(self.tasks, options)
 
     def delay(self) -> TaskResult | GroupResult:
         return self.apply_async()
@@ -694,7 +589,7 @@ class chord:
     def apply_async(self, **options: Any) -> TaskResult:
         if not isinstance(self.body, Signature):
             raise TypeError("chord() needs a callback signature: chord(header, task.s())")
-        return self.body.task.app._submit_canvas([self.header, self.body], options)  # type: ignore[return-value]
+        return self.body.task.app.submit_canvas([self.header, self.body], options)  # type: ignore[return-value]
 
     def delay(self) -> TaskResult:
         return self.apply_async()

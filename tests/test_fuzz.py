@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 import nbtasks
 from nbtasks import _cli
 from nbtasks._model import MAX_DEPTH, TaskStatus
-from nbtasks._task import CALL_OPTIONS
+from nbtasks._options import CALL_OPTIONS
 
 FUZZ = settings(
     max_examples=120,

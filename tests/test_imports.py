@@ -74,11 +74,17 @@ ROWS: dict[str, set[str]] = {
     "_context": {"store", "_codec", "_model", "_errors"},
     "_attempt": {"_context", "store", "_codec", "_model", "_errors"},
     "_supervisor": set(),  # types only (TYPE_CHECKING): the clock, attempts and the store
-    "executors": _EXECUTORS_ROW,
+    # The worker-side app (executors.process.child_app) implements both seams for real: its
+    # handles are the usual ones.
+    "executors": _EXECUTORS_ROW | {"_ports", "_result"},
+    "_ports": set(),  # the seams: Protocols (their types only under TYPE_CHECKING)
     "_runtime": _EXECUTORS_ROW | {"_context"},
-    "_task": {"_codec", "_model", "_errors"},
-    "_result": {"store", "_codec", "_model", "_errors", "_text"},
+    "_options": {"_model", "_errors"},  # option names and their validation
+    "_task": {"_options", "_codec", "_model", "_errors"},
+    "_result": {"_ports", "_model", "_errors", "_text"},  # the store only through the seam
     "_app": {
+        "_ports",
+        "_options",
         "_errors",
         "_model",
         "_codec",
@@ -335,3 +341,156 @@ def test_import_nbtasks_is_lean() -> None:
     assert not [m for m in internal if m.startswith("nbtasks.views")]
     assert "nbtasks._magics" not in internal
     assert "nbtasks._kernel" not in internal
+
+
+# --------------------------------------------------------------------------- cycles
+
+
+#: Function-level imports that may close a cycle, as DESIGN.md allows: the view loads on a
+#: handle's first display (``TaskResult._repr_mimebundle_``, ``GroupResult``'s too), and the
+#: magics when IPython loads the extension.
+CYCLE_ALLOWED = {("_result", "views"), ("__init__", "_magics")}
+
+
+def _import_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for imp in ALL_IMPORTS:
+        if not imp.internal:
+            continue
+        src, dst = _row(imp.module), imp.target
+        if src == dst or (imp.lazy and (src, dst) in CYCLE_ALLOWED):
+            continue
+        graph.setdefault(src, set()).add(dst)
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle (its modules in order), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_the_package_has_no_import_cycles() -> None:
+    """Imports at any level (function-level ones too), but those under TYPE_CHECKING and the
+    lazy view and magics imports: no module reaches itself again."""
+    cycle = _cycle(_import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+    edges = {(i.module, i.target) for i in ALL_IMPORTS if i.internal and i.lazy}
+    assert ("_result", "views") in edges  # the allowed edge is really there
+
+
+# --------------------------------------------------------------------------- private names
+
+#: Third-party privates that nbtasks reads knowingly (each a documented workaround).
+THIRD_PARTY_PRIVATES = {
+    "_con",  # diskcache.Cache._con: the SQLite connection (queries diskcache has no API for)
+    "_disk",  # diskcache.Cache._disk: how a value is stored in a file
+    "_sql",  # diskcache.Cache._sql: its statement runner, under the store's own checks
+    "_exit",  # os._exit: a forked worker ends without running the parent's atexit handlers
+    "_shell_channel_io_loop",  # ipykernel's subshell manager (ipykernel 7: _kernel.py)
+    "_create_subshell",
+}
+
+
+@dataclass(frozen=True)
+class Reach:
+    module: str
+    name: str
+    line: int
+    text: str
+
+
+def _defined_names(tree: ast.AST) -> set[str]:
+    """The names a module defines itself: functions, classes, assigned names and attributes
+    (``self._x = ...``, class attributes, annotations) and ``__slots__`` entries."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__slots__" for t in node.targets
+        ):
+            names.update(
+                c.value
+                for c in ast.walk(node.value)
+                if isinstance(c, ast.Constant) and isinstance(c.value, str)
+            )
+    return names
+
+
+def private_reaches(path: Path, module: str | None = None) -> list[Reach]:
+    """Every ``x._name`` (x not ``self``/``cls``) whose ``_name`` the module does not define."""
+    tree = ast.parse(path.read_text(), str(path))
+    module = module or _module_name(path)
+    own = _defined_names(tree)
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        name = node.attr
+        if not name.startswith("_") or name.startswith("__") or name in own:
+            continue
+        if name.endswith("_"):
+            continue  # a protocol name of IPython's (``_repr_mimebundle_``), not a private
+        if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+            continue
+        found.append(Reach(module, name, node.lineno, ast.unparse(node)))
+    return found
+
+
+def test_no_module_touches_another_modules_private_names() -> None:
+    bad = [
+        f"{r.module}:{r.line} {r.text}"
+        for path in SOURCES
+        for r in private_reaches(path)
+        if r.name not in THIRD_PARTY_PRIVATES
+    ]
+    assert bad == [], "use a public name (or a seam in _ports) instead"
+
+
+def test_the_third_party_private_reaches_are_still_there() -> None:
+    """Drop an entry of the list once its reach is gone."""
+    seen = {(r.module, r.name) for path in SOURCES for r in private_reaches(path)}
+    assert THIRD_PARTY_PRIVATES - {name for _, name in seen} == set()
+
+
+def test_the_private_finder_sees_a_reach(tmp_path: Path) -> None:
+    (tmp_path / "m.py").write_text(
+        "class A:\n"
+        "    _slot = 0\n"
+        "    def f(self, other):\n"
+        "        self._own = 1\n"
+        "        return other._own, other._slot, other._theirs, self._x, cls_._y\n"
+    )
+    reaches = private_reaches(tmp_path / "m.py", "m")
+    assert [(r.name, r.text) for r in reaches] == [("_theirs", "other._theirs"), ("_y", "cls_._y")]

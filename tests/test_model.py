@@ -11,6 +11,7 @@ import pytest
 
 import nbtasks
 from nbtasks import _model
+from nbtasks._errors import TaskError
 from nbtasks._model import (
     FINISHED,
     MISSING,
@@ -19,7 +20,6 @@ from nbtasks._model import (
     Metadata,
     Progress,
     Request,
-    TaskError,
     TaskStatus,
     check_transition,
 )
@@ -184,6 +184,20 @@ def test_request_metadata_tuple_comes_back_as_a_list_when_stored() -> None:
     assert list(req.metadata["t"]) == [1, 2]
 
 
+def test_metadata_reads_as_json_at_once_however_it_is_set() -> None:
+    """A tuple reads back as a list in the process that set it, not only after a restart."""
+    m = Metadata({"a": (1, (2, 3))})
+    m["b"] = (4,)
+    m.update(c=({"d": (5,)},))
+    m |= {"e": ()}
+    assert m.setdefault("f", (6,)) == [6]
+    assert m == {"a": [1, [2, 3]], "b": [4], "c": [{"d": [5]}], "e": [], "f": [6]}
+    req = Request(task_name="t", args=[], kwargs={}, metadata={"t": (1, 2)})
+    req.meta = {"u": (3,)}
+    assert req.metadata == {"t": [1, 2], "u": [3]}
+    assert Request(task_name="t", args=[], kwargs={}).root_id is None
+
+
 # --------------------------------------------------------------------------- TaskError
 
 
@@ -201,6 +215,32 @@ def test_task_error_is_frozen() -> None:
     err = TaskError("builtins.ValueError", "tb")
     with pytest.raises(AttributeError):
         err.traceback = "other"  # type: ignore[misc]
+
+
+def test_task_error_is_the_base_of_task_failed_so_except_catches_it() -> None:
+    """``except nbtasks.TaskError`` is valid (django-tasks users write it) and catches the
+    TaskFailed that ``return_value`` raises, whose fields are the last failed attempt's."""
+    assert nbtasks.TaskError is TaskError and issubclass(nbtasks.TaskFailed, TaskError)
+    failed = nbtasks.TaskFailed(
+        "task t[1] failed: builtins.KeyError: 'k'", "builtins.KeyError", "tb", "'k'"
+    )
+    try:
+        raise failed
+    except nbtasks.TaskError as caught:
+        assert caught.exception_class is KeyError and caught.traceback == "tb"
+        assert str(caught) == "task t[1] failed: builtins.KeyError: 'k'"
+    assert str(TaskError("builtins.KeyError", "tb", "'k'")) == "builtins.KeyError: 'k'"
+    # Both pickle (they cross processes) with their fields.
+    import pickle
+
+    back = pickle.loads(pickle.dumps(failed))
+    assert (back.exception_class_path, back.traceback, back.message, str(back)) == (
+        "builtins.KeyError",
+        "tb",
+        "'k'",
+        str(failed),
+    )
+    assert pickle.loads(pickle.dumps(TaskError("x.Y", "tb", "m"))) == TaskError("x.Y", "tb", "m")
 
 
 # --------------------------------------------------------------------------- Progress

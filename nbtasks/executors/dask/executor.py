@@ -114,6 +114,7 @@ class DaskExecutor:
             head["priority"] = opts.priority
         if req.parent_id:
             head["parent_id"] = req.parent_id
+            head["root_id"] = req.root_id
         if job.chunk:
             head["chunk"] = True
         try:

@@ -67,7 +67,7 @@ class ChildRuntime:
         through fds 1 and 2 (see _read_available). Add it to the record before it is reported,
         as the task's own output is. Only for a task that has hooks."""
         attempt = job.attempt
-        if attempt is None or not getattr(job.task, "_hooks", None):
+        if attempt is None or not job.task.hooks:
             return
         self.worker.drain_output()
         fields = attempt.ctx.snapshot(self.clock.time())

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from ... import _ports as ports
 from ..._codec import dumps, loads
 from ..._errors import NbtasksError
 
@@ -20,8 +21,8 @@ if TYPE_CHECKING:
     from ...store import Store
     from .procs import WorkerProcess
 
-#: The App methods a task in a worker may have its parent run (the submits; see child_app).
-CALLS: Final = frozenset({"_submit", "_submit_many", "_submit_canvas", "submit"})
+#: The App methods a task in a worker may have its parent run: the Submitter seam's (child_app).
+CALLS: Final = ports.SUBMIT_METHODS
 
 
 class SubmitServer:
@@ -32,7 +33,7 @@ class SubmitServer:
     store: Store
 
     def _serve_call(self, proc: WorkerProcess, n: int, payload: bytes) -> None:
-        """A task running in ``proc`` submits tasks (``_worker._ChildApp``): this process's App
+        """A task running in ``proc`` submits tasks (``child_app._ChildApp``): this process's App
         builds, commits and runs them, as if they were submitted here, and the worker gets
         their records back, or the exception to raise. The tasks are the App's own when it has
         one of that name (as a Celery worker submits by name), else the pickled ones."""
@@ -60,25 +61,25 @@ def _owned(app: Any, method: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
     and its links' Signatures): see _own."""
     if method == "submit":  # a Request: the App finds its task by name
         return args
-    if method == "_submit_canvas":
+    if method == "submit_canvas":
         items, options = args
         for item in items:  # Signatures and groups (chains arrive flattened)
             for sig in getattr(item, "tasks", None) or [item]:
                 _own_signature(app, sig)
         _own_links(app, options)
         return args
-    task, *rest = args  # _submit(task, args, kwargs, options), _submit_many(task, calls, options)
+    task, *rest = args  # submit_call(task, args, kwargs, options), submit_many(task, calls, ...)
     _own_links(app, rest[-1])
     return (_own(app, task), *rest)
 
 
 def _own(app: Any, task: Any) -> Any:
-    """The App's task of that name, else the pickled one given what Task.__reduce__ left behind
-    (its App, and its signature, which checks the arguments)."""
-    registered = app._registry.get(task.name)
+    """The App's task of that name, else the pickled one given the App that Task.__reduce__
+    left behind (and its signature, which checks the arguments)."""
+    registered = app.registered(task.name)
     if registered is not None:
         return registered
-    task._setup(app, task._fn, {"retries": task.retries})
+    task.adopt(app)
     return task
 
 
@@ -100,7 +101,9 @@ def _describe(result: Any) -> tuple[Any, ...]:
     members = getattr(result, "results", None)
     if members is not None:
         return ("g", result.id, [_describe(r) for r in members])
-    return ("r", result.id, dict(result._full), result.cached)
+    live = result.app.live(result.id)  # submitted just now: this App owns it
+    rec = live.rec if live is not None else result.app.read_record(result.id)
+    return ("r", result.id, dict(rec), result.cached)
 
 
 def _pickled_error(exc: Exception) -> tuple[bytes, str]:

@@ -104,10 +104,10 @@ class _Unrunnable:
     def __init__(self, name: str, error: BaseException) -> None:
         self.name = name
         self._error = error
-        self._hooks: frozenset[str] = frozenset()
-        self._is_async = False
+        self.hooks: frozenset[str] = frozenset()
+        self.is_async = False
 
-    def _invoke(self, ctx: Any, args: Any, kwargs: Any) -> Any:
+    def invoke(self, ctx: Any, args: Any, kwargs: Any) -> Any:
         raise self._error
 
 
@@ -482,10 +482,10 @@ def _pickle_call(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
         error = exc
     what = "tasks"
     named: list[tuple[str, Any]] = []
-    if method in ("_submit", "_submit_many"):
-        # _submit(task, args, kwargs, options); _submit_many(task, [(args, kwargs)...], options)
+    if method in ("submit_call", "submit_many"):
+        # submit_call(task, args, kwargs, options); submit_many(task, [(args, kwargs)...], options)
         task, options = args[0], args[-1]
-        calls = [(args[1], args[2])] if method == "_submit" else args[1]
+        calls = [(args[1], args[2])] if method == "submit_call" else args[1]
         what = f"task {getattr(task, 'name', task)}"
         for a, kw in calls:
             named += [(f"argument {i}", v) for i, v in enumerate(a)]

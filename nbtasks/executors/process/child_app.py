@@ -3,81 +3,112 @@
 from __future__ import annotations
 
 import os
-import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..._model import FINISHED, Request, check_id
+from ... import _ports as ports
+from ..._model import CURRENT, FINISHED, Request, check_id
+from ..._result import GroupResult, TaskResult
+from ...store import parse_record
 
 if TYPE_CHECKING:
-    from ...store import Store
+    from ..._ports import LiveTask
     from .child import Worker
 
 
 class _ChildApp:
-    """``task.app`` in a worker process: the App that owns this worker, seen from here.
+    """``task.app`` in a worker process: the App that owns this worker, seen from here. It
+    implements both seams of ``_ports`` for real.
 
-    A task running here submits others as it would in the notebook (``delay``, ``apply_async``,
-    ``apply``, ``map``/``starmap``/``chunks``, chains, groups, chords, ``app.submit``). Each
-    submit goes to the parent process, whose App builds and commits the tasks through its usual
+    **Submitter.** A task running here submits others as it would in the notebook (``delay``,
+    ``apply_async``, ``apply``, ``map``/``starmap``/``chunks``, chains, groups, chords,
+    ``app.submit``). Each submit goes to the parent process, with the running task as the new
+    tasks' parent (``lineage``); the parent's App builds and commits the tasks through its usual
     path and runs them in its executors: it owns them (DESIGN principle 2), as if they had been
-    submitted there. The call returns once their READY records are committed, or raises what the
-    parent raised (a bad argument or option: the same TypeError or ValueError, nothing stored).
-    It returns the usual ``TaskResult``/``GroupResult``, over this process's store: they read
-    the records (``wait()``/``get()`` poll the store) and never write them; ``cancel()`` writes a
-    cancel request, which the owner acts on.
+    submitted there. The call returns once their READY records are committed, or raises what
+    the parent raised (a bad argument or option: the same TypeError or ValueError, nothing
+    stored).
+
+    **Results.** The handles it returns are the usual ``TaskResult``/``GroupResult`` over this
+    process's store: they read the records (``wait()``/``get()`` poll the store) and never write
+    them, nor sweep them: the tasks' owner is the App that runs this worker (it also owns a dead
+    worker's task until it records the outcome), so a record whose owner looks gone from here
+    is not this process's to mark. ``cancel()`` writes a cancel request, which the owner acts
+    on. No task is registered here: ``TaskResult.task`` is None.
     """
 
     def __init__(self, worker: Worker, name: str) -> None:
         self._worker = worker
         self.name = name
-        self._store = _ReadStore(worker.store)
-        self._registry: dict[str, Any] = {}  # TaskResult.task is None here
-        self._runtime = self  # TaskResult.cancel() calls app._runtime.cancel(id)
+        self._store = worker.store
+        # A handle unpickled here (a task's argument), or built by AsyncResult(id), reads
+        # through it: no App is made in a worker.
+        ports.register(self, default=True)
 
     def __repr__(self) -> str:
         return f"<nbtasks.App {self.name!r} seen from worker process {os.getpid()}>"
 
-    # The App's submit methods, as Task, Signature and the canvas classes call them.
+    def __reduce__(self) -> Any:
+        """As the App: a reference to the store (the notebook's App, where it is unpickled)."""
+        return (ports.app_for_store, (str(self._store.path),))
 
-    def _submit(
-        self, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
-    ) -> Any:
-        return self._call("_submit", (task, args, kwargs, options), {})
+    @property
+    def store_path(self) -> Path:
+        return self._store.path
 
-    def _submit_many(
-        self, task: Any, calls: Any, options: dict[str, Any], *, chunk: bool = False
-    ) -> Any:
-        return self._call("_submit_many", (task, calls, options), {"chunk": chunk})
+    # ------------------------------------------------------------------ the Submitter seam
 
-    def _submit_canvas(self, items: Any, options: dict[str, Any]) -> Any:
-        return self._call("_submit_canvas", (items, options), {})
+    def submit_call(
+        self,
+        task: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+        *,
+        lineage: ports.Lineage | None = None,
+    ) -> TaskResult:
+        call = (task, args, kwargs, options)
+        return self._call("submit_call", call, {"lineage": lineage or self._lineage()})
 
-    def submit(self, request: Request) -> Any:
+    def submit_many(
+        self,
+        task: Any,
+        calls: Any,
+        options: dict[str, Any],
+        *,
+        chunk: bool = False,
+        lineage: ports.Lineage | None = None,
+    ) -> GroupResult:
+        extra = {"chunk": chunk, "lineage": lineage or self._lineage()}
+        return self._call("submit_many", (task, calls, options), extra)
+
+    def submit_canvas(
+        self, items: Any, options: dict[str, Any], *, lineage: ports.Lineage | None = None
+    ) -> TaskResult | GroupResult:
+        return self._call(
+            "submit_canvas", (items, options), {"lineage": lineage or self._lineage()}
+        )
+
+    def submit(self, request: Request, *, lineage: ports.Lineage | None = None) -> TaskResult:
         """Mognet: submit a Request; the parent's App finds its task by name."""
-        result = self._call("submit", (request,), {})
+        result: TaskResult = self._call(
+            "submit", (request,), {"lineage": lineage or self._lineage()}
+        )
         request.id = result.id
         return result
 
     async def run(self, request: Request) -> Any:
         return await self.submit(request)
 
-    def result(self, task_id: str) -> Any:
-        """The stored TaskResult of any task (read from the store)."""
-        check_id(task_id, "task_id")
-        return _public("TaskResult")(self, task_id)
-
-    def group_result(self, group_id: str) -> Any:
-        check_id(group_id, "group_id")
-        rec = self._store.get_group(group_id)
-        members = [self.result(tid) for tid in rec["members"]]
-        return _public("GroupResult")(self, group_id, members)
-
-    def cancel(self, task_id: str) -> bool:
-        """``TaskResult.cancel()`` here: a cancel request, acted on by the task's owner."""
-        if self._store.get_record(task_id)["status"] in FINISHED:
-            return False
-        self._store.request_cancel(task_id)
-        return True
+    def _lineage(self) -> ports.Lineage | None:
+        """The task running here (``nbtasks.current()``, else the worker's attempt: a thread
+        the task started has no current context): the parent of what it submits."""
+        ctx = CURRENT.get()
+        attempt = self._worker.attempt
+        request = ctx.request if ctx is not None else attempt.request if attempt else None
+        if request is None or request.id is None:
+            return None
+        return (request.id, request.root_id or request.id)
 
     def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return self._handles(self._worker.call(method, args, kwargs))
@@ -87,9 +118,44 @@ class _ChildApp:
         ("g", id, [members])."""
         if described[0] == "g":
             members = [self._handles(m) for m in described[2]]
-            return _public("GroupResult")(self, described[1], members)
+            return GroupResult(self, described[1], members)
         _, task_id, rec, cached = described
-        return _public("TaskResult")(self, task_id, rec=rec, cached=cached)
+        return TaskResult(task_id, self, rec=rec, cached=cached)
+
+    # ------------------------------------------------------------------ the Results seam
+
+    def result(self, task_id: str) -> TaskResult:
+        """The stored TaskResult of any task (read from the store)."""
+        return TaskResult(task_id, self)
+
+    def group_result(self, group_id: str) -> GroupResult:
+        check_id(group_id, "group_id")
+        rec = self._store.get_group(group_id)
+        return GroupResult(self, group_id, [self.result(tid) for tid in rec["members"]])
+
+    def live(self, task_id: str) -> LiveTask | None:
+        return self._store.live.get(task_id)
+
+    def read_listed(self, task_id: str) -> tuple[dict[str, Any], str]:
+        return self._store.read_listed(task_id)
+
+    def read_record(self, task_id: str, text: str | None = None) -> dict[str, Any]:
+        if text is None:
+            return self._store.read_record(task_id)
+        return parse_record(text, "t:" + task_id, self._store.path)
+
+    def decode(self, enc: dict[str, Any], what: str) -> Any:
+        return self._store.decode_value(enc, what)
+
+    def cancel(self, task_id: str) -> bool:
+        """``TaskResult.cancel()`` here: a cancel request, acted on by the task's owner."""
+        if self._store.get_record(task_id)["status"] in FINISHED:
+            return False
+        self._store.request_cancel(task_id)
+        return True
+
+    def registered(self, name: str) -> None:
+        return None
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
@@ -99,26 +165,3 @@ class _ChildApp:
             "App submits tasks (delay, apply_async, apply, map, chains, groups, chords, "
             "app.submit) and reads their results (app.result(id)); do the rest from the notebook"
         )
-
-
-class _ReadStore:
-    """The store as the handles of a worker's submits see it: read, never swept. The tasks'
-    owner is the App that runs this worker (it also owns a dead worker's task until it records
-    the outcome), so a record whose owner looks gone from here is not this process's to mark."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    def sweep(self) -> int:
-        return 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-
-def _public(name: str) -> Any:
-    """A public class of nbtasks (TaskResult, GroupResult): a task here gets the handles it
-    gets in the notebook. Looked up on the package, not imported: this module belongs to the
-    executors' layer (DESIGN's table); in a worker, the package's __init__ runs on first use
-    (see _lazy_package)."""
-    return getattr(sys.modules["nbtasks"], name)

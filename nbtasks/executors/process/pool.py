@@ -115,7 +115,7 @@ class ProcessExecutor(SubmitServer):
         a ``__main__`` function is most of what a ``delay()`` of a process task costs. So a
         rebound global or a redefined function is pickled again; a global changed in place
         is not (docs/design.md; Dask keeps pickled functions by identity alone)."""
-        refs = None if task._fn is None else by_value_refs(task._fn)
+        refs = None if task.function is None else by_value_refs(task.function)
         if refs is None:  # a class-based task, a builtin, a partial: pickled each time
             return task_payload(task, options)
         kept = self._payloads.get(task)

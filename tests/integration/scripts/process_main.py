@@ -62,7 +62,7 @@ def main() -> None:
         "parent_pid": os.getpid(),
     }
     try:
-        fails.delay(3).get(timeout=30)
+        fails.delay(3).wait(timeout=30).return_value  # noqa: B018 - raises TaskFailed
     except nbtasks.TaskFailed as exc:
         cause = exc.__cause__
         results["error"] = [str(exc), isinstance(cause, Oops), str(cause)]
