@@ -257,21 +257,19 @@ class Attempt(AttemptCore):
         job, live, clock = self.job, self.job.live, self.runtime.clock
         now = clock.time()
         with self.runtime.lock:
-            if live.rec["status"] != TaskStatus.READY.value:
+            if live.rec["status"] != TaskStatus.READY:
                 return False
             if job.cancel_reason is not None or (
                 job.options.expires is not None and now >= job.options.expires
             ):
                 reason = job.cancel_reason or "expired"
-                self.store.change(
-                    live, TaskStatus.CANCELLED, finished_at=now, reason=reason, state="CANCELLED"
-                )
+                self.store.cancel(live, reason, now)
                 claimed = False
             else:
                 wid = worker_id()
                 self.request.worker_id = wid
                 fields: dict[str, Any] = {
-                    "state": "RUNNING",
+                    "state": TaskStatus.RUNNING,
                     "last_attempted_at": now,
                     "worker_ids": [*live.rec["worker_ids"], wid],
                 }
@@ -282,7 +280,7 @@ class Attempt(AttemptCore):
                 claimed = True
         if not claimed:
             self.runtime.finished(job)
-            self._release()
+            self.release()
             return False
         self.runtime.supervisor.add(self)
         self.start(clock.monotonic())
@@ -353,9 +351,9 @@ class Attempt(AttemptCore):
             store.change(live, status, **fields)
         self._hooks(status, value, error, einfo)
         self.runtime.finished(job)
-        self._release()
+        self.release()
 
-    def _release(self) -> None:
+    def release(self) -> None:
         """The attempt is over: break its reference cycles (job <-> attempt <-> context) so
         that reference counting frees a finished task's objects at once. Left to the cyclic
         collector, every finished task of a big ``map`` stayed alive until a full collection,
@@ -412,7 +410,7 @@ class Attempt(AttemptCore):
         self.request.retries = n + 1
         self._hook("on_retry", cause, job.id, list(job.args), job.kwargs, einfo)
         self.runtime.schedule(job, delay)
-        self._release()
+        self.release()
 
     # ------------------------------------------------------------------ hooks
 
@@ -530,14 +528,7 @@ def record_interrupted(job: Job, runtime: Runtime, reason: str) -> None:
         if attempt is not None:
             runtime.supervisor.discard(attempt)
         fields = (attempt.ctx.snapshot(now) if attempt is not None else None) or {}
-        store.change(
-            live,
-            TaskStatus.INTERRUPTED,
-            **fields,
-            finished_at=now,
-            state=TaskStatus.INTERRUPTED.value,
-            reason=reason,
-        )
+        store.interrupt(live, reason, now, **fields)
     runtime.finished(job)
     if attempt is not None:
-        attempt._release()
+        attempt.release()
