@@ -6,11 +6,8 @@ and the canvas: tasks that wait for others (chains, chords) are committed READY 
 dispatched when what they wait for succeeds, or CANCELLED with a reason naming the task that did
 not.
 
-``Supervisor`` is supervision on the injected clock, one thread per runtime (a worker process
-has one too): the timers (countdowns, ETAs, retry backoff); every ``TICK`` while attempts run,
-their time limits and a sample of their progress and output into the store (so a task's
-``progress()`` only sets attributes and the store sees at most ~10 writes a second); and, while
-this process has unfinished tasks, the cancel requests other processes wrote into the store.
+Supervision (timers, time limits, progress samples, cancel requests) is the ``Supervisor``'s
+(``_supervisor.py``), on the injected clock; the runtime owns one and acts on what it reports.
 """
 
 from __future__ import annotations
