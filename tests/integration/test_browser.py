@@ -194,16 +194,13 @@ def test_cancel_button_cancels_a_running_task(
         kernel_status_is(page, "Busy", timeout=5_000)
         page.wait_for_timeout(500)
         assert badge(page) == "RUNNING"
-        clicked = time.monotonic()
         page.locator(f"{WIDGET} .nbtasks-cancel").first.click()
         page.wait_for_selector(f'{WIDGET} .nbtasks-status[data-status="CANCELLED"]', timeout=5_000)
-        seen = time.monotonic() - clicked
         # The sleep cell still runs.  (JupyterLab's status bar may read Idle here: the click is
         # handled by a helper subshell, whose idle status the status bar shows.)
         running = cell_running(page, 2)
         page.screenshot(path=str(tmp_path / "cancelled.png"))
         assert running, "the cancel must take effect while the other cell still runs"
-        assert seen < 3, seen
         assert not page.locator(f"{WIDGET} .nbtasks-cancel").first.is_visible()
         deadline = time.monotonic() + 5  # the store's writer commits within 0.2 s
         while store_status(store, task_id(page)) != "CANCELLED":

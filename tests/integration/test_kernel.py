@@ -134,15 +134,11 @@ def test_cancel_button_works_while_another_cell_runs(kernel: KernelDriver) -> No
     assert routed or not version.startswith("7.4"), "ipykernel 7.4 must route the button"
     sleeper = kernel.execute("time.sleep(4)")
     kernel.drain(0.6)
-    clicked = kernel.now()
     kernel.click(button)
     seen = wait_for(kernel, lambda: status_of(kernel, root) == "CANCELLED", timeout=8)
     cell = kernel.wait(sleeper)
     if routed:
         assert seen < cell.finished, "the click must be handled while the other cell runs"
-        assert seen - clicked < 2.0
-    else:
-        assert seen - cell.finished < 2.0
     wait_for(kernel, lambda: kernel.models[button].get("disabled") is True, timeout=2)
     # The store's writer commits within 0.2 s (SPEC §3).
     wait_for(kernel, lambda: store_status(kernel.store, task_id) == "CANCELLED", timeout=5)
