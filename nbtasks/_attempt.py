@@ -24,10 +24,12 @@ from __future__ import annotations
 import inspect
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from ._codec import args_repr, dumps, find_unpicklable
 from ._context import (
     Context,
     _current,
@@ -44,7 +46,7 @@ from ._errors import (
     TaskError,
     TaskTimeout,
 )
-from ._model import MISSING, Clock, Options, Request, TaskStatus
+from ._model import MISSING, Clock, Options, Request, TaskStatus, to_timestamp
 from .store import HOST, Live, Store
 
 if TYPE_CHECKING:
@@ -231,13 +233,96 @@ class AttemptCore:
     # ------------------------------------------------------------------ retries
 
     def make_retry(
-        self, exc: BaseException | None, countdown: float | None, max_retries: int | None
+        self,
+        exc: BaseException | None,
+        countdown: float | None,
+        eta: datetime | None,
+        max_retries: int | None,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
     ) -> BaseException:
-        limit = self.job.options.retries if max_retries is None else max_retries
-        error = retry_request(self.request, limit, exc, countdown)
-        if not isinstance(error, Retry):
+        """What ``ctx.retry()`` raises: a ``Retry``, or past the retry limit (``max_retries``,
+        else the task's ``retries``) ``exc`` (else MaxRetriesExceededError), which then fails
+        the task. Every argument is checked first, so that a bad one is reported on the last
+        retry too, where it would otherwise never be used."""
+        if exc is not None and not isinstance(exc, BaseException):
+            raise TypeError(
+                f"retry(exc={exc!r}) must be an exception instance (what fails the task once "
+                "no retry is left), or None"
+            )
+        delay, at = _retry_time(countdown, eta)
+        new_args, new_kwargs = self._retry_arguments(args, kwargs)
+        if max_retries is None:
+            limit = self.job.options.retries
+        elif isinstance(max_retries, bool) or not isinstance(max_retries, int):
+            raise TypeError(f"retry(max_retries={max_retries!r}) must be an int >= 0, or None")
+        elif max_retries < 0:
+            raise ValueError(f"retry(max_retries={max_retries!r}) must be >= 0")
+        else:
+            limit = max_retries
+        request = self.request
+        if request.retries >= limit:
             self.no_more_retries = True  # max_retries overrides the task's retries (Celery)
-        return error
+            if exc is not None:
+                return exc
+            return MaxRetriesExceededError(
+                f"task {request.task_name}[{request.id}] asked for a retry after "
+                f"{request.retries} retries (max_retries={limit})"
+            )
+        when = f"at {eta.isoformat()}" if eta is not None else f"in {delay or 0}s"
+        return Retry(
+            f"retry {when}",
+            exc=exc,
+            countdown=delay,
+            eta=at,
+            retry_args=new_args,
+            retry_kwargs=new_kwargs,
+        )
+
+    def _retry_arguments(
+        self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None
+    ) -> tuple[tuple[Any, ...] | None, dict[str, Any] | None]:
+        """The next attempt's arguments (both None: unchanged). ``args`` replaces the
+        positional arguments and ``kwargs`` the keyword ones, each only when given (Celery);
+        they must fit the task's signature, and pickle when the next attempt may run in
+        another process."""
+        if args is None and kwargs is None:
+            return None, None
+        job = self.job
+        name = f"{job.request.task_name}[{job.id}]"
+        if job.chunk:
+            raise ValueError(
+                f"retry(args=..., kwargs=...) cannot replace the arguments of task {name}: it "
+                "is a chunks() member, which calls the task once per item of its chunk; "
+                "retry without args and kwargs"
+            )
+        if args is not None and not isinstance(args, tuple | list):
+            raise TypeError(
+                f"retry(args={args!r}) must be a tuple or list of the next attempt's "
+                "positional arguments"
+            )
+        if kwargs is not None and not (
+            isinstance(kwargs, Mapping) and all(isinstance(k, str) for k in kwargs)
+        ):
+            raise TypeError(
+                f"retry(kwargs={kwargs!r}) must be a dict of the next attempt's keyword "
+                "arguments, with str keys"
+            )
+        new_args = job.args if args is None else tuple(args)
+        new_kwargs = job.kwargs if kwargs is None else dict(kwargs)
+        try:
+            job.task.check_args(new_args, new_kwargs)
+        except TypeError as exc:
+            raise TypeError(f"retry(args=..., kwargs=...): {exc}") from None
+        executor = job.options.executor
+        if executor in ("process", "dask"):
+            try:
+                dumps((new_args, new_kwargs))
+            except TypeError as exc:
+                raise TypeError(
+                    _unpicklable(job.task, name, new_args, new_kwargs, executor, exc)
+                ) from None
+        return new_args, new_kwargs
 
 
 class Attempt(AttemptCore):
@@ -398,21 +483,43 @@ class Attempt(AttemptCore):
         job, live = self.job, self.job.live
         opts = job.options
         n = self.request.retries
-        if isinstance(error, Retry) and error.countdown is not None:
-            delay = error.countdown
+        retry = error if isinstance(error, Retry) else None
+        if retry is not None and retry.eta is not None:
+            delay = max(0.0, retry.eta - self.runtime.clock.time())
+        elif retry is not None and retry.countdown is not None:
+            delay = retry.countdown
         else:
             delay = opts.retry_backoff * (2**n) if opts.retry_backoff else 0.0
-        cause = error.exc if isinstance(error, Retry) and error.exc is not None else error
+        cause = retry.exc if retry is not None and retry.exc is not None else error
         einfo = self.store.codec.encode_exception(cause)
-        if isinstance(error, Retry):
+        if retry is not None:
             errors[-1] = einfo.to_json()
+        # on_retry is told the arguments of the attempt that failed, as in Celery.
+        args, kwargs = list(job.args), job.kwargs
+        if retry is not None and (retry.retry_args is not None or retry.retry_kwargs is not None):
+            new_args = job.args if retry.retry_args is None else retry.retry_args
+            new_kwargs = job.kwargs if retry.retry_kwargs is None else retry.retry_kwargs
+            fields.update(self._argument_fields(new_args, new_kwargs))
+            replace_arguments(job, new_args, new_kwargs)
         fields.update(errors=errors, state="RETRY", retries=n + 1)
         with self.runtime.lock:
             self.store.change(live, TaskStatus.READY, **fields)
         self.request.retries = n + 1
-        self._hook("on_retry", cause, job.id, list(job.args), job.kwargs, einfo)
+        self._hook("on_retry", cause, job.id, args, kwargs, einfo)
         self.runtime.schedule(job, delay)
         self._release()
+
+    def _argument_fields(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The record's fields for the next attempt's arguments (``retry(args=, kwargs=)``)."""
+        store, tid = self.store, self.job.id
+        try:
+            enc_args = store.encode_value(tid, "args", list(args))
+            enc_kwargs = store.encode_value(tid, "kwargs", kwargs)
+        except TypeError as exc:
+            # Only a thread task's can fail here (make_retry checked the others'): this
+            # process keeps them in memory, as at submit.
+            enc_args = enc_kwargs = {"u": str(exc)}
+        return {"args": enc_args, "kwargs": enc_kwargs, "args_repr": args_repr(args, kwargs)}
 
     # ------------------------------------------------------------------ hooks
 
@@ -487,21 +594,64 @@ class Attempt(AttemptCore):
         self.store.change(self.job.live, **fields)
 
 
-def retry_request(
-    request: Request, limit: int, exc: BaseException | None, countdown: float | None
-) -> BaseException:
-    """What ``ctx.retry()`` raises: a ``Retry``, or past ``limit`` retries the task's own
-    exception (else MaxRetriesExceededError), which then fails the task."""
-    if request.retries >= limit:
-        if exc is not None:
-            return exc
-        return MaxRetriesExceededError(
-            f"task {request.task_name}[{request.id}] asked for a retry after "
-            f"{request.retries} retries (max_retries={limit})"
+def _retry_time(countdown: float | None, eta: datetime | None) -> tuple[float | None, float | None]:
+    """``retry()``'s countdown (seconds) and eta (an aware datetime, as epoch seconds),
+    checked as ``apply_async`` checks them."""
+    if countdown is not None and eta is not None:
+        raise ValueError(
+            f"retry(countdown={countdown!r}, eta={eta!r}): give countdown or eta, not both"
         )
-    if countdown is not None and (countdown < 0 or countdown != countdown):
-        raise ValueError(f"retry(countdown={countdown!r}) must be >= 0")
-    return Retry(f"retry in {countdown or 0}s", exc=exc, countdown=countdown)
+    if countdown is not None:
+        if isinstance(countdown, bool) or not isinstance(countdown, int | float):
+            raise TypeError(f"retry(countdown={countdown!r}) must be a number of seconds")
+        if not 0 <= countdown <= _MAX_SECONDS:  # also NaN
+            raise ValueError(
+                f"retry(countdown={countdown!r}) must be a number of seconds >= 0 and at most "
+                "100 years"
+            )
+        return float(countdown), None
+    if eta is not None:
+        if not isinstance(eta, datetime):
+            raise TypeError(f"retry(eta={eta!r}) must be a timezone-aware datetime")
+        return None, to_timestamp(eta, "retry(eta=...): eta")
+    return None, None
+
+
+_MAX_SECONDS: Final = 100 * 365.25 * 86400  # as apply_async's countdown
+
+
+def replace_arguments(job: Job, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """The next attempt of ``job`` runs with these arguments (``retry(args=, kwargs=)``):
+    the job, its Request and the in-memory values its TaskResult reads."""
+    job.args, job.kwargs = args, kwargs
+    job.request.args, job.request.kwargs = list(args), dict(kwargs)
+    job.live.args, job.live.kwargs = args, kwargs
+
+
+def _unpicklable(
+    task: Any,
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    executor: str,
+    exc: TypeError,
+) -> str:
+    """A TypeError message naming the retry argument that cannot be pickled, and its type."""
+    try:
+        named = list(task.call_signature.bind_partial(*args, **kwargs).arguments.items())
+    except (TypeError, AttributeError):
+        named = [*((f"#{i}", a) for i, a in enumerate(args)), *kwargs.items()]
+    found = find_unpicklable(named)
+    what = (
+        f"argument {found[0]!r} is a {found[1]}, which cannot be pickled ({found[2]})"
+        if found is not None
+        else f"an argument {exc}"
+    )
+    return (
+        f"retry(args=..., kwargs=...) of task {name}: {what}; a {executor} task's next "
+        "attempt may run in another process, so its arguments must pickle: pass a path or a "
+        "picklable value instead"
+    )
 
 
 def _root(error: BaseException | None) -> BaseException | None:

@@ -14,7 +14,8 @@ import logging
 import math
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ._errors import Retry, SoftTimeLimitExceeded, TaskCancelled, TaskTimeout
@@ -214,9 +215,23 @@ class Context:
         exc: BaseException | None = None,
         countdown: float | None = None,
         max_retries: int | None = None,
+        *,
+        eta: datetime | None = None,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> Retry:
-        """Ask for another attempt (Celery): raises ``Retry``; write ``raise ctx.retry(...)``."""
-        raise self._running("retry").make_retry(exc, countdown, max_retries)
+        """Ask for another attempt (Celery): raises ``Retry``; write ``raise ctx.retry(...)``.
+
+        It runs after ``countdown`` seconds or at ``eta`` (an aware datetime; not both), else
+        after the task's backoff; with ``args`` and/or ``kwargs`` in place of the current
+        arguments (checked against the task's signature). ``max_retries`` overrides the
+        task's ``retries``; past it, ``exc`` (else MaxRetriesExceededError) fails the task.
+        Any other argument (Celery's ``throw``, ``queue`` ...) is refused: TypeError."""
+        if options:
+            raise TypeError(unsupported_retry_options(options))
+        attempt = self._running("retry")
+        raise attempt.make_retry(exc, countdown, eta, max_retries, args, kwargs)
 
     def _running(self, call: str) -> Attempt:
         attempt = self._attempt
@@ -287,6 +302,20 @@ class Context:
             fields["output_total"] = out_total
         self._flushed = (cur, total, msg, out_total)
         return fields
+
+
+def unsupported_retry_options(options: Mapping[str, Any]) -> str:
+    """The TypeError message for ``retry()`` arguments nbtasks does not support."""
+    given = ", ".join(f"{k}={v!r}" for k, v in options.items())
+    hint = (
+        " (throw=False, scheduling without raising, is not supported: write `raise ctx.retry(...)`)"
+        if "throw" in options
+        else ""
+    )
+    return (
+        f"retry() got {given}, which nbtasks does not support{hint}; retry() takes exc, "
+        "countdown, eta, max_retries, args and kwargs: leave the others out"
+    )
 
 
 def _number(value: Any, name: str, call: str = "progress") -> float:
