@@ -27,9 +27,9 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ._codec import args_repr, dumps, find_unpicklable
+from ._codec import args_repr
 from ._context import (
     Context,
     _current,
@@ -39,14 +39,15 @@ from ._context import (
     raise_in_thread,
 )
 from ._errors import (
-    MaxRetriesExceededError,
     Retry,
     SoftTimeLimitExceeded,
     TaskCancelled,
     TaskError,
     TaskTimeout,
+    UnknownTaskId,
 )
-from ._model import MISSING, Clock, Options, Request, TaskStatus, to_timestamp
+from ._model import MISSING, Clock, Options, Request, TaskStatus
+from ._retry import build_retry, retry_delay
 from .store import HOST, Live, Store
 
 if TYPE_CHECKING:
@@ -230,6 +231,14 @@ class AttemptCore:
     def timed_out(self) -> None:
         """The hard limit passed and the task was asked to stop: who else must act."""
 
+    def update_other_state(self, task_id: str, state: str | None, meta: Any) -> None:
+        """``update_state(task_id=other)``, from where no store is open (a Dask worker)."""
+        raise ValueError(
+            f"update_state(task_id={task_id!r}): a task running on a Dask worker can update "
+            "only its own state (the worker has no store to send the request through); "
+            "call update_state from that task, or leave task_id out"
+        )
+
     # ------------------------------------------------------------------ retries
 
     def make_retry(
@@ -241,88 +250,11 @@ class AttemptCore:
         args: Sequence[Any] | None,
         kwargs: Mapping[str, Any] | None,
     ) -> BaseException:
-        """What ``ctx.retry()`` raises: a ``Retry``, or past the retry limit (``max_retries``,
-        else the task's ``retries``) ``exc`` (else MaxRetriesExceededError), which then fails
-        the task. Every argument is checked first, so that a bad one is reported on the last
-        retry too, where it would otherwise never be used."""
-        if exc is not None and not isinstance(exc, BaseException):
-            raise TypeError(
-                f"retry(exc={exc!r}) must be an exception instance (what fails the task once "
-                "no retry is left), or None"
-            )
-        delay, at = _retry_time(countdown, eta)
-        new_args, new_kwargs = self._retry_arguments(args, kwargs)
-        if max_retries is None:
-            limit = self.job.options.retries
-        elif isinstance(max_retries, bool) or not isinstance(max_retries, int):
-            raise TypeError(f"retry(max_retries={max_retries!r}) must be an int >= 0, or None")
-        elif max_retries < 0:
-            raise ValueError(f"retry(max_retries={max_retries!r}) must be >= 0")
-        else:
-            limit = max_retries
-        request = self.request
-        if request.retries >= limit:
+        """What ``ctx.retry()`` raises (``_retry.build_retry``)."""
+        error = build_retry(self.job, exc, countdown, eta, max_retries, args, kwargs)
+        if not isinstance(error, Retry):
             self.no_more_retries = True  # max_retries overrides the task's retries (Celery)
-            if exc is not None:
-                return exc
-            return MaxRetriesExceededError(
-                f"task {request.task_name}[{request.id}] asked for a retry after "
-                f"{request.retries} retries (max_retries={limit})"
-            )
-        when = f"at {eta.isoformat()}" if eta is not None else f"in {delay or 0}s"
-        return Retry(
-            f"retry {when}",
-            exc=exc,
-            countdown=delay,
-            eta=at,
-            retry_args=new_args,
-            retry_kwargs=new_kwargs,
-        )
-
-    def _retry_arguments(
-        self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None
-    ) -> tuple[tuple[Any, ...] | None, dict[str, Any] | None]:
-        """The next attempt's arguments (both None: unchanged). ``args`` replaces the
-        positional arguments and ``kwargs`` the keyword ones, each only when given (Celery);
-        they must fit the task's signature, and pickle when the next attempt may run in
-        another process."""
-        if args is None and kwargs is None:
-            return None, None
-        job = self.job
-        name = f"{job.request.task_name}[{job.id}]"
-        if job.chunk:
-            raise ValueError(
-                f"retry(args=..., kwargs=...) cannot replace the arguments of task {name}: it "
-                "is a chunks() member, which calls the task once per item of its chunk; "
-                "retry without args and kwargs"
-            )
-        if args is not None and not isinstance(args, tuple | list):
-            raise TypeError(
-                f"retry(args={args!r}) must be a tuple or list of the next attempt's "
-                "positional arguments"
-            )
-        if kwargs is not None and not (
-            isinstance(kwargs, Mapping) and all(isinstance(k, str) for k in kwargs)
-        ):
-            raise TypeError(
-                f"retry(kwargs={kwargs!r}) must be a dict of the next attempt's keyword "
-                "arguments, with str keys"
-            )
-        new_args = job.args if args is None else tuple(args)
-        new_kwargs = job.kwargs if kwargs is None else dict(kwargs)
-        try:
-            job.task.check_args(new_args, new_kwargs)
-        except TypeError as exc:
-            raise TypeError(f"retry(args=..., kwargs=...): {exc}") from None
-        executor = job.options.executor
-        if executor in ("process", "dask"):
-            try:
-                dumps((new_args, new_kwargs))
-            except TypeError as exc:
-                raise TypeError(
-                    _unpicklable(job.task, name, new_args, new_kwargs, executor, exc)
-                ) from None
-        return new_args, new_kwargs
+        return error
 
 
 class Attempt(AttemptCore):
@@ -481,15 +413,9 @@ class Attempt(AttemptCore):
         self, error: BaseException, errors: list[dict[str, str]], fields: dict[str, Any]
     ) -> None:
         job, live = self.job, self.job.live
-        opts = job.options
         n = self.request.retries
         retry = error if isinstance(error, Retry) else None
-        if retry is not None and retry.eta is not None:
-            delay = max(0.0, retry.eta - self.runtime.clock.time())
-        elif retry is not None and retry.countdown is not None:
-            delay = retry.countdown
-        else:
-            delay = opts.retry_backoff * (2**n) if opts.retry_backoff else 0.0
+        delay = retry_delay(error, job.options, n, self.runtime.clock.time())
         cause = retry.exc if retry is not None and retry.exc is not None else error
         einfo = self.store.codec.encode_exception(cause)
         if retry is not None:
@@ -593,31 +519,31 @@ class Attempt(AttemptCore):
             fields["state"] = state
         self.store.change(self.job.live, **fields)
 
-
-def _retry_time(countdown: float | None, eta: datetime | None) -> tuple[float | None, float | None]:
-    """``retry()``'s countdown (seconds) and eta (an aware datetime, as epoch seconds),
-    checked as ``apply_async`` checks them."""
-    if countdown is not None and eta is not None:
-        raise ValueError(
-            f"retry(countdown={countdown!r}, eta={eta!r}): give countdown or eta, not both"
-        )
-    if countdown is not None:
-        if isinstance(countdown, bool) or not isinstance(countdown, int | float):
-            raise TypeError(f"retry(countdown={countdown!r}) must be a number of seconds")
-        if not 0 <= countdown <= _MAX_SECONDS:  # also NaN
-            raise ValueError(
-                f"retry(countdown={countdown!r}) must be a number of seconds >= 0 and at most "
-                "100 years"
+    def update_other_state(self, task_id: str, state: str | None, meta: Any) -> None:
+        """``update_state(task_id=other)``: only the owner of a task writes its record
+        (DESIGN principle 2). Running in this process, it is updated at once; elsewhere, a
+        request goes to the store, which its owner's supervisor applies at its next tick."""
+        other = self.runtime.supervisor.get(task_id)
+        if other is not None:
+            other.update_state(state, meta)
+            return
+        try:
+            rec = self.store.get_record(task_id)
+        except UnknownTaskId as exc:
+            raise UnknownTaskId(f"update_state(task_id={task_id!r}): {exc}") from None
+        status = rec.get("status")
+        if status != TaskStatus.RUNNING.value:
+            why = (
+                "it has not started yet, or waits for a retry"
+                if status == TaskStatus.READY.value
+                else "it has finished, and its final state is its status"
             )
-        return float(countdown), None
-    if eta is not None:
-        if not isinstance(eta, datetime):
-            raise TypeError(f"retry(eta={eta!r}) must be a timezone-aware datetime")
-        return None, to_timestamp(eta, "retry(eta=...): eta")
-    return None, None
-
-
-_MAX_SECONDS: Final = 100 * 365.25 * 86400  # as apply_async's countdown
+            raise ValueError(
+                f"update_state(task_id={task_id!r}): task {rec.get('task_name')}[{task_id}] "
+                f"is {status}, not RUNNING ({why}); the state of a task can be updated only "
+                "while it runs"
+            )
+        self.store.request_state(task_id, state, meta)
 
 
 def replace_arguments(job: Job, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -626,32 +552,6 @@ def replace_arguments(job: Job, args: tuple[Any, ...], kwargs: dict[str, Any]) -
     job.args, job.kwargs = args, kwargs
     job.request.args, job.request.kwargs = list(args), dict(kwargs)
     job.live.args, job.live.kwargs = args, kwargs
-
-
-def _unpicklable(
-    task: Any,
-    name: str,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    executor: str,
-    exc: TypeError,
-) -> str:
-    """A TypeError message naming the retry argument that cannot be pickled, and its type."""
-    try:
-        named = list(task.call_signature.bind_partial(*args, **kwargs).arguments.items())
-    except (TypeError, AttributeError):
-        named = [*((f"#{i}", a) for i, a in enumerate(args)), *kwargs.items()]
-    found = find_unpicklable(named)
-    what = (
-        f"argument {found[0]!r} is a {found[1]}, which cannot be pickled ({found[2]})"
-        if found is not None
-        else f"an argument {exc}"
-    )
-    return (
-        f"retry(args=..., kwargs=...) of task {name}: {what}; a {executor} task's next "
-        "attempt may run in another process, so its arguments must pickle: pass a path or a "
-        "picklable value instead"
-    )
 
 
 def _root(error: BaseException | None) -> BaseException | None:

@@ -189,26 +189,22 @@ class Context:
         """Celery's update_state: sets ``TaskResult.state`` and ``.result`` while running (meta
         is the current result, not the metadata); ``request.meta`` keys are saved too.
 
-        ``task_id``: another task running in this process (its owner) is updated instead; a
-        task that is not running here cannot be (its owner writes its record): ValueError."""
+        ``task_id``: another running task is updated instead, wherever it runs: at once if it
+        runs in this process, else by its owner within 0.2 s (the process that runs a task
+        writes its record). An unknown id raises UnknownTaskId; a task that is not running
+        (queued, or finished), ValueError."""
         if state is not None:
             if not isinstance(state, str):
                 raise TypeError(f"update_state(state={state!r}) must be a str")
             check_text(state, "state", "update_state")
         check_json(meta, "update_state(meta=...)")
-        target = self
+        attempt = self._running("update_state")
         if task_id is not None:
             check_id(task_id, "task_id", "update_state")
             if task_id != self.request.id:
-                other = self._running("update_state").runtime.supervisor.get(task_id)
-                if other is None:
-                    raise ValueError(
-                        f"update_state(task_id={task_id!r}): no task with this id is running "
-                        "in this process, and a task's state is written by the process that "
-                        "runs it; call update_state from that task (or leave task_id out)"
-                    )
-                target = other.ctx
-        target._running("update_state").update_state(state, _json_copy(meta))
+                attempt.update_other_state(task_id, state, _json_copy(meta))
+                return
+        attempt.update_state(state, _json_copy(meta))
 
     def retry(
         self,
