@@ -155,15 +155,10 @@ class Supervisor:
 
     def _apply_state_requests(self) -> None:
         """``update_state(task_id=...)`` requests other processes wrote: applied to the
-        attempts running here (their owner), then deleted. One for a task that ended here
-        first is deleted; one for a task of another process is left to that process."""
-        store = self.store
-        for request in store.state_requests():
+        attempts running here (their owner), then deleted; one for a task that runs in
+        another process is left to that process."""
+        for request in self.store.state_requests():
             attempt = self.running.get(request.task_id)
             if attempt is not None:
                 attempt.update_state(request.state, request.meta)
-            else:
-                live = store.live.get(request.task_id)
-                if live is None or not live.finished:
-                    continue
-            store.drop_state_request(request.task_id, request.raw)
+                self.store.drop_state_request(request.task_id, request.raw)

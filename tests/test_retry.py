@@ -7,6 +7,8 @@ updates that task wherever it runs, through a request its owner applies (DESIGN 
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -278,3 +280,162 @@ def test_a_process_tasks_retry_arguments_must_pickle(app: nbtasks.App) -> None:
     assert misfit.startswith(f"retry(args=..., kwargs=...): arguments for task {keep.name}")
     assert text.startswith(f"retry(args=..., kwargs=...) of task {keep.name}[")
     assert "argument 'value' is a _thread.lock, which cannot be pickled" in text, text
+
+
+# --------------------------------------------------------------------------- update_state(task_id=)
+
+
+def _requests(app: nbtasks.App) -> list[str]:
+    """The keys of the update_state requests in the store."""
+    return [k for k in app.store.cache.iterkeys() if isinstance(k, str) and k.startswith("s:")]
+
+
+def test_a_process_task_updates_a_thread_task_through_its_owner(
+    app: nbtasks.App, make_app: AppFactory, gate: Gate
+) -> None:
+    @app.task
+    def waiting(ctx: Context) -> str:
+        gate.pause()
+        return "waited"
+
+    @app.task(executor="process")
+    def updater(ctx: Context, other_id: str) -> None:
+        ctx.update_state(state="SET_ELSEWHERE", meta={"by": "a worker"}, task_id=other_id)
+
+    w = waiting.delay()
+    gate.wait_reached()
+    updater.delay(w.id).get(30)
+    live = app.result(w.id)
+    wait_until(lambda: live.refresh().state == "SET_ELSEWHERE")
+    assert live.result == {"by": "a worker"} and live.status is TaskStatus.RUNNING
+    wait_until(lambda: _requests(app) == [])  # applied, then deleted by the owner
+    app.store.flush()
+    seen = make_app().result(w.id)
+    assert (seen.state, seen.result) == ("SET_ELSEWHERE", {"by": "a worker"})
+    gate.release()
+    assert w.get(10) == "waited"
+    assert app.result(w.id).state == "SUCCESSFUL"
+
+
+def test_a_thread_task_updates_a_process_task_through_its_worker(
+    app: nbtasks.App, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+
+    @app.task(executor="process")
+    def working(ctx: Context, go: str) -> str:
+        import os
+        import time
+
+        while not os.path.exists(go):
+            ctx.check_cancelled()
+            time.sleep(0.01)
+        return "worked"
+
+    @app.task
+    def updater(ctx: Context, other_id: str) -> None:
+        ctx.update_state(state="STEERED", meta=[1, 2], task_id=other_id)
+
+    p = working.delay(str(go))
+    wait_until(lambda: p.refresh().status is TaskStatus.RUNNING, timeout=30)
+    updater.delay(p.id).get(10)
+    reader = nbtasks.App(store=app.store.path)
+    try:
+        wait_until(lambda: reader.result(p.id).state == "STEERED")
+        assert reader.result(p.id).result == [1, 2]
+    finally:
+        reader.shutdown()
+    wait_until(lambda: _requests(app) == [])
+    go.touch()
+    assert p.get(30) == "worked"
+
+
+def test_update_state_of_a_task_that_is_not_running_is_refused_at_once(
+    app: nbtasks.App, clocked: nbtasks.App
+) -> None:
+    done = app.task(lambda: "done", name="done").delay()
+    done.wait(10)
+    later = clocked.task(lambda: "later", name="later").apply_async(countdown=60)
+    refused: dict[str, str] = {}
+
+    @app.task
+    def updater(ctx: Context) -> None:
+        for name, tid in {"finished": done.id, "ready": later.id, "unknown": "nope"}.items():
+            try:
+                ctx.update_state(state="X", task_id=tid)
+            except (ValueError, nbtasks.UnknownTaskId) as exc:
+                refused[name] = f"{type(exc).__name__}: {exc}"
+
+    updater.delay().get(10)
+    assert refused["finished"].startswith(
+        f"ValueError: update_state(task_id={done.id!r}): task done[{done.id}] is SUCCESSFUL, "
+        "not RUNNING (it has finished"
+    )
+    assert refused["ready"].startswith(
+        f"ValueError: update_state(task_id={later.id!r}): task later[{later.id}] is READY, "
+        "not RUNNING (it has not started yet"
+    )
+    assert refused["unknown"].startswith(
+        "UnknownTaskId: update_state(task_id='nope'): no task with id 'nope' in the store"
+    )
+    assert _requests(app) == []
+    assert app.result(done.id).state == "SUCCESSFUL"
+
+
+def test_the_newest_request_wins_and_a_bad_one_is_deleted_never_applied(
+    clocked: nbtasks.App, clock: FakeClock, gate: Gate, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SPEC 10: a request read from the store is data. One that is not the JSON nbtasks
+    writes is deleted with a warning, and the task is left as it was."""
+
+    @clocked.task
+    def waiting(ctx: Context) -> str:
+        gate.pause()
+        return "waited"
+
+    r = waiting.delay()
+    gate.wait_reached()
+    store = clocked.store
+    store.request_state(r.id, "FIRST", {"n": 1})
+    store.request_state(r.id, "SECOND", {"n": 2})
+    bad = {
+        "not-json": "{'state': 'X'",
+        "wrong-keys": json.dumps({"state": "X", "meta": 1, "code": "import os"}),
+        "not-an-object": json.dumps(["X", 1]),
+        "state-int": json.dumps({"state": 3, "meta": 1}),
+        "nan": '{"state": "X", "meta": NaN}',
+        "deep": '{"state": "X", "meta": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        "bytes": b'{"state": "X", "meta": 1}',
+    }
+    for name, value in bad.items():
+        store.cache.set(f"s:{name}", value)
+    with caplog.at_level(logging.WARNING, logger="nbtasks"):
+        clock.advance(0.1)
+        wait_until(lambda: _requests(clocked) == [])
+    assert (r.refresh().state, r.result) == ("SECOND", {"n": 2})
+    warned = [rec.getMessage() for rec in caplog.records if "update_state request" in rec.message]
+    assert len(warned) == len(bad)
+    assert all("it was ignored and deleted" in text for text in warned)
+    gate.release()
+    assert r.get(10) == "waited"
+
+
+def test_a_request_for_a_task_that_ended_before_it_was_applied_is_deleted(
+    clocked: nbtasks.App, clock: FakeClock, gate: Gate
+) -> None:
+    @clocked.task
+    def waiting(ctx: Context) -> str:
+        gate.pause()
+        return "waited"
+
+    done = clocked.task(lambda: "done", name="quick").delay()
+    assert done.get(10) == "done"
+    r = waiting.delay()
+    gate.wait_reached()  # it runs: the supervisor ticks
+    clocked.store.request_state(done.id, "LATE", None)
+    clocked.store.request_state("purged-meanwhile", "LATE", None)
+    clock.advance(0.1)
+    wait_until(lambda: _requests(clocked) == [])
+    assert done.refresh().state == "SUCCESSFUL"
+    gate.release()
+    assert r.get(10) == "waited"

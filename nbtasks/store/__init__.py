@@ -286,9 +286,10 @@ class Store:
         return [key[2:] for (key,) in self.reader.rows(CANCEL_REQUESTS, [])]
 
     def state_requests(self) -> list[StateRequest]:
-        """The pending update_state requests (written by any process). A store is data,
-        never instructions (SPEC 10): an entry that is not the JSON ``request_state`` writes
-        is deleted with a warning, and nothing else is done with it."""
+        """The pending update_state requests (written by any process) of tasks that have not
+        ended; those of ended tasks are deleted. A store is data, never instructions (SPEC
+        10): an entry that is not the JSON ``request_state`` writes is deleted with a
+        warning, and nothing else is done with it."""
         out = []
         for (key,) in self.reader.rows(_STATE_REQUESTS, []):
             try:
@@ -301,9 +302,22 @@ class Store:
             request = _parse_state_request(key[2:], raw)
             if isinstance(request, str):
                 self._drop_bad_request(key, raw, request)
+            elif self._ended(request.task_id):
+                # Its task ended (or was purged) after the request was written, before its
+                # owner's next tick: nobody will apply it.
+                self.drop_state_request(request.task_id, raw)
             else:
                 out.append(request)
         return out
+
+    def _ended(self, task_id: str) -> bool:
+        live = self.live.get(task_id)
+        if live is not None:
+            return live.finished
+        try:
+            return self.read_listed(task_id)[0]["status"] in _FINISHED_VALUES
+        except UnknownTaskId:
+            return True
 
     def _drop_bad_request(self, key: str, raw: Any, why: str) -> None:
         _log.warning(
