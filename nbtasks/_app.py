@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING, Any, overload
 
 from . import _ports as ports
 from ._errors import NbtasksError, UnknownTaskId
-from ._model import CURRENT, FINISHED, SYSTEM_CLOCK, Clock, Request, TaskStatus, check_id
+from ._model import (
+    CURRENT,
+    FINISHED,
+    SYSTEM_CLOCK,
+    Clock,
+    Request,
+    TaskRecord,
+    TaskStatus,
+    check_id,
+)
 from ._options import check_task_options
 from ._result import GroupResult, TaskResult
 from ._runtime import Runtime, Waiting
@@ -29,7 +38,7 @@ from .store import (
     new_id,
     no_gc,
     owner_alive,
-    parse_record,
+    parse_task_record,
     summary,
 )
 
@@ -359,18 +368,18 @@ class App:
     def live(self, task_id: str) -> Live | None:
         return self._store.live.get(task_id)
 
-    def read_listed(self, task_id: str) -> tuple[dict[str, Any], str]:
+    def read_listed(self, task_id: str) -> tuple[TaskRecord, str]:
         return self._store.read_listed(task_id)
 
-    def read_record(self, task_id: str, text: str | None = None) -> dict[str, Any]:
+    def read_record(self, task_id: str, text: str | None = None) -> TaskRecord:
         """The committed record (parsed from ``text`` if given). An unfinished one whose owner
         process is gone is swept first (INTERRUPTED), as opening the store would."""
         store = self._store
         if text is None:
             rec = store.read_record(task_id)
         else:
-            rec = parse_record(text, "t:" + task_id, store.path)
-        if rec["status"] not in _FINISHED_NAMES and not owner_alive(rec.get("owner")):
+            rec = parse_task_record(text, "t:" + task_id, store.path)
+        if rec["status"] not in FINISHED and not owner_alive(rec.get("owner")):
             store.sweep()
             rec = store.read_record(task_id)
         return rec
@@ -404,7 +413,7 @@ class App:
         with no_gc():  # 100k handles: the collector would walk them over and over (2.4x)
             return [TaskResult.from_summary(self, self._summary(row)) for row in rows]
 
-    def _summary(self, row: tuple[Any, ...]) -> dict[str, Any]:
+    def _summary(self, row: tuple[Any, ...]) -> TaskRecord:
         fields = summary(row)
         if "damaged" in fields:  # the error its handle raises when its status is read
             fields["damaged"] = str(
@@ -546,7 +555,5 @@ def _lineage(given: Lineage | None) -> dict[str, Any]:
         given = (request.id, request.root_id or request.id)
     return {"parent_id": given[0], "root_id": given[1]}
 
-
-_FINISHED_NAMES = frozenset(s.value for s in FINISHED)
 
 __all__ = ["App", "NbtasksError", "configure", "default_app", "task"]

@@ -274,21 +274,19 @@ class Attempt(AttemptCore):
         job, live, clock = self.job, self.job.live, self.runtime.clock
         now = clock.time()
         with self.runtime.lock:
-            if live.rec["status"] != TaskStatus.READY.value:
+            if live.rec["status"] != TaskStatus.READY:
                 return False
             if job.cancel_reason is not None or (
                 job.options.expires is not None and now >= job.options.expires
             ):
                 reason = job.cancel_reason or "expired"
-                self.store.change(
-                    live, TaskStatus.CANCELLED, finished_at=now, reason=reason, state="CANCELLED"
-                )
+                self.store.cancel(live, reason, now)
                 claimed = False
             else:
                 wid = worker_id()
                 self.request.worker_id = wid
                 fields: dict[str, Any] = {
-                    "state": "RUNNING",
+                    "state": TaskStatus.RUNNING,
                     "last_attempted_at": now,
                     "worker_ids": [*live.rec["worker_ids"], wid],
                 }
@@ -299,7 +297,7 @@ class Attempt(AttemptCore):
                 claimed = True
         if not claimed:
             self.runtime.finished(job)
-            self._release()
+            self.release()
             return False
         self.runtime.supervisor.add(self)
         self.start(clock.monotonic())
@@ -370,9 +368,9 @@ class Attempt(AttemptCore):
             store.change(live, status, **fields)
         self._hooks(status, value, error, einfo)
         self.runtime.finished(job)
-        self._release()
+        self.release()
 
-    def _release(self) -> None:
+    def release(self) -> None:
         """The attempt is over: break its reference cycles (job <-> attempt <-> context) so
         that reference counting frees a finished task's objects at once. Left to the cyclic
         collector, every finished task of a big ``map`` stayed alive until a full collection,
@@ -433,7 +431,7 @@ class Attempt(AttemptCore):
         self.request.retries = n + 1
         self._hook("on_retry", cause, job.id, args, kwargs, einfo)
         self.runtime.schedule(job, delay)
-        self._release()
+        self.release()
 
     def _argument_fields(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The record's fields for the next attempt's arguments (``retry(args=, kwargs=)``)."""
@@ -531,15 +529,15 @@ class Attempt(AttemptCore):
             rec = self.store.get_record(task_id)
         except UnknownTaskId as exc:
             raise UnknownTaskId(f"update_state(task_id={task_id!r}): {exc}") from None
-        status = rec.get("status")
-        if status != TaskStatus.RUNNING.value:
+        status = rec["status"]
+        if status != TaskStatus.RUNNING:
             why = (
                 "it has not started yet, or waits for a retry"
-                if status == TaskStatus.READY.value
+                if status == TaskStatus.READY
                 else "it has finished, and its final state is its status"
             )
             raise ValueError(
-                f"update_state(task_id={task_id!r}): task {rec.get('task_name')}[{task_id}] "
+                f"update_state(task_id={task_id!r}): task {rec['task_name']}[{task_id}] "
                 f"is {status}, not RUNNING ({why}); the state of a task can be updated only "
                 "while it runs"
             )
@@ -580,14 +578,7 @@ def record_interrupted(job: Job, runtime: Runtime, reason: str) -> None:
         if attempt is not None:
             runtime.supervisor.discard(attempt)
         fields = (attempt.ctx.snapshot(now) if attempt is not None else None) or {}
-        store.change(
-            live,
-            TaskStatus.INTERRUPTED,
-            **fields,
-            finished_at=now,
-            state=TaskStatus.INTERRUPTED.value,
-            reason=reason,
-        )
+        store.interrupt(live, reason, now, **fields)
     runtime.finished(job)
     if attempt is not None:
-        attempt._release()
+        attempt.release()

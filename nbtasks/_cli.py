@@ -113,8 +113,11 @@ def cmd_list(
     print(f"{'ID':36}  {'NAME':24} {'STATUS':11} {'PROGRESS':>8}  {'STARTED':19}  DURATION")
     for row in rows:
         start, fin = row["started_at"], row["finished_at"]
-        both = start is not None and fin is not None
-        dur = format_duration(fin - start, precise=True) if both else ""
+        dur = (
+            format_duration(fin - start, precise=True)
+            if start is not None and fin is not None
+            else ""
+        )
         print(
             f"{row['id']:36}  {(row['task_name'] or '')[:24]:24} {row['status']:11} "
             f"{_progress_text(row['progress']):>8}  {_when(start):19}  {dur}"

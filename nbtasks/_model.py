@@ -11,7 +11,7 @@ import time as _time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, Required, TypedDict
 
 from ._errors import NbtasksError
 
@@ -78,6 +78,57 @@ TRANSITIONS: Final[Mapping[TaskStatus, frozenset[TaskStatus]]] = {
 
 class IllegalTransition(NbtasksError):
     """An internal error: a status change the transition table forbids."""
+
+
+class TaskRecord(TypedDict, total=False):
+    """A task's record: the JSON object the store keeps for it (``t:<id>``) and the owner's
+    live copy in memory. Only ``id``, ``task_name`` and ``status`` are always there; a field
+    that is None, empty or zero is left out (readers use ``.get``), which keeps the record
+    cheap to encode on every commit. Its status changes only through the store
+    (``Store.change``/``cancel``/``interrupt``), which checks each one against ``TRANSITIONS``."""
+
+    # fixed at submit
+    id: Required[str]
+    task_name: Required[str]
+    status: Required[str]  # a TaskStatus value
+    enqueued_at: float | None  # timestamps: seconds since the epoch (UTC)
+    args_repr: str  # a short repr for listings (never unpickled)
+    args: dict[str, Any]  # encoded by the codec: signed pickle, inline or in a value file
+    kwargs: dict[str, Any]
+    backend: str  # the App's name
+    owner: str  # host:pid:start time of the process that owns the task
+    executor: str
+    priority: int
+    eta: float
+    expires: float
+    max_retries: int
+    chunk: bool  # a ``chunks`` task: its one argument is a list of argument tuples
+    group_id: str
+    parent_id: str  # the task that submitted this one, or the previous link of a chain
+    root_id: str  # the first task of that line (left out when it is the task itself)
+    parent_group: str  # a chord callback: the header group it waits for
+    cache_key: str
+    # while it runs
+    started_at: float | None
+    last_attempted_at: float
+    worker_ids: list[str]  # one per attempt
+    retries: int
+    state: str  # update_state's state, then the final status's name
+    result: Any  # update_state's meta (JSON) while running
+    progress: list[Any] | None  # Progress.to_json()
+    output: str  # the bounded tail of what it printed or logged
+    output_total: int  # characters written in all (the tail may hold fewer)
+    metadata: dict[str, Any]
+    heartbeat: float  # a detached worker's last sign of life
+    # at the end
+    finished_at: float | None
+    errors: list[dict[str, str]]  # TaskError.to_json(), one per failed attempt
+    hook_errors: list[dict[str, str]]
+    reason: str  # why it was CANCELLED or INTERRUPTED
+    rv: dict[str, Any]  # the return value, encoded
+    exc: dict[str, Any]  # the exception, encoded
+    # only in a listing's summary of a row that is not a record nbtasks wrote: why
+    damaged: str
 
 
 def check_transition(task_id: str, old: TaskStatus, new: TaskStatus) -> None:

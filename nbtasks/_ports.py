@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 if TYPE_CHECKING:
+    from ._model import TaskRecord
     from ._result import GroupResult, TaskResult
     from ._task import Signature, Task, group
 
@@ -37,7 +38,7 @@ class LiveTask(Protocol):
     """A task in its owner's memory (``store.Live``), as a handle reads it: the record this
     process changes in place, the values it keeps unencoded, and a wait for the end."""
 
-    rec: dict[str, Any]
+    rec: TaskRecord
     args: Any
     kwargs: Any
     value: Any
@@ -103,12 +104,12 @@ class Results(Protocol):
         """The task in this process's memory if this process owns it (read it at once)."""
         ...
 
-    def read_listed(self, task_id: str) -> tuple[dict[str, Any], str]:
+    def read_listed(self, task_id: str) -> tuple[TaskRecord, str]:
         """The committed record's listing fields (status, name, times, progress: one indexed
         row) and its text, parsed only when another field is wanted (``read_record``)."""
         ...
 
-    def read_record(self, task_id: str, text: str | None = None) -> dict[str, Any]:
+    def read_record(self, task_id: str, text: str | None = None) -> TaskRecord:
         """The whole committed record (parsed from ``text`` if given: what ``read_listed``
         read). Where the app may sweep, an unfinished task whose owner is gone reads as the
         sweep makes it (INTERRUPTED)."""

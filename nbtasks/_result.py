@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Generator, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from . import _ports as ports
 from ._errors import (
@@ -28,6 +28,7 @@ from ._model import (
     FINISHED,
     MISSING,
     Progress,
+    TaskRecord,
     TaskStatus,
     aggregate_progress,
     check_id,
@@ -58,7 +59,7 @@ class TaskResult:
         app: Results | None = None,
         *,
         live: LiveTask | None = None,
-        rec: dict[str, Any] | None = None,
+        rec: TaskRecord | None = None,
         cached: bool = False,
         parent: TaskResult | GroupResult | None = None,
     ) -> None:
@@ -74,13 +75,13 @@ class TaskResult:
         self._live = live
         self.cached = cached
         self._parent = parent
-        self._rec: dict[str, Any] = dict(rec) if rec is not None else {}
+        self._rec: TaskRecord = rec.copy() if rec is not None else cast(TaskRecord, {})
         self._partial = False  # _rec holds only a listing's fields (see from_summary, refresh)
         if rec is None:
             self.refresh()  # UnknownTaskId if the store has no such task
 
     @classmethod
-    def from_summary(cls, app: Results, fields: dict[str, Any]) -> TaskResult:
+    def from_summary(cls, app: Results, fields: TaskRecord) -> TaskResult:
         """A handle made from a listing's fields (status, name, the times, progress: see
         ``Store.listing()``; a damaged record's row holds ``damaged``, the error to raise when
         its status is read). The first read of any other field loads the whole record, as
@@ -95,7 +96,7 @@ class TaskResult:
     # Defaults until set: a listed handle sets none of these, __init__ only the first three.
     _live: LiveTask | None = None
     _text: str | None = None  # a finished record's text, not parsed yet (see refresh)
-    _final: dict[str, Any] | None = None  # the record once a current read saw it finished
+    _final: TaskRecord | None = None  # the record once a current read saw it finished
     cached: bool = False
     _parent: TaskResult | GroupResult | None = None
     _value: Any = MISSING
@@ -115,11 +116,11 @@ class TaskResult:
         live = self._source()
         if live is not None:
             self._live = live
-            self._rec = dict(live.rec)
+            self._rec = live.rec.copy()
             self._text, self._partial = None, False
             return self
         fields, text = self._app.read_listed(self.id)
-        if fields["status"] in _FINISHED_NAMES:
+        if fields["status"] in FINISHED:
             # The listing fields now; the record's text is parsed when it is wanted.
             self._rec, self._text, self._partial = fields, text, True
             return self
@@ -128,7 +129,7 @@ class TaskResult:
         return self
 
     @property
-    def _full(self) -> dict[str, Any]:
+    def _full(self) -> TaskRecord:
         """The whole snapshot record: parsed now from the text read with the listing fields,
         or read now if this handle came from a listing."""
         if self._partial:
@@ -139,14 +140,14 @@ class TaskResult:
                 self._rec, self._text, self._partial = rec, None, False
         return self._rec
 
-    def _now(self, full: bool = True) -> dict[str, Any]:
+    def _now(self, full: bool = True) -> TaskRecord:
         """The record as it is now, for the fields that are current on every read (``full``:
         more than the listing's status and progress are wanted)."""
         live = self._source()
         if live is not None:
             self._live = live
             return live.rec
-        if self._rec.get("status") in _FINISHED_NAMES:
+        if self._rec.get("status") in FINISHED:
             # A finished task's record never changes again.
             return self._full if full else self._rec
         if "damaged" in self._rec:
@@ -155,7 +156,7 @@ class TaskResult:
         if final is not None:
             return final
         rec = self._app.read_record(self.id)
-        if rec["status"] in _FINISHED_NAMES:
+        if rec["status"] in FINISHED:
             self._final = rec
         return rec
 
@@ -265,7 +266,7 @@ class TaskResult:
         """While running: the ``meta`` of the last ``update_state``; when finished: the return
         value (None if the task did not succeed)."""
         rec = self._now()
-        if rec["status"] == "SUCCESSFUL":
+        if rec["status"] == TaskStatus.SUCCESSFUL:
             return self._return_value(rec)
         return rec.get("result")
 
@@ -284,7 +285,7 @@ class TaskResult:
 
     @property
     def is_finished(self) -> bool:
-        return self._now(full=False)["status"] in _FINISHED_NAMES
+        return self._now(full=False)["status"] in FINISHED
 
     @property
     def attempts(self) -> int:
@@ -308,13 +309,13 @@ class TaskResult:
         own exception as its ``__cause__`` where it can be restored), TaskCancelled or
         TaskInterrupted (django-tasks)."""
         rec = self._now()
-        if rec["status"] == "SUCCESSFUL":
+        if rec["status"] == TaskStatus.SUCCESSFUL:
             return self._return_value(rec)
-        if rec["status"] == "FAILED":
+        if rec["status"] == TaskStatus.FAILED:
             raise self._failed(rec) from self._exception(rec)
         raise self._not_returned(rec)
 
-    def _return_value(self, rec: dict[str, Any]) -> Any:
+    def _return_value(self, rec: TaskRecord) -> Any:
         if self._value is MISSING:
             live = self._live
             if live is not None and live.value is not MISSING:
@@ -323,27 +324,27 @@ class TaskResult:
                 self._value = self._decode("rv", rec)
         return self._value
 
-    def _failed(self, rec: dict[str, Any]) -> TaskFailed:
+    def _failed(self, rec: TaskRecord) -> TaskFailed:
         errors = rec.get("errors") or []
         err = TaskError.from_json(errors[-1]) if errors else TaskError("", "", "unknown error")
         what = f"{err.exception_class_path}: {err.message}" if errors else "unknown error"
         text = f"task {self.task_name}[{self.id}] failed: {what}"
         return TaskFailed(text, err.exception_class_path, err.traceback, err.message)
 
-    def _not_returned(self, rec: dict[str, Any]) -> Exception:
+    def _not_returned(self, rec: TaskRecord) -> Exception:
         """ResultNotReady, TaskCancelled or TaskInterrupted for a task that did not finish
         with a value or an exception."""
         name = f"task {self.task_name}[{self.id}]"
         status, reason = rec["status"], rec.get("reason")
-        if status == "CANCELLED":
+        if status == TaskStatus.CANCELLED:
             return TaskCancelled(f"{name} was cancelled: {reason or 'cancelled'}")
-        if status == "INTERRUPTED":
+        if status == TaskStatus.INTERRUPTED:
             return TaskInterrupted(
                 f"{name} was interrupted: {reason or 'its process ended'}; submit it again"
             )
         return ResultNotReady(f"{name} is {status}; wait() for it or check is_finished")
 
-    def _decode(self, field: str, rec: dict[str, Any]) -> Any:
+    def _decode(self, field: Literal["args", "kwargs", "rv", "exc"], rec: TaskRecord) -> Any:
         enc = rec.get(field)
         if enc is None:
             return None
@@ -354,7 +355,7 @@ class TaskResult:
             )
         return self._app.decode(enc, f"the {field} of task {self.id}")
 
-    def _exception(self, rec: dict[str, Any]) -> BaseException | None:
+    def _exception(self, rec: TaskRecord) -> BaseException | None:
         """What the task raised, restored (a new object each time), with its own traceback
         text chained as ``__cause__`` (as ``concurrent.futures.process`` does); None where it
         cannot be restored (not pickled, class not importable, signature not trusted)."""
@@ -376,10 +377,10 @@ class TaskResult:
         """A finished task's return value, or what it raised (raised, or returned if not
         ``propagate``)."""
         rec = self._now()
-        if rec["status"] == "SUCCESSFUL":
+        if rec["status"] == TaskStatus.SUCCESSFUL:
             return self._return_value(rec)
         error: BaseException
-        if rec["status"] == "FAILED":
+        if rec["status"] == TaskStatus.FAILED:
             restored = self._exception(rec)
             error = restored if restored is not None else self._failed(rec)
         else:
@@ -400,7 +401,7 @@ class TaskResult:
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.005
         while True:
-            if self.refresh()._rec["status"] in _FINISHED_NAMES:  # the snapshot just read
+            if self.refresh()._rec["status"] in FINISHED:  # the snapshot just read
                 return self
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"task {self.task_name}[{self.id}] did not finish in {timeout}s")
@@ -426,7 +427,7 @@ class TaskResult:
         """``await result``: as ``get()``, without blocking the event loop."""
         live = self._source()
         if live is None:
-            while self.refresh()._rec["status"] not in _FINISHED_NAMES:
+            while self.refresh()._rec["status"] not in FINISHED:
                 await asyncio.sleep(0.02)
             return self._outcome(True)
         loop = asyncio.get_running_loop()
@@ -489,14 +490,13 @@ class TaskResult:
         """A handle on the same task in the same App (no store is opened)."""
         new = TaskResult.__new__(TaskResult)
         new.__dict__.update(self.__dict__)
-        new._rec = dict(self._rec)
+        new._rec = self._rec.copy()
         return new
 
 
 #: Celery's name for the handle class: ``nbtasks.AsyncResult(task_id, app=None)``.
 AsyncResult = TaskResult
 
-_FINISHED_NAMES = frozenset(s.value for s in FINISHED)
 _STATUS = {s.value: s for s in TaskStatus}
 
 

@@ -6,11 +6,8 @@ and the canvas: tasks that wait for others (chains, chords) are committed READY 
 dispatched when what they wait for succeeds, or CANCELLED with a reason naming the task that did
 not.
 
-``Supervisor`` is supervision on the injected clock, one thread per runtime (a worker process
-has one too): the timers (countdowns, ETAs, retry backoff); every ``TICK`` while attempts run,
-their time limits and a sample of their progress and output into the store (so a task's
-``progress()`` only sets attributes and the store sees at most ~10 writes a second); and, while
-this process has unfinished tasks, the cancel requests other processes wrote into the store.
+Supervision (timers, time limits, progress samples, cancel requests) is the ``Supervisor``'s
+(``_supervisor.py``), on the injected clock; the runtime owns one and acts on what it reports.
 """
 
 from __future__ import annotations
@@ -19,13 +16,13 @@ import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import executors
 from ._attempt import Job, Options
 from ._codec import args_repr, cache_key, find_unpicklable
 from ._errors import StoreError, TaskCancelled, UnknownTaskId
-from ._model import FINISHED, Clock, Metadata, Request, TaskStatus, to_datetime
+from ._model import FINISHED, Clock, Metadata, Request, TaskRecord, TaskStatus, to_datetime
 from ._supervisor import Supervisor
 from .store import Live, Store, new_id, owner_alive
 
@@ -106,10 +103,10 @@ class Runtime:
         now = self.clock.time()
         # Fields that are None, empty or zero are left out (readers use .get): a smaller
         # record is cheaper to encode on every commit.
-        rec: dict[str, Any] = {
+        rec: TaskRecord = {
             "id": tid,
-            "task_name": task.name,
-            "status": "READY",
+            "task_name": task.name or "",
+            "status": TaskStatus.READY,
             "enqueued_at": now,
             "args_repr": args_repr(args, kwargs),
             "args": enc_args,
@@ -132,7 +129,7 @@ class Runtime:
         if chunk:
             rec["chunk"] = True
         if extra:
-            rec.update({k: v for k, v in extra.items() if v is not None})
+            rec.update(cast(TaskRecord, {k: v for k, v in extra.items() if v is not None}))
         live = Live(rec, args, kwargs)
         request = Request(
             task_name=task.name or "",
@@ -167,11 +164,11 @@ class Runtime:
         except UnknownTaskId:
             return None, None, key
         status = rec["status"]
-        if status == "SUCCESSFUL":
+        if status == TaskStatus.SUCCESSFUL:
             ttl = job.options.cache_ttl
             if ttl is None or self.clock.time() - (rec.get("finished_at") or 0) <= ttl:
                 return None, tid, key
-        elif status in ("READY", "RUNNING") and owner_alive(rec.get("owner")):
+        elif status in (TaskStatus.READY, TaskStatus.RUNNING) and owner_alive(rec.get("owner")):
             return None, tid, key
         return None, None, key
 
@@ -237,7 +234,7 @@ class Runtime:
 
     def _due(self, job: Job) -> None:
         """A countdown, ETA or retry backoff has run out (on the supervisor's thread)."""
-        if job.live.rec["status"] != "READY":
+        if job.live.rec["status"] != TaskStatus.READY:
             return
         if job.options.executor == "inline":
             # An inline task runs in the thread that hands it over: not this one, which goes
@@ -264,7 +261,7 @@ class Runtime:
             rec = self.store.get_record(task_id)
         except UnknownTaskId:
             raise
-        if rec["status"] in {s.value for s in FINISHED}:
+        if rec["status"] in FINISHED:
             return False
         self.store.request_cancel(task_id)  # its owner acts on it within ~0.1 s
         return True
@@ -273,17 +270,11 @@ class Runtime:
         live = job.live
         with self.lock:
             status = live.rec["status"]
-            if status in {s.value for s in FINISHED}:
+            if status in FINISHED:
                 return False
             job.cancel_reason = reason
-            if status == "READY":
-                self.store.change(
-                    live,
-                    TaskStatus.CANCELLED,
-                    finished_at=self.clock.time(),
-                    state="CANCELLED",
-                    reason=reason,
-                )
+            if status == TaskStatus.READY:
+                self.store.cancel(live, reason, self.clock.time())
                 running = False
             else:
                 running = True
@@ -317,14 +308,14 @@ class Runtime:
         key = live.rec.get("cache_key")
         if key and self.inflight.get(key) is job:
             del self.inflight[key]
-        if status == "SUCCESSFUL":
+        if status == TaskStatus.SUCCESSFUL:
             for sig in job.options.link:
                 self._link(job, sig, (live.value,))
-        elif status == "FAILED":
+        elif status == TaskStatus.FAILED:
             for sig in job.options.link_error:
                 self._link(job, sig, (job.id,))
         for w in dependents:
-            if status == "SUCCESSFUL":
+            if status == TaskStatus.SUCCESSFUL:
                 w.remaining.discard(job.id)
                 if not w.remaining:
                     self._release(w)
@@ -332,9 +323,11 @@ class Runtime:
                 # Name the task that broke the chain, also further down it.
                 cause = job.chain_cause
                 if cause is None:
-                    verb = {"FAILED": "failed", "CANCELLED": "was cancelled"}.get(
-                        status, "was interrupted"
-                    )
+                    verbs: dict[str, str] = {
+                        TaskStatus.FAILED: "failed",
+                        TaskStatus.CANCELLED: "was cancelled",
+                    }
+                    verb = verbs.get(status, "was interrupted")
                     cause = f"task {job.id} ({job.request.task_name}) {verb}"
                 w.job.chain_cause = cause
                 self.cancel_job(w.job, cause)
@@ -373,7 +366,7 @@ class Runtime:
             self.cancel_job(job, "the App was shut down before the task started")
         if cancel_pending:
             for job in list(self.jobs.values()):
-                if job.live.rec["status"] == "READY":
+                if job.live.rec["status"] == TaskStatus.READY:
                     self.cancel_job(job, "the App was shut down before the task started")
         try:
             self.store.flush()

@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from ._codec import code_hash
 from ._errors import NbtasksError
-from ._model import CURRENT, Metadata, Options, Request, as_metadata, check_text, to_timestamp
+from ._model import (
+    CURRENT,
+    Metadata,
+    Options,
+    Request,
+    TaskStatus,
+    as_metadata,
+    check_text,
+    to_timestamp,
+)
 from ._options import (
     CALL_OPTIONS,
     INHERITED,
@@ -298,7 +307,7 @@ class Task:
             options["task_id"] = task_id
         result = self.app.submit_call(self, a, kw, options)
         result.refresh()
-        if throw and result.status.value == "FAILED":
+        if throw and result.status.value == TaskStatus.FAILED:
             result.get()  # Celery's apply(throw=True): raises what the task raised
         return result
 

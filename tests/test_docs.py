@@ -21,12 +21,12 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import wait_until
 
 import nbtasks
 
@@ -632,9 +632,7 @@ def _dask_worker_lost(env: Env) -> str:
     client = _dask_client()
     try:
         r = env.app(dask=client).task(name="f", executor="dask")(ns["f"]).delay()
-        deadline = time.monotonic() + 30
-        while "pid" not in r.refresh().metadata and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: "pid" in r.refresh().metadata, timeout=30)
         os.kill(r.metadata["pid"], signal.SIGKILL)  # the worker process dies (out of memory, say)
         r.wait(timeout=60)
         return raised(lambda: r.return_value)
@@ -655,9 +653,7 @@ def _dask_scheduler_lost(env: Env) -> str:
     try:
         f = env.app(dask=client).task(name="f", executor="dask")(ns["f"])
         r = f.delay()
-        deadline = time.monotonic() + 30
-        while r.refresh().progress is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: r.refresh().progress is not None, timeout=30)
         client.loop.add_callback(client.scheduler_comm.comm.abort)  # the network drops
         r.wait(timeout=30)
         return raised(lambda: r.return_value)

@@ -126,9 +126,9 @@ def test_a_finished_result_from_the_store_parses_its_record_when_first_needed(
     wait_until(lambda: reader.store.read_record(r.id)["status"] == "SUCCESSFUL")
     stored = reader.store.read_record(r.id)
     parses: list[str] = []
-    parse = nbtasks._app.parse_record  # the App parses the records its handles read
+    parse = nbtasks._app.parse_task_record  # the App parses the records its handles read
     monkeypatch.setattr(
-        nbtasks._app, "parse_record", lambda t, *a: parses.append(t) or parse(t, *a)
+        nbtasks._app, "parse_task_record", lambda t, *a: parses.append(t) or parse(t, *a)
     )
     reads: list[str] = []
     read = reader.store.read_record

@@ -33,15 +33,23 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, cast
 
 import diskcache
 
 from .._codec import INLINE_LIMIT, Codec, Signer, _is_plain
 from .._errors import StoreError, UnknownTaskId
-from .._model import FINISHED, MISSING, TaskStatus, check_json, check_text, check_transition
+from .._model import (
+    FINISHED,
+    MISSING,
+    TaskRecord,
+    TaskStatus,
+    check_json,
+    check_text,
+    check_transition,
+)
 from . import cleanup
 from .disk import explain
 from .opening import LOCK_TIMEOUT, SCHEMA, open_cache, open_reader
@@ -56,7 +64,17 @@ from .owners import (
     swept_rows,
 )
 from .queries import CANCEL_REQUESTS, READ_LISTED, Reader
-from .records import STATUS, Live, damaged, ending, new_id, no_gc, parse_record, summary
+from .records import (
+    STATUS,
+    Live,
+    damaged,
+    ending,
+    new_id,
+    no_gc,
+    parse_record,
+    parse_task_record,
+    summary,
+)
 from .writer import Writer, flush_all
 
 __all__ = [
@@ -73,6 +91,7 @@ __all__ = [
     "no_gc",
     "owner_alive",
     "parse_record",
+    "parse_task_record",
     "process_start_time",
     "summary",
 ]
@@ -173,22 +192,22 @@ class Store:
 
     # ------------------------------------------------------------------ reading
 
-    def get_record(self, task_id: str) -> dict[str, Any]:
+    def get_record(self, task_id: str) -> TaskRecord:
         live = self.live.get(task_id)
         if live is not None:
             return live.rec
         return self.read_record(task_id)
 
-    def read_record(self, task_id: str) -> dict[str, Any]:
+    def read_record(self, task_id: str) -> TaskRecord:
         """The committed record (never the in-memory one)."""
         key = "t:" + task_id
         text = self.reader.get(key)
         if text is None:
             raise self._unknown(task_id)
-        rec = parse_record(text, key, self.path)
+        rec = parse_task_record(text, key, self.path)
         return as_swept(task_id, rec) if self.read_only else rec
 
-    def read_listed(self, task_id: str) -> tuple[dict[str, Any], str]:
+    def read_listed(self, task_id: str) -> tuple[TaskRecord, str]:
         """The committed record's listing fields (as ``summary()`` gives them), and its text
         to parse when any other field is wanted: one query, and no parse for a handle that is
         only asked its status (~12 µs, against ~20 to read and parse the whole record)."""
@@ -262,7 +281,7 @@ class Store:
         name: str | None = None,
         offset: int = 0,
         limit: int | None = 50,
-    ) -> list[dict[str, Any]]:
+    ) -> list[TaskRecord]:
         """The fields a dashboard shows, as dicts (``listing()`` rows, named)."""
         rows = self.listing(status, name, offset, limit)
         with no_gc():
@@ -371,13 +390,13 @@ class Store:
         (or wait for the commit under way that carries it)."""
         self.writer.settle(live.id)
 
-    def observe(self, live: Live, fields: dict[str, Any]) -> None:
+    def observe(self, live: Live, fields: Mapping[str, object]) -> None:
         """Mirror fields that the task's owner in another process wrote (or is writing): in
         memory only, never written from here. Waiters wake when the status becomes final."""
         status = fields.get("status")
         if status is not None and status != live.rec["status"]:
-            check_transition(live.id, TaskStatus(live.rec["status"]), TaskStatus(status))
-        live.rec.update(fields)
+            check_transition(live.id, TaskStatus(live.rec["status"]), TaskStatus(str(status)))
+        live.rec.update(cast(TaskRecord, fields))
         if status is not None and status in FINISHED:
             live.notify_finished()
 
@@ -390,7 +409,9 @@ class Store:
         if status is not None:
             check_transition(live.id, STATUS[live.rec["status"]], status)
             fields["status"] = status.value
-        live.rec.update(fields)  # one C call: atomic with the writer's json.dumps under the GIL
+        live.rec.update(
+            cast(TaskRecord, fields)
+        )  # one C call: atomic with the writer's json.dumps under the GIL
         self.writer.mark(live, soon and not self.commit_at_tick)
         if status is not None and status in FINISHED:
             live.notify_finished()

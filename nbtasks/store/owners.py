@@ -11,15 +11,15 @@ import socket
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import diskcache
 
 from .._errors import StoreError
-from .._model import TaskStatus, check_transition
+from .._model import TaskRecord, TaskStatus, check_transition
 from .disk import explain
 from .queries import Reader
-from .records import DAMAGED, STATUS, UNFINISHED, ending, parse_record, record_row
+from .records import DAMAGED, STATUS, UNFINISHED, ending, parse_task_record, record_row
 from .writer import upsert
 
 HOST: Final = socket.gethostname()
@@ -81,13 +81,14 @@ def owner_pid(owner: str | None) -> int | None:
         return None
 
 
-def describe_owner(rec: dict[str, Any]) -> str:
-    owner = rec.get("owner") or "?"
+def describe_owner(owner: str | None) -> str:
+    """An owner token (host:pid:start) as a person reads it."""
+    owner = owner or "?"
     parts = owner.split(":")
     return f"pid {parts[-2]} on {':'.join(parts[:-2])}" if len(parts) >= 3 else owner
 
 
-def owner_gone(rec: dict[str, Any], now: float) -> bool:
+def owner_gone(rec: TaskRecord, now: float) -> bool:
     """On this host: its pid is dead or reused. On another (where pids say nothing): the record
     carries heartbeats (a worker process writes one every few seconds) and the last is stale."""
     owner = rec.get("owner")
@@ -98,20 +99,20 @@ def owner_gone(rec: dict[str, Any], now: float) -> bool:
     return beat is not None and host != HOST and now - beat > STALE
 
 
-def gone_why(rec: dict[str, Any]) -> str:
-    why = f"its owner process {describe_owner(rec)} is gone"
+def gone_why(rec: TaskRecord) -> str:
+    why = f"its owner process {describe_owner(rec.get('owner'))} is gone"
     beat = rec.get("heartbeat")
     if isinstance(beat, int | float):
         why += f" (last heartbeat {time.strftime('%H:%M:%S', time.localtime(beat))})"
     return why
 
 
-def interrupt_record(task_id: str, rec: dict[str, Any], now: float, why: str) -> None:
+def interrupt_record(task_id: str, rec: TaskRecord, now: float, why: str) -> None:
     """A committed record whose owner is gone, INTERRUPTED (through the transition table)."""
     check_transition(task_id, STATUS[rec["status"]], TaskStatus.INTERRUPTED)
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
     rec["status"] = TaskStatus.INTERRUPTED.value
-    rec.update(ending(TaskStatus.INTERRUPTED, f"{why} (found at {when})", now))
+    rec.update(cast(TaskRecord, ending(TaskStatus.INTERRUPTED, f"{why} (found at {when})", now)))
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -130,7 +131,7 @@ def sweep_dead_owners(reader: Reader, cache: Any, path: Path) -> int:
         with cache.transact():
             for key in dead:
                 try:
-                    rec = parse_record(reader.get(key), key, path)
+                    rec = parse_task_record(reader.get(key), key, path)
                 except StoreError:
                     continue
                 if rec["status"] not in UNFINISHED or not owner_gone(rec, now):
@@ -146,7 +147,7 @@ def sweep_dead_owners(reader: Reader, cache: Any, path: Path) -> int:
     return n
 
 
-def _unfinished(reader: Reader, path: Path) -> list[tuple[str, dict[str, Any]]]:
+def _unfinished(reader: Reader, path: Path) -> list[tuple[str, TaskRecord]]:
     """The READY/RUNNING records, parsed (damaged ones left out)."""
     rows = reader.rows(
         "SELECT key, value FROM Cache WHERE tag IN ('READY', 'RUNNING') "
@@ -156,14 +157,14 @@ def _unfinished(reader: Reader, path: Path) -> list[tuple[str, dict[str, Any]]]:
     out = []
     for key, text in rows:
         with contextlib.suppress(StoreError):
-            out.append((key, parse_record(text, key, path)))
+            out.append((key, parse_task_record(text, key, path)))
     return out
 
 
-def as_swept(task_id: str, rec: dict[str, Any]) -> dict[str, Any]:
+def as_swept(task_id: str, rec: TaskRecord) -> TaskRecord:
     """A record of a read-only store as a sweep would leave it (a copy), nothing written."""
     if rec["status"] in UNFINISHED and owner_gone(rec, time.time()):
-        rec = dict(rec)
+        rec = rec.copy()
         interrupt_record(task_id, rec, time.time(), gone_why(rec))
     return rec
 
@@ -176,7 +177,7 @@ def swept_rows(reader: Reader, rows: list[tuple[Any, ...]], path: Path) -> list[
         if row[1] in UNFINISHED:
             try:
                 key = row[0]
-                rec = as_swept(key[2:], parse_record(reader.get(key), key, path))
+                rec = as_swept(key[2:], parse_task_record(reader.get(key), key, path))
             except StoreError:
                 row = (row[0], DAMAGED, *row[2:])
             else:

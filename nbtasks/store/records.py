@@ -17,16 +17,16 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from .._errors import StoreError
-from .._model import FINISHED, MISSING, TaskStatus
+from .._model import FINISHED, MISSING, TaskRecord, TaskStatus
 
 #: A status's name -> the status.
 STATUS: Final = {s.value: s for s in TaskStatus}
-UNFINISHED: Final = ("READY", "RUNNING")
+UNFINISHED: Final = (TaskStatus.READY, TaskStatus.RUNNING)
 
 # --------------------------------------------------------------------------- ids
 
@@ -104,7 +104,12 @@ DAMAGED: Final = "DAMAGED"  # the status a listing shows for a damaged record
 _NUMBERS: Final = (float, int)
 
 
-def summary(row: Sequence[Any]) -> dict[str, Any]:
+def parse_task_record(text: Any, key: str, store: Path | str = "") -> TaskRecord:
+    """``parse_record`` of a task's key (``t:<id>``): its checks make it a TaskRecord."""
+    return cast(TaskRecord, parse_record(text, key, store))
+
+
+def summary(row: Sequence[Any]) -> TaskRecord:
     """A ``listing()`` row as the record fields it holds (a partial record). A row whose status
     or progress is not what nbtasks writes is summarised as damaged (status ``DAMAGED``,
     ``damaged``: why), so that one bad record does not stop a listing (its name and times have
@@ -156,11 +161,11 @@ _c_encoder: Final = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
 )
 
 
-def _strict_json(value: dict[str, Any] | list[Any]) -> str:
+def _strict_json(value: Mapping[str, Any] | list[Any]) -> str:
     return "".join(_c_encoder(value, 0))
 
 
-def record_text(rec: dict[str, Any]) -> str:
+def record_text(rec: TaskRecord) -> str:
     """A record as JSON that SQLite's JSON functions can read. They refuse NaN and Infinity,
     and one such record would make every listing of the store fail: a progress holding one is
     stored as no progress, any other such number as null (the owner's memory keeps them)."""
@@ -173,13 +178,14 @@ def record_text(rec: dict[str, Any]) -> str:
         return _strict_json(clean)
 
 
-def record_row(task_id: str, rec: dict[str, Any], now: float) -> tuple[Any, ...]:
+def record_row(task_id: str, rec: TaskRecord, now: float) -> tuple[Any, ...]:
     """The values ``writer.upsert`` writes for one record: diskcache's columns, then the
     listing's."""
-    progress = rec.get("progress")
-    if progress is not None:
+    progress: str | None = None
+    value = rec.get("progress")
+    if value is not None:
         try:
-            progress = _strict_json(progress)
+            progress = _strict_json(value)
         except ValueError:  # NaN or Infinity: stored as no progress, as in the record
             progress = None
     return (
@@ -234,7 +240,7 @@ class Live:
 
     __slots__ = ("_done", "args", "callbacks", "id", "kwargs", "rec", "value")
 
-    def __init__(self, rec: dict[str, Any], args: Any = MISSING, kwargs: Any = MISSING) -> None:
+    def __init__(self, rec: TaskRecord, args: Any = MISSING, kwargs: Any = MISSING) -> None:
         self.id: str = rec["id"]
         self.rec = rec
         self.args = args

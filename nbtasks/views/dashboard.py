@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from .. import _kernel
+from .._model import TaskStatus
 from .._text import format_duration
 from .format import badge, elapsed, filter_bundle, fmt_when, html_bar, now
 from .snapshot import STATUSES, UNFINISHED, Snapshot, summary_snapshot
@@ -208,7 +209,7 @@ def row_html(snap: Snapshot | None, at: _dt.datetime | None = None) -> str:
     at = at or now()
     spent = elapsed(snap, at)
     pct = "" if snap.fraction is None else f" {100 * snap.fraction:.0f}%"
-    if snap.status == "SUCCESSFUL":
+    if snap.status == TaskStatus.SUCCESSFUL:
         pct = " 100%"
     return (
         f'<div {style} data-task-id="{html.escape(snap.id)}">'
@@ -228,7 +229,7 @@ def table_text(rows: Sequence[Snapshot], total: int) -> str:
     lines = [f"{'task':24} {'id':8}  {'status':11} {'progress':>8}  {'started':16} duration"]
     for snap in rows:
         pct = "" if snap.fraction is None else f"{100 * snap.fraction:.0f}%"
-        if snap.status == "SUCCESSFUL":
+        if snap.status == TaskStatus.SUCCESSFUL:
             pct = "100%"
         lines.append(
             f"{snap.name[:24]:24} {snap.short_id:8}  {snap.status:11} {pct:>8}  "

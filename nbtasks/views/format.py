@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from .._model import TaskStatus
 from .._text import format_duration, short_id
 from .snapshot import (
     TERMINAL,
@@ -50,13 +51,13 @@ __all__ = [
     "timing_text",
 ]
 
-STATUS_COLORS = {
-    "READY": "#757575",
-    "RUNNING": "#1565c0",
-    "SUCCESSFUL": "#2e7d32",
-    "FAILED": "#c62828",
-    "CANCELLED": "#e65100",
-    "INTERRUPTED": "#6a1b9a",
+STATUS_COLORS: dict[str, str] = {
+    TaskStatus.READY: "#757575",
+    TaskStatus.RUNNING: "#1565c0",
+    TaskStatus.SUCCESSFUL: "#2e7d32",
+    TaskStatus.FAILED: "#c62828",
+    TaskStatus.CANCELLED: "#e65100",
+    TaskStatus.INTERRUPTED: "#6a1b9a",
 }
 METADATA_CHARS = 8_000
 TRACEBACK_CHARS = 20_000
@@ -121,7 +122,7 @@ def progress_text(snap: Snapshot) -> str:
 def timing_text(snap: Snapshot, at: _dt.datetime | None = None) -> str:
     """'elapsed 3.2 s · 12.3/s · ETA 8.1 s', 'waiting 2.0 s', 'took 5.3 s'."""
     at = at or now()
-    if snap.status == "READY":
+    if snap.status == TaskStatus.READY:
         if snap.enqueued_at is None:
             return "waiting"
         return f"waiting {format_duration((at - snap.enqueued_at).total_seconds())}"
@@ -130,7 +131,7 @@ def timing_text(snap: Snapshot, at: _dt.datetime | None = None) -> str:
         took = f"took {format_duration(spent)}" if spent is not None else ""
         if (
             snap.reason
-            and snap.status in ("CANCELLED", "INTERRUPTED")
+            and snap.status in (TaskStatus.CANCELLED, TaskStatus.INTERRUPTED)
             and (snap.reason.lower() not in ("cancelled", "interrupted"))
         ):
             return f"{snap.status.lower()}: {snap.reason}" + (f" · {took}" if took else "")
@@ -154,7 +155,7 @@ def task_line(snap: Snapshot) -> str:
     parts = [f"<TaskResult {snap.name} {snap.short_id} {snap.status}"]
     if text := progress_text(snap):
         parts.append(text)
-    if snap.errors and snap.status == "FAILED":
+    if snap.errors and snap.status == TaskStatus.FAILED:
         parts.append(snap.errors[-1][0].rsplit(".", 1)[-1])
     return " ".join(parts) + ">"
 
@@ -218,7 +219,7 @@ def errors_html(snap: Snapshot) -> str:
     last_tb = snap.errors[-1][1]
     if len(last_tb) > TRACEBACK_CHARS:
         last_tb = "…" + last_tb[-TRACEBACK_CHARS:]
-    opened = " open" if snap.status == "FAILED" else ""
+    opened = " open" if snap.status == TaskStatus.FAILED else ""
     return (
         f'<div class="nbtasks-error" style="color:#c62828">{"<br>".join(rows)}</div>'
         f"<details{opened}><summary>traceback</summary>"
@@ -238,7 +239,7 @@ def metadata_html(metadata: Mapping[str, Any]) -> str:
 
 
 def html_bar(fraction: float | None, status: str, width: str = "100%") -> str:
-    pct = 100.0 if status == "SUCCESSFUL" else 100.0 * (fraction or 0.0)
+    pct = 100.0 if status == TaskStatus.SUCCESSFUL else 100.0 * (fraction or 0.0)
     color = STATUS_COLORS.get(status, "#1565c0")
     return (
         f'<div style="display:inline-block;width:{width};height:0.8em;background:#e0e0e0;'
@@ -259,7 +260,13 @@ def counts_html(counts: Mapping[str, int], total: int) -> str:
 
 def members_html(snaps: Sequence[Snapshot], at: _dt.datetime) -> str:
     """A group's members as a table: the running and failed ones first if there are many."""
-    order = {"RUNNING": 0, "FAILED": 1, "READY": 2, "INTERRUPTED": 3, "CANCELLED": 4}
+    order: dict[str, int] = {
+        TaskStatus.RUNNING: 0,
+        TaskStatus.FAILED: 1,
+        TaskStatus.READY: 2,
+        TaskStatus.INTERRUPTED: 3,
+        TaskStatus.CANCELLED: 4,
+    }
     ranked = sorted(range(len(snaps)), key=lambda i: (order.get(snaps[i].status, 5), i))
     rows = []
     for i in sorted(ranked[:GROUP_TABLE_ROWS]):

@@ -67,7 +67,7 @@ class Snapshot:
 def _status_name(value: Any) -> str:
     # TaskStatus is a StrEnum: str() is its name. A handle always has a status; READY is what
     # a view shows for one that has none yet.
-    return "READY" if value is None else str(value)
+    return TaskStatus.READY if value is None else str(value)
 
 
 def _to_datetime(value: Any) -> _dt.datetime | None:
@@ -192,12 +192,12 @@ def group_counts(snaps: Sequence[Snapshot]) -> tuple[dict[str, int], int, float]
 
 def group_status(counts: Mapping[str, int], total: int) -> str:
     """RUNNING while anything runs (or some ran and some wait), else the worst outcome."""
-    running, ready = counts.get("RUNNING", 0), counts.get("READY", 0)
+    running, ready = counts.get(TaskStatus.RUNNING, 0), counts.get(TaskStatus.READY, 0)
     if running or (ready and ready != total):
-        return "RUNNING"
+        return TaskStatus.RUNNING
     if ready:
-        return "READY"
-    for status in ("FAILED", "INTERRUPTED", "CANCELLED"):
+        return TaskStatus.READY
+    for status in (TaskStatus.FAILED, TaskStatus.INTERRUPTED, TaskStatus.CANCELLED):
         if counts.get(status):
             return status
-    return "SUCCESSFUL"
+    return TaskStatus.SUCCESSFUL

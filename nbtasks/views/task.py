@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from .. import _kernel
+from .._model import TaskStatus
 from .format import (
     errors_html,
     header_html,
@@ -120,7 +121,7 @@ class TaskView(BaseView):
 
     @staticmethod
     def _bar_value(snap: Snapshot) -> float:
-        if snap.status == "SUCCESSFUL":
+        if snap.status == TaskStatus.SUCCESSFUL:
             return 1.0
         return float(snap.fraction or 0.0)
 

@@ -24,6 +24,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from .._model import TaskStatus
 from .updater import PERIOD, updater_stats
 
 __all__ = ["BAR_STYLES", "BaseView", "html_widget", "ipywidgets", "set_traits", "shared", "show"]
@@ -31,13 +32,13 @@ __all__ = ["BAR_STYLES", "BaseView", "html_widget", "ipywidgets", "set_traits", 
 SLOW_PERIOD = 1.0  # for views whose snapshot has not changed for IDLE_AFTER seconds
 IDLE_AFTER = 10.0
 MAX_POLL_FAILURES = 20  # consecutive failed polls before a view gives up (the error is shown)
-BAR_STYLES = {  # a FloatProgress's bar_style per status
-    "READY": "info",
-    "RUNNING": "",
-    "SUCCESSFUL": "success",
-    "FAILED": "danger",
-    "CANCELLED": "warning",
-    "INTERRUPTED": "warning",
+BAR_STYLES: dict[str, str] = {  # a FloatProgress's bar_style per status
+    TaskStatus.READY: "info",
+    TaskStatus.RUNNING: "",
+    TaskStatus.SUCCESSFUL: "success",
+    TaskStatus.FAILED: "danger",
+    TaskStatus.CANCELLED: "warning",
+    TaskStatus.INTERRUPTED: "warning",
 }
 
 

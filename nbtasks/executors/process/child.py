@@ -39,7 +39,7 @@ from typing import Any, Final
 from ... import _codec
 from ..._attempt import Attempt, Job, Options, limit_text, record_interrupted
 from ..._errors import NbtasksError, SoftTimeLimitExceeded, TaskCancelled, TaskTimeout
-from ..._model import MISSING, Request
+from ..._model import MISSING, Request, TaskRecord
 from ...store import Live, Store, describe_owner, owner_alive, process_start_time
 from ..payload import load_task
 from .attempt import ChildRuntime, WorkerAttempt
@@ -169,7 +169,7 @@ class Worker:
         """Run the jobs the parent sends, in order. It sends the next one before this one ends
         (so no round trip is waited for), and "cancel" for one still queued here."""
         self.send(("ready", self.pid, process_start_time(self.pid), self.store.owner))
-        queue: collections.deque[tuple[dict[str, Any], bytes]] = collections.deque()
+        queue: collections.deque[tuple[TaskRecord, bytes]] = collections.deque()
         cancelled: set[str] = set()
         stop = False
         while True:
@@ -295,7 +295,7 @@ class Worker:
             self._soft_pending = False
             self._soft_timeout(signal.SIGALRM, None)
 
-    def run(self, rec: dict[str, Any], payload: bytes, cancelled: bool = False) -> None:
+    def run(self, rec: TaskRecord, payload: bytes, cancelled: bool = False) -> None:
         tid = rec["id"]
         store = self.store
         task: Any
@@ -457,7 +457,7 @@ class Worker:
             if error is None:
                 attempt.ended = True
                 self.drain_output()
-                parent = describe_owner({"owner": self.parent_owner})
+                parent = describe_owner(self.parent_owner)
                 when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
                 why = f"its parent process {parent} died (noticed at {when})"
                 record_interrupted(job, self.runtime, why)
@@ -519,7 +519,7 @@ def _detached_submit(attempt: Attempt | None) -> str:
 
 def _parent_gone(owner: str) -> str:
     return (
-        f"the notebook's process {describe_owner({'owner': owner})}, which owns this worker, "
+        f"the notebook's process {describe_owner(owner)}, which owns this worker, "
         "is gone: a task cannot submit others without it"
     )
 

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ... import _ports as ports
-from ..._model import CURRENT, FINISHED, Request, check_id
+from ..._model import CURRENT, FINISHED, Request, TaskRecord, check_id
 from ..._result import GroupResult, TaskResult
-from ...store import parse_record
+from ...store import parse_task_record
 
 if TYPE_CHECKING:
     from ..._ports import LiveTask
@@ -136,13 +136,13 @@ class _ChildApp:
     def live(self, task_id: str) -> LiveTask | None:
         return self._store.live.get(task_id)
 
-    def read_listed(self, task_id: str) -> tuple[dict[str, Any], str]:
+    def read_listed(self, task_id: str) -> tuple[TaskRecord, str]:
         return self._store.read_listed(task_id)
 
-    def read_record(self, task_id: str, text: str | None = None) -> dict[str, Any]:
+    def read_record(self, task_id: str, text: str | None = None) -> TaskRecord:
         if text is None:
             return self._store.read_record(task_id)
-        return parse_record(text, "t:" + task_id, self._store.path)
+        return parse_task_record(text, "t:" + task_id, self._store.path)
 
     def decode(self, enc: dict[str, Any], what: str) -> Any:
         return self._store.decode_value(enc, what)

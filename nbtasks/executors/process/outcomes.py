@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from ..._attempt import Job, Runtime, format_worker_id, record_outcome, replace_arguments
 from ..._errors import TaskCancelled, TaskTimeout, WorkerLost
-from ..._model import FINISHED, MISSING
+from ..._model import FINISHED, MISSING, TaskRecord, TaskStatus
 from ...store import HOST
 
 if TYPE_CHECKING:
     from .procs import WorkerProcess
 
 #: Final statuses a worker records itself (INTERRUPTED in the store is another process's sweep).
-_BY_WORKER: Final = frozenset({"SUCCESSFUL", "FAILED", "CANCELLED"})
+_BY_WORKER: Final = frozenset({TaskStatus.SUCCESSFUL, TaskStatus.FAILED, TaskStatus.CANCELLED})
 #: Seconds after which a reported final record is surely committed by the worker's writer (it
 #: commits at every tick, 0.1 s): older ones are not read back when the worker dies.
 COMMITTED_AFTER: Final = 0.5
@@ -40,11 +40,11 @@ class Outcomes:
 
     # ------------------------------------------------------------------ reported by the worker
 
-    def done(self, job: Job, rec: dict[str, Any]) -> None:
+    def done(self, job: Job, rec: TaskRecord) -> None:
         live = job.live
         moved = "args" in rec and any(rec.get(f) != live.rec.get(f) for f in ("args", "kwargs"))
         enc = rec.get("rv")
-        if rec["status"] == "SUCCESSFUL" and enc is not None:
+        if rec["status"] == TaskStatus.SUCCESSFUL and enc is not None:
             waiting = getattr(self.runtime, "waiting", {})
             if "j" in enc or job.options.link or job.id in waiting:
                 try:
@@ -56,7 +56,7 @@ class Outcomes:
             self._new_arguments(job)
         self.runtime.finished(job)
 
-    def retry(self, job: Job, rec: dict[str, Any], delay: float) -> None:
+    def retry(self, job: Job, rec: TaskRecord, delay: float) -> None:
         live = job.live
         moved = any(rec.get(f) != live.rec.get(f) for f in ("args", "kwargs"))
         self.store.observe(live, rec)
@@ -87,7 +87,7 @@ class Outcomes:
         recent = time.monotonic() - COMMITTED_AFTER
         for reported, job in proc.recent:
             live = job.live
-            stored: str | None = "SUCCESSFUL"  # (any final status) committed long ago
+            stored: str | None = TaskStatus.SUCCESSFUL  # (any final status) committed long ago
             if reported >= recent:
                 try:
                     stored = store.read_record(job.id)["status"]
@@ -107,12 +107,12 @@ class Outcomes:
         live = job.live
         with self.runtime.lock:
             status = live.rec["status"]
-            cancelled = status == "RUNNING" and job.cancel_reason is not None
-            if status == "RUNNING" and not cancelled:
-                self.store.observe(live, {"status": "READY"})
+            cancelled = status == TaskStatus.RUNNING and job.cancel_reason is not None
+            if status == TaskStatus.RUNNING and not cancelled:
+                self.store.observe(live, {"status": TaskStatus.READY})
         if cancelled:
             record_outcome(job, self.runtime, TaskCancelled(str(job.cancel_reason)))
-        elif status in ("READY", "RUNNING"):
+        elif status in (TaskStatus.READY, TaskStatus.RUNNING):
             if pool_error is not None:
                 self.unsent(job, pool_error)
             else:
@@ -138,7 +138,7 @@ class Outcomes:
         """A worker died running a job: its outcome, from what the worker last committed."""
         live, store = job.live, self.store
         try:
-            rec: dict[str, Any] | None = store.read_record(job.id)
+            rec: TaskRecord | None = store.read_record(job.id)
         except Exception:
             rec = None
         if rec is not None:
@@ -147,12 +147,14 @@ class Outcomes:
                 self.done(job, rec)
                 return
             n = rec.get("retries") or 0
-            if status == "READY" and n > (live.rec.get("retries") or 0):  # it asked for a retry
+            if status == TaskStatus.READY and n > (
+                live.rec.get("retries") or 0
+            ):  # it asked for a retry
                 backoff = job.options.retry_backoff
                 self.retry(job, rec, backoff * 2 ** (n - 1) if backoff else 0.0)
                 return
             store.observe(live, {k: v for k, v in rec.items() if k != "status"})
-        if rec is None or rec["status"] == "READY":  # it died before committing its claim
+        if rec is None or rec["status"] == TaskStatus.READY:  # it died before committing its claim
             now = time.time()
             store.observe(
                 live,

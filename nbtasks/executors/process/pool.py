@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ..._attempt import Job, Options, limit_text
 from ..._codec import by_value_refs
 from ..._errors import TaskCancelled, TaskTimeout
+from ..._model import TaskStatus
 from ..payload import task_payload
 from .calls import SubmitServer
 from .channel import Channel
@@ -169,10 +170,10 @@ class ProcessExecutor(SubmitServer):
             store.change(live, owner=proc.owner)
         store.release(live)
         with self.runtime.lock:
-            if live.rec["status"] != "READY" or job.cancel_reason is not None:
+            if live.rec["status"] != TaskStatus.READY or job.cancel_reason is not None:
                 return False
             rec = dict(live.rec)
-            store.observe(live, {"status": "RUNNING"})
+            store.observe(live, {"status": TaskStatus.RUNNING})
         proc.jobs.append(job)
         self._running[job.id] = proc
         if len(proc.jobs) == 1:
@@ -527,7 +528,7 @@ class ProcessExecutor(SubmitServer):
                 rec = self.store.read_record(job.id)
             except Exception:
                 continue
-            if p.jobs and p.jobs[0] is job and rec["status"] == "RUNNING":
+            if p.jobs and p.jobs[0] is job and rec["status"] == TaskStatus.RUNNING:
                 self.store.observe(job.live, {k: v for k, v in rec.items() if k != "status"})
 
     def _stop_workers(self) -> None:
