@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -439,3 +440,67 @@ def test_a_request_for_a_task_that_ended_before_it_was_applied_is_deleted(
     assert done.refresh().state == "SUCCESSFUL"
     gate.release()
     assert r.get(10) == "waited"
+
+
+# --------------------------------------------------------------------------- Dask tasks
+
+
+@pytest.fixture(scope="module")
+def dask_client() -> Iterator[Any]:
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
+    )
+    client = distributed.Client(cluster, set_as_default=False)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def test_a_dask_task_retries_with_new_arguments_and_its_state_is_updated_by_request(
+    dask_client: Any, tmp_path: Path, gate: Gate
+) -> None:
+    """The retry's new arguments and eta travel back to the client, which owns the record;
+    a request for the Dask task's state is applied by the client, and a task on a Dask
+    worker cannot update another one (the worker has no store)."""
+    app = nbtasks.App(store=tmp_path / "store", dask=dask_client)
+    try:
+
+        @app.task(executor="dask", retries=1)
+        def grow(ctx: Context, n: int) -> tuple[int, str]:
+            if ctx.retries == 0:
+                soon = datetime.now(UTC) + timedelta(seconds=0.05)
+                raise ctx.retry(args=(n * 2,), eta=soon)
+            try:
+                ctx.update_state(state="X", task_id="someone-else")
+            except ValueError as exc:
+                return n, str(exc)
+            return n, ""
+
+        r = grow.delay(4)
+        n, refused = r.get(30)
+        assert n == 8 and r.args == [8] and r.attempts == 2
+        app.store.flush()
+        assert committed(app, r.id)["args_repr"] == "8"
+        assert "a task running on a Dask worker can update only its own state" in refused
+
+        @app.task(executor="dask")
+        def waits(ctx: Context) -> None:
+            while True:  # until the test cancels it
+                ctx.check_cancelled()
+                time.sleep(0.01)
+
+        @app.task
+        def updater(ctx: Context, other_id: str) -> None:
+            ctx.update_state(state="FROM_A_THREAD", meta=1, task_id=other_id)
+
+        w = waits.delay()
+        wait_until(lambda: w.refresh().status is TaskStatus.RUNNING, timeout=30)
+        updater.delay(w.id).get(10)  # the Dask task's owner is this App: applied at once
+        assert (w.refresh().state, w.result) == ("FROM_A_THREAD", 1)
+        w.cancel()
+        w.wait(30)
+    finally:
+        app.shutdown(wait=True, cancel_pending=True)
