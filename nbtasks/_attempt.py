@@ -24,10 +24,12 @@ from __future__ import annotations
 import inspect
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._codec import args_repr
 from ._context import (
     Context,
     _current,
@@ -37,14 +39,15 @@ from ._context import (
     raise_in_thread,
 )
 from ._errors import (
-    MaxRetriesExceededError,
     Retry,
     SoftTimeLimitExceeded,
     TaskCancelled,
     TaskError,
     TaskTimeout,
+    UnknownTaskId,
 )
 from ._model import MISSING, Clock, Options, Request, TaskStatus
+from ._retry import build_retry, retry_delay
 from .store import HOST, Live, Store
 
 if TYPE_CHECKING:
@@ -228,13 +231,27 @@ class AttemptCore:
     def timed_out(self) -> None:
         """The hard limit passed and the task was asked to stop: who else must act."""
 
+    def update_other_state(self, task_id: str, state: str | None, meta: Any) -> None:
+        """``update_state(task_id=other)``, from where no store is open (a Dask worker)."""
+        raise ValueError(
+            f"update_state(task_id={task_id!r}): a task running on a Dask worker can update "
+            "only its own state (the worker has no store to send the request through); "
+            "call update_state from that task, or leave task_id out"
+        )
+
     # ------------------------------------------------------------------ retries
 
     def make_retry(
-        self, exc: BaseException | None, countdown: float | None, max_retries: int | None
+        self,
+        exc: BaseException | None,
+        countdown: float | None,
+        eta: datetime | None,
+        max_retries: int | None,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
     ) -> BaseException:
-        limit = self.job.options.retries if max_retries is None else max_retries
-        error = retry_request(self.request, limit, exc, countdown)
+        """What ``ctx.retry()`` raises (``_retry.build_retry``)."""
+        error = build_retry(self.job, exc, countdown, eta, max_retries, args, kwargs)
         if not isinstance(error, Retry):
             self.no_more_retries = True  # max_retries overrides the task's retries (Celery)
         return error
@@ -394,23 +411,39 @@ class Attempt(AttemptCore):
         self, error: BaseException, errors: list[dict[str, str]], fields: dict[str, Any]
     ) -> None:
         job, live = self.job, self.job.live
-        opts = job.options
         n = self.request.retries
-        if isinstance(error, Retry) and error.countdown is not None:
-            delay = error.countdown
-        else:
-            delay = opts.retry_backoff * (2**n) if opts.retry_backoff else 0.0
-        cause = error.exc if isinstance(error, Retry) and error.exc is not None else error
+        retry = error if isinstance(error, Retry) else None
+        delay = retry_delay(error, job.options, n, self.runtime.clock.time())
+        cause = retry.exc if retry is not None and retry.exc is not None else error
         einfo = self.store.codec.encode_exception(cause)
-        if isinstance(error, Retry):
+        if retry is not None:
             errors[-1] = einfo.to_json()
+        # on_retry is told the arguments of the attempt that failed, as in Celery.
+        args, kwargs = list(job.args), job.kwargs
+        if retry is not None and (retry.retry_args is not None or retry.retry_kwargs is not None):
+            new_args = job.args if retry.retry_args is None else retry.retry_args
+            new_kwargs = job.kwargs if retry.retry_kwargs is None else retry.retry_kwargs
+            fields.update(self._argument_fields(new_args, new_kwargs))
+            replace_arguments(job, new_args, new_kwargs)
         fields.update(errors=errors, state="RETRY", retries=n + 1)
         with self.runtime.lock:
             self.store.change(live, TaskStatus.READY, **fields)
         self.request.retries = n + 1
-        self._hook("on_retry", cause, job.id, list(job.args), job.kwargs, einfo)
+        self._hook("on_retry", cause, job.id, args, kwargs, einfo)
         self.runtime.schedule(job, delay)
         self.release()
+
+    def _argument_fields(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The record's fields for the next attempt's arguments (``retry(args=, kwargs=)``)."""
+        store, tid = self.store, self.job.id
+        try:
+            enc_args = store.encode_value(tid, "args", list(args))
+            enc_kwargs = store.encode_value(tid, "kwargs", kwargs)
+        except TypeError as exc:
+            # Only a thread task's can fail here (make_retry checked the others'): this
+            # process keeps them in memory, as at submit.
+            enc_args = enc_kwargs = {"u": str(exc)}
+        return {"args": enc_args, "kwargs": enc_kwargs, "args_repr": args_repr(args, kwargs)}
 
     # ------------------------------------------------------------------ hooks
 
@@ -484,22 +517,39 @@ class Attempt(AttemptCore):
             fields["state"] = state
         self.store.change(self.job.live, **fields)
 
+    def update_other_state(self, task_id: str, state: str | None, meta: Any) -> None:
+        """``update_state(task_id=other)``: only the owner of a task writes its record
+        (DESIGN principle 2). Running in this process, it is updated at once; elsewhere, a
+        request goes to the store, which its owner's supervisor applies at its next tick."""
+        other = self.runtime.supervisor.get(task_id)
+        if other is not None:
+            other.update_state(state, meta)
+            return
+        try:
+            rec = self.store.get_record(task_id)
+        except UnknownTaskId as exc:
+            raise UnknownTaskId(f"update_state(task_id={task_id!r}): {exc}") from None
+        status = rec["status"]
+        if status != TaskStatus.RUNNING:
+            why = (
+                "it has not started yet, or waits for a retry"
+                if status == TaskStatus.READY
+                else "it has finished, and its final state is its status"
+            )
+            raise ValueError(
+                f"update_state(task_id={task_id!r}): task {rec['task_name']}[{task_id}] "
+                f"is {status}, not RUNNING ({why}); the state of a task can be updated only "
+                "while it runs"
+            )
+        self.store.request_state(task_id, state, meta)
 
-def retry_request(
-    request: Request, limit: int, exc: BaseException | None, countdown: float | None
-) -> BaseException:
-    """What ``ctx.retry()`` raises: a ``Retry``, or past ``limit`` retries the task's own
-    exception (else MaxRetriesExceededError), which then fails the task."""
-    if request.retries >= limit:
-        if exc is not None:
-            return exc
-        return MaxRetriesExceededError(
-            f"task {request.task_name}[{request.id}] asked for a retry after "
-            f"{request.retries} retries (max_retries={limit})"
-        )
-    if countdown is not None and (countdown < 0 or countdown != countdown):
-        raise ValueError(f"retry(countdown={countdown!r}) must be >= 0")
-    return Retry(f"retry in {countdown or 0}s", exc=exc, countdown=countdown)
+
+def replace_arguments(job: Job, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """The next attempt of ``job`` runs with these arguments (``retry(args=, kwargs=)``):
+    the job, its Request and the in-memory values its TaskResult reads."""
+    job.args, job.kwargs = args, kwargs
+    job.request.args, job.request.kwargs = list(args), dict(kwargs)
+    job.live.args, job.live.kwargs = args, kwargs
 
 
 def _root(error: BaseException | None) -> BaseException | None:

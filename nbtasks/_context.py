@@ -14,7 +14,8 @@ import logging
 import math
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ._errors import Retry, SoftTimeLimitExceeded, TaskCancelled, TaskTimeout
@@ -188,35 +189,45 @@ class Context:
         """Celery's update_state: sets ``TaskResult.state`` and ``.result`` while running (meta
         is the current result, not the metadata); ``request.meta`` keys are saved too.
 
-        ``task_id``: another task running in this process (its owner) is updated instead; a
-        task that is not running here cannot be (its owner writes its record): ValueError."""
+        ``task_id``: another running task is updated instead, wherever it runs: at once if it
+        runs in this process, else by its owner within 0.2 s (the process that runs a task
+        writes its record). An unknown id raises UnknownTaskId; a task that is not running
+        (queued, or finished), ValueError."""
         if state is not None:
             if not isinstance(state, str):
                 raise TypeError(f"update_state(state={state!r}) must be a str")
             check_text(state, "state", "update_state")
         check_json(meta, "update_state(meta=...)")
-        target = self
+        attempt = self._running("update_state")
         if task_id is not None:
             check_id(task_id, "task_id", "update_state")
             if task_id != self.request.id:
-                other = self._running("update_state").runtime.supervisor.get(task_id)
-                if other is None:
-                    raise ValueError(
-                        f"update_state(task_id={task_id!r}): no task with this id is running "
-                        "in this process, and a task's state is written by the process that "
-                        "runs it; call update_state from that task (or leave task_id out)"
-                    )
-                target = other.ctx
-        target._running("update_state").update_state(state, _json_copy(meta))
+                attempt.update_other_state(task_id, state, _json_copy(meta))
+                return
+        attempt.update_state(state, _json_copy(meta))
 
     def retry(
         self,
         exc: BaseException | None = None,
         countdown: float | None = None,
         max_retries: int | None = None,
+        *,
+        eta: datetime | None = None,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> Retry:
-        """Ask for another attempt (Celery): raises ``Retry``; write ``raise ctx.retry(...)``."""
-        raise self._running("retry").make_retry(exc, countdown, max_retries)
+        """Ask for another attempt (Celery): raises ``Retry``; write ``raise ctx.retry(...)``.
+
+        It runs after ``countdown`` seconds or at ``eta`` (an aware datetime; not both), else
+        after the task's backoff; with ``args`` and/or ``kwargs`` in place of the current
+        arguments (checked against the task's signature). ``max_retries`` overrides the
+        task's ``retries``; past it, ``exc`` (else MaxRetriesExceededError) fails the task.
+        Any other argument (Celery's ``throw``, ``queue`` ...) is refused: TypeError."""
+        if options:
+            raise TypeError(unsupported_retry_options(options))
+        attempt = self._running("retry")
+        raise attempt.make_retry(exc, countdown, eta, max_retries, args, kwargs)
 
     def _running(self, call: str) -> Attempt:
         attempt = self._attempt
@@ -287,6 +298,20 @@ class Context:
             fields["output_total"] = out_total
         self._flushed = (cur, total, msg, out_total)
         return fields
+
+
+def unsupported_retry_options(options: Mapping[str, Any]) -> str:
+    """The TypeError message for ``retry()`` arguments nbtasks does not support."""
+    given = ", ".join(f"{k}={v!r}" for k, v in options.items())
+    hint = (
+        " (throw=False, scheduling without raising, is not supported: write `raise ctx.retry(...)`)"
+        if "throw" in options
+        else ""
+    )
+    return (
+        f"retry() got {given}, which nbtasks does not support{hint}; retry() takes exc, "
+        "countdown, eta, max_retries, args and kwargs: leave the others out"
+    )
 
 
 def _number(value: Any, name: str, call: str = "progress") -> float:

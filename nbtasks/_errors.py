@@ -163,14 +163,27 @@ class MaxRetriesExceededError(NbtasksError):
 
 
 class Retry(NbtasksError):
-    """Raised by ``ctx.retry()``; tells the runner to schedule another attempt."""
+    """Raised by ``ctx.retry()``; tells the runner to schedule another attempt: after
+    ``countdown`` seconds, or at ``eta`` (epoch seconds), else after the task's backoff; with
+    ``retry_args``/``retry_kwargs`` as the next attempt's arguments when they are not None
+    (``args`` is taken: it is the exception's own)."""
 
     def __init__(
-        self, message: str, exc: BaseException | None = None, countdown: float | None = None
+        self,
+        message: str,
+        exc: BaseException | None = None,
+        countdown: float | None = None,
+        *,
+        eta: float | None = None,
+        retry_args: tuple[Any, ...] | None = None,
+        retry_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.exc = exc
         self.countdown = countdown
+        self.eta = eta
+        self.retry_args = retry_args
+        self.retry_kwargs = retry_kwargs
 
 
 class RemoteTraceback(Exception):

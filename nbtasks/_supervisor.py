@@ -1,8 +1,8 @@
 """The supervisor: one thread per runtime (the App's, or a worker process's) that keeps the
 timers (countdown, eta, retry backoff), enforces running attempts' time limits, samples their
-progress and output into the store about every ``TICK``, and acts on cancel requests that other
-processes wrote to the store. It runs on the injected ``Clock``, so tests drive it with a fake
-one; the store's writer only commits.
+progress and output into the store about every ``TICK``, and acts on the cancel and
+``update_state`` requests that other processes wrote to the store. It runs on the injected
+``Clock``, so tests drive it with a fake one; the store's writer only commits.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ TICK: Final = 0.1  # seconds of the clock between two samples of a running attem
 
 
 class Supervisor:
-    """Timers, time limits, progress samples and cancel requests, on one thread and the clock.
+    """Timers, time limits, progress samples and requests, on one thread and the clock.
 
     Its thread is started on need and ends once there is nothing to supervise (no timer, no
     unfinished task in this process), so an idle or forgotten App holds no thread. What it
@@ -151,3 +151,14 @@ class Supervisor:
                 live = self.store.live.get(tid)
                 if live is not None and not live.finished:
                     self.on_cancel_request(tid)
+            self._apply_state_requests()
+
+    def _apply_state_requests(self) -> None:
+        """``update_state(task_id=...)`` requests other processes wrote: applied to the
+        attempts running here (their owner), then deleted; one for a task that runs in
+        another process is left to that process."""
+        for request in self.store.state_requests():
+            attempt = self.running.get(request.task_id)
+            if attempt is not None:
+                attempt.update_state(request.state, request.meta)
+                self.store.drop_state_request(request.task_id, request.raw)

@@ -112,7 +112,7 @@ class Task:
             raise TypeError(
                 f"task {self.name}: bind=True needs a first parameter for the task (self)"
             )
-        self._signature = sig.replace(parameters=params[drop:])
+        self._signature = _caller_signature(sig, drop)
         self._fast_check = _fast_check(params[drop:])
         self._code_hash: str | None = None
         self._hooks = frozenset(
@@ -255,9 +255,17 @@ class Task:
         exc: BaseException | None = None,
         countdown: float | None = None,
         max_retries: int | None = None,
-        **_: Any,
+        *,
+        eta: datetime | None = None,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> Any:
-        return self.request.retry(exc=exc, countdown=countdown, max_retries=max_retries)
+        """Celery's ``self.retry`` on a bound task: ``Context.retry`` of the running attempt
+        (each argument as there; any other is refused with a TypeError naming it)."""
+        return self.request.retry(
+            exc, countdown, max_retries, eta=eta, args=args, kwargs=kwargs, **options
+        )
 
     def progress(
         self, current: float, total: float | None = None, message: str | None = None
@@ -366,7 +374,16 @@ def _restore_task(cls: type[Task], state: dict[str, Any]) -> Task:
     task = cls.__new__(cls)
     task.__dict__.update(state)
     task._target = task._fn if task._fn is not None else task.run
+    # Made again, not pickled: a worker checks retry(args=, kwargs=) against it.
+    drop = 1 if (task._fn is not None and task.bind) or task._ctx_param else 0
+    task._signature = _caller_signature(inspect.signature(task._target), drop)
     return task
+
+
+def _caller_signature(sig: inspect.Signature, drop: int) -> inspect.Signature:
+    """The signature callers pass arguments to: the first ``drop`` parameters (the task's
+    ``self`` or Context) left out."""
+    return sig.replace(parameters=list(sig.parameters.values())[drop:])
 
 
 def _is_context_annotation(annotation: Any, fn: Callable[..., Any]) -> bool:

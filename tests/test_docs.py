@@ -426,7 +426,7 @@ def _progress_total(env: Env) -> str:
     return _inside(env, lambda ctx: ctx.progress(1, total="20"))  # type: ignore[arg-type]
 
 
-@trigger("ValueError: update_state(task_id='…'): no task with this id is running in this process")
+@trigger("UnknownTaskId: update_state(task_id='…'): no task with id '…' in the store")
 def _update_other(env: Env) -> str:
     return _inside(env, lambda ctx: ctx.update_state(task_id="elsewhere", state="X"))
 

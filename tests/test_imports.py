@@ -72,7 +72,8 @@ ROWS: dict[str, set[str]] = {
         "store.writer",
     },
     "_context": {"store", "_codec", "_model", "_errors"},
-    "_attempt": {"_context", "store", "_codec", "_model", "_errors"},
+    "_attempt": {"_context", "store", "_codec", "_model", "_errors", "_retry"},
+    "_retry": {"_codec", "_model", "_errors"},  # what ctx.retry() asks for (checked, built)
     "_supervisor": set(),  # types only (TYPE_CHECKING): the clock, attempts and the store
     # The worker-side app (executors.process.child_app) implements both seams for real: its
     # handles are the usual ones.

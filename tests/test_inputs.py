@@ -423,7 +423,7 @@ def test_refused_update_state_calls_leave_no_trace(
         }.items():
             try:
                 call()
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, nbtasks.UnknownTaskId) as exc:
                 refused[name] = f"{type(exc).__name__}: {exc}"
         gate.pause()
         return "done"
@@ -449,7 +449,7 @@ def test_refused_update_state_calls_leave_no_trace(
         f"ValueError: update_state(task_id='\\ud800') {UTF8}"
     )
     assert refused["task_id-unknown"].startswith(
-        "ValueError: update_state(task_id='nope'): no task with this id is running in this process"
+        "UnknownTaskId: update_state(task_id='nope'): no task with id 'nope' in the store"
     )
     assert len(refused) == 8
 

@@ -11,6 +11,8 @@ Key layout (one diskcache ``Cache`` opened as a store, never as a cache)::
     v:<task id>:<what>  bytes a large signed pickle (arguments or return value)
     k:<cache key>       str   the id of the task that computed a cached call
     x:<task id>         str   a cancel request, written by anyone, acted on by the owner
+    s:<task id>         str   an update_state request ({"state": ..., "meta": ...} JSON),
+                              written by anyone (the newest wins), applied by the owner
 
 The package's modules, each used by the ones after it:
 
@@ -26,18 +28,28 @@ The package's modules, each used by the ones after it:
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final, NamedTuple, cast
 
 import diskcache
 
 from .._codec import INLINE_LIMIT, Codec, Signer, _is_plain
 from .._errors import StoreError, UnknownTaskId
-from .._model import FINISHED, MISSING, TaskRecord, TaskStatus, check_transition
+from .._model import (
+    FINISHED,
+    MISSING,
+    TaskRecord,
+    TaskStatus,
+    check_json,
+    check_text,
+    check_transition,
+)
 from . import cleanup
 from .disk import explain
 from .opening import LOCK_TIMEOUT, SCHEMA, open_cache, open_reader
@@ -70,6 +82,7 @@ __all__ = [
     "LOCK_TIMEOUT",
     "SCHEMA",
     "Live",
+    "StateRequest",
     "Store",
     "damaged",
     "describe_owner",
@@ -82,6 +95,45 @@ __all__ = [
     "process_start_time",
     "summary",
 ]
+
+_log = logging.getLogger("nbtasks")
+
+#: The update_state requests' keys.
+_STATE_REQUESTS: Final = "SELECT key FROM Cache WHERE key >= 's:' AND key < 's;'"
+
+
+class StateRequest(NamedTuple):
+    """An update_state request read from the store: for ``task_id``, set ``state`` (None:
+    unchanged) and ``meta``; ``raw`` is the entry as read (to delete it once applied)."""
+
+    task_id: str
+    state: str | None
+    meta: Any
+    raw: str
+
+
+def _parse_state_request(task_id: str, raw: Any) -> StateRequest | str:
+    """The request an ``s:`` entry holds, or why it is not one (a str)."""
+    if not isinstance(raw, str):
+        return f"its value is a {type(raw).__name__}, not JSON text"
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        return f"it is not JSON: {exc}"
+    if not isinstance(value, dict) or set(value) != {"state", "meta"}:
+        return 'it is not a JSON object of the keys "state" and "meta"'
+    state, meta = value["state"], value["meta"]
+    try:
+        check_text(task_id, "task id")
+        if state is not None:
+            if not isinstance(state, str):
+                return f"its state is {type(state).__name__}, not a str"
+            check_text(state, "state")
+        check_json(meta, "its meta")
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return StateRequest(task_id, state, meta, raw)
+
 
 #: A pickle this long or longer goes to its own entry (its base64 would pass INLINE_LIMIT).
 _INLINE_PICKLE: Final = INLINE_LIMIT * 3 // 4 - 32
@@ -252,6 +304,50 @@ class Store:
         """The ids of the tasks with a pending cancel request (written by any process)."""
         return [key[2:] for (key,) in self.reader.rows(CANCEL_REQUESTS, [])]
 
+    def state_requests(self) -> list[StateRequest]:
+        """The pending update_state requests (written by any process) of tasks that have not
+        ended; those of ended tasks are deleted. A store is data, never instructions (SPEC
+        10): an entry that is not the JSON ``request_state`` writes is deleted with a
+        warning, and nothing else is done with it."""
+        out = []
+        for (key,) in self.reader.rows(_STATE_REQUESTS, []):
+            try:
+                raw = self.reader.get(key)
+            except StoreError as exc:  # e.g. a row naming a file that is not a regular one
+                self._drop_bad_request(key, MISSING, str(exc))
+                continue
+            if raw is None:
+                continue  # deleted meanwhile (applied by its owner)
+            request = _parse_state_request(key[2:], raw)
+            if isinstance(request, str):
+                self._drop_bad_request(key, raw, request)
+            elif self._ended(request.task_id):
+                # Its task ended (or was purged) after the request was written, before its
+                # owner's next tick: nobody will apply it.
+                self.drop_state_request(request.task_id, raw)
+            else:
+                out.append(request)
+        return out
+
+    def _ended(self, task_id: str) -> bool:
+        live = self.live.get(task_id)
+        if live is not None:
+            return live.finished
+        try:
+            return self.read_listed(task_id)[0]["status"] in _FINISHED_VALUES
+        except UnknownTaskId:
+            return True
+
+    def _drop_bad_request(self, key: str, raw: Any, why: str) -> None:
+        _log.warning(
+            "nbtasks: the entry %s of the store %s is not an update_state request that "
+            "nbtasks wrote (%s); it was ignored and deleted",
+            key,
+            self.path,
+            why,
+        )
+        self.drop_state_request(key[2:], raw)
+
     # ------------------------------------------------------------------ writing
 
     def create(
@@ -350,6 +446,36 @@ class Store:
             raise StoreError(
                 f"could not write the cancel request of {task_id} to the store {self.path}: "
                 f"{explain(exc, self.path)}"
+            ) from exc
+
+    def request_state(self, task_id: str, state: str | None, meta: Any) -> None:
+        """An update_state request for a task running elsewhere (``meta``: checked JSON):
+        written at once, replacing an earlier one (the newest wins), applied by the task's
+        owner at its next tick."""
+        self._writable()
+        text = json.dumps({"state": state, "meta": meta}, allow_nan=False)
+        try:
+            self.cache.set("s:" + task_id, text)
+        except (diskcache.Timeout, sqlite3.Error) as exc:
+            raise StoreError(
+                f"could not write the update_state request of {task_id} to the store "
+                f"{self.path}: {explain(exc, self.path)}"
+            ) from exc
+
+    def drop_state_request(self, task_id: str, raw: Any = MISSING) -> None:
+        """Delete the update_state request of ``task_id`` once applied: only if it is still
+        ``raw`` (a newer one, written meanwhile, stays for the next tick)."""
+        key = "s:" + task_id
+        try:
+            with self.cache.transact():
+                if raw is MISSING or self.reader.get(key) == raw:
+                    self.cache.delete(key)
+        except StoreError:
+            self.cache.delete(key)  # unreadable: nothing to compare, and nothing to keep
+        except (diskcache.Timeout, sqlite3.Error) as exc:
+            raise StoreError(
+                f"could not delete the update_state request of {task_id} from the store "
+                f"{self.path}: {explain(exc, self.path)}"
             ) from exc
 
     def _writable(self) -> None:

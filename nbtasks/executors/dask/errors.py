@@ -24,10 +24,14 @@ class RemoteTraceback(Exception):
 
 def encode_error(error: BaseException) -> dict[str, Any]:
     """An exception as class path + traceback text (+ the pickle when it round-trips), as
-    ``concurrent.futures.process`` sends them; a ``Retry`` keeps its countdown."""
+    ``concurrent.futures.process`` sends them; a ``Retry`` keeps its countdown, eta
+    and new arguments."""
     out: dict[str, Any] = {}
     if isinstance(error, Retry):
-        out["retry"] = {"msg": str(error), "countdown": error.countdown}
+        out["retry"] = {"msg": str(error), "countdown": error.countdown, "eta": error.eta}
+        if error.retry_args is not None or error.retry_kwargs is not None:
+            # checked to pickle by ctx.retry(), and read back only by this user's client
+            out["retry"]["arguments"] = dumps((error.retry_args, error.retry_kwargs))
         if error.exc is None:
             return out
         error = error.exc
@@ -63,7 +67,16 @@ def decode_error(err: dict[str, Any]) -> BaseException:
         exc.__cause__ = RemoteTraceback('\n"""\n' + err.get("tb", "") + '"""')
     retry = err.get("retry")
     if retry is not None:
-        return Retry(retry.get("msg") or "retry", exc=exc, countdown=retry.get("countdown"))
+        arguments = retry.get("arguments")
+        args, kwargs = (None, None) if arguments is None else cloudpickle().loads(arguments)
+        return Retry(
+            retry.get("msg") or "retry",
+            exc=exc,
+            countdown=retry.get("countdown"),
+            eta=retry.get("eta"),
+            retry_args=args,
+            retry_kwargs=kwargs,
+        )
     assert exc is not None
     return exc
 

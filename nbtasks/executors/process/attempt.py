@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 _SENT: Final = frozenset(
     {"id", "task_name", "enqueued_at", "args_repr", "args", "kwargs", "backend", "executor"}
 )
+_ARGUMENTS: Final = frozenset({"args_repr", "args", "kwargs"})
 
 
 class ChildRuntime:
@@ -59,7 +60,12 @@ class ChildRuntime:
         rec = job.live.rec
         if any(isinstance(rec.get(f), dict) and "k" in rec[f] for f in ("rv", "exc")):
             self.store.flush()
-        self.worker.send(("done", job.id, {k: v for k, v in rec.items() if k not in _SENT}))
+        fixed = _SENT
+        if self.worker.detached and job.request.retries:
+            # Its retries ran here, maybe with new arguments (retry(args=, kwargs=)), which
+            # the parent has not heard of: they go with the final record.
+            fixed = _SENT - _ARGUMENTS
+        self.worker.send(("done", job.id, {k: v for k, v in rec.items() if k not in fixed}))
 
     def _hook_output(self, job: Job) -> None:
         """The hooks (on_success, on_failure, on_retry, after_return) ran after the outcome was

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from ..._attempt import Job, Runtime, format_worker_id, record_outcome
+from ..._attempt import Job, Runtime, format_worker_id, record_outcome, replace_arguments
 from ..._errors import TaskCancelled, TaskTimeout, WorkerLost
 from ..._model import FINISHED, MISSING, TaskRecord, TaskStatus
 from ...store import HOST
@@ -42,6 +42,7 @@ class Outcomes:
 
     def done(self, job: Job, rec: TaskRecord) -> None:
         live = job.live
+        moved = "args" in rec and any(rec.get(f) != live.rec.get(f) for f in ("args", "kwargs"))
         enc = rec.get("rv")
         if rec["status"] == TaskStatus.SUCCESSFUL and enc is not None:
             waiting = getattr(self.runtime, "waiting", {})
@@ -51,12 +52,32 @@ class Outcomes:
                 except Exception:
                     live.value = MISSING  # TaskResult decodes it again and shows the error
         self.store.observe(live, rec)
+        if moved:
+            self._new_arguments(job)
         self.runtime.finished(job)
 
     def retry(self, job: Job, rec: TaskRecord, delay: float) -> None:
-        self.store.observe(job.live, rec)
+        live = job.live
+        moved = any(rec.get(f) != live.rec.get(f) for f in ("args", "kwargs"))
+        self.store.observe(live, rec)
         job.request.retries = rec.get("retries") or 0
+        if moved:
+            self._new_arguments(job)
         self.runtime.schedule(job, delay)
+
+    def _new_arguments(self, job: Job) -> None:
+        """The task asked for a retry with new arguments (``retry(args=, kwargs=)``): the
+        worker stored them; this process's job follows (hooks run here if a worker dies)."""
+        rec = job.live.rec
+        try:
+            args = tuple(self.store.decode_value(rec["args"], f"the args of task {job.id}"))
+            kwargs = self.store.decode_value(rec["kwargs"], f"the kwargs of task {job.id}")
+        except Exception:
+            # Unreadable here (a class this process cannot import): the next worker decodes
+            # them from the record, and TaskResult.args reads the record and says why.
+            job.live.args = job.live.kwargs = MISSING
+            return
+        replace_arguments(job, args, kwargs)
 
     # ------------------------------------------------------------------ the worker died
 
