@@ -359,9 +359,8 @@ class App:
         return TaskResult(task_id, self)
 
     def group_result(self, group_id: str) -> GroupResult:
-        check_id(group_id, "group_id")
-        rec = self._store.get_group(group_id)
-        return GroupResult(self, group_id, [self.result(tid) for tid in rec["members"]])
+        members = self._store.group_members(group_id)
+        return GroupResult(self, group_id, [self.result(tid) for tid in members])
 
     # The Results seam (_ports): what TaskResult and GroupResult read and cancel through.
 

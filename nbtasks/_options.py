@@ -14,26 +14,6 @@ from typing import Any
 
 from ._model import check_executor, check_text, to_timestamp
 
-#: The options a task takes at declaration and (all of them) per call.
-TASK_OPTIONS = frozenset(
-    {
-        "name",
-        "bind",
-        "executor",
-        "retries",
-        "max_retries",
-        "retry_backoff",
-        "retry_on",
-        "timeout",
-        "soft_timeout",
-        "priority",
-        "cache",
-        "cache_ttl",
-        "detach",
-        "expires",
-        "shadow_name",
-    }
-)
 #: The options a submit takes from the task unless the call gives them.
 INHERITED = (
     "executor",
@@ -47,6 +27,8 @@ INHERITED = (
     "cache_ttl",
     "detach",
 )
+#: The options a task takes at declaration and (all of them) per call.
+TASK_OPTIONS = frozenset({*INHERITED, "name", "bind", "max_retries", "expires", "shadow_name"})
 CALL_OPTIONS = frozenset(
     TASK_OPTIONS - {"name", "bind"}
     | {"countdown", "eta", "link", "link_error", "metadata", "task_id"}

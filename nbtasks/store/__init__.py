@@ -37,7 +37,7 @@ import diskcache
 
 from .._codec import INLINE_LIMIT, Codec, Signer, _is_plain
 from .._errors import StoreError, UnknownTaskId
-from .._model import FINISHED, MISSING, TaskRecord, TaskStatus, check_transition
+from .._model import FINISHED, MISSING, TaskRecord, TaskStatus, check_id, check_transition
 from . import cleanup
 from .disk import explain
 from .opening import LOCK_TIMEOUT, SCHEMA, open_cache, open_reader
@@ -171,12 +171,14 @@ class Store:
             "check the id, or open the store the task was submitted to"
         )
 
-    def get_group(self, group_id: str) -> dict[str, Any]:
-        key = "g:" + group_id
+    def group_members(self, group_id: str) -> list[str]:
+        """The ids of a group's tasks, in order (``group_id`` as the user gave it: checked)."""
+        key = "g:" + check_id(group_id, "group_id")
         text = self.reader.get(key)
         if text is None:
             raise UnknownTaskId(f"no group with id {group_id!r} in the store {self.path}")
-        return parse_record(text, key, self.path)
+        members: list[str] = parse_record(text, key, self.path)["members"]
+        return members
 
     def get_blob(self, key: str) -> bytes:
         pending = self.writer.staged(key)

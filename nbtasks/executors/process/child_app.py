@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ... import _ports as ports
-from ..._model import CURRENT, FINISHED, Request, TaskRecord, check_id
+from ..._model import CURRENT, FINISHED, Request, TaskRecord
 from ..._result import GroupResult, TaskResult
 from ...store import parse_task_record
 
@@ -129,9 +129,8 @@ class _ChildApp:
         return TaskResult(task_id, self)
 
     def group_result(self, group_id: str) -> GroupResult:
-        check_id(group_id, "group_id")
-        rec = self._store.get_group(group_id)
-        return GroupResult(self, group_id, [self.result(tid) for tid in rec["members"]])
+        members = self._store.group_members(group_id)
+        return GroupResult(self, group_id, [self.result(tid) for tid in members])
 
     def live(self, task_id: str) -> LiveTask | None:
         return self._store.live.get(task_id)
