@@ -546,13 +546,13 @@ ports.set_opener(_open)
 def _lineage(given: Lineage | None) -> dict[str, Any]:
     """parent_id and root_id of what is submitted now: ``given`` (a worker process's task),
     else the task running in this thread, if any (Celery's meaning of both)."""
-    if given is None:
-        ctx = CURRENT.get()
-        if ctx is None:
-            return {}
-        request = ctx.request
-        given = (request.id, request.root_id or request.id)
-    return {"parent_id": given[0], "root_id": given[1]}
+    if given is not None:
+        return {"parent_id": given[0], "root_id": given[1]}
+    ctx = CURRENT.get()
+    if ctx is None:
+        return {}
+    request = ctx.request
+    return {"parent_id": request.id, "root_id": request.root_id or request.id}
 
 
 __all__ = ["App", "NbtasksError", "configure", "default_app", "task"]

@@ -293,7 +293,7 @@ def _number(value: Any, name: str, call: str = "progress") -> float:
     """The slow path of progress()'s numbers: any real number but a bool, as a float."""
     import numbers
 
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+    if not isinstance(value, bool) and isinstance(value, numbers.Real):
         try:
             return float(value)
         except OverflowError:  # past float's range (an int subclass, a Fraction): infinite,

@@ -44,14 +44,14 @@ _MAX_SECONDS = 100 * 365.25 * 86400  # longer countdowns overflow datetimes and 
 def seconds(value: Any, argument: str, *, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{argument} must be a number of seconds, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{argument}={value!r} must be a finite number of seconds")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(f"{argument}={value!r} must be {'> 0' if positive else '>= 0'} seconds")
-    if value > _MAX_SECONDS:
-        raise ValueError(f"{argument}={value!r} is more than 100 years; give a shorter time")
-    return value
+    secs = float(value)
+    if not math.isfinite(secs):
+        raise ValueError(f"{argument}={secs!r} must be a finite number of seconds")
+    if secs < 0 or (positive and secs == 0):
+        raise ValueError(f"{argument}={secs!r} must be {'> 0' if positive else '>= 0'} seconds")
+    if secs > _MAX_SECONDS:
+        raise ValueError(f"{argument}={secs!r} is more than 100 years; give a shorter time")
+    return secs
 
 
 def integer(value: Any, argument: str, *, minimum: int | None = None) -> int:

@@ -157,7 +157,7 @@ class Task:
         """The names of the hooks this task overrides (the base class's do nothing)."""
         return self._hooks
 
-    def invoke(self, ctx: Context, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+    def invoke(self, ctx: Context | None, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
         """Call the task's code for one attempt, giving it ``ctx`` as it asked for it."""
         target = self._target
         if self._ctx_param:
@@ -191,11 +191,7 @@ class Task:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the plain function in the calling thread: nothing is persisted."""
-        if self._ctx_param:
-            return self._target(CURRENT.get(), *args, **kwargs)
-        if self._fn is not None and self.bind:
-            return self._target(self, *args, **kwargs)
-        return self._target(*args, **kwargs)
+        return self.invoke(CURRENT.get(), args, kwargs)
 
     def __repr__(self) -> str:
         return f"<@task {self.name} of {self.app.name}>"
@@ -380,19 +376,11 @@ def _is_context_annotation(annotation: Any, fn: Callable[..., Any]) -> bool:
 def _args_kwargs(
     args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if args is None:
-        a: tuple[Any, ...] = ()
-    elif isinstance(args, list | tuple):
-        a = tuple(args)
-    else:
+    if args is not None and not isinstance(args, list | tuple):
         raise TypeError(f"args must be a list or tuple, got {type(args).__name__}")
-    if kwargs is None:
-        kw: dict[str, Any] = {}
-    elif isinstance(kwargs, Mapping):
-        kw = dict(kwargs)
-    else:
+    if kwargs is not None and not isinstance(kwargs, Mapping):
         raise TypeError(f"kwargs must be a dict, got {type(kwargs).__name__}")
-    return a, kw
+    return tuple(args or ()), dict(kwargs or {})
 
 
 def resolve_options(
@@ -551,18 +539,20 @@ class group:
 class chain:
     """Signatures run one after another, each getting the previous return value first."""
 
-    def __init__(self, *tasks: Signature | group | chain) -> None:
+    def __init__(self, *tasks: Signature | group | chain | chord) -> None:
         items: list[Signature | group] = []
         for t in tasks:
             if isinstance(t, chain):
-                assert isinstance(t.tasks, list)
                 items.extend(t.tasks)
             elif isinstance(t, Signature | group):
                 items.append(t)
-            elif isinstance(t, chord):
+            elif isinstance(t, chord) and t.body is not None:
                 items.extend([t.header, t.body])
-            else:
-                raise TypeError(f"chain() takes signatures or groups, got {t!r}")
+            else:  # a chord without its callback would fail only when submitted
+                raise TypeError(
+                    "chain() takes signatures, groups, chains and chords with a callback, "
+                    f"got {t!r}"
+                )
         if not items:
             raise ValueError("chain() needs at least one signature")
         self.tasks: list[Signature | group] = items

@@ -26,7 +26,7 @@ from .files import O_NOFOLLOW, make_value_dirs, read_value, remove_value
 _log = logging.getLogger("nbtasks")
 
 
-class _SafeDisk(diskcache.Disk):  # type: ignore[misc]
+class _SafeDisk(diskcache.Disk):
     """A Disk that never pickles (so never unpickles) and writes its value files itself:
     0600 from the start in 0700 directories (diskcache's follow the umask), in one write
     from the caller's buffer (diskcache iterates a BytesIO line by line), and never left
@@ -152,7 +152,7 @@ PRAGMAS: Final = {k: v for k, v in SETTINGS.items() if k.startswith("sqlite_")}
 COUNTERS: Final = frozenset(diskcache.core.METADATA)
 
 
-class SafeCache(diskcache.Cache):  # type: ignore[misc]
+class SafeCache(diskcache.Cache):
     """diskcache's Cache, opened as a store that is data only.
 
     diskcache acts on every row of its ``Settings`` table: ``setattr(cache, key, value)`` for

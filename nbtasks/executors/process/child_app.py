@@ -68,7 +68,10 @@ class _ChildApp:
         lineage: ports.Lineage | None = None,
     ) -> TaskResult:
         call = (task, args, kwargs, options)
-        return self._call("submit_call", call, {"lineage": lineage or self._lineage()})
+        result: TaskResult = self._call(
+            "submit_call", call, {"lineage": lineage or self._lineage()}
+        )
+        return result
 
     def submit_many(
         self,
@@ -80,14 +83,16 @@ class _ChildApp:
         lineage: ports.Lineage | None = None,
     ) -> GroupResult:
         extra = {"chunk": chunk, "lineage": lineage or self._lineage()}
-        return self._call("submit_many", (task, calls, options), extra)
+        results: GroupResult = self._call("submit_many", (task, calls, options), extra)
+        return results
 
     def submit_canvas(
         self, items: Any, options: dict[str, Any], *, lineage: ports.Lineage | None = None
     ) -> TaskResult | GroupResult:
-        return self._call(
+        result: TaskResult | GroupResult = self._call(
             "submit_canvas", (items, options), {"lineage": lineage or self._lineage()}
         )
+        return result
 
     def submit(self, request: Request, *, lineage: ports.Lineage | None = None) -> TaskResult:
         """Mognet: submit a Request; the parent's App finds its task by name."""
