@@ -163,7 +163,7 @@ class App:
             t.attach(self, f, {**opts, "name": name})
             t.__doc__ = f.__doc__
             t.__name__ = getattr(f, "__name__", name)  # type: ignore[attr-defined]
-            t.__wrapped__ = f  # type: ignore[attr-defined]
+            t.__wrapped__ = f
             self._registry[name] = t  # re-running a cell replaces it (DESIGN principle 6)
             return t
 

@@ -419,7 +419,7 @@ class Request:
     args: list[Any]
     kwargs: dict[str, Any]
     id: str | None = None
-    metadata: Metadata = None  # type: ignore[assignment]
+    metadata: Metadata = field(default_factory=Metadata)
     retries: int = 0
     eta: datetime | None = None
     expires: datetime | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 from ._codec import code_hash
 from ._errors import NbtasksError
@@ -81,6 +81,7 @@ class Task:
     shadow_name: str | None = None
 
     app: AppPort
+    __wrapped__: Callable[..., Any]  # the decorated function, as functools.wraps sets it
     _fn: Callable[..., Any] | None = None
     _default_options: Options | None = None  # delay()'s options, resolved on first use
 
@@ -527,7 +528,8 @@ class group:
         return f"group({', '.join(map(repr, self.tasks))})"
 
     def apply_async(self, **options: Any) -> GroupResult:
-        return self.tasks[0].task.app.submit_canvas([self], options)  # type: ignore[return-value]
+        # A group alone is submitted as a group: its handle is a GroupResult.
+        return cast("GroupResult", self.tasks[0].task.app.submit_canvas([self], options))
 
     def delay(self) -> GroupResult:
         return self.apply_async()
@@ -588,7 +590,9 @@ class chord:
     def apply_async(self, **options: Any) -> TaskResult:
         if not isinstance(self.body, Signature):
             raise TypeError("chord() needs a callback signature: chord(header, task.s())")
-        return self.body.task.app.submit_canvas([self.header, self.body], options)  # type: ignore[return-value]
+        # A canvas's handle is that of its last item: here, the callback's TaskResult.
+        app = self.body.task.app
+        return cast("TaskResult", app.submit_canvas([self.header, self.body], options))
 
     def delay(self) -> TaskResult:
         return self.apply_async()

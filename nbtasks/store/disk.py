@@ -75,6 +75,7 @@ class _SafeDisk(diskcache.Disk):
             self._written.files = None
 
     def _write_file(self, data: bytes) -> str:
+        filename: str  # diskcache is not typed
         filename, full_path = self.filename()
         for attempt in range(10):
             make_value_dirs(self._directory, filename)
@@ -97,7 +98,7 @@ class _SafeDisk(diskcache.Disk):
         files = getattr(self._written, "files", None)
         if files is not None:
             files.append(full_path)
-        return filename  # type: ignore[no-any-return]
+        return filename
 
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
         return fetch_value(self._directory, mode, filename, value)

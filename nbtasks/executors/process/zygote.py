@@ -116,7 +116,9 @@ def _lazy_package() -> None:
         with lock:
             if "__getattr__" in vars(pkg):
                 del vars(pkg)["__getattr__"]
-                pkg.__spec__.loader.exec_module(pkg)  # type: ignore[union-attr]
+                spec = pkg.__spec__
+                assert spec is not None and spec.loader is not None  # imported from its files
+                spec.loader.exec_module(pkg)
         return getattr(pkg, name)
 
     vars(pkg)["__getattr__"] = complete  # PEP 562: the module's own __getattr__
