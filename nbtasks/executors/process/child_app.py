@@ -12,7 +12,10 @@ from ..._result import GroupResult, TaskResult
 from ...store import parse_task_record
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ..._ports import LiveTask
+    from ..._task import Signature, Task, group
     from .child import Worker
 
 
@@ -60,7 +63,7 @@ class _ChildApp:
 
     def submit_call(
         self,
-        task: Any,
+        task: Task,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         options: dict[str, Any],
@@ -75,8 +78,8 @@ class _ChildApp:
 
     def submit_many(
         self,
-        task: Any,
-        calls: Any,
+        task: Task,
+        calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
         options: dict[str, Any],
         *,
         chunk: bool = False,
@@ -87,7 +90,11 @@ class _ChildApp:
         return results
 
     def submit_canvas(
-        self, items: Any, options: dict[str, Any], *, lineage: ports.Lineage | None = None
+        self,
+        items: Sequence[Signature | group],
+        options: dict[str, Any],
+        *,
+        lineage: ports.Lineage | None = None,
     ) -> TaskResult | GroupResult:
         result: TaskResult | GroupResult = self._call(
             "submit_canvas", (items, options), {"lineage": lineage or self._lineage()}
