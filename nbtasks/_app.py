@@ -162,7 +162,7 @@ class App:
             name = opts.get("name") or task_name_of(f)
             t.attach(self, f, {**opts, "name": name})
             t.__doc__ = f.__doc__
-            t.__name__ = getattr(f, "__name__", name)  # type: ignore[attr-defined]
+            t.__name__ = getattr(f, "__name__", name)
             t.__wrapped__ = f
             self._registry[name] = t  # re-running a cell replaces it (DESIGN principle 6)
             return t

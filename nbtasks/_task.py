@@ -82,6 +82,7 @@ class Task:
 
     app: AppPort
     __wrapped__: Callable[..., Any]  # the decorated function, as functools.wraps sets it
+    __name__: str
     _fn: Callable[..., Any] | None = None
     _default_options: Options | None = None  # delay()'s options, resolved on first use
 
