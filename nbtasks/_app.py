@@ -162,8 +162,8 @@ class App:
             name = opts.get("name") or task_name_of(f)
             t.attach(self, f, {**opts, "name": name})
             t.__doc__ = f.__doc__
-            t.__name__ = getattr(f, "__name__", name)  # type: ignore[attr-defined]
-            t.__wrapped__ = f  # type: ignore[attr-defined]
+            t.__name__ = getattr(f, "__name__", name)
+            t.__wrapped__ = f
             self._registry[name] = t  # re-running a cell replaces it (DESIGN principle 6)
             return t
 
@@ -359,9 +359,8 @@ class App:
         return TaskResult(task_id, self)
 
     def group_result(self, group_id: str) -> GroupResult:
-        check_id(group_id, "group_id")
-        rec = self._store.get_group(group_id)
-        return GroupResult(self, group_id, [self.result(tid) for tid in rec["members"]])
+        members = self._store.group_members(group_id)
+        return GroupResult(self, group_id, [self.result(tid) for tid in members])
 
     # The Results seam (_ports): what TaskResult and GroupResult read and cancel through.
 
@@ -547,13 +546,13 @@ ports.set_opener(_open)
 def _lineage(given: Lineage | None) -> dict[str, Any]:
     """parent_id and root_id of what is submitted now: ``given`` (a worker process's task),
     else the task running in this thread, if any (Celery's meaning of both)."""
-    if given is None:
-        ctx = CURRENT.get()
-        if ctx is None:
-            return {}
-        request = ctx.request
-        given = (request.id, request.root_id or request.id)
-    return {"parent_id": given[0], "root_id": given[1]}
+    if given is not None:
+        return {"parent_id": given[0], "root_id": given[1]}
+    ctx = CURRENT.get()
+    if ctx is None:
+        return {}
+    request = ctx.request
+    return {"parent_id": request.id, "root_id": request.root_id or request.id}
 
 
 __all__ = ["App", "NbtasksError", "configure", "default_app", "task"]

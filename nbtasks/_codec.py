@@ -56,10 +56,10 @@ class Signer:
 
     def __init__(self, key: bytes | None = None) -> None:
         self._key = key
-        self._base: Any = None
+        self._base: hmac.HMAC | None = None
         self._lock = threading.Lock()
 
-    def _mac(self) -> Any:
+    def _mac(self) -> hmac.HMAC:
         if self._base is None:
             with self._lock:
                 if self._base is None:
@@ -71,7 +71,7 @@ class Signer:
         prefixing would copy the value once more)."""
         mac = self._mac()
         mac.update(data)
-        return mac.digest()  # type: ignore[no-any-return]
+        return mac.digest()
 
     def sign(self, data: bytes) -> bytes:
         return self.digest(data) + data

@@ -14,9 +14,9 @@ import logging
 import math
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TextIO, TypeVar
 
 from ._errors import Retry, SoftTimeLimitExceeded, TaskCancelled, TaskTimeout
 from ._model import (
@@ -132,8 +132,8 @@ class Context:
 
         The arguments are checked here, at the call, not at the first item (a generator's body
         would only run then)."""
-        if total is None and hasattr(iterable, "__len__"):
-            total = len(iterable)  # type: ignore[arg-type]
+        if total is None and isinstance(iterable, Sized):
+            total = len(iterable)
         elif total is not None and total.__class__ not in _NUMBER:
             total = _number(total, "total", "track")
         if message is not None:
@@ -318,12 +318,11 @@ def _number(value: Any, name: str, call: str = "progress") -> float:
     """The slow path of progress()'s numbers: any real number but a bool, as a float."""
     import numbers
 
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+    if not isinstance(value, bool) and isinstance(value, numbers.Real):
         try:
             return float(value)
         except OverflowError:  # past float's range (an int subclass, a Fraction): infinite,
-            positive = value > 0  # type: ignore[operator]  # stored as no progress, as inf is
-            return math.inf if positive else -math.inf
+            return -math.inf if value < 0 else math.inf  # stored as no progress, as inf is
     raise TypeError(f"{call}({name}={value!r}) must be a number (int or float)")
 
 
@@ -352,7 +351,8 @@ def _checked_metadata(values: dict[str, Any], call: str) -> dict[str, Any]:
     for key, value in values.items():
         check_metadata_key(key, f"{call}()")
         check_json(value, f"{call}({key}=...)")
-    return _json_copy(values)  # type: ignore[no-any-return]
+    copy: dict[str, Any] = _json_copy(values)
+    return copy
 
 
 def _json_copy(value: Any) -> Any:
@@ -372,7 +372,7 @@ class _TaskStream:
     """Stands in for sys.stdout/sys.stderr: text written by a running task's own thread (or
     coroutine) goes to that task's output; everything else goes where it went before."""
 
-    def __init__(self, wrapped: Any) -> None:
+    def __init__(self, wrapped: TextIO) -> None:
         self._wrapped = wrapped
 
     def write(self, text: str) -> int:
@@ -380,7 +380,7 @@ class _TaskStream:
         if ctx is not None:
             ctx.write_output(text)
             return len(text)
-        return self._wrapped.write(text)  # type: ignore[no-any-return]
+        return self._wrapped.write(text)
 
     def flush(self) -> None:
         if _current.get() is None:

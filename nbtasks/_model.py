@@ -11,9 +11,12 @@ import time as _time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol, Required, TypedDict
+from typing import TYPE_CHECKING, Any, Final, Protocol, Required, TypedDict
 
 from ._errors import NbtasksError
+
+if TYPE_CHECKING:
+    from ._context import Context
 
 
 class _Missing:
@@ -314,7 +317,7 @@ class Metadata(dict[str, Any]):
         check_json(value, f"metadata[{key!r}]")
         super().__setitem__(key, as_json(value))
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         """All or nothing: every key and value is checked before any is set."""
         values = dict(*args, **kwargs)
         for k, v in values.items():
@@ -394,7 +397,9 @@ class Options:
 
 
 #: The running task's Context in this thread or coroutine (``nbtasks.current()``).
-CURRENT: contextvars.ContextVar[Any] = contextvars.ContextVar("nbtasks_context", default=None)
+CURRENT: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
+    "nbtasks_context", default=None
+)
 
 
 # --------------------------------------------------------------------------- requests
@@ -414,7 +419,7 @@ class Request:
     args: list[Any]
     kwargs: dict[str, Any]
     id: str | None = None
-    metadata: Metadata = None  # type: ignore[assignment]
+    metadata: Metadata = field(default_factory=Metadata)
     retries: int = 0
     eta: datetime | None = None
     expires: datetime | None = None

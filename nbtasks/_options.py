@@ -14,26 +14,6 @@ from typing import Any
 
 from ._model import check_executor, check_text, to_timestamp
 
-#: The options a task takes at declaration and (all of them) per call.
-TASK_OPTIONS = frozenset(
-    {
-        "name",
-        "bind",
-        "executor",
-        "retries",
-        "max_retries",
-        "retry_backoff",
-        "retry_on",
-        "timeout",
-        "soft_timeout",
-        "priority",
-        "cache",
-        "cache_ttl",
-        "detach",
-        "expires",
-        "shadow_name",
-    }
-)
 #: The options a submit takes from the task unless the call gives them.
 INHERITED = (
     "executor",
@@ -47,6 +27,8 @@ INHERITED = (
     "cache_ttl",
     "detach",
 )
+#: The options a task takes at declaration and (all of them) per call.
+TASK_OPTIONS = frozenset({*INHERITED, "name", "bind", "max_retries", "expires", "shadow_name"})
 CALL_OPTIONS = frozenset(
     TASK_OPTIONS - {"name", "bind"}
     | {"countdown", "eta", "link", "link_error", "metadata", "task_id"}
@@ -62,14 +44,14 @@ _MAX_SECONDS = 100 * 365.25 * 86400  # longer countdowns overflow datetimes and 
 def seconds(value: Any, argument: str, *, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{argument} must be a number of seconds, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{argument}={value!r} must be a finite number of seconds")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(f"{argument}={value!r} must be {'> 0' if positive else '>= 0'} seconds")
-    if value > _MAX_SECONDS:
-        raise ValueError(f"{argument}={value!r} is more than 100 years; give a shorter time")
-    return value
+    secs = float(value)
+    if not math.isfinite(secs):
+        raise ValueError(f"{argument}={secs!r} must be a finite number of seconds")
+    if secs < 0 or (positive and secs == 0):
+        raise ValueError(f"{argument}={secs!r} must be {'> 0' if positive else '>= 0'} seconds")
+    if secs > _MAX_SECONDS:
+        raise ValueError(f"{argument}={secs!r} is more than 100 years; give a shorter time")
+    return secs
 
 
 def integer(value: Any, argument: str, *, minimum: int | None = None) -> int:

@@ -172,7 +172,7 @@ class TaskResult:
 
     @property
     def task_name(self) -> str:
-        return self._rec["task_name"]  # type: ignore[no-any-return]
+        return self._rec["task_name"]
 
     @property
     def task(self) -> Task | None:
@@ -225,7 +225,7 @@ class TaskResult:
 
     @property
     def backend(self) -> str:
-        return self._full.get("backend", "")  # type: ignore[no-any-return]
+        return self._full.get("backend", "")
 
     @property
     def errors(self) -> list[TaskError]:
@@ -248,7 +248,7 @@ class TaskResult:
     @property
     def root_id(self) -> str:
         """The first task of this one's line: its own id if nothing submitted it (Celery)."""
-        return self._full.get("root_id") or self.id  # type: ignore[no-any-return]
+        return self._full.get("root_id") or self.id
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -259,7 +259,7 @@ class TaskResult:
     @property
     def state(self) -> str:
         rec = self._now()
-        return rec.get("state") or rec["status"]  # type: ignore[no-any-return]
+        return rec.get("state") or rec["status"]
 
     @property
     def result(self) -> Any:
@@ -276,7 +276,7 @@ class TaskResult:
 
     @property
     def output(self) -> str:
-        return self._now().get("output") or ""  # type: ignore[no-any-return]
+        return self._now().get("output") or ""
 
     @property
     def reason(self) -> str | None:

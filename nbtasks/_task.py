@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 from ._codec import code_hash
 from ._errors import NbtasksError
@@ -81,6 +81,8 @@ class Task:
     shadow_name: str | None = None
 
     app: AppPort
+    __wrapped__: Callable[..., Any]  # the decorated function, as functools.wraps sets it
+    __name__: str
     _fn: Callable[..., Any] | None = None
     _default_options: Options | None = None  # delay()'s options, resolved on first use
 
@@ -157,7 +159,7 @@ class Task:
         """The names of the hooks this task overrides (the base class's do nothing)."""
         return self._hooks
 
-    def invoke(self, ctx: Context, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+    def invoke(self, ctx: Context | None, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
         """Call the task's code for one attempt, giving it ``ctx`` as it asked for it."""
         target = self._target
         if self._ctx_param:
@@ -191,11 +193,7 @@ class Task:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the plain function in the calling thread: nothing is persisted."""
-        if self._ctx_param:
-            return self._target(CURRENT.get(), *args, **kwargs)
-        if self._fn is not None and self.bind:
-            return self._target(self, *args, **kwargs)
-        return self._target(*args, **kwargs)
+        return self.invoke(CURRENT.get(), args, kwargs)
 
     def __repr__(self) -> str:
         return f"<@task {self.name} of {self.app.name}>"
@@ -397,19 +395,11 @@ def _is_context_annotation(annotation: Any, fn: Callable[..., Any]) -> bool:
 def _args_kwargs(
     args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if args is None:
-        a: tuple[Any, ...] = ()
-    elif isinstance(args, list | tuple):
-        a = tuple(args)
-    else:
+    if args is not None and not isinstance(args, list | tuple):
         raise TypeError(f"args must be a list or tuple, got {type(args).__name__}")
-    if kwargs is None:
-        kw: dict[str, Any] = {}
-    elif isinstance(kwargs, Mapping):
-        kw = dict(kwargs)
-    else:
+    if kwargs is not None and not isinstance(kwargs, Mapping):
         raise TypeError(f"kwargs must be a dict, got {type(kwargs).__name__}")
-    return a, kw
+    return tuple(args or ()), dict(kwargs or {})
 
 
 def resolve_options(
@@ -556,7 +546,8 @@ class group:
         return f"group({', '.join(map(repr, self.tasks))})"
 
     def apply_async(self, **options: Any) -> GroupResult:
-        return self.tasks[0].task.app.submit_canvas([self], options)  # type: ignore[return-value]
+        # A group alone is submitted as a group: its handle is a GroupResult.
+        return cast("GroupResult", self.tasks[0].task.app.submit_canvas([self], options))
 
     def delay(self) -> GroupResult:
         return self.apply_async()
@@ -568,18 +559,20 @@ class group:
 class chain:
     """Signatures run one after another, each getting the previous return value first."""
 
-    def __init__(self, *tasks: Signature | group | chain) -> None:
+    def __init__(self, *tasks: Signature | group | chain | chord) -> None:
         items: list[Signature | group] = []
         for t in tasks:
             if isinstance(t, chain):
-                assert isinstance(t.tasks, list)
                 items.extend(t.tasks)
             elif isinstance(t, Signature | group):
                 items.append(t)
-            elif isinstance(t, chord):
+            elif isinstance(t, chord) and t.body is not None:
                 items.extend([t.header, t.body])
-            else:
-                raise TypeError(f"chain() takes signatures or groups, got {t!r}")
+            else:  # a chord without its callback would fail only when submitted
+                raise TypeError(
+                    "chain() takes signatures, groups, chains and chords with a callback, "
+                    f"got {t!r}"
+                )
         if not items:
             raise ValueError("chain() needs at least one signature")
         self.tasks: list[Signature | group] = items
@@ -615,7 +608,9 @@ class chord:
     def apply_async(self, **options: Any) -> TaskResult:
         if not isinstance(self.body, Signature):
             raise TypeError("chord() needs a callback signature: chord(header, task.s())")
-        return self.body.task.app.submit_canvas([self.header, self.body], options)  # type: ignore[return-value]
+        # A canvas's handle is that of its last item: here, the callback's TaskResult.
+        app = self.body.task.app
+        return cast("TaskResult", app.submit_canvas([self.header, self.body], options))
 
     def delay(self) -> TaskResult:
         return self.apply_async()

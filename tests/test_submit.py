@@ -486,6 +486,15 @@ def test_canvas_checks_arguments_before_storing_anything(t: Tasks, store_path: P
     assert task_keys(store_path) == []
 
 
+def test_a_chain_takes_a_chord_only_with_its_callback(t: Tasks, store_path: Path) -> None:
+    chained = nbtasks.chain(nbtasks.chord([t.add.s(1, 1)], t.total.s()), t.add.s(1))
+    kinds = [type(item).__name__ for item in chained.tasks]
+    assert kinds == ["group", "Signature", "Signature"]
+    with pytest.raises(TypeError, match="chords with a callback"):
+        nbtasks.chain(nbtasks.chord([t.add.s(1, 1)]), t.add.s(1))
+    assert task_keys(store_path) == []
+
+
 # --------------------------------------------------------------------------- map & co
 
 

@@ -46,6 +46,7 @@ from .._model import (
     MISSING,
     TaskRecord,
     TaskStatus,
+    check_id,
     check_json,
     check_text,
     check_transition,
@@ -223,12 +224,14 @@ class Store:
             "check the id, or open the store the task was submitted to"
         )
 
-    def get_group(self, group_id: str) -> dict[str, Any]:
-        key = "g:" + group_id
+    def group_members(self, group_id: str) -> list[str]:
+        """The ids of a group's tasks, in order (``group_id`` as the user gave it: checked)."""
+        key = "g:" + check_id(group_id, "group_id")
         text = self.reader.get(key)
         if text is None:
             raise UnknownTaskId(f"no group with id {group_id!r} in the store {self.path}")
-        return parse_record(text, key, self.path)
+        members: list[str] = parse_record(text, key, self.path)["members"]
+        return members
 
     def get_blob(self, key: str) -> bytes:
         pending = self.writer.staged(key)

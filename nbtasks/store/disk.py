@@ -26,7 +26,7 @@ from .files import O_NOFOLLOW, make_value_dirs, read_value, remove_value
 _log = logging.getLogger("nbtasks")
 
 
-class _SafeDisk(diskcache.Disk):  # type: ignore[misc]
+class _SafeDisk(diskcache.Disk):
     """A Disk that never pickles (so never unpickles) and writes its value files itself:
     0600 from the start in 0700 directories (diskcache's follow the umask), in one write
     from the caller's buffer (diskcache iterates a BytesIO line by line), and never left
@@ -75,6 +75,7 @@ class _SafeDisk(diskcache.Disk):  # type: ignore[misc]
             self._written.files = None
 
     def _write_file(self, data: bytes) -> str:
+        filename: str  # diskcache is not typed
         filename, full_path = self.filename()
         for attempt in range(10):
             make_value_dirs(self._directory, filename)
@@ -97,7 +98,7 @@ class _SafeDisk(diskcache.Disk):  # type: ignore[misc]
         files = getattr(self._written, "files", None)
         if files is not None:
             files.append(full_path)
-        return filename  # type: ignore[no-any-return]
+        return filename
 
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
         return fetch_value(self._directory, mode, filename, value)
@@ -152,7 +153,7 @@ PRAGMAS: Final = {k: v for k, v in SETTINGS.items() if k.startswith("sqlite_")}
 COUNTERS: Final = frozenset(diskcache.core.METADATA)
 
 
-class SafeCache(diskcache.Cache):  # type: ignore[misc]
+class SafeCache(diskcache.Cache):
     """diskcache's Cache, opened as a store that is data only.
 
     diskcache acts on every row of its ``Settings`` table: ``setattr(cache, key, value)`` for

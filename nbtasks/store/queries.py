@@ -49,7 +49,8 @@ class Reader:
     def query(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         cache = self.cache
         if cache is not None:
-            return cache._sql(sql, params)  # type: ignore[no-any-return]
+            cursor: sqlite3.Cursor = cache._sql(sql, params)  # diskcache is not typed
+            return cursor
         con = getattr(self._local, "reader", None)
         if con is None:
             con = self._local.reader = connect(self.path / DB_NAME, self.lock_timeout, True)

@@ -148,8 +148,7 @@ class Dashboard(BaseView):
 
     def _rearm(self) -> None:
         self._dirty = True
-        self.live = True
-        updater().register(self, now=True)
+        self.wake()
 
     def _cancel_row(self, i: int) -> None:
         task_id = self._row_ids[i]

@@ -13,8 +13,18 @@ from .. import _kernel
 from .._text import short_id
 from .format import badge, counts_html, group_html, group_line, members_html, now
 from .snapshot import UNFINISHED, group_counts, group_status, snapshot
-from .updater import updater
-from .widgets import BAR_STYLES, BaseView, html_widget, ipywidgets, set_traits, shared, show
+from .widgets import (
+    BaseView,
+    cancel_button,
+    card,
+    html_widget,
+    ipywidgets,
+    set_bar,
+    set_traits,
+    shared,
+    show,
+    status_bar,
+)
 
 __all__ = ["GroupView"]
 
@@ -36,24 +46,8 @@ class GroupView(BaseView):
         counts, total, fraction = group_counts(self._snaps)
         status = group_status(counts, total)
         self._title = html_widget(self._title_html(status), shared("grow"))
-        self._cancel = w.Button(
-            description="Cancel all",
-            icon="stop",
-            button_style="warning",
-            style=shared("button"),
-            layout=w.Layout(width="auto", display=None if status in UNFINISHED else "none"),
-        )
-        self._cancel.add_class("nbtasks-cancel")
-        self._cancel.on_click(self._on_cancel)
-        self._bar = w.FloatProgress(
-            value=fraction,
-            min=0.0,
-            max=1.0,
-            bar_style=BAR_STYLES.get(status, ""),
-            layout=shared("bar"),
-            style=shared("progress"),
-        )
-        self._bar.add_class("nbtasks-bar")
+        self._cancel = cancel_button("Cancel all", status in UNFINISHED, self._on_cancel)
+        self._bar = status_bar(fraction, status)
         self._counts = html_widget(counts_html(counts, total), shared("info"))
         self._counts.add_class("nbtasks-counts")
         self._table = html_widget("")
@@ -62,16 +56,13 @@ class GroupView(BaseView):
         )
         self._expand.observe(self._on_expand, names="selected_index")
         self._problem = html_widget("", w.Layout(display="none"))
-        self.root = w.VBox(
-            [
-                w.HBox([self._title, self._cancel], layout=shared("row")),
-                w.HBox([self._bar, self._counts], layout=shared("row")),
-                self._expand,
-                self._problem,
-            ],
-            layout=shared("box"),
+        self.root = card(
+            "group",
+            [self._title, self._cancel],
+            [self._bar, self._counts],
+            self._expand,
+            self._problem,
         )
-        self.root.add_class("nbtasks-group")
         self.live = status in UNFINISHED
         self._table_due = 0.0
         _kernel.route_comm_to_helper_subshell(self._cancel.comm)
@@ -94,14 +85,12 @@ class GroupView(BaseView):
         try:
             self._group.cancel()
         finally:
-            self.live = True
-            updater().register(self, now=True)
+            self.wake()
 
     def _on_expand(self, change: Mapping[str, Any]) -> None:
         if change.get("new") is not None:  # render the table even if the group is finished
             self._table_due = 0.0
-            self.live = True
-            updater().register(self, now=True)
+            self.wake()
 
     def poll(self) -> bool:
         for i, member in enumerate(self._members):
@@ -111,7 +100,7 @@ class GroupView(BaseView):
         counts, total, fraction = group_counts(self._snaps)
         status = group_status(counts, total)
         set_traits(self._title, value=self._title_html(status))
-        set_traits(self._bar, value=fraction, bar_style=BAR_STYLES.get(status, ""))
+        set_bar(self._bar, fraction, status)
         set_traits(self._counts, value=counts_html(counts, total))
         finished = status not in UNFINISHED
         if finished:

@@ -19,8 +19,19 @@ from .format import (
     task_line,
 )
 from .snapshot import Snapshot, snapshot
-from .updater import updater, updater_stats
-from .widgets import BAR_STYLES, BaseView, html_widget, ipywidgets, set_traits, shared, show
+from .updater import updater_stats
+from .widgets import (
+    BaseView,
+    cancel_button,
+    card,
+    html_widget,
+    ipywidgets,
+    set_bar,
+    set_traits,
+    shared,
+    show,
+    status_bar,
+)
 
 __all__ = ["OUTPUT_MAX_APPENDS", "OUTPUT_WIDGET_CHARS", "TaskView"]
 
@@ -46,26 +57,14 @@ class TaskView(BaseView):
         self.last = snap
         self._header = html_widget(header_html(snap), shared("grow"))
         self._header.add_class("nbtasks-header")
-        self._cancel = w.Button(
-            description="Cancel",
-            icon="stop",
-            button_style="warning",
+        self._cancel = cancel_button(
+            "Cancel",
+            not snap.is_finished,
+            self._on_cancel,
             tooltip="Cancel this task",
-            style=shared("button"),
             disabled=snap.is_finished,
-            layout=w.Layout(width="auto", display="none" if snap.is_finished else None),
         )
-        self._cancel.add_class("nbtasks-cancel")
-        self._cancel.on_click(self._on_cancel)
-        self._bar = w.FloatProgress(
-            value=self._bar_value(snap),
-            min=0.0,
-            max=1.0,
-            bar_style=BAR_STYLES.get(snap.status, ""),
-            layout=shared("bar"),
-            style=shared("progress"),
-        )
-        self._bar.add_class("nbtasks-bar")
+        self._bar = status_bar(self._bar_value(snap), snap.status)
         self._info = html_widget(info_html(snap, at), shared("info"))
         self._info.add_class("nbtasks-info")
         self._error = html_widget(
@@ -95,18 +94,15 @@ class TaskView(BaseView):
         )
         self._meta.add_class("nbtasks-metadata")
         self._problem = html_widget("", w.Layout(display="none"))
-        self.root = w.VBox(
-            [
-                w.HBox([self._header, self._cancel], layout=shared("row")),
-                w.HBox([self._bar, self._info], layout=shared("row")),
-                self._error,
-                self._out,
-                self._meta,
-                self._problem,
-            ],
-            layout=shared("box"),
+        self.root = card(
+            "task",
+            [self._header, self._cancel],
+            [self._bar, self._info],
+            self._error,
+            self._out,
+            self._meta,
+            self._problem,
         )
-        self.root.add_class("nbtasks-task")
         self.live = not snap.is_finished
         self._cancel_routed = _kernel.route_comm_to_helper_subshell(self._cancel.comm)
 
@@ -130,8 +126,7 @@ class TaskView(BaseView):
         try:
             self._handle.cancel()
         finally:
-            self.live = True
-            updater().register(self, now=True)
+            self.wake()
 
     # -- updater thread only ----------------------------------------------------------------
     def poll(self) -> bool:
@@ -147,9 +142,7 @@ class TaskView(BaseView):
     def render(self, snap: Snapshot, at: _dt.datetime | None = None) -> None:
         at = at or now()
         set_traits(self._header, value=header_html(snap))
-        set_traits(
-            self._bar, value=self._bar_value(snap), bar_style=BAR_STYLES.get(snap.status, "")
-        )
+        set_bar(self._bar, self._bar_value(snap), snap.status)
         set_traits(self._info, value=info_html(snap, at))
         if snap.errors:
             set_traits(self._error, value=errors_html(snap))

@@ -25,9 +25,21 @@ from collections.abc import Callable
 from typing import Any
 
 from .._model import TaskStatus
-from .updater import PERIOD, updater_stats
+from .updater import PERIOD, updater, updater_stats
 
-__all__ = ["BAR_STYLES", "BaseView", "html_widget", "ipywidgets", "set_traits", "shared", "show"]
+__all__ = [
+    "BAR_STYLES",
+    "BaseView",
+    "cancel_button",
+    "card",
+    "html_widget",
+    "ipywidgets",
+    "set_bar",
+    "set_traits",
+    "shared",
+    "show",
+    "status_bar",
+]
 
 SLOW_PERIOD = 1.0  # for views whose snapshot has not changed for IDLE_AFTER seconds
 IDLE_AFTER = 10.0
@@ -92,6 +104,61 @@ def html_widget(value: str = "", layout: Any = None) -> Any:
     )
 
 
+# The parts a task view and a group view share, so that the two look alike by construction.
+
+
+def cancel_button(
+    description: str, visible: bool, on_click: Callable[[Any], None], **traits: Any
+) -> Any:
+    """A view's cancel button (hidden once there is nothing left to cancel)."""
+    w = ipywidgets()
+    button = w.Button(
+        description=description,
+        icon="stop",
+        button_style="warning",
+        style=shared("button"),
+        layout=w.Layout(width="auto", display=None if visible else "none"),
+        **traits,
+    )
+    button.add_class("nbtasks-cancel")
+    button.on_click(on_click)
+    return button
+
+
+def status_bar(value: float, status: str) -> Any:
+    """A view's progress bar: the fraction done, coloured by the status."""
+    bar = ipywidgets().FloatProgress(
+        value=value,
+        min=0.0,
+        max=1.0,
+        bar_style=BAR_STYLES.get(status, ""),
+        layout=shared("bar"),
+        style=shared("progress"),
+    )
+    bar.add_class("nbtasks-bar")
+    return bar
+
+
+def set_bar(bar: Any, value: float, status: str) -> int:
+    """Render a new fraction and status on a ``status_bar``; returns messages sent."""
+    return set_traits(bar, value=value, bar_style=BAR_STYLES.get(status, ""))
+
+
+def card(kind: str, title: list[Any], progress: list[Any], *rest: Any) -> Any:
+    """A view's box: the title row (with the cancel button), the bar row, then ``rest``."""
+    w = ipywidgets()
+    root = w.VBox(
+        [
+            w.HBox(title, layout=shared("row")),
+            w.HBox(progress, layout=shared("row")),
+            *rest,
+        ],
+        layout=shared("box"),
+    )
+    root.add_class(f"nbtasks-{kind}")
+    return root
+
+
 def set_traits(widget: Any, **traits: Any) -> int:
     """Set only the traits whose value changed, in one comm message; returns messages sent."""
     changed = {}
@@ -128,6 +195,15 @@ class BaseView:
         self._failures = 0
         self._last_change = time.monotonic()
         self._last_key: Any = None
+
+    def poll(self) -> bool:
+        """Render the current state; return whether the view is still live (each view's own)."""
+        raise NotImplementedError
+
+    def wake(self) -> None:
+        """Poll again at once, even a finished view (a click, a filter, an opened table)."""
+        self.live = True
+        updater().register(self, now=True)
 
     def _note(self, key: Any) -> None:
         """Poll slower (SLOW_PERIOD) when nothing changed for IDLE_AFTER seconds."""

@@ -312,21 +312,24 @@ class Worker:
         job = Job(live, task, args, kwargs, request, options, chunk=bool(rec.get("chunk")))
         if cancelled:
             job.cancel_reason = "cancelled"  # the claim records it CANCELLED; it never runs
-        while True:
-            self.retry_delay = None
-            attempt = WorkerAttempt(job, self.runtime, self)
-            self._out_ctx = attempt.ctx
-            self.attempt = attempt
-            try:
-                attempt.run()
-            except SoftTimeLimitExceeded:
-                pass  # raised asynchronously just as the task returned: recorded already
-            finally:
-                self.attempt = None
-                self._out_ctx = None
-            if self.retry_delay is None:
-                return
-            time.sleep(self.retry_delay)  # a detached task retries in its own process
+        while (delay := self._run_once(job)) is not None:
+            time.sleep(delay)  # a detached task retries in its own process
+
+    def _run_once(self, job: Job) -> float | None:
+        """Run one attempt of ``job``; the delay before its next one if it is to retry here
+        (a detached worker's runtime sets ``retry_delay`` as the attempt records the retry)."""
+        self.retry_delay = None
+        attempt = WorkerAttempt(job, self.runtime, self)
+        self._out_ctx = attempt.ctx
+        self.attempt = attempt
+        try:
+            attempt.run()
+        except SoftTimeLimitExceeded:
+            pass  # raised asynchronously just as the task returned: recorded already
+        finally:
+            self.attempt = None
+            self._out_ctx = None
+        return self.retry_delay
 
     def _load(self, payload: bytes) -> tuple[Any, Options]:
         hit = self._loaded.get(payload)

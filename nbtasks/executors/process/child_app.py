@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ... import _ports as ports
-from ..._model import CURRENT, FINISHED, Request, TaskRecord, check_id
+from ..._model import CURRENT, FINISHED, Request, TaskRecord
 from ..._result import GroupResult, TaskResult
 from ...store import parse_task_record
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ..._ports import LiveTask
+    from ..._task import Signature, Task, group
     from .child import Worker
 
 
@@ -60,7 +63,7 @@ class _ChildApp:
 
     def submit_call(
         self,
-        task: Any,
+        task: Task,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         options: dict[str, Any],
@@ -68,26 +71,35 @@ class _ChildApp:
         lineage: ports.Lineage | None = None,
     ) -> TaskResult:
         call = (task, args, kwargs, options)
-        return self._call("submit_call", call, {"lineage": lineage or self._lineage()})
+        result: TaskResult = self._call(
+            "submit_call", call, {"lineage": lineage or self._lineage()}
+        )
+        return result
 
     def submit_many(
         self,
-        task: Any,
-        calls: Any,
+        task: Task,
+        calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
         options: dict[str, Any],
         *,
         chunk: bool = False,
         lineage: ports.Lineage | None = None,
     ) -> GroupResult:
         extra = {"chunk": chunk, "lineage": lineage or self._lineage()}
-        return self._call("submit_many", (task, calls, options), extra)
+        results: GroupResult = self._call("submit_many", (task, calls, options), extra)
+        return results
 
     def submit_canvas(
-        self, items: Any, options: dict[str, Any], *, lineage: ports.Lineage | None = None
+        self,
+        items: Sequence[Signature | group],
+        options: dict[str, Any],
+        *,
+        lineage: ports.Lineage | None = None,
     ) -> TaskResult | GroupResult:
-        return self._call(
+        result: TaskResult | GroupResult = self._call(
             "submit_canvas", (items, options), {"lineage": lineage or self._lineage()}
         )
+        return result
 
     def submit(self, request: Request, *, lineage: ports.Lineage | None = None) -> TaskResult:
         """Mognet: submit a Request; the parent's App finds its task by name."""
@@ -129,9 +141,8 @@ class _ChildApp:
         return TaskResult(task_id, self)
 
     def group_result(self, group_id: str) -> GroupResult:
-        check_id(group_id, "group_id")
-        rec = self._store.get_group(group_id)
-        return GroupResult(self, group_id, [self.result(tid) for tid in rec["members"]])
+        members = self._store.group_members(group_id)
+        return GroupResult(self, group_id, [self.result(tid) for tid in members])
 
     def live(self, task_id: str) -> LiveTask | None:
         return self._store.live.get(task_id)

@@ -115,11 +115,13 @@ def _lazy_package() -> None:
             raise AttributeError(name)  # a submodule being imported (`from . import _task`)
         with lock:
             if "__getattr__" in vars(pkg):
-                del pkg.__getattr__  # type: ignore[attr-defined,method-assign]
-                pkg.__spec__.loader.exec_module(pkg)  # type: ignore[union-attr]
+                del vars(pkg)["__getattr__"]
+                spec = pkg.__spec__
+                assert spec is not None and spec.loader is not None  # imported from its files
+                spec.loader.exec_module(pkg)
         return getattr(pkg, name)
 
-    pkg.__getattr__ = complete  # type: ignore[attr-defined,method-assign]
+    vars(pkg)["__getattr__"] = complete  # PEP 562: the module's own __getattr__
 
 
 def _reap(ctrl: socket.socket) -> None:
