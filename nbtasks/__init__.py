@@ -15,6 +15,7 @@ from typing import Any
 
 from . import _errors
 from ._app import App, configure, default_app, task
+from ._canvas import Signature, chain, chord, group
 from ._context import Context, current
 from ._errors import (
     MaxRetriesExceededError,
@@ -35,7 +36,7 @@ from ._errors import (
 )
 from ._model import Progress, Request, TaskStatus
 from ._result import AsyncResult, GroupResult, TaskResult
-from ._task import Signature, Task, chain, chord, group
+from ._task import Task
 from .store import flush_all as _flush_all
 
 __version__ = "0.1.0"

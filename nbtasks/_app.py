@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, overload
 
 from . import _ports as ports
+from ._canvas import Signature, group
 from ._errors import NbtasksError, UnknownTaskId
 from ._model import (
     CURRENT,
@@ -29,7 +30,7 @@ from ._model import (
 from ._options import check_task_options
 from ._result import GroupResult, TaskResult
 from ._runtime import Runtime, Waiting
-from ._task import Signature, Task, group, resolve_options
+from ._task import Task, resolve_options
 from .store import (
     LOCK_TIMEOUT,
     Live,

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 if TYPE_CHECKING:
+    from ._canvas import Signature, group
     from ._model import TaskRecord
     from ._result import GroupResult, TaskResult
-    from ._task import Signature, Task, group
+    from ._task import Task
 
 #: (parent_id, root_id) of a task submitted from inside another: the submitting task's id, and
 #: the first task of its line (Celery's ``parent_id`` / ``root_id``).

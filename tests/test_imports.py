@@ -46,7 +46,7 @@ _VIEWS_MODULES = [
     "updater",
 ]
 ROWS: dict[str, set[str]] = {
-    "__init__": {"_app", "_context", "_errors", "_model", "_result", "store", "_task"},
+    "__init__": {"_app", "_context", "_errors", "_model", "_result", "store", "_task", "_canvas"},
     "_errors": set(),
     "_model": {"_errors"},
     "_codec": {"_model", "_errors", "_key"},
@@ -81,7 +81,8 @@ ROWS: dict[str, set[str]] = {
     "_ports": set(),  # the seams: Protocols (their types only under TYPE_CHECKING)
     "_runtime": _EXECUTORS_ROW | {"_context"},
     "_options": {"_model", "_errors"},  # option names and their validation
-    "_task": {"_options", "_codec", "_model", "_errors"},
+    "_task": {"_canvas", "_options", "_codec", "_model", "_errors"},
+    "_canvas": {"_options"},  # Signature, chain, group, chord: described here, submitted by the app
     "_result": {"_ports", "_model", "_errors", "_text"},  # the store only through the seam
     "_app": {
         "_ports",
@@ -94,6 +95,7 @@ ROWS: dict[str, set[str]] = {
         "_attempt",
         "executors",
         "_task",
+        "_canvas",
         "_result",
         "_runtime",
     },

@@ -14,8 +14,9 @@ from ...store import parse_task_record
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from ..._canvas import Signature, group
     from ..._ports import LiveTask
-    from ..._task import Signature, Task, group
+    from ..._task import Task
     from .child import Worker
 
 
