@@ -22,14 +22,17 @@ if TYPE_CHECKING:
 _log = logging.getLogger("nbtasks")
 
 TICK: Final = 0.1  # seconds of the clock between two samples of a running attempt
+#: Seconds of the clock an idle supervisor keeps its thread for the next task before it ends.
+IDLE_EXIT: Final = 2.0
 
 
 class Supervisor:
     """Timers, time limits, progress samples and requests, on one thread and the clock.
 
-    Its thread is started on need and ends once there is nothing to supervise (no timer, no
-    unfinished task in this process), so an idle or forgotten App holds no thread. What it
-    calls runs on that thread, without its lock: a callback may schedule again."""
+    Its thread is started on need, looks at least every ``TICK`` (so a claim never has to wake
+    it), and ends once there has been nothing to supervise (no timer, no unfinished task in this
+    process) for ``IDLE_EXIT``, so an idle or forgotten App holds no thread. What it calls runs
+    on that thread, without its lock: a callback may schedule again."""
 
     def __init__(
         self,
@@ -47,20 +50,18 @@ class Supervisor:
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._ticking = False  # the thread wakes every TICK (else only for a timer)
         self._closed = False
         self.error: BaseException | None = None  # the last tick's failure (a bug), also logged
 
     def start(self) -> None:
-        """Something to supervise may have come: start the thread, or wake it if it is idle."""
+        """Something to supervise may have come: start the thread if there is none. A live
+        thread needs no wake-up: it looks at least every ``TICK``."""
         with self._cond:
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="nbtasks-supervisor", daemon=True
                 )
                 self._thread.start()
-            elif not self._ticking:
-                self._cond.notify()
 
     def add(self, attempt: Attempt) -> None:
         """A claimed attempt: supervised until ``discard``."""
@@ -106,6 +107,7 @@ class Supervisor:
     def _run(self) -> None:
         clock, cond = self.clock, self._cond
         next_tick: float | None = None
+        idle_since: float | None = None
         while True:
             with cond:
                 while True:
@@ -114,20 +116,27 @@ class Supervisor:
                     while self._timers and self._timers[0][0] <= now:
                         due.append(heapq.heappop(self._timers)[2])
                     # Once closed, only what still runs: the store may be closed too.
-                    if not (self.running or (self.store.live and not self._closed)):
+                    if self.running or (self.store.live and not self._closed):
+                        idle_since = None
+                        if next_tick is None:
+                            next_tick = now  # it became busy since the last look: tick now
+                    else:
                         next_tick = None
                         if not self._timers:
-                            self._thread = None
-                            return
-                    elif next_tick is None:
-                        next_tick = now + TICK  # a tick's worth after it became busy
+                            # Idle: the thread stays a moment for the next task, so that a
+                            # claim costs no thread start (a task at a time, as in a notebook).
+                            if idle_since is None:
+                                idle_since = now
+                            if self._closed or now - idle_since >= IDLE_EXIT:
+                                self._thread = None
+                                return
                     tick = next_tick is not None and now >= next_tick
                     if due or tick:
                         break
-                    deadline = next_tick
-                    if self._timers and (deadline is None or self._timers[0][0] < deadline):
+                    # At least every TICK while the thread lives: a claim does not wake it.
+                    deadline = now + TICK if next_tick is None else next_tick
+                    if self._timers and self._timers[0][0] < deadline:
                         deadline = self._timers[0][0]
-                    self._ticking = next_tick is not None
                     clock.wait(cond, deadline)
             if tick:
                 next_tick = now + TICK
