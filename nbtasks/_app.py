@@ -35,7 +35,6 @@ from .store import (
     LOCK_TIMEOUT,
     Live,
     Store,
-    damaged,
     new_id,
     no_gc,
     owner_alive,
@@ -411,15 +410,7 @@ class App:
             raise ValueError(f"limit must be an int >= 0, got {limit!r}")
         rows = self._store.listing(status=status, name=task_name, limit=limit)
         with no_gc():  # 100k handles: the collector would walk them over and over (2.4x)
-            return [TaskResult.from_summary(self, self._summary(row)) for row in rows]
-
-    def _summary(self, row: tuple[Any, ...]) -> TaskRecord:
-        fields = summary(row)
-        if "damaged" in fields:  # the error its handle raises when its status is read
-            fields["damaged"] = str(
-                damaged("t:" + fields["id"], self.store_path, fields["damaged"])
-            )
-        return fields
+            return [TaskResult.from_summary(self, summary(row)) for row in rows]
 
     def purge(
         self,

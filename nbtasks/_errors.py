@@ -36,6 +36,15 @@ class StoreError(NbtasksError):
     """The store cannot be opened, read or written safely."""
 
 
+def damaged(key: str, store: object, why: str) -> StoreError:
+    """The error for one damaged entry of a store: that entry only, the others read as before."""
+    return StoreError(
+        f"the record {key} in the store {store} is damaged ({why}): it cannot be read, and "
+        "lists as DAMAGED; the store's other records read as before. If you did not expect "
+        "this, move the store aside and check it (mv STORE STORE.broken)"
+    )
+
+
 class UntrustedValue(NbtasksError):
     """A pickled value whose HMAC signature does not verify was not unpickled."""
 

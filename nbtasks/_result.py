@@ -23,6 +23,7 @@ from ._errors import (
     TaskError,
     TaskFailed,
     TaskInterrupted,
+    damaged,
 )
 from ._model import (
     FINISHED,
@@ -185,7 +186,7 @@ class TaskResult:
         try:
             return _STATUS[rec["status"]]
         except KeyError:  # a listing's DAMAGED row: say why, for this record only
-            raise StoreError(rec["damaged"]) from None
+            raise damaged("t:" + self.id, self._app.store_path, rec["damaged"]) from None
 
     @property
     def enqueued_at(self) -> datetime | None:

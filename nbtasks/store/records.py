@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, cast
 
-from .._errors import StoreError
+from .._errors import damaged
 from .._model import FINISHED, MISSING, TaskRecord, TaskStatus
 
 #: A status's name -> the status.
@@ -90,14 +90,6 @@ def parse_record(text: Any, key: str = "", store: Path | str = "") -> dict[str, 
     ):
         return rec
     raise damaged(key, store, "it is not a record nbtasks wrote")
-
-
-def damaged(key: str, store: Path | str, why: str) -> StoreError:
-    return StoreError(
-        f"the record {key} in the store {store} is damaged ({why}): it cannot be read, and "
-        "lists as DAMAGED; the store's other records read as before. If you did not expect "
-        "this, move the store aside and check it (mv STORE STORE.broken)"
-    )
 
 
 DAMAGED: Final = "DAMAGED"  # the status a listing shows for a damaged record
