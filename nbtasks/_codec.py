@@ -22,7 +22,7 @@ import textwrap
 import threading
 import traceback
 from collections import ChainMap
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import CodeType, FunctionType
 from typing import Any, Final
 
@@ -216,6 +216,18 @@ def _global_names(code: CodeType) -> tuple[str, ...]:
         if isinstance(const, CodeType):
             names.update(dict.fromkeys(_global_names(const)))
     return tuple(names)
+
+
+def unpicklable_argument(
+    task: Any, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> tuple[str, str, str] | None:
+    """The first argument of a call of ``task`` that cannot be pickled, as (name, type,
+    error): named as the task's signature names it, else ``#i`` for the i-th positional."""
+    try:
+        named = list(task.call_signature.bind_partial(*args, **kwargs).arguments.items())
+    except (TypeError, AttributeError):
+        named = [*((f"#{i}", a) for i, a in enumerate(args)), *kwargs.items()]
+    return find_unpicklable(named)
 
 
 def find_unpicklable(named: Iterable[tuple[str, Any]]) -> tuple[str, str, str] | None:

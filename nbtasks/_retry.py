@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from ._codec import dumps, find_unpicklable
+from ._codec import dumps, unpicklable_argument
 from ._errors import MaxRetriesExceededError, Retry
 from ._model import Options, to_timestamp
 
@@ -156,11 +156,7 @@ def _unpicklable(
     exc: TypeError,
 ) -> str:
     """A TypeError message naming the retry argument that cannot be pickled, and its type."""
-    try:
-        named = list(task.call_signature.bind_partial(*args, **kwargs).arguments.items())
-    except (TypeError, AttributeError):
-        named = [*((f"#{i}", a) for i, a in enumerate(args)), *kwargs.items()]
-    found = find_unpicklable(named)
+    found = unpicklable_argument(task, args, kwargs)
     what = (
         f"argument {found[0]!r} is a {found[1]}, which cannot be pickled ({found[2]})"
         if found is not None

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from . import executors
 from ._attempt import Job, Options
-from ._codec import args_repr, cache_key, find_unpicklable
+from ._codec import args_repr, cache_key, unpicklable_argument
 from ._errors import StoreError, TaskCancelled, UnknownTaskId
 from ._model import FINISHED, Clock, Metadata, Request, TaskRecord, TaskStatus, to_datetime
 from ._supervisor import Supervisor
@@ -378,11 +378,7 @@ def _unpicklable_argument(
     task: Task, args: tuple[Any, ...], kwargs: dict[str, Any], executor: str, exc: Exception
 ) -> str:
     """A TypeError message naming the argument that cannot be pickled, and its type."""
-    try:
-        named = list(task.call_signature.bind_partial(*args, **kwargs).arguments.items())
-    except (TypeError, AttributeError):
-        named = [*((f"#{i}", a) for i, a in enumerate(args)), *kwargs.items()]
-    found = find_unpicklable(named)
+    found = unpicklable_argument(task, args, kwargs)
     what = (
         f"argument {found[0]!r} of task {task.name} is a {found[1]}, which "
         f"cannot be pickled ({found[2]})"
