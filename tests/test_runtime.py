@@ -35,6 +35,19 @@ def app(tmp_path: Path, clock: FakeClock) -> Iterator[nbtasks.App]:
         a.shutdown(wait=True, cancel_pending=True)
 
 
+def _running_on_the_clock(gate: Gate, clock: FakeClock) -> None:
+    """The task has reached its gate and the supervisor waits on the fake clock: what the test
+    advances now is seen by both."""
+    gate.wait_reached()
+    wait_until(clock.waiting)
+
+
+def _assert_timed_out(r: nbtasks.TaskResult) -> None:
+    r.wait(10)
+    assert r.status is TaskStatus.FAILED
+    assert r.errors[-1].exception_class_path == "nbtasks.TaskTimeout"
+
+
 def test_a_countdown_starts_the_task_once_its_seconds_have_passed(
     app: nbtasks.App, clock: FakeClock
 ) -> None:
@@ -142,16 +155,13 @@ def test_a_thread_task_past_its_timeout_stops_at_its_next_check(
         return "not stopped"
 
     r = slow.delay()
-    gate.wait_reached()
-    wait_until(clock.waiting)
+    _running_on_the_clock(gate, clock)
     clock.advance(4.9)
     gate.release()
     gate.wait_reached()  # the first check passed
     clock.advance(0.2)
     gate.release()
-    r.wait(10)
-    assert r.status is TaskStatus.FAILED
-    assert r.errors[-1].exception_class_path == "nbtasks.TaskTimeout"
+    _assert_timed_out(r)
 
 
 def test_hard_timeout_of_a_task_that_never_checks_discards_its_value(
@@ -166,13 +176,10 @@ def test_hard_timeout_of_a_task_that_never_checks_discards_its_value(
         return "too late"
 
     r = oblivious.delay()
-    gate.wait_reached()
-    wait_until(clock.waiting)
+    _running_on_the_clock(gate, clock)
     clock.advance(5.1)
     gate.release()
-    r.wait(10)
-    assert r.status is TaskStatus.FAILED
-    assert r.errors[-1].exception_class_path == "nbtasks.TaskTimeout"
+    _assert_timed_out(r)
 
 
 def test_a_thread_task_past_its_soft_timeout_gets_soft_time_limit_exceeded(
@@ -192,8 +199,7 @@ def test_a_thread_task_past_its_soft_timeout_gets_soft_time_limit_exceeded(
         return "not stopped"
 
     r = slow.delay()
-    gate.wait_reached()
-    wait_until(clock.waiting)
+    _running_on_the_clock(gate, clock)
     clock.advance(4.9)
     gate.release()
     gate.wait_reached()
@@ -242,8 +248,7 @@ def test_progress_is_sampled_at_most_once_a_tick_of_the_clock(
         return None if p is None else p.current
 
     r = steps.delay()
-    gate.wait_reached()
-    wait_until(clock.waiting)
+    _running_on_the_clock(gate, clock)
     clock.advance(0.05)
     assert current() is None  # no tick yet: progress() itself writes nothing
     clock.advance(0.06)
@@ -349,10 +354,7 @@ def test_an_inline_task_due_after_a_countdown_is_supervised_while_it_runs(
 
     r = later.apply_async(countdown=1)
     clock.advance(1.1)  # returns once the supervisor has handed the task over
-    gate.wait_reached()
-    wait_until(clock.waiting)
+    _running_on_the_clock(gate, clock)
     clock.advance(5.1)
     gate.release()
-    r.wait(10)
-    assert r.status is TaskStatus.FAILED
-    assert r.errors[-1].exception_class_path == "nbtasks.TaskTimeout"
+    _assert_timed_out(r)
