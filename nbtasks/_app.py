@@ -28,12 +28,12 @@ from ._model import (
     check_id,
 )
 from ._options import check_task_options
+from ._reader import StoreReader
 from ._result import GroupResult, TaskResult
 from ._runtime import Runtime, Waiting
 from ._task import Task, resolve_options
 from .store import (
     LOCK_TIMEOUT,
-    Live,
     Store,
     new_id,
     no_gc,
@@ -43,16 +43,14 @@ from .store import (
 )
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     import diskcache
 
-    from ._ports import Lineage
+    from ._ports import Args, Calls, Kwargs, Lineage, Opts, Parent
 
 _STATUS_NAMES = [s.value for s in TaskStatus]
 
 
-class App:
+class App(StoreReader):
     """A store, the tasks registered on it, and the executors that run them.
 
     ``store``: a directory or an open ``diskcache.Cache`` (default: ``$NBTASKS_STORE``, else
@@ -125,10 +123,6 @@ class App:
     def store(self) -> Store:
         return self._store
 
-    @property
-    def store_path(self) -> Path:
-        return self._store.path
-
     # ------------------------------------------------------------------ declaring
 
     @overload
@@ -186,13 +180,7 @@ class App:
     # The Submitter seam (_ports): what Task, Signature and the canvas classes call.
 
     def submit_call(
-        self,
-        task: Task,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        options: dict[str, Any],
-        *,
-        lineage: Lineage | None = None,
+        self, task: Task, args: Args, kwargs: Kwargs, options: Opts, *, lineage: Parent = None
     ) -> TaskResult:
         """One task (``delay``, ``apply_async``, ``apply``, a Signature's)."""
         rt = self._runtime
@@ -224,13 +212,7 @@ class App:
         raise ValueError(f"task_id={task_id!r} is already used in this store; pick a new id")
 
     def submit_many(
-        self,
-        task: Task,
-        calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
-        options: dict[str, Any],
-        *,
-        chunk: bool = False,
-        lineage: Lineage | None = None,
+        self, task: Task, calls: Calls, options: Opts, *, chunk: bool, lineage: Parent = None
     ) -> GroupResult:
         """map / starmap / chunks: every record, the group's included, in one transaction."""
         rt = self._runtime
@@ -263,11 +245,7 @@ class App:
             )
 
     def submit_canvas(
-        self,
-        items: Sequence[Signature | group],
-        options: dict[str, Any],
-        *,
-        lineage: Lineage | None = None,
+        self, items: Sequence[Signature | group], options: Opts, *, lineage: Parent = None
     ) -> TaskResult | GroupResult:
         """Chains, groups and chords: stages committed together; later stages wait. Each link's
         parent is the link before it; the root of every link is the submitting task's root,
@@ -329,7 +307,7 @@ class App:
         assert result is not None
         return result
 
-    def submit(self, request: Request, *, lineage: Lineage | None = None) -> TaskResult:
+    def submit(self, request: Request, *, lineage: Parent = None) -> TaskResult:
         """Mognet: submit a Request made by ``task.create_request(...)``."""
         if not isinstance(request, Request):
             raise TypeError(f"submit() takes a Request (task.create_request(...)), got {request!r}")
@@ -354,21 +332,8 @@ class App:
 
     # ------------------------------------------------------------------ reading
 
-    def result(self, task_id: str) -> TaskResult:
-        """The stored TaskResult of any task, also one from an earlier kernel."""
-        return TaskResult(task_id, self)
-
-    def group_result(self, group_id: str) -> GroupResult:
-        members = self._store.group_members(group_id)
-        return GroupResult(self, group_id, [self.result(tid) for tid in members])
-
-    # The Results seam (_ports): what TaskResult and GroupResult read and cancel through.
-
-    def live(self, task_id: str) -> Live | None:
-        return self._store.live.get(task_id)
-
-    def read_listed(self, task_id: str) -> tuple[TaskRecord, str]:
-        return self._store.read_listed(task_id)
+    # The Results seam (_ports): what TaskResult and GroupResult read and cancel through;
+    # result, group_result, live, read_listed and decode are StoreReader's.
 
     def read_record(self, task_id: str, text: str | None = None) -> TaskRecord:
         """The committed record (parsed from ``text`` if given). An unfinished one whose owner
@@ -382,9 +347,6 @@ class App:
             store.sweep()
             rec = store.read_record(task_id)
         return rec
-
-    def decode(self, enc: dict[str, Any], what: str) -> Any:
-        return self._store.decode_value(enc, what)
 
     def cancel(self, task_id: str) -> bool:
         """Cancel a task (see ``TaskResult.cancel``); False once it has finished."""

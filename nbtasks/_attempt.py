@@ -24,9 +24,8 @@ from __future__ import annotations
 import inspect
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._codec import args_repr
@@ -46,7 +45,7 @@ from ._errors import (
     TaskTimeout,
     UnknownTaskId,
 )
-from ._model import MISSING, Clock, Options, Request, TaskStatus
+from ._model import MISSING, Clock, Options, Request, RetryCall, TaskStatus
 from ._retry import build_retry, retry_delay
 from .store import HOST, Live, Store
 
@@ -241,17 +240,9 @@ class AttemptCore:
 
     # ------------------------------------------------------------------ retries
 
-    def make_retry(
-        self,
-        exc: BaseException | None,
-        countdown: float | None,
-        eta: datetime | None,
-        max_retries: int | None,
-        args: Sequence[Any] | None,
-        kwargs: Mapping[str, Any] | None,
-    ) -> BaseException:
+    def make_retry(self, call: RetryCall) -> BaseException:
         """What ``ctx.retry()`` raises (``_retry.build_retry``)."""
-        error = build_retry(self.job, exc, countdown, eta, max_retries, args, kwargs)
+        error = build_retry(self.job, call)
         if not isinstance(error, Retry):
             self.no_more_retries = True  # max_retries overrides the task's retries (Celery)
         return error

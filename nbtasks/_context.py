@@ -24,6 +24,7 @@ from ._model import (
     Metadata,
     Progress,
     Request,
+    RetryCall,
     check_id,
     check_json,
     check_metadata_key,
@@ -227,7 +228,7 @@ class Context:
         if options:
             raise TypeError(unsupported_retry_options(options))
         attempt = self._running("retry")
-        raise attempt.make_retry(exc, countdown, eta, max_retries, args, kwargs)
+        raise attempt.make_retry(RetryCall(exc, countdown, eta, max_retries, args, kwargs))
 
     def _running(self, call: str) -> Attempt:
         attempt = self._attempt

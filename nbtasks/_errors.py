@@ -179,10 +179,10 @@ class Retry(NbtasksError):
 
     def __init__(
         self,
-        message: str,
+        message: str = "retry",
+        *,
         exc: BaseException | None = None,
         countdown: float | None = None,
-        *,
         eta: float | None = None,
         retry_args: tuple[Any, ...] | None = None,
         retry_kwargs: dict[str, Any] | None = None,

@@ -8,10 +8,10 @@ import json
 import math
 import threading
 import time as _time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, Protocol, Required, TypedDict
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, Required, TypedDict
 
 from ._errors import NbtasksError
 
@@ -54,6 +54,8 @@ class TaskStatus(enum.StrEnum):
         return self in FINISHED
 
 
+#: A listing's status filter: one status, several, or None (any).
+Statuses = str | Iterable[str] | None
 FINISHED: Final = frozenset(
     {TaskStatus.SUCCESSFUL, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.INTERRUPTED}
 )
@@ -403,6 +405,17 @@ CURRENT: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
 
 
 # --------------------------------------------------------------------------- requests
+
+
+class RetryCall(NamedTuple):
+    """What ``ctx.retry()`` was called with, as given (``_retry.build_retry`` checks it)."""
+
+    exc: BaseException | None
+    countdown: float | None
+    eta: datetime | None
+    max_retries: int | None
+    args: Sequence[Any] | None
+    kwargs: Mapping[str, Any] | None
 
 
 @dataclass

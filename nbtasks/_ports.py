@@ -33,6 +33,14 @@ if TYPE_CHECKING:
 #: (parent_id, root_id) of a task submitted from inside another: the submitting task's id, and
 #: the first task of its line (Celery's ``parent_id`` / ``root_id``).
 Lineage = tuple[str, str]
+#: A submit's lineage: given, or None (then the task running in this thread, if any).
+Parent = Lineage | None
+#: The arguments of one call, as a submit takes them.
+Args = tuple[Any, ...]
+Kwargs = dict[str, Any]
+Calls = Sequence[tuple[Args, Kwargs]]
+#: ``apply_async``'s options as given (the submitter checks them).
+Opts = dict[str, Any]
 
 
 class LiveTask(Protocol):
@@ -59,34 +67,18 @@ class Submitter(Protocol):
     name: str
 
     def submit_call(
-        self,
-        task: Task,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        options: dict[str, Any],
-        *,
-        lineage: Lineage | None = None,
+        self, task: Task, args: Args, kwargs: Kwargs, options: Opts, *, lineage: Parent = None
     ) -> TaskResult: ...
 
     def submit_many(
-        self,
-        task: Task,
-        calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
-        options: dict[str, Any],
-        *,
-        chunk: bool = False,
-        lineage: Lineage | None = None,
+        self, task: Task, calls: Calls, options: Opts, *, chunk: bool, lineage: Parent = None
     ) -> GroupResult: ...
 
     def submit_canvas(
-        self,
-        items: Sequence[Signature | group],
-        options: dict[str, Any],
-        *,
-        lineage: Lineage | None = None,
+        self, items: Sequence[Signature | group], options: Opts, *, lineage: Parent = None
     ) -> TaskResult | GroupResult: ...
 
-    def submit(self, request: Any, *, lineage: Lineage | None = None) -> TaskResult: ...
+    def submit(self, request: Any, *, lineage: Parent = None) -> TaskResult: ...
 
 
 #: The Submitter's methods: all that a task in a worker process may have its parent's App run.

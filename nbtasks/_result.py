@@ -8,11 +8,10 @@ from the store (waits poll it, backing off from 5 ms to 0.1 s).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Generator, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 from . import _ports as ports
 from ._errors import (
@@ -38,8 +37,34 @@ from ._model import (
 from ._text import format_duration, short_id
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ._ports import LiveTask, Results
     from ._task import Task
+
+
+class _When:
+    """A time of the record, as an aware datetime (None until it is set). ``listed``: the
+    listing's row has it (else the whole record is read)."""
+
+    def __init__(self, *, listed: bool = True) -> None:
+        self.listed = listed
+        self.field = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.field = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> _When: ...
+
+    @overload
+    def __get__(self, obj: TaskResult, owner: type) -> datetime | None: ...
+
+    def __get__(self, obj: TaskResult | None, owner: type) -> _When | datetime | None:
+        if obj is None:
+            return self
+        rec = obj._rec if self.listed else obj._full
+        return to_datetime(cast("float | None", rec.get(self.field)))
 
 
 class TaskResult:
@@ -162,6 +187,8 @@ class TaskResult:
         return rec
 
     async def arefresh(self) -> TaskResult:
+        import asyncio  # here: a worker process imports this module without asyncio (~30 ms)
+
         return await asyncio.to_thread(self.refresh)
 
     # ------------------------------------------------------------------ fields
@@ -188,41 +215,28 @@ class TaskResult:
         except KeyError:  # a listing's DAMAGED row: say why, for this record only
             raise damaged("t:" + self.id, self._app.store_path, rec["damaged"]) from None
 
-    @property
-    def enqueued_at(self) -> datetime | None:
-        return to_datetime(self._rec.get("enqueued_at"))
-
-    @property
-    def started_at(self) -> datetime | None:
-        return to_datetime(self._rec.get("started_at"))
-
-    @property
-    def finished_at(self) -> datetime | None:
-        return to_datetime(self._rec.get("finished_at"))
-
-    @property
-    def last_attempted_at(self) -> datetime | None:
-        return to_datetime(self._full.get("last_attempted_at"))
+    enqueued_at = _When()
+    started_at = _When()
+    finished_at = _When()
+    last_attempted_at = _When(listed=False)
 
     @property
     def args(self) -> list[Any]:
         if self._args is MISSING:
-            live = self._live
-            if live is not None and live.args is not MISSING:
-                self._args = list(live.args)
-            else:
-                self._args = self._decode("args", self._full)
+            self._args = list(self._argument("args") or ())
         return self._args  # type: ignore[no-any-return]
 
     @property
     def kwargs(self) -> dict[str, Any]:
         if self._kwargs is MISSING:
-            live = self._live
-            if live is not None and live.kwargs is not MISSING:
-                self._kwargs = dict(live.kwargs)
-            else:
-                self._kwargs = self._decode("kwargs", self._full)
+            self._kwargs = dict(self._argument("kwargs") or {})
         return self._kwargs  # type: ignore[no-any-return]
+
+    def _argument(self, what: Literal["args", "kwargs"]) -> Any:
+        """The call's arguments: as their owner keeps them in memory, else decoded."""
+        live = self._live
+        kept = MISSING if live is None else live.args if what == "args" else live.kwargs
+        return self._decode(what, self._full) if kept is MISSING else kept
 
     @property
     def backend(self) -> str:
@@ -426,6 +440,8 @@ class TaskResult:
 
     async def _await(self) -> Any:
         """``await result``: as ``get()``, without blocking the event loop."""
+        import asyncio
+
         live = self._source()
         if live is None:
             while self.refresh()._rec["status"] not in FINISHED:
@@ -443,6 +459,8 @@ class TaskResult:
         return self.refresh()._outcome(True)
 
     async def aget_metadata(self) -> dict[str, Any]:
+        import asyncio
+
         return await asyncio.to_thread(self.get_metadata)
 
     def get_metadata(self) -> dict[str, Any]:

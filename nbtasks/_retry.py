@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ._codec import dumps, unpicklable_argument
 from ._errors import MaxRetriesExceededError, Retry
-from ._model import Options, to_timestamp
+from ._model import Options, RetryCall, to_timestamp
 
 if TYPE_CHECKING:
     from ._attempt import Job
@@ -23,18 +23,11 @@ if TYPE_CHECKING:
 _MAX_SECONDS: Final = 100 * 365.25 * 86400  # as apply_async's countdown
 
 
-def build_retry(
-    job: Job,
-    exc: BaseException | None,
-    countdown: float | None,
-    eta: datetime | None,
-    max_retries: int | None,
-    args: Sequence[Any] | None,
-    kwargs: Mapping[str, Any] | None,
-) -> BaseException:
+def build_retry(job: Job, call: RetryCall) -> BaseException:
     """What ``ctx.retry()`` raises: a ``Retry``, or past the retry limit (``max_retries``,
     else the task's ``retries``) ``exc`` (else MaxRetriesExceededError), which then fails
     the task."""
+    exc, countdown, eta, max_retries, args, kwargs = call
     if exc is not None and not isinstance(exc, BaseException):
         raise TypeError(
             f"retry(exc={exc!r}) must be an exception instance (what fails the task once no "

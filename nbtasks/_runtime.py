@@ -106,7 +106,7 @@ class Runtime:
         rec: TaskRecord = {
             "id": tid,
             "task_name": task.name or "",
-            "status": TaskStatus.READY,
+            "status": TaskStatus.READY.value,
             "enqueued_at": now,
             "args_repr": args_repr(args, kwargs),
             "args": enc_args,
@@ -288,8 +288,7 @@ class Runtime:
 
     def _cancel_requested(self, task_id: str) -> None:
         """A cancel request from another process, seen by the supervisor."""
-        job = self.jobs.get(task_id)
-        if job is not None:
+        if (job := self.jobs.get(task_id)) is not None:
             self.cancel_job(job, "cancelled")
         self.store.put_extra("x:" + task_id, None)
 

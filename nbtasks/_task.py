@@ -237,22 +237,11 @@ class Task:
         """Celery's ``update_state``; ``task_id``: see ``Context.update_state``."""
         self.request.update_state(state=state, meta=meta, task_id=task_id)
 
-    def retry(
-        self,
-        exc: BaseException | None = None,
-        countdown: float | None = None,
-        max_retries: int | None = None,
-        *,
-        eta: datetime | None = None,
-        args: Sequence[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> Any:
-        """Celery's ``self.retry`` on a bound task: ``Context.retry`` of the running attempt
-        (each argument as there; any other is refused with a TypeError naming it)."""
-        return self.request.retry(
-            exc, countdown, max_retries, eta=eta, args=args, kwargs=kwargs, **options
-        )
+    def retry(self, *args: Any, **options: Any) -> Any:
+        """Celery's ``self.retry`` on a bound task: ``Context.retry`` of the running attempt,
+        with its arguments ``(exc=None, countdown=None, max_retries=None, *, eta=None,
+        args=None, kwargs=None)``; any other is refused with a TypeError naming it."""
+        return self.request.retry(*args, **options)
 
     def progress(
         self, current: float, total: float | None = None, message: str | None = None
@@ -316,7 +305,7 @@ class Task:
 
     def map(self, iterable: Iterable[Any], **options: Any) -> GroupResult:
         """One task per item: ``f(item)``."""
-        return self.app.submit_many(self, [((x,), {}) for x in iterable], options)
+        return self.app.submit_many(self, [((x,), {}) for x in iterable], options, chunk=False)
 
     def starmap(self, iterable: Iterable[Sequence[Any]], **options: Any) -> GroupResult:
         """One task per item: ``f(*item)``."""
@@ -325,7 +314,7 @@ class Task:
             if not isinstance(item, Sequence) or isinstance(item, str | bytes):
                 raise TypeError(f"starmap items must be tuples of arguments, got {item!r}")
             calls.append((tuple(item), {}))
-        return self.app.submit_many(self, calls, options)
+        return self.app.submit_many(self, calls, options, chunk=False)
 
     def chunks(self, iterable: Iterable[Sequence[Any]], n: int, **options: Any) -> GroupResult:
         """Celery's chunks: one task per chunk of at most ``n`` argument tuples."""

@@ -77,13 +77,14 @@ ROWS: dict[str, set[str]] = {
     "_supervisor": set(),  # types only (TYPE_CHECKING): the clock, attempts and the store
     # The worker-side app (executors.process.child_app) implements both seams for real: its
     # handles are the usual ones.
-    "executors": _EXECUTORS_ROW | {"_ports", "_result"},
+    "executors": _EXECUTORS_ROW | {"_ports", "_result", "_reader"},
     "_ports": set(),  # the seams: Protocols (their types only under TYPE_CHECKING)
     "_runtime": _EXECUTORS_ROW | {"_context"},
     "_options": {"_model", "_errors"},  # option names and their validation
     "_task": {"_canvas", "_options", "_codec", "_model", "_errors"},
     "_canvas": {"_options"},  # Signature, chain, group, chord: described here, submitted by the app
     "_result": {"_ports", "_model", "_errors", "_text"},  # the store only through the seam
+    "_reader": {"_ports", "_result"},  # the Results seam's reading half, over a store
     "_app": {
         "_ports",
         "_options",
@@ -97,6 +98,7 @@ ROWS: dict[str, set[str]] = {
         "_task",
         "_canvas",
         "_result",
+        "_reader",
         "_runtime",
     },
     "_kernel": {"_errors"},

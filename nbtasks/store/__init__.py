@@ -44,6 +44,7 @@ from .._errors import StoreError, UnknownTaskId
 from .._model import (
     FINISHED,
     MISSING,
+    Statuses,
     TaskRecord,
     TaskStatus,
     check_id,
@@ -267,7 +268,7 @@ class Store:
 
     def listing(
         self,
-        status: str | Iterable[str] | None = None,
+        status: Statuses = None,
         name: str | None = None,
         offset: int = 0,
         limit: int | None = None,
@@ -280,7 +281,7 @@ class Store:
 
     def summaries(
         self,
-        status: str | Iterable[str] | None = None,
+        status: Statuses = None,
         name: str | None = None,
         offset: int = 0,
         limit: int | None = 50,
@@ -290,7 +291,7 @@ class Store:
         with no_gc():
             return [summary(row) for row in rows]
 
-    def count(self, status: str | Iterable[str] | None = None, name: str | None = None) -> int:
+    def count(self, status: Statuses = None, name: str | None = None) -> int:
         self.flush()
         return self.reader.count(status, name)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import diskcache
 
@@ -22,6 +22,9 @@ from .disk import explain, fetch_value
 from .files import DB_NAME
 from .opening import connect
 from .records import LISTING_SQL, no_gc
+
+if TYPE_CHECKING:
+    from .._model import Statuses
 
 #: How an entry is stored, then its value: the last columns of every ``Reader.row`` query.
 STORED: Final = "mode, expire_time, filename, value"
@@ -92,7 +95,7 @@ class Reader:
             ) from exc
 
     def listing(
-        self, status: str | Iterable[str] | None, name: str | None, offset: int, limit: int | None
+        self, status: Statuses, name: str | None, offset: int, limit: int | None
     ) -> list[tuple[Any, ...]]:
         """Committed tasks, newest first, as rows of ``LISTING_SQL``."""
         sql, params = select(LISTING_SQL, status, name)
@@ -101,7 +104,7 @@ class Reader:
         with no_gc():  # 100,000 row tuples: ~130 collector passes (one full) while fetched
             return self.rows(sql, params)
 
-    def count(self, status: str | Iterable[str] | None, name: str | None) -> int:
+    def count(self, status: Statuses, name: str | None) -> int:
         sql, params = select("count(*)", status, name, order=False)
         return int(self.rows(sql, params)[0][0])
 
@@ -113,7 +116,7 @@ class Reader:
 
 
 def select(
-    cols: str, status: str | Iterable[str] | None, name: str | None, order: bool = True
+    cols: str, status: Statuses, name: str | None, order: bool = True
 ) -> tuple[str, list[Any]]:
     """A query of the task rows (by status and name, when given) and its parameters."""
     params: list[Any] = []

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from .. import _kernel
-from .._model import TaskStatus
+from .._model import Statuses, TaskStatus
 from .._text import format_duration
 from .format import badge, elapsed, filter_bundle, fmt_when, html_bar, now
 from .snapshot import STATUSES, UNFINISHED, Snapshot, summary_snapshot
@@ -25,14 +25,10 @@ __all__ = ["Dashboard", "TaskSource", "dashboard_text", "live_dashboard", "row_h
 
 class _Summaries(Protocol):
     def summaries(
-        self,
-        status: str | Iterable[str] | None = None,
-        name: str | None = None,
-        offset: int = 0,
-        limit: int | None = 50,
+        self, status: Statuses, name: str | None, offset: int, limit: int | None
     ) -> list[dict[str, Any]]: ...
 
-    def count(self, status: str | Iterable[str] | None = None, name: str | None = None) -> int: ...
+    def count(self, status: Statuses, name: str | None) -> int: ...
 
 
 class _Cancellable(Protocol):
@@ -193,7 +189,11 @@ class Dashboard(BaseView):
         set_traits(self._next, disabled=last >= total)
         self._ok()
         page_live = any(s.status in UNFINISHED for s in snaps)
-        self.live = self._dirty or page_live or bool(self._app.store.count(status=list(UNFINISHED)))
+        self.live = (
+            self._dirty
+            or page_live
+            or bool(self._app.store.count(status=list(UNFINISHED), name=None))
+        )
         return self.live
 
 
@@ -242,7 +242,7 @@ def dashboard_text(
     app: TaskSource, status: str | None = None, name: str | None = None, limit: int = 20
 ) -> str:
     """``%tasks`` outside a kernel: the newest ``limit`` tasks as a text table."""
-    rows = app.store.summaries(status=status, name=name, limit=limit)
+    rows = app.store.summaries(status=status, name=name, offset=0, limit=limit)
     return table_text(
         [summary_snapshot(r) for r in rows], app.store.count(status=status, name=name)
     )

@@ -11,20 +11,10 @@ from typing import Any
 
 from .. import _kernel
 from .._text import short_id
+from . import widgets as ui
 from .format import badge, counts_html, group_html, group_line, members_html, now
 from .snapshot import UNFINISHED, group_counts, group_status, snapshot
-from .widgets import (
-    BaseView,
-    cancel_button,
-    card,
-    html_widget,
-    ipywidgets,
-    set_bar,
-    set_traits,
-    shared,
-    show,
-    status_bar,
-)
+from .widgets import BaseView, html_widget, set_traits
 
 __all__ = ["GroupView"]
 
@@ -36,7 +26,7 @@ class GroupView(BaseView):
 
     def __init__(self, obj: Any) -> None:
         super().__init__()
-        w = ipywidgets()
+        w = ui.ipywidgets()
         _kernel.warn_if_unsupported()
         self._group = obj
         self.group_id = str(getattr(obj, "id", "?"))
@@ -45,10 +35,10 @@ class GroupView(BaseView):
         self._snaps = [snapshot(m) for m in self._members]
         counts, total, fraction = group_counts(self._snaps)
         status = group_status(counts, total)
-        self._title = html_widget(self._title_html(status), shared("grow"))
-        self._cancel = cancel_button("Cancel all", status in UNFINISHED, self._on_cancel)
-        self._bar = status_bar(fraction, status)
-        self._counts = html_widget(counts_html(counts, total), shared("info"))
+        self._title = html_widget(self._title_html(status), ui.shared("grow"))
+        self._cancel = ui.cancel_button("Cancel all", status in UNFINISHED, self._on_cancel)
+        self._bar = ui.status_bar(fraction, status)
+        self._counts = html_widget(counts_html(counts, total), ui.shared("info"))
         self._counts.add_class("nbtasks-counts")
         self._table = html_widget("")
         self._expand = w.Accordion(
@@ -56,7 +46,7 @@ class GroupView(BaseView):
         )
         self._expand.observe(self._on_expand, names="selected_index")
         self._problem = html_widget("", w.Layout(display="none"))
-        self.root = card(
+        self.root = ui.card(
             "group",
             [self._title, self._cancel],
             [self._bar, self._counts],
@@ -100,11 +90,11 @@ class GroupView(BaseView):
         counts, total, fraction = group_counts(self._snaps)
         status = group_status(counts, total)
         set_traits(self._title, value=self._title_html(status))
-        set_bar(self._bar, fraction, status)
+        ui.set_bar(self._bar, fraction, status)
         set_traits(self._counts, value=counts_html(counts, total))
         finished = status not in UNFINISHED
         if finished:
-            show(self._cancel, False)
+            ui.show(self._cancel, False)
         moment = time.monotonic()
         if self._expand.selected_index is not None and (finished or moment >= self._table_due):
             set_traits(self._table, value=members_html(self._snaps, now()))

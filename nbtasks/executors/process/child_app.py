@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ... import _ports as ports
 from ..._model import CURRENT, FINISHED, Request, TaskRecord
+from ..._reader import StoreReader
 from ..._result import GroupResult, TaskResult
 from ...store import parse_task_record
 
@@ -15,12 +15,12 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ..._canvas import Signature, group
-    from ..._ports import LiveTask
+    from ..._ports import Args, Calls, Kwargs, Opts, Parent
     from ..._task import Task
     from .child import Worker
 
 
-class _ChildApp:
+class _ChildApp(StoreReader):
     """``task.app`` in a worker process: the App that owns this worker, seen from here. It
     implements both seams of ``_ports`` for real.
 
@@ -56,20 +56,10 @@ class _ChildApp:
         """As the App: a reference to the store (the notebook's App, where it is unpickled)."""
         return (ports.app_for_store, (str(self._store.path),))
 
-    @property
-    def store_path(self) -> Path:
-        return self._store.path
-
     # ------------------------------------------------------------------ the Submitter seam
 
     def submit_call(
-        self,
-        task: Task,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        options: dict[str, Any],
-        *,
-        lineage: ports.Lineage | None = None,
+        self, task: Task, args: Args, kwargs: Kwargs, options: Opts, *, lineage: Parent = None
     ) -> TaskResult:
         call = (task, args, kwargs, options)
         result: TaskResult = self._call(
@@ -78,31 +68,21 @@ class _ChildApp:
         return result
 
     def submit_many(
-        self,
-        task: Task,
-        calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
-        options: dict[str, Any],
-        *,
-        chunk: bool = False,
-        lineage: ports.Lineage | None = None,
+        self, task: Task, calls: Calls, options: Opts, *, chunk: bool, lineage: Parent = None
     ) -> GroupResult:
         extra = {"chunk": chunk, "lineage": lineage or self._lineage()}
         results: GroupResult = self._call("submit_many", (task, calls, options), extra)
         return results
 
     def submit_canvas(
-        self,
-        items: Sequence[Signature | group],
-        options: dict[str, Any],
-        *,
-        lineage: ports.Lineage | None = None,
+        self, items: Sequence[Signature | group], options: Opts, *, lineage: Parent = None
     ) -> TaskResult | GroupResult:
         result: TaskResult | GroupResult = self._call(
             "submit_canvas", (items, options), {"lineage": lineage or self._lineage()}
         )
         return result
 
-    def submit(self, request: Request, *, lineage: ports.Lineage | None = None) -> TaskResult:
+    def submit(self, request: Request, *, lineage: Parent = None) -> TaskResult:
         """Mognet: submit a Request; the parent's App finds its task by name."""
         result: TaskResult = self._call(
             "submit", (request,), {"lineage": lineage or self._lineage()}
@@ -136,28 +116,12 @@ class _ChildApp:
         return TaskResult(task_id, self, rec=rec, cached=cached)
 
     # ------------------------------------------------------------------ the Results seam
-
-    def result(self, task_id: str) -> TaskResult:
-        """The stored TaskResult of any task (read from the store)."""
-        return TaskResult(task_id, self)
-
-    def group_result(self, group_id: str) -> GroupResult:
-        members = self._store.group_members(group_id)
-        return GroupResult(self, group_id, [self.result(tid) for tid in members])
-
-    def live(self, task_id: str) -> LiveTask | None:
-        return self._store.live.get(task_id)
-
-    def read_listed(self, task_id: str) -> tuple[TaskRecord, str]:
-        return self._store.read_listed(task_id)
+    # (result, group_result, live, read_listed and decode are StoreReader's)
 
     def read_record(self, task_id: str, text: str | None = None) -> TaskRecord:
         if text is None:
             return self._store.read_record(task_id)
         return parse_task_record(text, "t:" + task_id, self._store.path)
-
-    def decode(self, enc: dict[str, Any], what: str) -> Any:
-        return self._store.decode_value(enc, what)
 
     def cancel(self, task_id: str) -> bool:
         """``TaskResult.cancel()`` here: a cancel request, acted on by the task's owner."""

@@ -109,7 +109,7 @@ class Outcomes:
             status = live.rec["status"]
             cancelled = status == TaskStatus.RUNNING and job.cancel_reason is not None
             if status == TaskStatus.RUNNING and not cancelled:
-                self.store.observe(live, {"status": TaskStatus.READY})
+                self.store.observe(live, {"status": TaskStatus.READY.value})
         if cancelled:
             record_outcome(job, self.runtime, TaskCancelled(str(job.cancel_reason)))
         elif status in (TaskStatus.READY, TaskStatus.RUNNING):

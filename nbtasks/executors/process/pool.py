@@ -173,7 +173,7 @@ class ProcessExecutor(SubmitServer):
             if live.rec["status"] != TaskStatus.READY or job.cancel_reason is not None:
                 return False
             rec = dict(live.rec)
-            store.observe(live, {"status": TaskStatus.RUNNING})
+            store.observe(live, {"status": TaskStatus.RUNNING.value})
         proc.jobs.append(job)
         self._running[job.id] = proc
         if len(proc.jobs) == 1:

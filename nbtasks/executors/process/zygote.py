@@ -16,14 +16,16 @@ import os
 import select
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import traceback
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ... import _codec
 from .child import worker_main
+
+if TYPE_CHECKING:
+    import subprocess
 
 # The bootstrap the parent runs as ``python -c BOOT CONFIG FD``: the parent's sys.path first, so
 # the worker imports nbtasks (and the user's modules) from where the parent does. The package's
@@ -159,6 +161,8 @@ class Zygote:
         return None if self._process is None else self._process.pid
 
     def _start(self) -> None:
+        import subprocess  # here: the zygote itself never starts a process this way
+
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._process = subprocess.Popen(
@@ -201,6 +205,8 @@ class Zygote:
             self.ctrl.close()
             self.ctrl = None
         if self._process is not None:
+            import subprocess
+
             try:
                 self._process.wait(timeout=5)
             except subprocess.TimeoutExpired:
