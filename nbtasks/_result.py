@@ -15,13 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 from . import _ports as ports
 from ._errors import (
-    RemoteTraceback,
-    ResultNotReady,
     StoreError,
-    TaskCancelled,
     TaskError,
-    TaskFailed,
-    TaskInterrupted,
     damaged,
 )
 from ._model import (
@@ -34,6 +29,7 @@ from ._model import (
     check_id,
     to_datetime,
 )
+from ._outcome import failed_error, not_returned_error, restored_exception
 from ._text import format_duration, short_id
 
 if TYPE_CHECKING:
@@ -327,8 +323,8 @@ class TaskResult:
         if rec["status"] == TaskStatus.SUCCESSFUL:
             return self._return_value(rec)
         if rec["status"] == TaskStatus.FAILED:
-            raise self._failed(rec) from self._exception(rec)
-        raise self._not_returned(rec)
+            raise failed_error(self._label, rec) from self._exception(rec)
+        raise not_returned_error(self._label, rec)
 
     def _return_value(self, rec: TaskRecord) -> Any:
         if self._value is MISSING:
@@ -339,25 +335,9 @@ class TaskResult:
                 self._value = self._decode("rv", rec)
         return self._value
 
-    def _failed(self, rec: TaskRecord) -> TaskFailed:
-        errors = rec.get("errors") or []
-        err = TaskError.from_json(errors[-1]) if errors else TaskError("", "", "unknown error")
-        what = f"{err.exception_class_path}: {err.message}" if errors else "unknown error"
-        text = f"task {self.task_name}[{self.id}] failed: {what}"
-        return TaskFailed(text, err.exception_class_path, err.traceback, err.message)
-
-    def _not_returned(self, rec: TaskRecord) -> Exception:
-        """ResultNotReady, TaskCancelled or TaskInterrupted for a task that did not finish
-        with a value or an exception."""
-        name = f"task {self.task_name}[{self.id}]"
-        status, reason = rec["status"], rec.get("reason")
-        if status == TaskStatus.CANCELLED:
-            return TaskCancelled(f"{name} was cancelled: {reason or 'cancelled'}")
-        if status == TaskStatus.INTERRUPTED:
-            return TaskInterrupted(
-                f"{name} was interrupted: {reason or 'its process ended'}; submit it again"
-            )
-        return ResultNotReady(f"{name} is {status}; wait() for it or check is_finished")
+    @property
+    def _label(self) -> str:
+        return f"task {self.task_name}[{self.id}]"
 
     def _decode(self, field: Literal["args", "kwargs", "rv", "exc"], rec: TaskRecord) -> Any:
         enc = rec.get(field)
@@ -371,22 +351,7 @@ class TaskResult:
         return self._app.decode(enc, f"the {field} of task {self.id}")
 
     def _exception(self, rec: TaskRecord) -> BaseException | None:
-        """What the task raised, restored (a new object each time), with its own traceback
-        text chained as ``__cause__`` (as ``concurrent.futures.process`` does); None where it
-        cannot be restored (not pickled, class not importable, signature not trusted)."""
-        enc = rec.get("exc")
-        if not enc:
-            return None
-        try:
-            exc = self._app.decode(enc, f"the exception of task {self.id}")
-        except Exception:
-            return None
-        if not isinstance(exc, BaseException):
-            return None
-        errors = rec.get("errors") or []
-        if errors and errors[-1].get("tb"):
-            exc.__cause__ = RemoteTraceback(errors[-1]["tb"])
-        return exc
+        return restored_exception(self._app, self.id, rec)
 
     def _outcome(self, propagate: bool) -> Any:
         """A finished task's return value, or what it raised (raised, or returned if not
@@ -397,9 +362,9 @@ class TaskResult:
         error: BaseException
         if rec["status"] == TaskStatus.FAILED:
             restored = self._exception(rec)
-            error = restored if restored is not None else self._failed(rec)
+            error = restored if restored is not None else failed_error(self._label, rec)
         else:
-            error = self._not_returned(rec)
+            error = not_returned_error(self._label, rec)
         if not propagate:
             return error
         raise error

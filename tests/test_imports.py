@@ -83,7 +83,8 @@ ROWS: dict[str, set[str]] = {
     "_options": {"_model", "_errors"},  # option names and their validation
     "_task": {"_canvas", "_options", "_codec", "_model", "_errors"},
     "_canvas": {"_options"},  # Signature, chain, group, chord: described here, submitted by the app
-    "_result": {"_ports", "_model", "_errors", "_text"},  # the store only through the seam
+    "_result": {"_ports", "_model", "_errors", "_text", "_outcome"},  # the store: the seam only
+    "_outcome": {"_model", "_errors"},  # a finished record's exception or why it has no value
     "_reader": {"_ports", "_result"},  # the Results seam's reading half, over a store
     "_app": {
         "_ports",
