@@ -22,7 +22,6 @@ import traceback
 from typing import TYPE_CHECKING, Any, Final
 
 from ... import _codec
-from .child import worker_main
 
 if TYPE_CHECKING:
     import subprocess
@@ -42,6 +41,9 @@ def zygote(ctrl_fd: int, config: dict[str, Any]) -> None:
     """Fork a worker per request on the control socket; report exits; end with the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the workers
     _lazy_package()
+    # Here, not at the top: the parent imports this module for its end (Zygote) only.
+    from .child import worker_main
+
     _codec.cloudpickle()  # preload: every worker unpickles
     import ctypes  # noqa: F401  (the workers flush C stdio through it)
     import importlib
