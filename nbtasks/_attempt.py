@@ -277,7 +277,7 @@ class Attempt(AttemptCore):
                 wid = worker_id()
                 self.request.worker_id = wid
                 fields: dict[str, Any] = {
-                    "state": TaskStatus.RUNNING,
+                    "state": TaskStatus.RUNNING.value,
                     "last_attempted_at": now,
                     "worker_ids": [*live.rec["worker_ids"], wid],
                 }

@@ -470,7 +470,7 @@ class Request:
             args=list(args),
             kwargs=dict(kwargs),
             id=rec["id"],
-            metadata=Metadata(rec.get("metadata") or {}),
+            metadata=Metadata.trusted(rec.get("metadata") or {}),  # checked when stored
             retries=rec.get("retries") or 0,
             priority=rec.get("priority") or 0,
             eta=to_datetime(rec.get("eta")),
