@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import sys
 import time
@@ -79,21 +80,31 @@ def _start_time(pid: int) -> str | None:
     return ps_start_time(pid)
 
 
-def same_clock(a: str, b: str) -> bool:
-    """Whether two start times were read the same way (so comparing them means something)."""
-    return _clock(a) == _clock(b)
+def start_time_like(pid: int, start: str) -> str | None:
+    """The process's start time read the way ``start`` was (a token may come from a store
+    written where another way was taken: /proc hidden, or ps), or None if this system cannot
+    read it that way (then the caller cannot tell)."""
+    clock = _clock(start)
+    if clock == _clock(process_start_time(os.getpid()) or ""):
+        return process_start_time(pid)
+    if clock == "" and not _WINDOWS and has_proc():
+        return _start_time(pid)
+    if clock == "s" and not _WINDOWS:
+        return ps_start_time(pid)
+    return None
 
 
 def _clock(start: str) -> str:
     """``""``: /proc's ticks; ``s``: ps's seconds; ``w``: Windows' creation time."""
-    return "" if start[:1].isdigit() else start[:1]
+    return "" if start[:1].isdigit() else start[:1] or "?"
 
 
 # --------------------------------------------------------------------------- Linux: /proc
 
 
+@functools.cache
 def has_proc() -> bool:
-    return os.path.exists(f"/proc/{os.getpid()}/stat")
+    return os.path.exists("/proc/self/stat")
 
 
 def _proc_stat(pid: int) -> tuple[bytes, str] | None:

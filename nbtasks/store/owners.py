@@ -19,7 +19,7 @@ import diskcache
 from .._errors import StoreError
 from .._model import TaskRecord, TaskStatus, check_transition
 from .disk import explain
-from .identity import pid_alive, process_start_time, same_clock
+from .identity import pid_alive, process_start_time, start_time_like
 from .queries import Reader
 from .records import DAMAGED, STATUS, UNFINISHED, ending, parse_task_record, record_row
 from .writer import upsert
@@ -53,8 +53,8 @@ def owner_alive(owner: str | None) -> bool:
         return False
     if start == "?":
         return True
-    now = process_start_time(pid)
-    if now is None or not same_clock(now, start):
+    now = start_time_like(pid, start)
+    if now is None:
         # Cannot tell (it ended meanwhile, or no way to read a start time here, or the token
         # was read another way): trust the pid.
         return pid_alive(pid)
