@@ -89,6 +89,7 @@ def test_threads_store_and_cli(system: str, tmp_path: Path) -> None:
     report = run_check(system, "threads", store)
     assert report["delay"] == 49 and report["map"] == [0, 1, 4, 9, 16]
     assert report["lock"] == ("msvcrt" if system == "windows" else "fcntl")
+    assert "is locked by pid HOLDER: waited 0.2 s" in report["lock_held"]
     ident = report["identity"]
     assert ident["me_alive"] and not ident["ended_alive"]
     assert ident["ps_me"].startswith("s") and ident["ps_ended"] is None  # macOS's start times

@@ -87,8 +87,44 @@ def threads(store: Path) -> dict[str, Any]:
         "owner_me_unknown_clock": owner_alive(f"{host}:{me}:x123"),
         "owner_ended": owner_alive(f"{host}:{ended.pid}:?"),
     }
+    out["lock_held"] = contend_for_lock(store)
     app.shutdown(wait=True)
     return out
+
+
+_HOLD = """
+import sys
+from pathlib import Path
+from nbtasks.store.files import StoreLock
+with StoreLock(Path(sys.argv[1]), 10):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def contend_for_lock(store: Path) -> str:
+    """Another process holds the store's lock: taking it here gives up after the timeout and
+    names the holder; once released, it is taken."""
+    from nbtasks.store.files import StoreLock
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(store)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdin is not None
+    assert holder.stdout.readline().strip() == "held"
+    try:
+        with StoreLock(store, 0.2):
+            message = "taken while held"
+    except nbtasks.StoreError as exc:
+        message = str(exc)
+    holder.stdin.close()
+    holder.wait()
+    with StoreLock(store, 10):
+        pass
+    return message.replace(f"pid {holder.pid}", "pid HOLDER")
 
 
 def processes(store: Path) -> dict[str, Any]:
