@@ -53,18 +53,28 @@ ROWS: dict[str, set[str]] = {
     "_key": {"_errors"},
     # The store package, each module using only the ones before it.
     "store.files": set(),  # the store's files and lock: no diskcache
+    "store.identity": set(),  # process identity (is a pid alive, its start time), per platform
+    "store.winacl": set(),  # the owner-only check on Windows (owner SID and ACL)
     "store.disk": {"store.files"},
-    "store.opening": {"_model", "store.files", "store.disk"},
+    "store.opening": {"_model", "store.files", "store.disk", "store.winacl"},
     "store.records": {"_model"},
     "store.queries": {"store.files", "store.disk", "store.opening", "store.records"},
     "store.writer": {"_model", "store.files", "store.disk", "store.records"},
-    "store.owners": {"_model", "store.disk", "store.queries", "store.records", "store.writer"},
+    "store.owners": {
+        "_model",
+        "store.disk",
+        "store.identity",
+        "store.queries",
+        "store.records",
+        "store.writer",
+    },
     "store.cleanup": {"store.files", "store.disk", "store.queries", "store.records"},
     "store": {
         "_codec",
         "_model",
         "store.cleanup",
         "store.disk",
+        "store.identity",
         "store.opening",
         "store.owners",
         "store.queries",

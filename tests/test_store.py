@@ -11,6 +11,8 @@ import json
 import os
 import signal
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +25,7 @@ from helpers import committed, start_python, stored_count, wait_until
 
 import nbtasks
 from nbtasks._model import IllegalTransition, TaskStatus
-from nbtasks.store import opening, owners, queries, records, writer
+from nbtasks.store import identity, opening, owners, queries, records, writer
 from nbtasks.store.files import MARKER
 
 AppFactory = Callable[..., nbtasks.App]
@@ -601,6 +603,40 @@ def test_owner_tokens() -> None:
     assert not owners.owner_alive(f"{host}:{pid}:{int(start) + 1}")
     # Another host: cannot tell, assume alive.
     assert owners.owner_alive(f"elsewhere:{pid}:1")
+
+
+def test_process_identity_on_each_path() -> None:
+    """pid_alive and start times (store.identity): /proc here, ps as on macOS; a start time read
+    another way than this system's, or not at all, means "trust the pid", never "dead"."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # reaped: its pid is free
+    me, host = os.getpid(), owners.HOST
+    assert identity.pid_alive(me) and not identity.pid_alive(ended.pid)
+    assert not identity.pid_alive(0) and not identity.pid_alive(-1)
+    assert identity.process_start_time(ended.pid) is None
+    linux_start = identity.process_start_time(me)
+    assert linux_start is not None and linux_start.isdigit()  # the format earlier stores hold
+    ps_start = identity.ps_start_time(me)
+    assert ps_start is not None and ps_start.startswith("s")
+    assert identity.ps_start_time(ended.pid) is None
+    # A token from this version on Linux keeps its meaning; ps's tokens are compared by ps.
+    assert owners.owner_alive(f"{host}:{me}:{linux_start}")
+    assert owners.owner_alive(f"{host}:{me}:{ps_start}")
+    assert not owners.owner_alive(f"{host}:{me}:s{int(ps_start[1:]) - 3600}")
+    # Windows' creation time cannot be read here, nor an unknown clock: the live pid decides.
+    assert owners.owner_alive(f"{host}:{me}:w133")
+    assert owners.owner_alive(f"{host}:{me}:?")
+    assert not owners.owner_alive(f"{host}:{ended.pid}:w133")
+    assert not owners.owner_alive(f"{host}:{ended.pid}:?")
+
+
+def test_a_zombie_owner_is_gone() -> None:
+    """A process that has ended but is not reaped yet (a zombie) is not alive."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    token = owners.owner_token(child.pid)
+    wait_until(lambda: not identity.pid_alive(child.pid))  # ended, not reaped: still a pid
+    assert not owners.owner_alive(token)
+    child.wait()
 
 
 # --------------------------------------------------------------------------- many writers

@@ -22,6 +22,7 @@ The package's modules, each used by the ones after it:
 - ``records``: ids, a record's JSON text and listing row, summaries, ``Live``;
 - ``queries``: reading entries and listings;
 - ``writer``: the group-commit writer thread;
+- ``identity``: process identity on every platform (is a pid alive, its start time);
 - ``owners``: owner tokens and the sweep of dead owners' tasks;
 - ``cleanup``: deleting finished records (purge) and giving their space back (vacuum).
 """
@@ -54,6 +55,7 @@ from .._model import (
 )
 from . import cleanup
 from .disk import explain
+from .identity import pid_alive, process_start_time
 from .opening import LOCK_TIMEOUT, SCHEMA, open_cache, open_reader
 from .owners import (
     HOST,
@@ -61,7 +63,6 @@ from .owners import (
     describe_owner,
     owner_alive,
     owner_token,
-    process_start_time,
     sweep_dead_owners,
     swept_rows,
 )
@@ -94,6 +95,7 @@ __all__ = [
     "owner_alive",
     "parse_record",
     "parse_task_record",
+    "pid_alive",
     "process_start_time",
     "summary",
 ]

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import sys
 import urllib.parse
 from pathlib import Path
 from typing import Any, Final
@@ -32,6 +33,7 @@ from .files import (
     check_own_files,
     write_new_file,
 )
+from .winacl import check_windows_owner
 
 #: 2: the listing columns (SUMMARY_COLUMNS); a store of schema 1 gains them when it is opened.
 SCHEMA: Final = 2
@@ -335,7 +337,20 @@ def _check_schema(schema: Any, db: Path, directory: Path) -> None:
 
 
 def _check_owner(directory: Path, st: os.stat_result, trust: bool) -> None:
-    if trust or not hasattr(os, "getuid"):  # Windows: see docs/security.md
+    """SPEC §10: a store that another user owns or that others can write to is refused unless
+    trusted. POSIX: its uid and mode bits; Windows: its owner SID and ACL (``store.winacl``)."""
+    if trust:
+        return
+    if sys.platform == "win32":  # pragma: no cover - Windows
+        why = check_windows_owner(directory)
+        if why is not None:
+            raise StoreError(
+                f"the store {directory} {why}; its pickles could run their code as you. Make it "
+                f'yours alone (icacls "{directory}" /inheritance:r /grant:r "%USERNAME%":(OI)(CI)F)'
+                ", or open it with nbtasks.App(store, trust=True) if you trust who can write it."
+            )
+        return
+    if not hasattr(os, "getuid"):  # neither uids nor Windows ACLs: nothing to check
         return
     if st.st_uid != os.getuid():
         raise StoreError(

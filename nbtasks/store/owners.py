@@ -1,6 +1,7 @@
 """Owners: each task has one, the process that runs it (DESIGN principle 2), named by a token
-(host, pid, process start time). When a store is opened, its READY/RUNNING records whose owner
-is gone become INTERRUPTED (the sweep); a read-only store shows that verdict without writing it.
+(host, pid, process start time: ``store.identity``). When a store is opened, its READY/RUNNING
+records whose owner is gone become INTERRUPTED (the sweep); a read-only store shows that verdict
+without writing it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import diskcache
 from .._errors import StoreError
 from .._model import TaskRecord, TaskStatus, check_transition
 from .disk import explain
+from .identity import pid_alive, process_start_time, start_time_like
 from .queries import Reader
 from .records import DAMAGED, STATUS, UNFINISHED, ending, parse_task_record, record_row
 from .writer import upsert
@@ -26,28 +28,15 @@ HOST: Final = socket.gethostname()
 STALE: Final = 60.0  # seconds without a heartbeat after which an owner on another host is gone
 
 
-def process_start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc), to tell a reused pid; None
-    if there is no such process, or only its zombie (it has ended, not been reaped yet)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    if fields[0] == b"Z":
-        return None
-    return fields[19].decode()
-
-
 def owner_token(pid: int | None = None) -> str:
     pid = os.getpid() if pid is None else pid
     return f"{HOST}:{pid}:{process_start_time(pid) or '?'}"
 
 
 def owner_alive(owner: str | None) -> bool:
-    """False only when the owner surely is gone: same host, and its pid is dead or reused."""
+    """False only when the owner surely is gone: same host, and its pid is dead or reused (its
+    start time differs from the token's). Where the start time cannot be read, the pid decides
+    (store.identity): a live owner is never taken for a dead one."""
     if not owner:
         return False
     parts = owner.split(":")
@@ -60,18 +49,16 @@ def owner_alive(owner: str | None) -> bool:
         pid = int(pid_text)
     except ValueError:  # not a token nbtasks wrote: nobody owns the task
         return False
-    if not 0 < pid < 2**22:  # os.kill(0 or -1, ...) would signal a whole process group
+    if not pid_alive(pid):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    now = process_start_time(pid)
+    if start == "?":
+        return True
+    now = start_time_like(pid, start)
     if now is None:
-        return False
-    return start == "?" or now == start
+        # Cannot tell (it ended meanwhile, or no way to read a start time here, or the token
+        # was read another way): trust the pid.
+        return pid_alive(pid)
+    return now == start
 
 
 def owner_pid(owner: str | None) -> int | None:

@@ -38,7 +38,8 @@ def _reseed() -> None:
     _rng.seed(os.urandom(16))
 
 
-os.register_at_fork(after_in_child=_reseed)
+if hasattr(os, "register_at_fork"):  # no fork (Windows): no forked child to reseed
+    os.register_at_fork(after_in_child=_reseed)
 _last_ms = 0
 _seq = 0
 _id_lock = threading.Lock()

@@ -51,7 +51,8 @@ def _after_fork() -> None:
     _forks += 1
 
 
-os.register_at_fork(after_in_child=_after_fork)
+if hasattr(os, "register_at_fork"):  # no fork (Windows): a connection is always this process's
+    os.register_at_fork(after_in_child=_after_fork)
 
 #: Task records are written with one statement each, straight into diskcache's table (its own
 #: ``set`` costs ~25 µs more: a SELECT, then INSERT or UPDATE, then a cull check). The row is
