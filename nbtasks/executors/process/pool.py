@@ -419,6 +419,8 @@ class ProcessExecutor(SubmitServer):
                 self._start_failures = 0
                 if proc.signalled:
                     proc.terminate()
+                elif self._stopping and not proc.detached and not self._queue:
+                    proc.send_stop()  # connected as the pool stops (spawn: after it was told)
                 elif proc.detached:
                     job, proc.waiting = proc.waiting, None
                     if job is None or not self._send(proc, job):
