@@ -288,6 +288,17 @@ class SpawnLauncher:
         self._listener.close()
 
 
+def socket_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected pair of sockets: AF_UNIX where there is one, else loopback TCP (as
+    ``socket.socketpair`` does on Windows)."""
+    if hasattr(socket, "AF_UNIX"):
+        return socket.socketpair()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        a = socket.create_connection(listener.getsockname()[:2])
+        b, _ = listener.accept()
+    return a, b
+
+
 def make_launcher(kind: str, config: dict[str, Any], wake: Any) -> Launcher:
     if kind == "fork":
         return ForkLauncher(config, wake)

@@ -133,8 +133,13 @@ class Output:
                 self._route(data[:i])
                 self._pending = data[i:]
                 return
+            number = data[i + len(_MARK) : end]
+            if not number.isdigit():  # the task wrote something like a marker: its text
+                self._route(data[: i + len(_MARK)])
+                data = data[i + len(_MARK) :]
+                continue
             self._route(data[:i])
-            n = int(data[i + len(_MARK) : end])
+            n = int(number)
             data = data[end + 1 :]
             with self._seen:
                 self._last_seen = n

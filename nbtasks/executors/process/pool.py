@@ -28,7 +28,7 @@ from ..._model import TaskStatus
 from .. import resolve_process_start
 from ..payload import task_payload
 from .calls import SubmitServer
-from .launch import Launcher, make_launcher
+from .launch import Launcher, make_launcher, socket_pair
 from .outcomes import Outcomes
 from .procs import DEPTH, WorkerProcess, small
 
@@ -75,7 +75,7 @@ class ProcessExecutor(SubmitServer):
         self._stopping = False
         # The supervisor's wake-up: a socket pair (AF_INET on Windows), so that the selector
         # only ever sees sockets (Windows' select takes nothing else).
-        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r, self._wake_w = socket_pair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._faults = Path(tempfile.mkdtemp(prefix="nbtasks-workers-"))
