@@ -17,8 +17,7 @@ import signal
 import threading
 from typing import TYPE_CHECKING, Any, Final
 
-from ..._attempt import Attempt, Job, limit_text
-from ..._context import clear_async_exc, raise_in_thread
+from ..._attempt import Attempt, Job, clear_async_exc, limit_text, raise_in_thread
 from ..._errors import SoftTimeLimitExceeded
 from ..._model import SYSTEM_CLOCK, Clock
 from ..._supervisor import Supervisor
