@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, overload
 
 from . import _ports as ports
+from . import executors
 from ._canvas import Signature, group
 from ._errors import NbtasksError, UnknownTaskId
 from ._model import (
@@ -60,7 +61,11 @@ class App(StoreReader):
     the store's lock (another process creating it, or writing) before ``StoreError`` says it is
     locked. ``read_only=True`` opens the store for reading only (as ``nbtasks list`` does):
     nothing is created, locked or written, so a store you can read but not write opens;
-    submitting, cancelling and purging raise ``StoreError``.
+    submitting, cancelling and purging raise ``StoreError``. ``process_start``: how worker
+    processes start: ``"fork"`` (forked by a zygote interpreter: the fastest; Linux only),
+    ``"spawn"`` (each a new interpreter, connected over loopback TCP: macOS, Windows, anywhere)
+    or ``"auto"`` (fork where it is possible, else spawn); default ``$NBTASKS_PROCESS_START``,
+    else ``"auto"``.
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class App(StoreReader):
         clock: Clock | None = None,
         lock_timeout: float = LOCK_TIMEOUT,
         read_only: bool = False,
+        process_start: str | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty str, got {name!r}")
@@ -93,6 +99,7 @@ class App(StoreReader):
             or not 0 < lock_timeout < math.inf
         ):
             raise ValueError(f"lock_timeout must be a number of seconds > 0, got {lock_timeout!r}")
+        start = executors.resolve_process_start(process_start)  # "fork" or "spawn"
         if store is None:
             store = os.environ.get("NBTASKS_STORE") or ".nbtasks"
         self.name = name
@@ -103,6 +110,7 @@ class App(StoreReader):
             "process": {
                 "workers": process_workers or os.cpu_count() or 2,
                 "app": weakref.ref(self),
+                "start": start,
             },
             "dask": {"client": dask},
         }

@@ -10,6 +10,8 @@ priorities in submit order), ``cancel_running(job)`` stops a running one if the 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from .._model import check_executor
@@ -41,6 +43,51 @@ EXECUTORS: Final[dict[str, str]] = {
 
 
 check_name = check_executor  # validation lives with the option types, in _model
+
+#: How the process executor starts its workers (``App(process_start=...)``).
+PROCESS_STARTS: Final = ("auto", "fork", "spawn")
+PROCESS_START_ENV: Final = "NBTASKS_PROCESS_START"
+
+
+def fork_unavailable() -> str | None:
+    """Why worker processes cannot be forked here (by the zygote), or None if they can: it
+    needs ``os.fork``, AF_UNIX SOCK_SEQPACKET sockets and ``socket.send_fds``, and Linux
+    (CPython spawns by default on macOS: forking after system frameworks are loaded is unsafe)."""
+    import socket
+
+    needed = {
+        "os.fork": hasattr(os, "fork"),
+        "socket.AF_UNIX": hasattr(socket, "AF_UNIX"),
+        "socket.SOCK_SEQPACKET": hasattr(socket, "SOCK_SEQPACKET"),
+        "socket.send_fds": hasattr(socket, "send_fds"),
+    }
+    missing = [name for name, ok in needed.items() if not ok]
+    if missing:
+        return f"this Python has no {', '.join(missing)}"
+    if not sys.platform.startswith("linux"):
+        return f"forking worker processes is unsafe on {sys.platform} (system frameworks)"
+    return None
+
+
+def resolve_process_start(value: Any) -> str:
+    """ "fork" or "spawn": what ``process_start`` (or ``$NBTASKS_PROCESS_START``) means here."""
+    where = "process_start"
+    if value is None:
+        value = os.environ.get(PROCESS_START_ENV) or "auto"
+        where = f"${PROCESS_START_ENV}"
+    if value not in PROCESS_STARTS:
+        raise ValueError(
+            f"{where} must be one of {', '.join(map(repr, PROCESS_STARTS))}, got {value!r}"
+        )
+    why = fork_unavailable()
+    if value == "auto":
+        return "spawn" if why else "fork"
+    if value == "fork" and why:
+        raise ValueError(
+            f"{where}='fork' is not possible here: {why}; use process_start='spawn' "
+            "(or 'auto', which picks it)"
+        )
+    return str(value)
 
 
 def create(name: str, runtime: Runtime, **settings: Any) -> Executor:

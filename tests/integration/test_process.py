@@ -70,9 +70,18 @@ def run_script(name: str, *args: str, timeout: float = 60) -> subprocess.Complet
     )
 
 
+@pytest.fixture(autouse=True, params=["fork", "spawn"])
+def process_start(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs on both paths: workers forked by the zygote, and spawned ones. The
+    variable reaches the Apps the tests build and the scripts they run."""
+    start: str = request.param
+    monkeypatch.setenv("NBTASKS_PROCESS_START", start)
+    return start
+
+
 @pytest.fixture
-def app(tmp_path: Path) -> Iterator[nbtasks.App]:
-    a = nbtasks.App(store=tmp_path / "store", process_workers=2)
+def app(tmp_path: Path, process_start: str) -> Iterator[nbtasks.App]:
+    a = nbtasks.App(store=tmp_path / "store", process_workers=2, process_start=process_start)
     try:
         yield a
     finally:
@@ -212,9 +221,11 @@ def test_a_crash_fails_only_its_task(app: nbtasks.App, how: str, expected: str) 
 
 
 @pytest.mark.timeout(60)
-def test_the_pool_outlives_its_zygote(app: nbtasks.App) -> None:
+def test_the_pool_outlives_its_zygote(app: nbtasks.App, process_start: str) -> None:
     """The process that forks the workers is killed: the workers carry on, and a dead worker
     is replaced through a new one."""
+    if process_start == "spawn":
+        pytest.skip("spawned workers have no zygote")
 
     @app.task(executor="process")
     def nap(seconds: float) -> int:
@@ -224,7 +235,7 @@ def test_the_pool_outlives_its_zygote(app: nbtasks.App) -> None:
     nap.delay(0).get(timeout=20)
     workers = pool_pids(app)
     ex = app._runtime._executors["process"]
-    os.kill(ex._zygote.pid, signal.SIGKILL)
+    os.kill(ex._launcher.zygote_pid, signal.SIGKILL)
     assert {nap.delay(0.05).get(timeout=20) for _ in range(4)} <= set(workers)
     r = nap.delay(30)
     wait_until(lambda: r.refresh().status is nbtasks.TaskStatus.RUNNING)
@@ -801,11 +812,11 @@ def test_shutdown_stops_the_pool_leaves_detached_tasks_and_no_zombies(tmp_path: 
     far = lasting.delay(1.5)
     wait_until(lambda: app.store.read_record(far.id)["status"] == "RUNNING")  # committed
     ex = app._runtime._executors["process"]
-    zygote = ex._zygote.pid
+    zygote = ex._launcher.zygote_pid if ex.start_method == "fork" else None
     workers = pool_pids(app)
     detached = psutil.Process(int(app.store.read_record(far.id)["owner"].split(":")[-2]))
     app.shutdown()
-    assert not any(alive(p) for p in [zygote, *workers])
+    assert not any(alive(p) for p in [*([zygote] if zygote else []), *workers])
     assert detached.is_running() and detached.status() != psutil.STATUS_ZOMBIE
     zombies = [c for c in psutil.Process().children(recursive=True) if c.status() == "zombie"]
     assert zombies == []

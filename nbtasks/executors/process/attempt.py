@@ -1,7 +1,14 @@
 """A worker process's attempt: the core ``Attempt`` on the worker's own store, with a runtime
 that reports to the parent instead of scheduling (DESIGN principle 2: the worker owns the task
-it runs). Its seams: the soft time limit comes from SIGALRM, the output pipe is drained into the
-task before each record, and the attempt ends once (the monitor thread of an orphan may end it).
+it runs). Its seams: the soft time limit comes from SIGALRM (or, where there is none, a watchdog
+thread), the output pipe is drained into the task before each record, and the attempt ends once
+(the monitor thread of an orphan may end it).
+
+The watchdog raises the soft limit in the task's thread as the thread executor does
+(``raise_in_thread``), never while the worker sends or reads a message (``Worker._quiet``): it
+is then raised when that ends. A limit posted just before such a section begins is withdrawn
+there and raised at its end too (``enter_quiet``); one already delivered (the task caught it) is
+not raised again: the exception it posts marks its own delivery (``_WatchdogLimit``).
 """
 
 from __future__ import annotations
@@ -10,7 +17,8 @@ import signal
 import threading
 from typing import TYPE_CHECKING, Any, Final
 
-from ..._attempt import Attempt, Job
+from ..._attempt import Attempt, Job, clear_async_exc, limit_text, raise_in_thread
+from ..._errors import SoftTimeLimitExceeded
 from ..._model import SYSTEM_CLOCK, Clock
 from ..._supervisor import Supervisor
 
@@ -84,6 +92,22 @@ class ChildRuntime:
         pass  # the parent terminates this process; an orphan's monitor thread records it
 
 
+class _WatchdogLimit(SoftTimeLimitExceeded):
+    """What the watchdog posts into the task's thread. CPython makes the instance in that thread
+    when the exception is delivered, so ``__init__`` tells the attempt it was; it is recorded
+    as a plain ``SoftTimeLimitExceeded`` (``WorkerAttempt._call``)."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        attempt = _watched
+        if attempt is not None:
+            attempt.posted = False
+
+
+#: The attempt the watchdog may post into (one at a time: a worker runs one task at a time).
+_watched: WorkerAttempt | None = None
+
+
 class WorkerAttempt(Attempt):
     """An attempt that ends once: the main thread and the monitor thread (which terminates an
     orphan's task) may both try, and the output pipe is drained into the task first."""
@@ -93,6 +117,7 @@ class WorkerAttempt(Attempt):
         self.worker = worker
         self.ended = False
         self.started = runtime.clock.monotonic()
+        self.posted = False  # the watchdog posted the soft limit; not delivered yet
 
     runs_coroutines = True
 
@@ -111,15 +136,60 @@ class WorkerAttempt(Attempt):
         """A signal interrupts a blocking call (time.sleep, I/O), which an exception posted
         from another thread cannot: SIGALRM raises SoftTimeLimitExceeded in this thread (as
         billiard does for Celery). The timer runs only inside this call, so it never fires
-        outside the user's code."""
+        outside the user's code. Where there is no SIGALRM, a watchdog thread posts it."""
         soft = self.job.options.soft_timeout
         if soft is None:
             return super()._call()
-        signal.setitimer(signal.ITIMER_REAL, max(soft - self._elapsed(), 1e-6))
+        remaining = max(soft - self._elapsed(), 1e-6)
+        if self.worker.soft_by_signal:
+            signal.setitimer(signal.ITIMER_REAL, remaining)
+            try:
+                return super()._call()
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        global _watched
+        _watched = self
+        watchdog = threading.Timer(remaining, self._watchdog)
+        watchdog.name = "nbtasks-worker-watchdog"
+        watchdog.daemon = True
+        watchdog.start()
         try:
             return super()._call()
+        except _WatchdogLimit as exc:  # recorded as what it is, with what it says
+            error = SoftTimeLimitExceeded(limit_text(self.job, "soft_timeout"))
+            raise error.with_traceback(exc.__traceback__) from None
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            watchdog.cancel()
+
+    def _watchdog(self) -> None:
+        """The soft limit is due: post it into the task's thread, unless the worker is sending
+        or reading a message (then it is raised when that ends)."""
+        with self._async_lock:
+            ctx = self.ctx
+            if not self.in_user_code or self.ended or ctx.soft_fired or ctx.thread_id is None:
+                return
+            ctx.soft_fired = True
+            if self.worker.quiet_depth:
+                self.worker.soft_pending = True
+                return
+            self.posted = True
+            raise_in_thread(ctx.thread_id, _WatchdogLimit)
+
+    def enter_quiet(self) -> None:
+        """In the task's thread, as a quiet section begins (``Worker._quiet``): a limit posted
+        but not delivered yet is withdrawn and raised when the section ends. If it is delivered
+        here instead, it propagates before the section began: that is fine too."""
+        worker = self.worker
+        worker.quiet_depth += 1
+        try:
+            with self._async_lock:
+                if self.posted and self.ctx.thread_id is not None:
+                    clear_async_exc(self.ctx.thread_id)
+                    self.posted = False
+                    worker.soft_pending = True
+        except BaseException:
+            worker.quiet_depth -= 1
+            raise
 
     def _encode_rv(self, value: Any) -> dict[str, Any]:
         encoded = super()._encode_rv(value)

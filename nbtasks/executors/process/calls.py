@@ -51,6 +51,7 @@ class SubmitServer:
             reply = ("called", n, False, _pickled_error(exc))
         with self._lock:
             try:
+                assert proc.conn is not None  # it sent the call
                 proc.conn.send(reply)
             except OSError:
                 pass  # the worker is gone; the tasks it submitted run all the same

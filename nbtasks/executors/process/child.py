@@ -21,7 +21,6 @@ never write it.
 
 from __future__ import annotations
 
-import codecs
 import collections
 import contextlib
 import itertools
@@ -46,6 +45,7 @@ from .attempt import ChildRuntime, WorkerAttempt
 from .calls import CALLS
 from .channel import Channel
 from .child_app import _ChildApp
+from .output import Output, redirect_stdio
 
 HEARTBEAT: Final = 5.0  # seconds between heartbeats written to a running task's record
 MONITOR: Final = 0.2  # seconds between the monitor thread's checks
@@ -58,33 +58,16 @@ _LOADED_MAX: Final = 64  # unpickled (task, options) payloads kept per worker
 #: worker starts; when unset, each task costs one attribute test at each step.
 CRASH_ENV: Final = "NBTASKS_TEST_CRASH_AT"
 CRASH_EXIT: Final = 86
+#: A test hook: ``watchdog`` has soft time limits raised by the watchdog thread even where
+#: SIGALRM exists (tests/integration/test_process.py). Read once, when a worker starts.
+SOFT_ENV: Final = "NBTASKS_TEST_SOFT_LIMIT"
+HAS_ALARM: Final = hasattr(signal, "setitimer") and hasattr(signal, "SIGALRM")
 
 
-def worker_main(fd: int, config: dict[str, Any], detached: bool) -> None:
-    if detached:
-        os.setsid()  # its own session: kernel restarts and Interrupt do not reach it
-    out_r, keep_err = _redirect_stdio(detached)
-    Worker(Channel(socket.socket(fileno=fd)), config, detached, out_r, keep_err).serve()
-
-
-def _redirect_stdio(detached: bool) -> tuple[int, int | None]:
-    """fds 1 and 2 go to a pipe read into the running task's output; stdin is /dev/null. A pool
-    worker keeps a copy of the old stderr for what it writes between tasks; a detached one does
-    not (it must not hold the kernel's stderr open)."""
-    keep_err = None if detached else os.dup(2)
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)
-    r, w = os.pipe()
-    os.dup2(w, 1)
-    os.dup2(w, 2)
-    os.close(w)
-    os.close(null)
-    os.set_blocking(r, False)
-    for stream in (sys.stdout, sys.stderr):
-        reconfigure = getattr(stream, "reconfigure", None)
-        if reconfigure is not None:
-            reconfigure(line_buffering=True)
-    return r, keep_err
+def worker_main(sock: socket.socket, config: dict[str, Any], detached: bool) -> None:
+    """Serve the pool over ``sock`` (a detached worker is in a session of its own already)."""
+    out_r, out_w, keep_err = redirect_stdio(detached)
+    Worker(Channel(sock), config, detached, Output(out_r, out_w, keep_err)).serve()
 
 
 class _Reply:
@@ -117,8 +100,7 @@ class Worker:
         conn: Channel,
         config: dict[str, Any],
         detached: bool,
-        out_r: int,
-        keep_err: int | None,
+        output: Output,
     ) -> None:
         self.conn = conn
         self.detached = detached
@@ -135,12 +117,7 @@ class Worker:
         self._cancel: str | None = None
         self._wake = threading.Event()
         self._loaded: dict[bytes, tuple[Any, Options]] = {}  # payload -> (task, options)
-        self._out_r = out_r
-        self._out_lock = threading.Lock()
-        self._out_ctx: Any = None
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._keep_err = keep_err
-        self._fflush = _c_fflush()
+        self.output = output
         self.crash_at = _crash_point(os.environ.get(CRASH_ENV))
         self.app = _ChildApp(self, str(config.get("app_name") or "worker"))
         # Reading the socket: the serve loop between tasks, a task's submit (any of its
@@ -150,8 +127,8 @@ class Worker:
         self._inbox: collections.deque[tuple[Any, ...]] = collections.deque()
         self._replies: dict[int, _Reply] = {}
         self._call_numbers = itertools.count()
-        self._quiet_depth = 0  # > 0: the main thread is sending or reading a message
-        self._soft_pending = False  # a soft time limit that fired meanwhile
+        self.quiet_depth = 0  # > 0: the main thread is sending or reading a message
+        self.soft_pending = False  # a soft time limit that fired meanwhile
         fault_dir = config.get("faults")
         if fault_dir:
             import faulthandler
@@ -159,9 +136,13 @@ class Worker:
             path = Path(fault_dir) / f"{self.pid}.txt"
             self._fault_file = open(path, "w")  # noqa: SIM115  (open for the process's life)
             faulthandler.enable(self._fault_file, all_threads=False)  # the task's thread
-        signal.signal(signal.SIGALRM, self._soft_timeout)
-        for target, name in ((self._read_output, "output"), (self._monitor, "monitor")):
-            threading.Thread(target=target, name=f"nbtasks-worker-{name}", daemon=True).start()
+        # Soft time limits: SIGALRM where it exists (it interrupts a blocking call), else a
+        # watchdog thread (attempt.WorkerAttempt); SOFT_ENV forces the watchdog (tests).
+        self.soft_by_signal = HAS_ALARM and os.environ.get(SOFT_ENV) != "watchdog"
+        if self.soft_by_signal:
+            signal.signal(signal.SIGALRM, self._soft_timeout)
+        output.start()
+        threading.Thread(target=self._monitor, name="nbtasks-worker-monitor", daemon=True).start()
 
     # ------------------------------------------------------------------ the loop
 
@@ -284,16 +265,20 @@ class Worker:
         must not land halfway (the rest of a message would be taken for the next one; the lock
         would stay taken). It is raised at the end instead."""
         if threading.current_thread() is not threading.main_thread():
-            yield  # signal handlers run in the main thread only
+            yield  # signal handlers run in the main thread only; so do watchdog limits
             return
-        self._quiet_depth += 1
+        attempt = self.attempt
+        if attempt is not None and not self.soft_by_signal:
+            attempt.enter_quiet()  # the watchdog's limit: withdrawn if posted, raised later
+        else:
+            self.quiet_depth += 1
         try:
             yield
         finally:
-            self._quiet_depth -= 1
-        if self._soft_pending and not self._quiet_depth:
-            self._soft_pending = False
-            self._soft_timeout(signal.SIGALRM, None)
+            self.quiet_depth -= 1
+        if self.soft_pending and not self.quiet_depth:
+            self.soft_pending = False
+            self._soft_timeout(0, None)
 
     def run(self, rec: TaskRecord, payload: bytes, cancelled: bool = False) -> None:
         tid = rec["id"]
@@ -320,7 +305,7 @@ class Worker:
         (a detached worker's runtime sets ``retry_delay`` as the attempt records the retry)."""
         self.retry_delay = None
         attempt = WorkerAttempt(job, self.runtime, self)
-        self._out_ctx = attempt.ctx
+        self.output.ctx = attempt.ctx
         self.attempt = attempt
         try:
             attempt.run()
@@ -328,7 +313,7 @@ class Worker:
             pass  # raised asynchronously just as the task returned: recorded already
         finally:
             self.attempt = None
-            self._out_ctx = None
+            self.output.ctx = None
         return self.retry_delay
 
     def _load(self, payload: bytes) -> tuple[Any, Options]:
@@ -357,48 +342,15 @@ class Worker:
 
     # ------------------------------------------------------------------ output capture
 
-    def _read_output(self) -> None:
-        poller = select.poll()
-        poller.register(self._out_r, select.POLLIN)
-        while True:
-            poller.poll()
-            with self._out_lock:
-                if not self._read_available():
-                    return
-
-    def _read_available(self) -> bool:
-        """Route what the pipe holds now (call with _out_lock held); False at end of file."""
-        while True:
-            try:
-                data = os.read(self._out_r, 65536)
-            except BlockingIOError:
-                return True
-            if not data:
-                return False
-            text = self._decoder.decode(data)
-            ctx = self._out_ctx
-            if ctx is not None:
-                ctx.write_output(text)
-            elif self._keep_err is not None:
-                os.write(self._keep_err, text.encode(errors="replace"))
-
     def drain_output(self) -> None:
         """Before a task's outcome is recorded: move what it wrote to fds 1 and 2 into it."""
-        for stream in (sys.__stdout__, sys.__stderr__):
-            if stream is not None:
-                try:
-                    stream.flush()
-                except (OSError, ValueError):
-                    pass
-        self._fflush()
-        with self._out_lock:  # the reader thread holds it while it routes what it read
-            self._read_available()
+        self.output.drain()
 
     def _soft_timeout(self, signum: int, frame: Any) -> None:
         attempt = self.attempt
         if attempt is not None and attempt.in_user_code and not attempt.ended:
-            if self._quiet_depth:
-                self._soft_pending = True  # raised once the message is through (_quiet)
+            if self.quiet_depth:
+                self.soft_pending = True  # raised once the message is through (_quiet)
                 return
             attempt.ctx.soft_fired = True
             raise SoftTimeLimitExceeded(limit_text(attempt.job, "soft_timeout"))
@@ -443,12 +395,14 @@ class Worker:
         socket (shutdown; seen when nothing is left unread)."""
         if not owner_alive(self.parent_owner):
             return True
+        if not self._read_lock.acquire(blocking=False):
+            return False  # someone reads the socket: it would see its end
         try:
-            return self.conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
+            return self.conn.at_eof()
         except OSError:
             return True
+        finally:
+            self._read_lock.release()
 
     def _terminate(self, attempt: WorkerAttempt, error: BaseException | None) -> None:
         """End the attempt from here (no retry: the process ends; None: INTERRUPTED, its
@@ -535,16 +489,3 @@ def _crash_point(value: str | None) -> tuple[str, str | None] | None:
     if step not in ("claim", "result"):
         raise ValueError(f"{CRASH_ENV}={value!r}: the step must be 'claim' or 'result'")
     return step, name or None
-
-
-def _c_fflush() -> Any:
-    """``fflush(NULL)`` from libc (C stdio buffers), or a no-op where it is not available."""
-    try:
-        import ctypes
-
-        libc = ctypes.PyDLL(None)  # keeps the GIL: no thread switch for a ~1 µs call
-        fflush = libc.fflush
-        fflush.argtypes = [ctypes.c_void_p]
-        return lambda: fflush(None)
-    except (OSError, AttributeError):
-        return lambda: None

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import os
 import selectors
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -27,12 +25,12 @@ from ..._attempt import Job, Options, limit_text
 from ..._codec import by_value_refs
 from ..._errors import TaskCancelled, TaskTimeout
 from ..._model import TaskStatus
+from .. import resolve_process_start
 from ..payload import task_payload
 from .calls import SubmitServer
-from .channel import Channel
+from .launch import Launcher, make_launcher, socket_pair
 from .outcomes import Outcomes
 from .procs import DEPTH, WorkerProcess, small
-from .zygote import Zygote
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -58,6 +56,7 @@ class ProcessExecutor(SubmitServer):
         workers: int = 2,
         grace: float = GRACE,
         app: Callable[[], Any] | None = None,
+        start: str | None = None,
     ) -> None:
         self.runtime = runtime
         self._app = app  # a weak reference to the App: its workers' tasks submit through it
@@ -71,15 +70,19 @@ class ProcessExecutor(SubmitServer):
         self._seq = itertools.count()
         self._nums = itertools.count()
         self._procs: dict[int, WorkerProcess] = {}  # request number -> process
-        self._by_pid: dict[int, WorkerProcess] = {}
         self._running: dict[str, WorkerProcess] = {}  # task id -> the process it was sent to
         self._register: list[WorkerProcess] = []  # new processes for the supervisor's selector
         self._stopping = False
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
+        # The supervisor's wake-up: a socket pair (AF_INET on Windows), so that the selector
+        # only ever sees sockets (Windows' select takes nothing else).
+        self._wake_r, self._wake_w = socket_pair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._faults = Path(tempfile.mkdtemp(prefix="nbtasks-workers-"))
         self._outcomes = Outcomes(runtime, grace, self._faults)
-        self._zygote = Zygote(
+        self.start_method = resolve_process_start(start)
+        self._launcher: Launcher = make_launcher(
+            self.start_method,
             {
                 "store": str(self.store.path),
                 "trust": self.store.trust,
@@ -88,10 +91,11 @@ class ProcessExecutor(SubmitServer):
                 "faults": str(self._faults),
                 "preload": PRELOAD,
                 "app_name": getattr(runtime, "app_name", None),
-            }
+            },
+            self._wakeup,
         )
         self._selector = selectors.DefaultSelector()
-        self._ctrl_registered: socket.socket | None = None
+        self._launch_registered: set[socket.socket] = set()
         self._check_at = 0.0  # monotonic time of the next run of the supervisor's timers
         # task -> (options, by_value_refs, payload) of its last payload (see encode)
         self._payloads: weakref.WeakKeyDictionary[Task, tuple[Options, tuple[Any, ...], bytes]]
@@ -179,6 +183,7 @@ class ProcessExecutor(SubmitServer):
         if len(proc.jobs) == 1:
             self._started(proc)
         try:
+            assert proc.conn is not None  # it is ready
             proc.conn.send(("run", rec, job.payload))
         except OSError:  # it is dying: its death puts the job back in the queue
             proc.undelivered.add(job.id)
@@ -212,6 +217,7 @@ class ProcessExecutor(SubmitServer):
                 return False
             if proc.jobs[0] is not job:  # queued in the worker: it records CANCELLED itself
                 try:
+                    assert proc.conn is not None  # it ran a job
                     proc.conn.send(("cancel", job.id))
                 except OSError:
                     pass
@@ -245,15 +251,14 @@ class ProcessExecutor(SubmitServer):
     # ------------------------------------------------------------------ processes
 
     def _fork(self, detached: bool) -> WorkerProcess:
-        """Ask the zygote for a worker (with _lock held); the worker reports ``ready``."""
-        mine, theirs = socket.socketpair()
-        proc = WorkerProcess(next(self._nums), Channel(mine), detached)
+        """Start a worker (with _lock held): forked by the zygote, or spawned (``launch.py``);
+        once connected, it reports ``ready``."""
+        proc = WorkerProcess(next(self._nums), self._launcher, detached)
         self._procs[proc.n] = proc
-        self._register.append(proc)
-        try:
-            self._zygote.fork(proc.n, detached, theirs)
-        finally:
-            theirs.close()
+        conn, proc.pid = self._launcher.start(proc.n, detached)
+        if conn is not None:
+            proc.conn = conn
+            self._register.append(proc)
         self._wakeup()
         return proc
 
@@ -264,14 +269,14 @@ class ProcessExecutor(SubmitServer):
                 proc.kill_at = time.monotonic() + self.grace
                 proc.signalled = "SIGTERM"
                 self._check_soon(proc.kill_at)
-            proc.signal(signal.SIGTERM)
+            proc.terminate()
         self._wakeup()
 
     def _wakeup(self) -> None:
         try:
-            os.write(self._wake_w, b"x")
+            self._wake_w.send(b"x")
         except OSError:
-            pass
+            pass  # full (a wake-up is pending anyway) or closed
 
     # ------------------------------------------------------------------ the supervisor
 
@@ -281,12 +286,7 @@ class ProcessExecutor(SubmitServer):
                 self._update_selector()
                 timeout = max(0.0, self._check_at - time.monotonic())
                 for key, _ in self._selector.select(timeout):
-                    if key.data is None:
-                        os.read(self._wake_r, 4096)
-                    elif key.data == "ctrl":
-                        self._zygote_message()
-                    else:
-                        self._readable(key.data)
+                    self._selected(key)
                 if time.monotonic() >= self._check_at:  # timers and live records, not per message
                     self._timers()
                     self._poll()
@@ -298,21 +298,36 @@ class ProcessExecutor(SubmitServer):
         finally:
             self._close()
 
+    def _selected(self, key: selectors.SelectorKey) -> None:
+        if key.data is None:  # woken: maybe by a launcher's exit waiter
+            try:
+                self._wake_r.recv(4096)
+            except OSError:
+                pass
+            self._launch_events(self._launcher.events())
+        elif key.data == "launch":
+            assert isinstance(key.fileobj, socket.socket)
+            self._launch_events(self._launcher.readable(key.fileobj))
+        else:
+            self._readable(key.data)
+
     def _update_selector(self) -> None:
-        if not self._register and self._zygote.ctrl is self._ctrl_registered:
+        launch = set(self._launcher.sockets())
+        if not self._register and launch == self._launch_registered:
             return
         with self._lock:
             new, self._register = self._register, []
-            ctrl = self._zygote.ctrl
+        for sock in self._launch_registered - launch:  # first: a handshake's socket is
+            try:  # the channel of the worker it connected
+                self._selector.unregister(sock)
+            except (KeyError, ValueError):
+                pass
         for proc in new:
-            if proc.eof_at is None:
+            if proc.eof_at is None and proc.conn is not None:
                 self._selector.register(proc.conn, selectors.EVENT_READ, proc)
-        if ctrl is not self._ctrl_registered:
-            if self._ctrl_registered is not None:
-                self._selector.unregister(self._ctrl_registered)
-            if ctrl is not None:
-                self._selector.register(ctrl, selectors.EVENT_READ, "ctrl")
-            self._ctrl_registered = ctrl
+        for sock in launch - self._launch_registered:
+            self._selector.register(sock, selectors.EVENT_READ, "launch")
+        self._launch_registered = launch
 
     def _check_soon(self, when: float) -> None:
         """Have the supervisor run its timers by ``when`` (a deadline, a kill, an exit)."""
@@ -345,29 +360,32 @@ class ProcessExecutor(SubmitServer):
                     due.append(p.eof_at + EXIT_WAIT)
         return min(due)
 
-    def _zygote_message(self) -> None:
-        message = self._zygote.read()
-        if message is None:  # the zygote died: the next fork starts a new one
+    def _launch_events(self, events: list[tuple[str, int, Any]]) -> None:
+        """What the launcher says: a worker's pid, its channel (spawn), or how it exited."""
+        for kind, n, value in events:
             with self._lock:
-                self._zygote.gone()
-            return
-        with self._lock:
-            if "forked" in message:
-                proc = self._procs.get(message["forked"])
-                if proc is not None:
-                    proc.pid = message["pid"]
-                    self._by_pid[message["pid"]] = proc
-                return
-            proc = self._by_pid.get(message["exit"])
-            if proc is None:
-                return
-            proc.code, proc.code_known = message["code"], True
-        self._maybe_dead(proc)
+                proc = self._procs.get(n)
+                if proc is None:
+                    if kind == "conn":
+                        value.close()
+                    continue
+                if kind == "pid":
+                    proc.pid = value
+                    continue
+                if kind == "conn":
+                    proc.conn = value
+                    self._register.append(proc)
+                    continue
+                proc.code, proc.code_known = value, True
+                if proc.conn is None:  # it died before it connected
+                    proc.eof_at = time.monotonic()
+            self._maybe_dead(proc)
 
     def _readable(self, proc: WorkerProcess) -> None:
         """Take every message that has arrived from a worker, then notice if it has gone."""
+        assert proc.conn is not None
         try:
-            proc.conn.fill()
+            proc.conn.fill(block=True)  # readable: one read takes what has arrived
             eof = False
         except (EOFError, OSError):
             eof = True
@@ -397,11 +415,12 @@ class ProcessExecutor(SubmitServer):
         if kind == "ready":
             with self._lock:
                 proc.pid, proc.start, proc.owner = message[1], message[2], message[3]
-                self._by_pid[message[1]] = proc
                 proc.ready = True
                 self._start_failures = 0
                 if proc.signalled:
-                    proc.signal(signal.SIGTERM)
+                    proc.terminate()
+                elif self._stopping and not proc.detached and not self._queue:
+                    proc.send_stop()  # connected as the pool stops (spawn: after it was told)
                 elif proc.detached:
                     job, proc.waiting = proc.waiting, None
                     if job is None or not self._send(proc, job):
@@ -449,8 +468,6 @@ class ProcessExecutor(SubmitServer):
         with self._lock:
             if self._procs.pop(proc.n, None) is None:
                 return
-            if proc.pid is not None:
-                self._by_pid.pop(proc.pid, None)
             jobs = list(proc.jobs)
             proc.jobs.clear()
             for job in jobs:
@@ -474,7 +491,8 @@ class ProcessExecutor(SubmitServer):
             for p in self._procs.values():  # queued jobs may go to the other workers now
                 if p.ready and not p.detached:
                     self._fill(p)
-        proc.conn.close()
+        if proc.conn is not None:
+            proc.conn.close()
         outcomes = self._outcomes
         outcomes.persist_reported(proc)
         fault = outcomes.fault_text(proc)
@@ -504,7 +522,7 @@ class ProcessExecutor(SubmitServer):
             if p.kill_at is not None and now >= p.kill_at and p.eof_at is None:
                 p.kill_at = None
                 p.signalled = "SIGKILL"
-                p.signal(signal.SIGKILL)
+                p.terminate(kill=True)
             if p.eof_at is not None:
                 self._maybe_dead(p)
             # Reported final records stay readable from memory while the worker commits them.
@@ -538,6 +556,8 @@ class ProcessExecutor(SubmitServer):
             pool = [p for p in self._procs.values() if not p.detached]
             self._procs = {p.n: p for p in pool}
         for p in detached:  # keeps running on its own; this process stops listening
+            if p.conn is None:
+                continue
             try:
                 self._selector.unregister(p.conn)
             except (KeyError, ValueError):
@@ -549,26 +569,18 @@ class ProcessExecutor(SubmitServer):
         while self._procs and time.monotonic() < deadline:
             self._update_selector()
             for key, _ in self._selector.select(0.05):
-                if key.data == "ctrl":
-                    self._zygote_message()
-                elif key.data is not None:
-                    self._readable(key.data)
-                else:
-                    os.read(self._wake_r, 4096)
+                self._selected(key)
             for p in list(self._procs.values()):
                 self._maybe_dead(p)
         for p in list(self._procs.values()):
-            p.signal(signal.SIGKILL)
+            p.terminate(kill=True)
         with self._lock:
-            self._zygote.gone()
+            self._launcher.close()
 
     def _close(self) -> None:
         self._selector.close()
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._wake_r.close()
+        self._wake_w.close()
         shutil.rmtree(self._faults, ignore_errors=True)
 
 

@@ -4,15 +4,13 @@ ended."""
 from __future__ import annotations
 
 import collections
-import os
 import signal
 from typing import TYPE_CHECKING, Final
-
-from ...store import process_start_time
 
 if TYPE_CHECKING:
     from ..._attempt import Job
     from .channel import Channel
+    from .launch import Launcher
 
 DEPTH: Final = 2  # jobs a pool worker holds: the running one and the next
 PREFETCH_MAX: Final = 64 * 1024  # bytes of payload past which a job goes to idle workers only
@@ -22,9 +20,10 @@ class WorkerProcess:
     """One worker: the parent's supervisor thread and submitting threads share it under the
     executor's lock."""
 
-    def __init__(self, n: int, conn: Channel, detached: bool) -> None:
+    def __init__(self, n: int, launcher: Launcher, detached: bool) -> None:
         self.n = n
-        self.conn = conn
+        self.launcher = launcher
+        self.conn: Channel | None = None  # once it is connected (spawn: after its handshake)
         self.detached = detached
         self.pid: int | None = None
         self.start: str | None = None  # its start time (/proc), so a reused pid is not signalled
@@ -53,19 +52,16 @@ class WorkerProcess:
         kind = "detached " if self.detached else ""
         return f"<worker {self.pid} {kind}jobs={[j.id for j in self.jobs]}>"
 
-    def signal(self, sig: signal.Signals) -> None:
-        pid = self.pid
-        if pid is None or self.code_known:
-            return  # not started yet: signalled when it reports ready
-        if self.start is not None and process_start_time(pid) != self.start:
-            return  # gone, and its pid reused
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
+    def terminate(self, kill: bool = False) -> None:
+        """SIGTERM it (SIGKILL if ``kill``), or what the platform has instead."""
+        if self.pid is None or self.code_known:
+            return  # not started yet: stopped when it reports ready
+        self.launcher.stop(self.n, self.pid, self.start, kill)
 
     def send_stop(self) -> None:
         """Ask it to exit once its jobs are done."""
+        if self.conn is None:
+            return
         try:
             self.conn.send(("stop",))
         except OSError:

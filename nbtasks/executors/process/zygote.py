@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 # The bootstrap the parent runs as ``python -c BOOT CONFIG FD``: the parent's sys.path first, so
 # the worker imports nbtasks (and the user's modules) from where the parent does. The package's
 # __init__ (the App, results, views: half of nbtasks' import time) is not run here; it runs on
-# first use of a name from ``nbtasks`` (see _lazy_package), which keeps a cold start short.
+# first use of a name from ``nbtasks`` (see lazy_package), which keeps a cold start short.
 BOOT: Final = (
     "import sys, json, importlib.util as u; c = json.loads(sys.argv[1]); sys.path[:] = c['path']; "
     "s = u.find_spec('nbtasks'); sys.modules['nbtasks'] = u.module_from_spec(s); "
@@ -40,16 +40,11 @@ BOOT: Final = (
 def zygote(ctrl_fd: int, config: dict[str, Any]) -> None:
     """Fork a worker per request on the control socket; report exits; end with the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the workers
-    _lazy_package()
+    lazy_package()
     # Here, not at the top: the parent imports this module for its end (Zygote) only.
     from .child import worker_main
 
-    _codec.cloudpickle()  # preload: every worker unpickles
-    import ctypes  # noqa: F401  (the workers flush C stdio through it)
-    import importlib
-
-    for name in config.get("preload", ()):  # as multiprocessing's set_forkserver_preload
-        importlib.import_module(name)
+    preload(config)
 
     ctrl = socket.socket(fileno=ctrl_fd)
     wake_r, wake_w = os.pipe()
@@ -86,7 +81,10 @@ def zygote(ctrl_fd: int, config: dict[str, Any]) -> None:
                 os.close(wake_r)
                 os.close(wake_w)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                worker_main(fds[0], config, bool(request.get("detached")))
+                detached = bool(request.get("detached"))
+                if detached:
+                    os.setsid()  # its own session: kernel restarts and Interrupt do not reach it
+                worker_main(socket.socket(fileno=fds[0]), config, detached)
                 code = 0
             except BaseException:
                 traceback.print_exc()
@@ -98,7 +96,18 @@ def zygote(ctrl_fd: int, config: dict[str, Any]) -> None:
     os._exit(0)
 
 
-def _lazy_package() -> None:
+def preload(config: dict[str, Any]) -> None:
+    """What every worker needs, imported once (by the zygote before it forks; by a spawned
+    worker while it starts)."""
+    _codec.cloudpickle()  # every worker unpickles
+    import ctypes  # noqa: F401  (the workers flush C stdio through it)
+    import importlib
+
+    for name in config.get("preload", ()):  # as multiprocessing's set_forkserver_preload
+        importlib.import_module(name)
+
+
+def lazy_package() -> None:
     """The ``nbtasks`` package was created without running its __init__ (BOOT): give it the
     public error classes now (their class path is ``nbtasks.X``, also in what a worker records),
     and run __init__ on first use of any other name (``nbtasks.current()`` in a task)."""
