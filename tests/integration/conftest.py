@@ -36,7 +36,8 @@ import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
+#: Debian's chromium; elsewhere (the GitHub workflow) NBTASKS_CHROMIUM names Playwright's own.
+CHROMIUM = os.environ.get("NBTASKS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -237,8 +238,12 @@ def start_kernel(workdir: Path, env: dict[str, str] | None = None) -> KernelDriv
     from jupyter_client.manager import KernelManager
 
     # ipc sockets live at <ip>-<port>; keep the path short (AF_UNIX paths are <108 bytes).
-    sock_dir = Path(tempfile.mkdtemp(prefix="nbk-"))
-    km = KernelManager(kernel_name="python3", transport="ipc", ip=str(sock_dir / "k"))
+    # Windows has no ipc transport (ZeroMQ's is AF_UNIX): tcp on the loopback there.
+    if os.name == "nt":
+        km = KernelManager(kernel_name="python3", transport="tcp", ip="127.0.0.1")
+    else:
+        sock_dir = Path(tempfile.mkdtemp(prefix="nbk-"))
+        km = KernelManager(kernel_name="python3", transport="ipc", ip=str(sock_dir / "k"))
     log = open(workdir / "kernel.log", "a")  # noqa: SIM115 - closed by stop_kernel
     km.start_kernel(
         cwd=str(workdir),

@@ -119,6 +119,7 @@ def test_process_tasks(system: str, tmp_path: Path) -> None:
     report = run_check(system, "processes", store)
     assert_simulated(system, report["worker"])  # the workers lack it too
     assert report["map"] == [x * x for x in range(6)]
+    assert "squaring 7" in report["output"]  # a worker's output is captured
     status, errors = report["crash"]
     assert status == "FAILED" and errors[0][0] == "nbtasks.WorkerLost"
     assert "code 3" in errors[0][1]

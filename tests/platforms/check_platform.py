@@ -136,6 +136,7 @@ def processes(store: Path) -> dict[str, Any]:
 
     @app.task(executor="process")
     def square(x: int) -> int:
+        print("squaring", x)
         return x * x
 
     @app.task(executor="process")
@@ -148,8 +149,12 @@ def processes(store: Path) -> dict[str, Any]:
 
     @app.task(executor="process", soft_timeout=0.5)
     def soft() -> str:
+        # In short steps: where there is no SIGALRM the worker's watchdog raises the limit
+        # between bytecodes, so one long C call (a 600 s sleep) would see it only at its end
+        # (docs/platforms.md).
         try:
-            time.sleep(600)
+            for _ in range(60_000):
+                time.sleep(0.01)
         except nbtasks.SoftTimeLimitExceeded:
             return "soft limit raised in the task"
         return "not raised"
@@ -160,6 +165,8 @@ def processes(store: Path) -> dict[str, Any]:
 
     out: dict[str, Any] = {"worker": facts.delay().get(timeout=60)}
     out["map"] = square.map(range(6)).get(timeout=60)
+    printed = square.delay(7).wait(60)
+    out["output"] = printed.output
     r = crash.delay().wait(60)
     out["crash"] = [r.status.value, [(e.exception_class_path, e.message) for e in r.errors]]
     r = hard.delay().wait(60)
