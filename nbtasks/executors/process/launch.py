@@ -160,6 +160,13 @@ class SpawnLauncher:
                 kwargs["creationflags"] = flags | getattr(subprocess, "DETACHED_PROCESS", 0)
             else:
                 kwargs["start_new_session"] = True
+        elif os.name != "nt":
+            # A process group of its own: a kernel that shuts down (a restart) terminates the
+            # children in its own group (ipykernel), and a worker killed so would be recorded
+            # FAILED (WorkerLost) by the dying parent. Out of that group, the worker sees its
+            # parent gone and records its task INTERRUPTED, as a restart means (child.py,
+            # _monitor; the fork path's workers die with their zygote, and the sweep does it).
+            kwargs["process_group"] = 0
         popen = subprocess.Popen(
             [sys.executable, "-c", SPAWN_BOOT],
             stdin=subprocess.PIPE,
