@@ -7,6 +7,7 @@ would find whichever was imported first.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import nbtasks
+
+#: A test of POSIX signals, file modes, links or /proc: Windows has its own mechanisms (ACLs,
+#: TerminateProcess, no links by default), tested by their own tests (docs/platforms.md).
+POSIX_ONLY = pytest.mark.skipif(
+    os.name == "nt", reason="POSIX signals, modes or links (docs/platforms.md)"
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import POSIX_ONLY
 
 import nbtasks
 from nbtasks import _codec
@@ -131,6 +132,7 @@ def test_empty_nbtasks_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         Signer().sign(b"x")
 
 
+@POSIX_ONLY
 def test_without_nbtasks_key_a_0600_key_file_is_made_in_the_config_dir(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from helpers import (
+    POSIX_ONLY,
     committed,
     ready_task_of_a_dead_process,
     run_python,
@@ -129,6 +130,7 @@ def _check_every_record(app: nbtasks.App) -> dict[str, int]:
     return counts
 
 
+@POSIX_ONLY
 @pytest.mark.parametrize("after", [0.05, 0.4])
 def test_a_process_killed_while_committing_leaves_a_sound_store(
     store_path: Path, make_app: AppFactory, after: float
@@ -577,6 +579,7 @@ def test_a_50_mb_result_goes_to_a_file_and_is_never_held_three_times(store_path:
 # --------------------------------------------------------------------------- space
 
 
+@POSIX_ONLY
 def test_purge_then_vacuum_gives_the_space_back(store_path: Path, make_app: AppFactory) -> None:
     a = make_app()
 

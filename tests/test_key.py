@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import REPO, start_python
+from helpers import POSIX_ONLY, REPO, start_python
 
 import nbtasks
 from nbtasks import _codec, _key
@@ -114,6 +114,7 @@ def _plant_key_file(kind: str, path: Path, elsewhere: Path) -> bytes:
     return key
 
 
+@POSIX_ONLY
 @pytest.mark.parametrize("kind", _unsafe_params(list(UNSAFE)))
 def test_an_unsafe_key_file_is_refused_naming_the_file_and_the_fix(
     kind: str, config: Path, tmp_path: Path
@@ -145,6 +146,7 @@ def test_an_unsafe_key_file_is_refused_naming_the_file_and_the_fix(
     assert sorted(p.name for p in path.parent.iterdir()) == ["key"]  # no key made beside it
 
 
+@POSIX_ONLY
 def test_a_safe_key_file_of_any_length_from_32_bytes_is_used(config: Path) -> None:
     path = key_path()
     for key in (b"k" * 32, os.urandom(64), b"line\n" * 20):
@@ -153,6 +155,7 @@ def test_a_safe_key_file_of_any_length_from_32_bytes_is_used(config: Path) -> No
         assert path.read_bytes() == key  # used as is
 
 
+@POSIX_ONLY
 @_needs_posix
 def test_the_refusal_is_fixed_as_the_message_says(config: Path) -> None:
     path = key_path()
@@ -261,6 +264,7 @@ def _read_in_a_new_process(
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+@POSIX_ONLY
 @pytest.mark.parametrize(
     "kind",
     [
@@ -320,6 +324,7 @@ print(load_key().hex(), flush=True)
 """
 
 
+@POSIX_ONLY
 def test_processes_starting_together_on_a_fresh_config_dir_share_one_full_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, usual_umask: None
 ) -> None:
@@ -405,6 +410,7 @@ def test_a_crash_while_creating_the_key_never_leaves_a_short_key(point: str, con
     assert load_key() == key
 
 
+@POSIX_ONLY
 def test_a_stray_empty_temp_file_is_not_taken_for_the_key(config: Path) -> None:
     folder = key_path().parent
     folder.mkdir(parents=True, mode=0o700)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import wait_until
+from helpers import POSIX_ONLY, wait_until
 
 import nbtasks
 from nbtasks import executors
@@ -45,6 +45,7 @@ def test_process_start_is_validated(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert executors.resolve_process_start("auto") in ("fork", "spawn")
 
 
+@POSIX_ONLY
 def test_fork_where_it_is_impossible_says_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -75,6 +76,7 @@ def test_a_connection_with_a_wrong_token_is_refused(spawn_app: nbtasks.App) -> N
     assert len(ex._procs) == 1
 
 
+@POSIX_ONLY
 def test_a_spawned_worker_killed_names_the_signal(spawn_app: nbtasks.App) -> None:
     @spawn_app.task(executor="process")
     def nap() -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import REPO, run_python
+from helpers import POSIX_ONLY, REPO, run_python
 
 import nbtasks
 from nbtasks import views
@@ -340,6 +340,7 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     }
 
 
+@POSIX_ONLY
 @pytest.mark.parametrize("mode", [0o777, 0o770, 0o702, 0o720])
 def test_a_store_others_can_write_is_refused_unless_trusted(
     store_path: Path, make_app: AppFactory, mode: int
@@ -365,6 +366,7 @@ def test_a_store_others_can_write_is_refused_unless_trusted(
     assert trusted.result(r.id).return_value == (1,)
 
 
+@POSIX_ONLY
 def test_a_store_owned_by_another_user_is_refused_unless_trusted(
     store_path: Path, make_app: AppFactory
 ) -> None:
@@ -415,6 +417,7 @@ def _modes(root: Path) -> tuple[dict[str, int], dict[str, int]]:
     return dirs, files
 
 
+@POSIX_ONLY
 def test_every_file_is_0600_and_every_directory_0700(
     store_path: Path, make_app: AppFactory, usual_umask: None
 ) -> None:
@@ -464,6 +467,7 @@ def test_every_file_is_0600_and_every_directory_0700(
     assert reader.group_result(g.id).get(1) == list(range(3000))
 
 
+@POSIX_ONLY
 def test_the_key_file_is_owner_only_and_outside_the_store(
     tmp_path: Path, usual_umask: None
 ) -> None:

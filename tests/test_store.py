@@ -21,7 +21,7 @@ from typing import Any
 
 import diskcache
 import pytest
-from helpers import committed, start_python, stored_count, wait_until
+from helpers import POSIX_ONLY, committed, start_python, stored_count, wait_until
 
 import nbtasks
 from nbtasks._model import IllegalTransition, TaskStatus
@@ -187,6 +187,7 @@ def test_missing_database_is_refused(store_path: Path, make_app: AppFactory) -> 
         nbtasks.App(store=store_path)
 
 
+@POSIX_ONLY
 def test_store_writable_by_others_is_refused_unless_trusted(
     store_path: Path, make_app: AppFactory
 ) -> None:
@@ -205,6 +206,7 @@ def test_store_writable_by_others_is_refused_unless_trusted(
 # --------------------------------------------------------------------------- permissions
 
 
+@POSIX_ONLY
 def test_store_is_owner_only_including_wal_shm_and_value_files(
     store_path: Path, make_app: AppFactory
 ) -> None:
@@ -240,6 +242,7 @@ def test_store_is_owner_only_including_wal_shm_and_value_files(
         os.umask(old_umask)
 
 
+@POSIX_ONLY
 def test_store_parents_are_created(tmp_path: Path, make_app: AppFactory) -> None:
     deep = tmp_path / "a" / "b" / "store"
     a = make_app(store=deep)
@@ -517,6 +520,7 @@ os.kill(os.getpid(), signal.SIGKILL)  # a crash right after submit
 """
 
 
+@POSIX_ONLY
 def test_dead_owner_sweep_interrupts_ready_and_running(
     store_path: Path, make_app: AppFactory
 ) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO, ready_task_of_a_dead_process, start_python, wait_until
+from helpers import POSIX_ONLY, REPO, ready_task_of_a_dead_process, start_python, wait_until
 
 import nbtasks
 from nbtasks._codec import cache_key
@@ -218,6 +218,7 @@ def test_purge_never_deletes_a_value_file_named_outside(
 # --------------------------------------------------------------------------- 3. planted links
 
 
+@POSIX_ONLY
 @pytest.mark.parametrize("name", [".lock", "cache.db-wal", "cache.db-shm", "nbtasks-store.json"])
 def test_a_link_planted_among_the_store_files_is_refused(
     finished: dict[str, str], store_path: Path, victim: Path, name: str
@@ -235,6 +236,7 @@ def test_a_link_planted_among_the_store_files_is_refused(
     assert link.is_symlink()
 
 
+@POSIX_ONLY
 def test_a_new_store_never_writes_through_an_old_temp_file_link(
     store_path: Path, make_app: AppFactory, victim: Path
 ) -> None:
@@ -253,6 +255,7 @@ def test_a_new_store_never_writes_through_an_old_temp_file_link(
     assert json.loads((store_path / "nbtasks-store.json").read_text())["schema"] == SCHEMA
 
 
+@POSIX_ONLY
 def test_a_store_directory_that_is_a_link_is_refused(tmp_path: Path) -> None:
     target = tmp_path / "elsewhere"
     target.mkdir(mode=0o700)
@@ -264,6 +267,7 @@ def test_a_store_directory_that_is_a_link_is_refused(tmp_path: Path) -> None:
     assert list(target.iterdir()) == []  # nothing was created through the link
 
 
+@POSIX_ONLY
 def test_a_value_directory_that_is_a_link_is_never_followed(
     finished: dict[str, str], store_path: Path, make_app: AppFactory, tmp_path: Path
 ) -> None:
@@ -508,6 +512,7 @@ def test_a_damaged_record_lists_as_damaged_and_fails_alone(
     assert shown.returncode == 2 and "is damaged" in shown.stderr
 
 
+@POSIX_ONLY
 def test_a_fifo_in_place_of_a_value_file_never_blocks_a_reader(
     finished: dict[str, str], store_path: Path, make_app: AppFactory
 ) -> None:

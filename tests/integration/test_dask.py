@@ -21,7 +21,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from helpers import run_python, wait_until
+from helpers import POSIX_ONLY, run_python, wait_until
 
 import nbtasks
 
@@ -592,6 +592,7 @@ def test_links_and_canvas_on_dask(app: nbtasks.App, nb: SimpleNamespace) -> None
 # --------------------------------------------------------------------------- lost workers, clients
 
 
+@POSIX_ONLY
 def test_a_worker_killed_mid_task_is_a_worker_lost_failure(
     app: nbtasks.App, nb: SimpleNamespace, client: Any
 ) -> None:
@@ -607,6 +608,7 @@ def test_a_worker_killed_mid_task_is_a_worker_lost_failure(
         r.get()
 
 
+@POSIX_ONLY
 def test_a_worker_killed_mid_task_is_retried_by_the_tasks_policy(
     app: nbtasks.App, nb: SimpleNamespace, client: Any
 ) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
+from helpers import POSIX_ONLY
 
 import nbtasks
 from nbtasks._task import resolve_options
@@ -177,6 +178,7 @@ def test_canvas_links_retries_and_task_kinds_run_in_workers(app: nbtasks.App) ->
 # ----------------------------------------------------------------------------- crashes
 
 
+@POSIX_ONLY
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     ("how", "expected"),
@@ -220,6 +222,7 @@ def test_a_crash_fails_only_its_task(app: nbtasks.App, how: str, expected: str) 
     assert len(pool_pids(app)) == 2  # the dead worker was replaced
 
 
+@POSIX_ONLY
 @pytest.mark.timeout(60)
 def test_the_pool_outlives_its_zygote(app: nbtasks.App, process_start: str) -> None:
     """The process that forks the workers is killed: the workers carry on, and a dead worker
@@ -319,6 +322,7 @@ def test_a_worker_killed_at_a_step_fails_its_task_cleanly(
 # ----------------------------------------------------------------------------- time limits
 
 
+@POSIX_ONLY
 @pytest.mark.timeout(60)
 def test_timeout_terminates_the_worker(app: nbtasks.App) -> None:
     @app.task(executor="process", timeout=0.5)
@@ -388,6 +392,7 @@ def test_cancel_terminates_a_running_task_and_a_ready_one_never_starts(
         app.shutdown()
 
 
+@POSIX_ONLY
 @pytest.mark.timeout(30)
 def test_a_large_closure_does_not_block_submit_behind_a_busy_worker(tmp_path: Path) -> None:
     app = nbtasks.App(store=tmp_path / "store", process_workers=1)
@@ -773,6 +778,7 @@ def test_output_printed_by_hooks_is_kept(app: nbtasks.App) -> None:
         other.shutdown()
 
 
+@POSIX_ONLY
 @pytest.mark.timeout(30)
 def test_workers_ignore_sigint(app: nbtasks.App) -> None:
     """The notebook's Interrupt button signals the kernel's whole process group."""
@@ -858,6 +864,7 @@ app.shutdown()
 # ----------------------------------------------------------------------------- orphans
 
 
+@POSIX_ONLY
 @pytest.mark.timeout(60)
 def test_parent_sigkilled_orphans_interrupted_detached_live_then_done(tmp_path: Path) -> None:
     store = tmp_path / "store"
