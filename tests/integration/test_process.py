@@ -625,9 +625,15 @@ def test_submits_with_one_worker_and_from_the_task_s_threads(tmp_path: Path) -> 
 
 
 @pytest.mark.timeout(60)
-def test_a_soft_time_limit_during_submits_leaves_the_channel_whole(app: nbtasks.App) -> None:
-    """SIGALRM lands while the task sends or reads a submit's messages: it is raised once the
-    message is through, so the next submit still works."""
+@pytest.mark.parametrize("soft", ["signal", "watchdog"])
+def test_a_soft_time_limit_during_submits_leaves_the_channel_whole(
+    app: nbtasks.App, monkeypatch: pytest.MonkeyPatch, soft: str
+) -> None:
+    """The soft limit (SIGALRM, or the watchdog where there is none) lands while the task sends
+    or reads a submit's messages: it is raised once the message is through, so the next submit
+    still works. The workers start at the first submit, with the mechanism set here."""
+    if soft == "watchdog":
+        monkeypatch.setenv("NBTASKS_TEST_SOFT_LIMIT", "watchdog")
 
     @app.task
     def inc(x: int) -> int:
