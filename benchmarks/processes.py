@@ -6,7 +6,10 @@
 Every pool has 2 worker processes. In one run, the script measures for each of them (issue 3):
 
 - **cold start**: from creating the pool (for nbtasks: from ``App(store=...)``) to the first
-  task's first line, and to its result back in the caller;
+  task's first line, and to its result back in the caller. Each pool starts on a quiet machine:
+  the pools before it keep starting their other workers after their first task returns (a
+  spawned interpreter takes ~100 ms of CPU), so each cold start waits for every worker of the
+  pool before it to be up (``settle``) and then for SETTLE seconds;
 - **submit→start on a warm idle pool** (notes/perf-baselines.md §4c): before each sample every
   pool idles 5-15 ms (uniformly random), then t0 = perf_counter() is taken and one task is
   submitted; the task returns perf_counter() from its first line (CLOCK_MONOTONIC, the same in
@@ -40,6 +43,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from _common import REPO, Report, mmm, percentile, run_main, tempdir, try_import_nbtasks, verdict
@@ -50,6 +54,7 @@ NB_THREAD = "(reference) nbtasks thread executor, same delay() loop"
 JOBLIB = f"joblib Parallel({WORKERS}, loky, batch_size=1)"
 N_TASKS = 2000
 SAMPLES = 300
+SETTLE = 0.5  # seconds of quiet before each cold start
 WARMUP = 30
 
 
@@ -59,6 +64,18 @@ def now() -> float:
 
 def square(x: int) -> int:
     return x * x
+
+
+def rendezvous(folder: str, n: int) -> int:
+    """Return once ``n`` calls of it run at the same time, each in a worker of its own (each
+    leaves a file named by its pid in ``folder``); its pid."""
+    import os
+
+    open(os.path.join(folder, str(os.getpid())), "w").close()
+    deadline = time.monotonic() + 30
+    while len(os.listdir(folder)) < n and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return os.getpid()
 
 
 # --------------------------------------------------------------------------- the pools
@@ -165,6 +182,7 @@ class Nbtasks(Pool):
         self.tasks = {
             now: app.task(now_, executor="process", name="now"),
             square: app.task(square_, executor="process", name="square"),
+            rendezvous: app.task(rendezvous, executor="process", name="rendezvous"),
         }
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -201,6 +219,15 @@ def joblib_many(n: int) -> list[Any]:
 
 
 # --------------------------------------------------------------------------- measurements
+
+
+def settle(pool: Pool, folder: Path) -> None:
+    """Wait until every worker of ``pool`` is up: WORKERS tasks, each waiting for all of them
+    to run at once, so each runs in a worker of its own."""
+    folder.mkdir()
+    handles = [pool.submit(rendezvous, str(folder), WORKERS) for _ in range(WORKERS)]
+    pids = {pool.result(h) for h in handles}
+    assert len(pids) == WORKERS, f"{pool.name}: the settling tasks ran in {len(pids)} workers"
 
 
 def cold_start(pool: Pool) -> tuple[float, float]:
@@ -287,8 +314,10 @@ def body(rep: Report) -> None:
             started: list[Pool] = []
             try:
                 for p in pools:
+                    time.sleep(SETTLE)
                     cold.setdefault(p.name, []).append(cold_start(p))
                     started.append(p)
+                    settle(p, tmp / f"settle-{run}-{len(started)}")
                 for name, s in latency_samples(pools, args.samples).items():
                     lat.setdefault(name, []).append(s)
                 for p in pools:

@@ -592,6 +592,64 @@ def test_a_task_waiting_for_its_subtask_is_never_queued_behind(app: nbtasks.App)
     assert sub_pid == busy.get(timeout=5) != waiting_pid
 
 
+def rendezvous(folder: str, n: int) -> tuple[int, int]:
+    """Wait (at most 20 s) until ``n`` calls of it run at once; (its pid, how many did)."""
+    Path(folder, str(os.getpid())).touch()
+    try:
+        wait_until(lambda: len(os.listdir(folder)) >= n, timeout=20)
+    except AssertionError:
+        pass
+    return os.getpid(), len(os.listdir(folder))
+
+
+@pytest.mark.timeout(90)
+def test_tasks_submitted_while_the_workers_start_wait_for_each_of_them(
+    app: nbtasks.App, tmp_path: Path
+) -> None:
+    """Two tasks submitted at once into a pool that is still starting run side by side: the
+    second is not queued behind the first worker to be ready while the other one starts (a
+    spawned worker takes ~100 ms longer than a forked one)."""
+    meet = app.task(rendezvous, executor="process")
+    folder = tmp_path / "met"
+    folder.mkdir()
+    first, second = (meet.delay(str(folder), 2) for _ in range(2))
+    (pid1, seen1), (pid2, seen2) = first.get(timeout=40), second.get(timeout=40)
+    assert pid1 != pid2 and seen1 == seen2 == 2
+
+
+@pytest.mark.timeout(60)
+def test_a_short_task_never_waits_behind_a_long_running_one(
+    app: nbtasks.App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task queues in a busy worker only while that worker's task is young (PREFETCH_AGE):
+    here every running task counts as old, so the short one waits in the pool's queue and
+    runs on the first worker to free up, while the other still runs."""
+    from nbtasks.executors.process import pool
+
+    monkeypatch.setattr(pool, "PREFETCH_AGE", 0.0)
+
+    @app.task(executor="process")
+    def until(path: str | None) -> int:
+        if path is not None:
+            wait_until(lambda: Path(path).exists(), timeout=30)
+        return os.getpid()
+
+    until.delay(None).get(timeout=20)
+    pool_pids(app)  # both ready and idle
+    long_gate, short_gate = tmp_path / "long", tmp_path / "short"
+    long = until.delay(str(long_gate))  # the first worker
+    other = until.delay(str(short_gate))  # the second
+    wait_until(
+        lambda: long.refresh().status is other.refresh().status is nbtasks.TaskStatus.RUNNING
+    )
+    short = until.delay(None)
+    short_gate.touch()
+    assert short.get(timeout=20) == other.get(timeout=5)
+    assert long.refresh().status is nbtasks.TaskStatus.RUNNING
+    long_gate.touch()
+    assert long.get(timeout=20) != other.get()
+
+
 @pytest.mark.timeout(60)
 def test_submits_with_one_worker_and_from_the_task_s_threads(tmp_path: Path) -> None:
     """One worker, busy with the submitting task: its process subtasks wait here (the submit

@@ -30,7 +30,7 @@ from ..payload import task_payload
 from .calls import SubmitServer
 from .launch import Launcher, make_launcher, socket_pair
 from .outcomes import Outcomes
-from .procs import DEPTH, WorkerProcess, small
+from .procs import DEPTH, PREFETCH_AGE, WorkerProcess, small
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -150,19 +150,33 @@ class ProcessExecutor(SubmitServer):
         self._outcomes.unsent(job, error)
 
     def _least_busy(self, job: Job) -> WorkerProcess | None:
-        """An idle worker, else one whose queue has room (for a job that queues cheaply)."""
+        """An idle worker; else a busy one that ``_takes`` the job, the least busy; else None
+        (the job waits in the pool's queue for the first worker to free up)."""
         best = None
-        room = DEPTH if small(job) else 1
         for p in self._procs.values():
-            if p.detached or not p.ready or p.signalled or p.eof_at is not None:
-                continue
-            if len(p.jobs) < (1 if p.nested else room) and (
-                best is None or len(p.jobs) < len(best.jobs)
-            ):
+            if p.ready and not p.jobs and not p.detached and not p.signalled and p.eof_at is None:
+                return p
+            if self._takes(p, job) and (best is None or len(p.jobs) < len(best.jobs)):
                 best = p
-                if not p.jobs:
-                    break
         return best
+
+    def _takes(self, proc: WorkerProcess, job: Job) -> bool:
+        """Whether ``job`` may be sent to ``proc`` now (with _lock held). An idle worker takes
+        any job. A busy one takes a job that queues cheaply (``small``), while there is room
+        behind its running task, that task began less than PREFETCH_AGE ago (so it is likely
+        to end soon), has submitted nothing (``nested``), and no other worker is starting (that
+        one will take it)."""
+        if not proc.ready or proc.detached or proc.signalled or proc.eof_at is not None:
+            return False
+        if not proc.jobs:
+            return True
+        return (
+            len(proc.jobs) < DEPTH
+            and small(job)
+            and not proc.nested
+            and time.monotonic() - proc.head_since < PREFETCH_AGE
+            and all(p.ready or p.detached for p in self._procs.values())
+        )
 
     def _send(self, proc: WorkerProcess, job: Job) -> bool:
         """Hand a job's record over to a worker and send it (with _lock held, so a worker gets
@@ -199,15 +213,8 @@ class ProcessExecutor(SubmitServer):
             self._check_soon(proc.deadline)
 
     def _fill(self, proc: WorkerProcess) -> None:
-        """Give a worker queued jobs up to its depth (with _lock held). A large payload waits
-        for an idle worker: sending it to a busy one would block until that one's task ends."""
-        while (
-            self._queue
-            and len(proc.jobs) < proc.capacity
-            and (not proc.jobs or (small(self._queue[0][2]) and not proc.nested))
-            and not proc.signalled
-            and proc.eof_at is None
-        ):
+        """Give a worker the queued jobs it ``_takes`` (with _lock held)."""
+        while self._queue and self._takes(proc, self._queue[0][2]):
             self._send(proc, heapq.heappop(self._queue)[2])
 
     def cancel_running(self, job: Job) -> bool:

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
 DEPTH: Final = 2  # jobs a pool worker holds: the running one and the next
 PREFETCH_MAX: Final = 64 * 1024  # bytes of payload past which a job goes to idle workers only
+# A job waits in a busy worker only while that worker's running task is younger than this:
+# behind a task that has run longer it could wait for as long while another worker frees up.
+PREFETCH_AGE: Final = 0.010
 
 
 class WorkerProcess:
@@ -43,10 +46,6 @@ class WorkerProcess:
         self.code: int | None = None
         self.code_known = False
         self.nested = False  # its running task submitted tasks: queue nothing behind it
-
-    @property
-    def capacity(self) -> int:
-        return 1 if self.detached else DEPTH
 
     def __repr__(self) -> str:
         kind = "detached " if self.detached else ""
