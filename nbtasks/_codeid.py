@@ -23,6 +23,7 @@ names it reads from the user namespace.
 
 from __future__ import annotations
 
+import ast
 import builtins
 import copy
 import dis
@@ -58,7 +59,32 @@ MAX_DEPTH: Final = 60
 #: cell's ``cell_identity`` (the function that runs a cell is the same code for every cell).
 FIXED_IDENTITY: Final = "__nbtasks_code__"
 _SCALARS: Final = (type(None), bool, int, float, complex, str, bytes)
+#: Methods that change a container in place: a task calling one on a name it reads writes
+#: into that container (a log, a memo), so its content is the task's output, not an input.
+MUTATORS: Final = frozenset(
+    {
+        "append",
+        "extend",
+        "insert",
+        "pop",
+        "popitem",
+        "remove",
+        "clear",
+        "update",
+        "add",
+        "discard",
+        "setdefault",
+        "sort",
+        "reverse",
+        "appendleft",
+        "extendleft",
+        "difference_update",
+        "intersection_update",
+        "symmetric_difference_update",
+    }
+)
 _GLOBAL_LOADS: Final = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
+_NAME_LOADS: Final = _GLOBAL_LOADS | {"LOAD_DEREF", "LOAD_CLOSURE", "LOAD_FAST"}
 _ATTR_LOADS: Final = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
 #: Class attributes Python makes itself: they say nothing the methods do not.
 _CLASS_NOISE: Final = frozenset(
@@ -197,6 +223,44 @@ def _codes(code: CodeType) -> Iterator[CodeType]:
             yield from _codes(const)
 
 
+def written_names(fn: FunctionType) -> frozenset[str]:
+    """The names whose container ``fn`` writes into: ``log.append(x)``, ``seen[k] = v``,
+    ``del memo[k]``, ``state.count += 1``. Read from the source (``ast``); without source,
+    from the bytecode (a load of the name then a mutating method)."""
+    source = _source_text(fn)
+    if source is None:
+        return _written_in_code(fn.__code__)
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # a lambda's line cut mid-expression
+        return _written_in_code(fn.__code__)
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        target: ast.AST | None = None
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr in MUTATORS:
+                target = node.func.value
+        elif isinstance(node, (ast.Subscript, ast.Attribute)) and not isinstance(
+            node.ctx, ast.Load
+        ):
+            target = node.value
+        if isinstance(target, ast.Name):
+            names.add(target.id)
+    return frozenset(names)
+
+
+@functools.lru_cache(maxsize=1024)
+def _written_in_code(code: CodeType) -> frozenset[str]:
+    names: set[str] = set()
+    for c in _codes(code):
+        last: str | None = None
+        for ins in dis.get_instructions(c):
+            if last is not None and ins.opname in _ATTR_LOADS and ins.argval in MUTATORS:
+                names.add(last)
+            last = ins.argval if ins.opname in _NAME_LOADS else None
+    return frozenset(names)
+
+
 # --------------------------------------------------------------------------- the walk
 
 
@@ -239,7 +303,8 @@ class _Walk:
         code = fn.__code__
         self.attrs.append((fn, "__code__", code))
         self.token("fn", _source_text(fn) or _code_text(code))
-        self.names(fn.__globals__, global_reads(code), depth)
+        written = written_names(fn)
+        self.names(fn.__globals__, global_reads(code), depth, written)
         for name, cell in zip(code.co_freevars, fn.__closure__ or (), strict=False):
             try:
                 value = cell.cell_contents
@@ -247,7 +312,10 @@ class _Walk:
                 value = _ABSENT
             self.cells.append((cell, value))
             self.token("closure", name)
-            self.value(value, depth + 1)
+            if name in written:
+                self.token("written", _type_name(type(value)))
+            else:
+                self.value(value, depth + 1)
         for attr in ("__defaults__", "__kwdefaults__"):
             value = getattr(fn, attr)
             self.attrs.append((fn, attr, value))
@@ -259,8 +327,10 @@ class _Walk:
         namespace: Mapping[str, Any],
         reads: tuple[tuple[str, tuple[str, ...]], ...],
         depth: int,
+        written: frozenset[str] = frozenset(),
     ) -> None:
-        """Each name read in ``namespace`` (a function's globals, the user namespace)."""
+        """Each name read in ``namespace`` (a function's globals, the user namespace); a
+        container the code writes into counts by its type (and its binding) only."""
         for name, chain in reads:
             obj = namespace.get(name, _ABSENT)
             self.bound.append((namespace, name, obj))
@@ -268,7 +338,9 @@ class _Walk:
                 self.token("builtin" if hasattr(builtins, name) else "absent", name)
                 continue
             self.token("name", name)
-            if isinstance(obj, ModuleType) and chain and is_user_module(obj.__name__):
+            if name in written and not isinstance(obj, ModuleType):
+                self.token("written", _type_name(type(obj)))
+            elif isinstance(obj, ModuleType) and chain and is_user_module(obj.__name__):
                 self.attribute_chain(obj, chain, depth)
             else:
                 self.value(obj, depth + 1)
