@@ -294,11 +294,16 @@ class _Walk:
 
     # ---------------------------------------------------------------- code
 
+    def known(self, obj: FunctionType | type) -> bool:
+        """True (and hashed) for installed code, by name and version, or for a function or
+        class met before in this walk (a back reference): nothing more to walk."""
+        if not is_user_module(obj.__module__):
+            self.token("lib", _library_name(obj.__module__), obj.__qualname__)
+            return True
+        return self.again(obj)
+
     def function(self, fn: FunctionType, depth: int) -> None:
-        if not is_user_module(fn.__module__):
-            self.token("lib", _library_name(fn.__module__), fn.__qualname__)
-            return
-        if self.again(fn):
+        if self.known(fn):
             return
         code = fn.__code__
         self.attrs.append((fn, "__code__", code))
@@ -358,10 +363,7 @@ class _Walk:
         self.value(obj, depth + 1)
 
     def cls(self, c: type, depth: int) -> None:
-        if not is_user_module(c.__module__):
-            self.token("lib", _library_name(c.__module__), c.__qualname__)
-            return
-        if self.again(c):
+        if self.known(c):
             return
         self.token("class", c.__qualname__)
         for base in c.__bases__:

@@ -16,6 +16,7 @@ import textwrap
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -229,41 +230,46 @@ def test_stdlib_and_installed_modules_count_by_name_and_version(nb: Notebook) ->
     assert kept.current() != first
 
 
-def test_where_code_lives(tmp_path: Path) -> None:
-    path = tmp_path / "my_user_module.py"
-    path.write_text("def helper(x):\n    return x + 1\n")
-    spec = importlib.util.spec_from_file_location("my_user_module", path)
+def load_module(path: Path, text: str, register: bool = True) -> ModuleType:
+    """A module written to ``path`` and imported from there (in ``sys.modules`` if
+    ``register``: the caller removes it)."""
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["my_user_module"] = module
-    try:
-        spec.loader.exec_module(module)
-        assert is_user_module("my_user_module")
-    finally:
-        del sys.modules["my_user_module"]
+    if register:
+        sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def user_module(tmp_path: Path) -> Iterator[ModuleType]:
+    """``my_helpers``: a module of the user's, from a file outside the installed packages."""
+    yield load_module(tmp_path / "my_helpers.py", HELPER_1)
+    del sys.modules["my_helpers"]
+
+
+def test_where_code_lives(user_module: ModuleType) -> None:
+    assert is_user_module("my_helpers")
     assert is_user_module("__main__")
     assert not is_user_module("json")
     assert not is_user_module("diskcache")
     assert not is_user_module("nbtasks._app")  # the library itself
 
 
-def test_a_user_module_attribute_follows_the_function(nb: Notebook, tmp_path: Path) -> None:
-    path = tmp_path / "my_helpers.py"
-    path.write_text("def helper(x):\n    return x + 1\n")
-    spec = importlib.util.spec_from_file_location("my_helpers", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["my_helpers"] = module
-    try:
-        spec.loader.exec_module(module)
-        nb.run("import my_helpers\ndef f(x):\n    return my_helpers.helper(x)\n")
-        kept = CodeIdentity(nb["f"])
-        first = kept.current()
-        nb.run("def other(x):\n    return x + 100\n")
-        module.helper = nb["other"]
-        assert kept.current() != first
-    finally:
-        del sys.modules["my_helpers"]
+def test_a_user_module_attribute_follows_the_function(
+    nb: Notebook, user_module: ModuleType
+) -> None:
+    nb.run("import my_helpers\ndef f(x):\n    return my_helpers.helper(x)\n")
+    kept = CodeIdentity(nb["f"])
+    first = kept.current()
+    nb.run(HELPER_100)
+    user_module.helper = nb["helper"]
+    assert kept.current() != first
+    nb.run(HELPER_1)
+    user_module.helper = nb["helper"]
+    assert kept.current() == first
 
 
 def test_a_rebound_array_changes_the_identity_an_edit_in_place_does_not(nb: Notebook) -> None:
@@ -290,13 +296,7 @@ def test_a_rebound_array_changes_the_identity_an_edit_in_place_does_not(nb: Note
 
 def test_the_source_is_normalised(tmp_path: Path) -> None:
     def load(name: str, text: str) -> Any:
-        path = tmp_path / f"{name}.py"
-        path.write_text(text)
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.f
+        return load_module(tmp_path / f"{name}.py", text, register=False).f
 
     a = load("mod_a", "def f(x):\n    return x + 1\n")
     b = load("mod_b", "\n\n\ndef f(x):   \n\n    return x + 1\n")  # other place, blank lines
