@@ -50,6 +50,11 @@ class Notebook:
     def identity(self, name: str) -> str:
         return code_identity(self.ns[name])
 
+    def keep(self, name: str) -> tuple[CodeIdentity, str]:
+        """A ``CodeIdentity`` of ``name`` (as a Task keeps one) and its identity now."""
+        kept = CodeIdentity(self.ns[name])
+        return kept, kept.current()
+
 
 @pytest.fixture
 def nb() -> Iterator[Notebook]:
@@ -69,8 +74,7 @@ def test_a_redefined_helper_changes_the_identity_and_the_first_one_comes_back(
 ) -> None:
     nb.run(HELPER_1)
     nb.run(TASK)
-    kept = CodeIdentity(nb["f"])
-    first = kept.current()
+    kept, first = nb.keep("f")
     assert first == nb.identity("f")  # the kept identity is the one computed afresh
     nb.run(HELPER_100)
     second = kept.current()
@@ -100,8 +104,7 @@ def test_the_same_cells_in_another_notebook_give_the_same_identity(nb: Notebook)
 
 def test_a_constant_the_task_reads(nb: Notebook) -> None:
     nb.run("SCALE = 3\ndef f(x):\n    return x * SCALE\n")
-    kept = CodeIdentity(nb["f"])
-    first = kept.current()
+    kept, first = nb.keep("f")
     nb.run("SCALE = 4")
     assert kept.current() != first
     nb.run("SCALE = 3")
@@ -110,8 +113,7 @@ def test_a_constant_the_task_reads(nb: Notebook) -> None:
 
 def test_a_small_list_edited_in_place_is_seen(nb: Notebook) -> None:
     nb.run("WEIGHTS = [1, 2, 3]\ndef f(x):\n    return sum(w * x for w in WEIGHTS)\n")
-    kept = CodeIdentity(nb["f"])
-    first = kept.current()
+    kept, first = nb.keep("f")
     nb["WEIGHTS"].append(4)
     assert kept.current() != first
     nb["WEIGHTS"].pop()
@@ -120,8 +122,7 @@ def test_a_small_list_edited_in_place_is_seen(nb: Notebook) -> None:
 
 def test_a_container_the_task_writes_into_is_its_output(nb: Notebook) -> None:
     nb.run("LOG = []\nSEEN = {}\ndef f(x):\n    LOG.append(x)\n    SEEN[x] = True\n    return x\n")
-    kept = CodeIdentity(nb["f"])
-    first = kept.current()
+    kept, first = nb.keep("f")
     nb["f"](1)
     assert nb["LOG"] == [1] and kept.current() == first  # its own writes: no new identity
     nb.run("LOG = []")
@@ -154,8 +155,7 @@ def test_a_closure_variable(nb: Notebook) -> None:
 
 def test_a_default_argument(nb: Notebook) -> None:
     nb.run("LIMIT = 10\ndef f(x, limit=LIMIT):\n    return min(x, limit)\n")
-    kept = CodeIdentity(nb["f"])
-    first = kept.current()
+    kept, first = nb.keep("f")
     nb["f"].__defaults__ = (11,)
     assert kept.current() != first
     nb["f"].__defaults__ = (10,)
@@ -168,8 +168,7 @@ def test_a_class_the_task_uses(nb: Notebook) -> None:
     model_2 = "class Model:\n    factor = 2\n    def predict(self, x):\n        return x * 2\n"
     nb.run(model_2)
     nb.run("def f(x):\n    return Model().predict(x)\n")
-    kept = CodeIdentity(nb["f"])
-    first = kept.current()
+    kept, first = nb.keep("f")
     nb.run(model_2.replace("return x * 2", "return x * 3"))  # a method's body
     assert kept.current() != first
     nb.run(model_2)
@@ -182,8 +181,7 @@ def test_a_class_the_task_uses(nb: Notebook) -> None:
 def test_what_a_method_reads_counts(nb: Notebook) -> None:
     nb.run("OFFSET = 1\nclass Model:\n    def predict(self, x):\n        return x + OFFSET\n")
     nb.run("def f(x):\n    return Model().predict(x)\n")
-    kept = CodeIdentity(nb["f"])
-    first = kept.current()
+    kept, first = nb.keep("f")
     nb.run("OFFSET = 2")
     assert kept.current() != first
 
@@ -199,8 +197,7 @@ def test_mutually_recursive_helpers_terminate(nb: Notebook) -> None:
             return is_even(n)
         """
     )
-    kept = CodeIdentity(nb["f"])
-    first = kept.current()
+    kept, first = nb.keep("f")
     assert first == nb.identity("f")
     nb.run("def is_odd(n):\n    return n % 2 == 1\n")
     assert kept.current() != first
@@ -215,8 +212,7 @@ def test_a_recursive_value_terminates(nb: Notebook) -> None:
 def test_stdlib_and_installed_modules_count_by_name_and_version(nb: Notebook) -> None:
     cell = "import json, diskcache\ndef f(x):\n    return json.dumps(x), diskcache.Cache\n"
     nb.run(cell)
-    kept = CodeIdentity(nb["f"])
-    first = kept.current()
+    kept, first = nb.keep("f")
     walk = kept._state[1]  # type: ignore[index]
     # Library modules are not walked: no check reaches into json's or diskcache's globals.
     assert all(m is nb.ns for m, _, _ in walk.bound)
@@ -262,8 +258,7 @@ def test_a_user_module_attribute_follows_the_function(
     nb: Notebook, user_module: ModuleType
 ) -> None:
     nb.run("import my_helpers\ndef f(x):\n    return my_helpers.helper(x)\n")
-    kept = CodeIdentity(nb["f"])
-    first = kept.current()
+    kept, first = nb.keep("f")
     nb.run(HELPER_100)
     user_module.helper = nb["helper"]
     assert kept.current() != first
@@ -275,8 +270,7 @@ def test_a_user_module_attribute_follows_the_function(
 def test_a_rebound_array_changes_the_identity_an_edit_in_place_does_not(nb: Notebook) -> None:
     pytest.importorskip("numpy")
     nb.run("import numpy as np\nW = np.arange(6.0).reshape(2, 3)\ndef f(x):\n    return W @ x\n")
-    kept = CodeIdentity(nb["f"])
-    first = kept.current()
+    kept, first = nb.keep("f")
     nb.run("W = np.arange(6.0).reshape(2, 3) + 1")
     second = kept.current()
     assert second != first
