@@ -12,13 +12,11 @@ import base64
 import functools
 import hashlib
 import hmac
-import inspect
 import io
 import json
 import marshal
 import pickle
 import reprlib
-import textwrap
 import threading
 import traceback
 from collections import ChainMap
@@ -337,19 +335,6 @@ def task_name_of(fn: Callable[..., Any]) -> str:
     if not module or module == "__main__":
         return qualname
     return f"{module}.{qualname}"
-
-
-def code_hash(obj: Any) -> str:
-    """A hash of the normalised source of a function or class (joblib's lesson: never a cell
-    number or a temp file path). Falls back to the bytecode when there is no source."""
-    try:
-        source = inspect.getsource(obj)
-        lines = [line.rstrip() for line in textwrap.dedent(source).splitlines()]
-        text = "\n".join(line for line in lines if line)
-    except (OSError, TypeError):
-        code = getattr(obj, "__code__", None)
-        text = repr((code.co_code, code.co_consts, code.co_names)) if code else repr(obj)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def cache_key(task_name: str, fn_hash: str, args: Any, kwargs: Any) -> str:

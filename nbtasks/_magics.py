@@ -1,6 +1,6 @@
 """IPython magics: ``%%task`` and ``%tasks`` (``%load_ext nbtasks``).
 
-``%%task [--name NAME] [-o VAR]``
+``%%task [--name NAME] [-o VAR] [--cache]``
     Run the cell in a background thread of the default app, in the user namespace.  The value
     of the cell's last expression is the task's return value; the names the cell assigns are
     set in the user namespace as the cell body runs (so all of them are there once the task
@@ -8,6 +8,13 @@
     ``TaskResult`` in ``VAR``.  ``print()`` in the body goes to the task's output, not to the
     cell that happens to run.  Top-level ``await`` works (the body then runs in ``asyncio.run``
     in the task's thread).
+
+    ``--cache`` reuses the result of an earlier run of the same cell (SPEC §6): the key is the
+    cell's source (normalised as a function's) and the values of the names it reads from the
+    user namespace before assigning them (``cell_reads``; functions by their code identity,
+    values by content: ``_codeid``).  On a hit the body does not run, so the names it assigns
+    are not set: use the returned value (``-o VAR``, then ``VAR.get()``).  The default name of
+    a cached cell is ``cell`` (a key with ``cell[N]`` would change at every execution).
 
 ``%tasks [--status S] [--name NAME] [--page-size N]``
     A live dashboard of the store: one row per task, newest first, with filters, paging and a
@@ -35,12 +42,13 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import display
 
 from . import _kernel, views
+from ._codeid import FIXED_IDENTITY, cell_identity
 from ._text import match_ids, parse_duration, parse_status, short_id
 
 if TYPE_CHECKING:
     from ._model import TaskStatus
 
-__all__ = ["NbtasksMagics", "build_cell_function", "load_ipython_extension"]
+__all__ = ["NbtasksMagics", "build_cell_function", "cell_reads", "load_ipython_extension"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,6 +65,11 @@ def _task_parser() -> _Parser:
     parser = _Parser(prog="%%task", add_help=False)
     parser.add_argument("--name", "-n", default=None, help="task name (default: cell[N])")
     parser.add_argument("-o", "--output", default=None, help="store the TaskResult in this name")
+    parser.add_argument(
+        "--cache",
+        action="store_true",
+        help="reuse the result of this cell's source run with the same values of what it reads",
+    )
     return parser
 
 
@@ -120,6 +133,103 @@ def build_cell_function(
     return run_cell
 
 
+def cell_reads(source: str) -> list[str]:
+    """The names a cell reads before it assigns them, in order (``ast``): these come from the
+    user namespace. Names local to a function, lambda or comprehension of the cell are not
+    reads; a name the cell assigns at top level counts only if loaded before that."""
+    reads: dict[str, None] = {}
+    _block(ast.parse(source).body, set(), reads)
+    return list(reads)
+
+
+def _block(stmts: list[ast.stmt], bound: set[str], reads: dict[str, None]) -> None:
+    """The statements of the cell's top level in order: a name bound by one (an assignment, a
+    ``for`` target, an ``import``) is no read in the next ones."""
+    for stmt in stmts:
+        if isinstance(stmt, (ast.For, ast.AsyncFor)):
+            _loads(stmt.iter, frozenset(bound), reads)
+            bound |= _stores(stmt.target)
+            _block([*stmt.body, *stmt.orelse], bound, reads)
+        elif isinstance(stmt, (ast.If, ast.While)):
+            _loads(stmt.test, frozenset(bound), reads)
+            _block([*stmt.body, *stmt.orelse], bound, reads)
+        elif isinstance(stmt, (ast.With, ast.AsyncWith)):
+            for item in stmt.items:
+                _loads(item.context_expr, frozenset(bound), reads)
+                if item.optional_vars is not None:
+                    bound |= _stores(item.optional_vars)
+            _block(stmt.body, bound, reads)
+        elif isinstance(stmt, ast.Try):
+            _block(stmt.body, bound, reads)
+            for handler in stmt.handlers:
+                if handler.type is not None:
+                    _loads(handler.type, frozenset(bound), reads)
+                if handler.name:
+                    bound.add(handler.name)
+                _block(handler.body, bound, reads)
+            _block([*stmt.orelse, *stmt.finalbody], bound, reads)
+        else:
+            _loads(stmt, frozenset(bound), reads)
+            bound |= _stores(stmt)
+
+
+def _loads(node: ast.AST, bound: frozenset[str], reads: dict[str, None]) -> None:
+    if isinstance(node, ast.Name):
+        if isinstance(node.ctx, ast.Load) and node.id not in bound:
+            reads[node.id] = None
+        return
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+        args = node.args
+        outer = [*args.defaults, *(d for d in args.kw_defaults if d is not None)]
+        if not isinstance(node, ast.Lambda):
+            outer += node.decorator_list
+        for child in outer:
+            _loads(child, bound, reads)
+        params = [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]
+        inner = bound | {a.arg for a in params if a is not None}
+        body = node.body if isinstance(node.body, list) else [node.body]
+        inner |= {n for stmt in body for n in _stores(stmt, nested=True)}
+        for stmt in body:
+            _loads(stmt, inner, reads)
+        return
+    if isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
+        targets = {n for gen in node.generators for n in _stores(gen.target, nested=True)}
+        _loads(node.generators[0].iter, bound, reads)  # evaluated in the enclosing scope
+        inner = bound | targets
+        for i, gen in enumerate(node.generators):
+            if i:
+                _loads(gen.iter, inner, reads)
+            for cond in gen.ifs:
+                _loads(cond, inner, reads)
+        parts = [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
+        for part in parts:
+            _loads(part, inner, reads)
+        return
+    for sub in ast.iter_child_nodes(node):
+        _loads(sub, bound, reads)
+
+
+def _stores(node: ast.AST, nested: bool = False) -> set[str]:
+    """The names a statement binds in its own scope (not inside the functions it defines,
+    unless ``nested``: then everything bound anywhere below, as a function body's locals)."""
+    names: set[str] = set()
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
+            names.add(n.id)
+        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(n.name)
+            if not nested:
+                continue
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).partition(".")[0] for a in n.names)
+        elif isinstance(n, ast.alias) or (isinstance(n, ast.Lambda) and not nested):
+            continue
+        todo.extend(ast.iter_child_nodes(n))
+    return names
+
+
 def _default_app() -> Any:
     from ._app import default_app
 
@@ -144,15 +254,18 @@ class NbtasksMagics(Magics):
         shell = self.shell
         assert shell is not None
         count = _kernel.execution_count()
-        name = args.name or (f"cell[{count}]" if count is not None else "cell")
+        name = args.name or (f"cell[{count}]" if count is not None and not args.cache else "cell")
         source = shell.transform_cell(cell)
         try:
             filename = shell.compile.cache(source, count or 0, raw_code=cell)
         except TypeError:  # IPython < 8.? has no raw_code
             filename = shell.compile.cache(source, count or 0)
         fn = build_cell_function(source, shell.user_ns, filename, name)
+        if args.cache:  # keyed on what runs, resolved now: the source and the values it reads
+            identity = cell_identity(source, shell.user_ns, cell_reads(source))
+            setattr(fn, FIXED_IDENTITY, identity)
         app = _default_app()
-        task = app.task(fn, name=name)
+        task = app.task(fn, name=name, cache=args.cache)
         result = task.delay()
         if args.output:
             if not args.output.isidentifier():

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from ._canvas import Signature, signatures
-from ._codec import code_hash
+from ._codeid import CodeIdentity
 from ._errors import NbtasksError
 from ._model import (
     CURRENT,
@@ -73,6 +73,7 @@ class Task:
     __wrapped__: Callable[..., Any]  # the decorated function, as functools.wraps sets it
     __name__: str
     _fn: Callable[..., Any] | None = None
+    _code_identity: CodeIdentity | None = None  # made by the first ``code_hash``
     _default_options: Options | None = None  # delay()'s options, resolved on first use
 
     # ------------------------------------------------------------------ set-up
@@ -105,7 +106,7 @@ class Task:
             )
         self._signature = _caller_signature(sig, drop)
         self._fast_check = _fast_check(params[drop:])
-        self._code_hash: str | None = None
+        self._code_identity = None
         self._hooks = frozenset(
             name
             for name in ("on_success", "on_failure", "on_retry", "after_return")
@@ -124,9 +125,14 @@ class Task:
 
     @property
     def code_hash(self) -> str:
-        if self._code_hash is None:
-            self._code_hash = code_hash(self._fn if self._fn is not None else type(self))
-        return self._code_hash
+        """The identity of this task's code, in its cache key (``_codeid``): the function's
+        source and what it reads (a class-based task: its class, ``run`` and what they read).
+        Computed once, then only checked on each submit: redefining a helper recomputes it."""
+        identity = self._code_identity
+        if identity is None:
+            target = self._fn if self._fn is not None else type(self)
+            identity = self._code_identity = CodeIdentity(target)
+        return identity.current()
 
     @property
     def function(self) -> Callable[..., Any] | None:
@@ -343,7 +349,7 @@ def _fast_check(params: list[inspect.Parameter]) -> tuple[tuple[str, ...], int] 
 
 
 #: What a pickled Task leaves behind: its App and what is derived from the function again.
-_NOT_PICKLED = frozenset({"app", "_target", "_signature", "_default_options"})
+_NOT_PICKLED = frozenset({"app", "_target", "_signature", "_default_options", "_code_identity"})
 
 
 def _restore_task(cls: type[Task], state: dict[str, Any]) -> Task:

@@ -208,40 +208,6 @@ def test_task_name_of() -> None:
     assert _codec.task_name_of(inner) == "test_task_name_of.<locals>.inner"
 
 
-def _exec_function(source: str, name: str = "f") -> Any:
-    ns: dict[str, Any] = {}
-    exec(compile(source, "<cell-1>", "exec"), ns)
-    return ns[name]
-
-
-def test_code_hash_is_the_normalised_source(tmp_path: Path) -> None:
-    def write(name: str, text: str) -> Any:
-        path = tmp_path / f"{name}.py"
-        path.write_text(text)
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod.f
-
-    a = write("mod_a", "def f(x):\n    return x + 1\n")
-    b = write("mod_b", "\n\n\ndef f(x):   \n\n    return x + 1\n")  # other place, blank lines
-    c = write("mod_c", "def f(x):\n    return x + 2\n")
-    assert _codec.code_hash(a) == _codec.code_hash(b)  # not the file path or the line number
-    assert _codec.code_hash(a) != _codec.code_hash(c)
-    assert len(_codec.code_hash(a)) == 32
-
-
-def test_code_hash_without_source_uses_the_bytecode() -> None:
-    f1 = _exec_function("def f(x):\n    return x + 1\n")
-    f2 = _exec_function("def f(x):\n    return x + 1\n")
-    f3 = _exec_function("def f(x):\n    return x * 7\n")
-    assert _codec.code_hash(f1) == _codec.code_hash(f2)
-    assert _codec.code_hash(f1) != _codec.code_hash(f3)
-
-
 def test_cache_key_covers_name_code_and_arguments() -> None:
     k = _codec.cache_key("t", "h", (1, 2), {"a": 1, "b": 2})
     assert k == _codec.cache_key("t", "h", [1, 2], {"b": 2, "a": 1})  # kwargs order ignored

@@ -51,6 +51,7 @@ ROWS: dict[str, set[str]] = {
     "_model": {"_errors"},
     "_codec": {"_model", "_errors", "_key"},
     "_key": {"_errors"},
+    "_codeid": {"_codec", "_errors"},  # the code identity of a cached task (what its key follows)
     # The store package, each module using only the ones before it.
     "store.files": set(),  # the store's files and lock: no diskcache
     "store.identity": set(),  # process identity (is a pid alive, its start time), per platform
@@ -91,7 +92,7 @@ ROWS: dict[str, set[str]] = {
     "_ports": set(),  # the seams: Protocols (their types only under TYPE_CHECKING)
     "_runtime": _EXECUTORS_ROW | {"_context"},
     "_options": {"_model", "_errors"},  # option names and their validation
-    "_task": {"_canvas", "_options", "_codec", "_model", "_errors"},
+    "_task": {"_canvas", "_options", "_codec", "_codeid", "_model", "_errors"},
     "_canvas": {"_options"},  # Signature, chain, group, chord: described here, submitted by the app
     "_result": {"_ports", "_model", "_errors", "_text", "_outcome"},  # the store: the seam only
     "_outcome": {"_model", "_errors"},  # a finished record's exception or why it has no value
@@ -115,7 +116,7 @@ ROWS: dict[str, set[str]] = {
     "_kernel": {"_errors"},
     "_text": {"_model", "_errors"},  # pure text helpers of the front ends
     **{("views" if m == "__init__" else f"views.{m}"): _VIEWS_ROW for m in _VIEWS_MODULES},
-    "_magics": {"_app", "_task", "_result", "views", "_kernel", "_text"},
+    "_magics": {"_app", "_task", "_result", "views", "_kernel", "_text", "_codeid"},
     "_cli": {"_app", "store", "_result", "_model", "_text"},
     "__main__": {"_cli"},  # `python -m nbtasks`
 }
