@@ -421,7 +421,21 @@ class Runtime:
                 enc = {"u": str(exc)}
             self.store.change(job.live, args=enc, args_repr=args_repr(job.args, job.kwargs))
             job.live.args = job.args
+            if job.options.cache:
+                self._keep(job)
         self.dispatch(job)
+
+    def _keep(self, job: Job) -> None:
+        """A cached link whose arguments came from its parent (known only now): its key goes
+        in the store with its next batch, so that later submits of the same call reuse it.
+        (It runs even if that call has a result already: its handle, given at submit, is its
+        own. A chain whose every parent hit is looked up whole at submit.)"""
+        key = self.key(job.task, job.args, job.kwargs, job.options)
+        if key is None:
+            return
+        self.store.change(job.live, cache_key=key)
+        self.store.put_extra("k:" + key, job.id)
+        self.inflight[key] = job
 
     def _link(self, job: Job, sig: Any, args: tuple[Any, ...]) -> None:
         try:

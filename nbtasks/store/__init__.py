@@ -305,7 +305,12 @@ class Store:
         few bulk queries. An entry that is not one nbtasks wrote (a task id) is a miss: the
         submit computes, and its entry replaces it."""
         rows = self.reader.many("key", ["k:" + key for key in keys])
-        return {key[2:]: tid for key, tid in rows if isinstance(tid, str)}
+        found = {key[2:]: tid for key, tid in rows if isinstance(tid, str)}
+        for key in keys:  # an entry this process wrote that the next batch commits
+            staged = self.writer.staged("k:" + key)
+            if isinstance(staged, str):
+                found[key] = staged
+        return found
 
     def reusable(self, ids: Iterable[str]) -> dict[str, TaskRecord]:
         """Of these tasks, those a cached submit may reuse (SPEC 6), by id: SUCCESSFUL ones
