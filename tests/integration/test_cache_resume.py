@@ -37,7 +37,7 @@ if __name__ == "__main__":
         time.sleep(0.15)  # the work: long enough to be killed half-way through the map
         return x * 10
 
-    group = work.map(range(%(n)d))
+    group = work.map(range(int(sys.argv[4])))
     if phase == "first":
         print("submitted", flush=True)
         group.get(60)  # killed before this returns
@@ -47,7 +47,7 @@ if __name__ == "__main__":
                "cached": [r.cached for r in group.results]}
         print(json.dumps(out), flush=True)
         app.shutdown()
-""" % {"n": N}
+"""
 
 
 def _statuses(store: Path) -> dict[int, tuple[str, str]]:
@@ -67,7 +67,7 @@ def test_a_map_resumes_after_its_process_was_killed(tmp_path: Path) -> None:
     store, runs, script = tmp_path / "store", tmp_path / "runs.txt", tmp_path / "resume.py"
     script.write_text(SCRIPT)
     first = subprocess.Popen(
-        [sys.executable, str(script), str(store), str(runs), "first"],
+        [sys.executable, str(script), str(store), str(runs), "first", str(N)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -90,7 +90,7 @@ def test_a_map_resumes_after_its_process_was_killed(tmp_path: Path) -> None:
     ran_before = Counter(int(line) for line in runs.read_text().split())
 
     second = subprocess.run(
-        [sys.executable, str(script), str(store), str(runs), "second"],
+        [sys.executable, str(script), str(store), str(runs), "second", str(N)],
         capture_output=True,
         text=True,
         timeout=120,
