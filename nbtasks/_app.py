@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any, overload
 
 from . import _ports as ports
 from . import executors
+from ._attempt import Job
 from ._canvas import Signature, group
 from ._errors import NbtasksError, UnknownTaskId
 from ._model import (
     CURRENT,
     FINISHED,
+    MISSING,
     SYSTEM_CLOCK,
     Clock,
     Request,
@@ -31,7 +33,7 @@ from ._model import (
 from ._options import check_task_options
 from ._reader import StoreReader
 from ._result import GroupResult, TaskResult
-from ._runtime import Runtime, Waiting
+from ._runtime import Done, Hit, Runtime, Waiting
 from ._task import Task, resolve_options
 from .store import (
     LOCK_TIMEOUT,
@@ -204,13 +206,24 @@ class App(StoreReader):
             rt.submit([job], fresh_ids=fresh)
             return TaskResult(job.id, self, live=job.live, rec=job.live.rec)
         with self._cache_lock:
-            hit_job, hit_id, key = rt.cached(task, job)
-            if hit_job is not None:
-                return TaskResult(hit_job.id, self, live=hit_job.live, cached=True)
-            if hit_id is not None:
-                return TaskResult(hit_id, self, cached=True)
-            rt.submit([job], cache_keys=[(key, job)], fresh_ids=fresh)
+            key = rt.key(task, args, kwargs, opts)
+            hit = rt.lookup([key], [opts.cache_ttl])[0]
+            if hit is not None:
+                return self._reused(hit)
+            rt.submit([job], cache_keys=[(key, job)] if key else [], fresh_ids=fresh)
         return TaskResult(job.id, self, live=job.live, rec=job.live.rec)
+
+    def _reused(self, hit: Hit, parent: TaskResult | GroupResult | None = None) -> TaskResult:
+        """The handle of a cache hit (``cached`` True): of a job in flight here, of a task this
+        process owns, or made from the listing row the lookup read (no further read)."""
+        if isinstance(hit, Job):
+            return TaskResult(hit.id, self, live=hit.live, cached=True, parent=parent)
+        live = self._store.live.get(hit["id"])
+        if live is not None or parent is not None:
+            return TaskResult(hit["id"], self, live=live, cached=True, parent=parent)
+        result = TaskResult.from_summary(self, hit)
+        result.cached = True
+        return result
 
     def _check_new_id(self, task_id: str) -> None:
         try:
@@ -232,25 +245,37 @@ class App(StoreReader):
         # Some 20 objects per task, none of them garbage: the collector's full passes would
         # walk them all again each time their number grew by a quarter (a 20k map: 112-129
         # µs/task with it running, 99-116 paused; docs/design.md, "no garbage cycles").
+        meta = extras["metadata"]
         with no_gc():
-            jobs = [
-                rt.build(
-                    task,
-                    a,
-                    kw,
-                    opts,
-                    extras["metadata"],
-                    None,
-                    chunk=chunk,
-                    extra=extra,
-                )
-                for a, kw in calls
-            ]
-            group_rec = {"id": gid, "members": [j.id for j in jobs], "task_name": task.name}
-            rt.submit(jobs, [group_rec])
-            return GroupResult(
-                self, gid, [TaskResult(j.id, self, live=j.live, rec=j.live.rec) for j in jobs]
-            )
+            if not opts.cache:
+                jobs = [
+                    rt.build(task, a, kw, opts, meta, None, chunk=chunk, extra=extra)
+                    for a, kw in calls
+                ]
+                members = [TaskResult(j.id, self, live=j.live, rec=j.live.rec) for j in jobs]
+                rt.submit(jobs, [_group_record(gid, members, task.name)])
+                return GroupResult(self, gid, members)
+            # Member by member (SPEC 6): a hit is reused, the rest computed; the same call
+            # twice in one map runs once, both members being that one task (as two delays).
+            keys = [rt.key(task, a, kw, opts, chunk=chunk) for a, kw in calls]
+            with self._cache_lock:
+                hits = rt.lookup(keys, [opts.cache_ttl] * len(keys))
+                jobs, members, cache_keys = [], [], []
+                new: dict[str, Job] = {}
+                for (a, kw), key, hit in zip(calls, keys, hits, strict=True):
+                    if hit is None and key is not None and key in new:
+                        hit = new[key]
+                    if hit is not None:
+                        members.append(self._reused(hit))
+                        continue
+                    job = rt.build(task, a, kw, opts, meta, None, chunk=chunk, extra=extra)
+                    jobs.append(job)
+                    members.append(TaskResult(job.id, self, live=job.live, rec=job.live.rec))
+                    if key is not None:
+                        new[key] = job
+                        cache_keys.append((key, job))
+                rt.submit(jobs, [_group_record(gid, members, task.name)], cache_keys=cache_keys)
+            return GroupResult(self, gid, members)
 
     def submit_canvas(
         self, items: Sequence[Signature | group], options: Opts, *, lineage: Parent = None
@@ -262,15 +287,17 @@ class App(StoreReader):
         root = first.get("root_id")
         rt = self._runtime
         now = rt.clock.time()
-        jobs, waiting, groups = [], [], []
-        prev: list[Any] = []
+        jobs, waiting, groups, cache_keys = [], [], [], []
+        prev: list[Job | Done] = []
         prev_result: TaskResult | GroupResult | None = None
         prev_group: str | None = None
         result: TaskResult | GroupResult | None = None
         for stage_no, item in enumerate(items):
             sigs = item.tasks if isinstance(item, group) else [item]
             gid = new_id() if isinstance(item, group) else None
-            stage = []
+            stage: list[Job | Done] = []
+            members: list[TaskResult] = []
+            last = stage_no == len(items) - 1
             for sig in sigs:
                 call = {**sig.options, **(options if stage_no == 0 else {})}
                 opts, extras = resolve_options(sig.task, call, now)
@@ -279,6 +306,19 @@ class App(StoreReader):
                     sig.task.check_args((None, *args), sig.kwargs)  # the parent's value first
                 else:
                     sig.task.check_args(args, sig.kwargs)
+                if prev and not sig.immutable and all(isinstance(d, Done) for d in prev):
+                    # Every parent was a cache hit: the parent's value is known now.
+                    values = [d.value for d in prev if isinstance(d, Done)]
+                    args = (values if prev_group is not None else values[0], *args)
+                known = not prev or sig.immutable or args is not sig.args
+                key = None
+                if opts.cache and known and extras["task_id"] is None:
+                    key = rt.key(sig.task, args, sig.kwargs, opts)
+                    hit = self._canvas_hit(key, opts.cache_ttl, last)
+                    if hit is not None:
+                        members.append(self._reused(hit, prev_result))
+                        stage.append(self._as_dependency(hit))
+                        continue
                 extra: dict[str, Any] = {"group_id": gid, "root_id": root}
                 if prev_group is not None:
                     extra["parent_group"] = prev_group
@@ -296,24 +336,47 @@ class App(StoreReader):
                     check=False,
                     extra=extra,
                 )
-                if prev:
+                if prev and not known:
                     waiting.append(Waiting(job, list(prev), prev_group is not None, sig.immutable))
+                elif prev:  # its arguments are known: it waits for its parents only to start
+                    waiting.append(Waiting(job, list(prev), prev_group is not None, True))
+                if key is not None:
+                    cache_keys.append((key, job))
                 stage.append(job)
+                jobs.append(job)
+                members.append(
+                    TaskResult(job.id, self, live=job.live, rec=job.live.rec, parent=prev_result)
+                )
             root = root or stage[0].id
-            jobs += stage
-            members = [
-                TaskResult(j.id, self, live=j.live, rec=j.live.rec, parent=prev_result)
-                for j in stage
-            ]
             if gid is not None:
-                groups.append({"id": gid, "members": [j.id for j in stage], "task_name": None})
+                groups.append(_group_record(gid, members, None))
                 result = GroupResult(self, gid, members)
             else:
                 result = members[0]
             prev, prev_result, prev_group = stage, result, gid
-        rt.submit(jobs, groups, waiting)
+        with self._cache_lock:
+            rt.submit(jobs, groups, waiting, cache_keys)
         assert result is not None
         return result
+
+    def _canvas_hit(self, key: str | None, ttl: float | None, last: bool) -> Hit | None:
+        """A canvas member's cache hit. One that later links wait for must give them its
+        value: a SUCCESSFUL result, or a job in flight in this process (whose end wakes
+        them); a task running in another process is not waited on here, so it is computed."""
+        if key is None:
+            return None
+        hit = self._runtime.lookup([key], [ttl])[0]
+        if hit is None or last or isinstance(hit, Job):
+            return hit
+        return hit if hit["status"] == TaskStatus.SUCCESSFUL else None
+
+    def _as_dependency(self, hit: Hit) -> Job | Done:
+        """A cache hit as what the next link waits for: the job, or its stored value."""
+        if isinstance(hit, Job):
+            return hit
+        if hit["status"] != TaskStatus.SUCCESSFUL:  # the last stage: nothing waits for it
+            return Done(hit["id"], MISSING)
+        return Done(hit["id"], TaskResult(hit["id"], self).return_value)
 
     def submit(self, request: Request, *, lineage: Parent = None) -> TaskResult:
         """Mognet: submit a Request made by ``task.create_request(...)``."""
@@ -386,14 +449,21 @@ class App(StoreReader):
         self,
         older_than: float | timedelta | None = None,
         status: str | TaskStatus | Iterable[str | TaskStatus] | None = None,
+        task_name: str | None = None,
         *,
         vacuum: bool = False,
     ) -> int:
         """Delete finished results (older_than: against finished_at; status: one finished
-        status or several); returns how many. ``vacuum=True`` then gives the space back to the
-        file system (``Store.vacuum()``: it rewrites the database, so it takes a moment)."""
+        status or several; task_name: that task's only), with their values and cache keys;
+        returns how many. ``vacuum=True`` then gives the space back to the file system
+        (``Store.vacuum()``: it rewrites the database, so it takes a moment)."""
         if not isinstance(vacuum, bool):
             raise TypeError(f"vacuum must be True or False, got {vacuum!r}")
+        if task_name is not None and (not isinstance(task_name, str) or not task_name):
+            raise TypeError(
+                f"task_name must be a task's name (a non-empty str, e.g. task.name), "
+                f"got {task_name!r}"
+            )
         cutoff = None
         if older_than is not None:
             seconds = (
@@ -419,10 +489,19 @@ class App(StoreReader):
             for name in statuses:
                 if TaskStatus(name) not in FINISHED:
                     raise ValueError(f"purge(status={name!r}): only finished tasks can be purged")
-        n = self._store.purge(cutoff, statuses)
+        n = self._store.purge(cutoff, statuses, task_name)
         if vacuum:
             self._store.vacuum()
         return n
+
+    def cache_clear(self, task: Task) -> int:
+        """``task.cache_clear()``: forget the task's reusable results (every code version) in
+        one transaction, and its runs in flight here; returns how many were forgotten."""
+        name = task.name or ""
+        with self._cache_lock:
+            keys = self._store.cache_clear(name)
+            self._runtime.forget(keys, name)
+        return len(keys)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -440,6 +519,12 @@ class App(StoreReader):
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown(wait=True)
+
+
+def _group_record(gid: str, members: list[TaskResult], name: str | None) -> dict[str, Any]:
+    """A group's stored record: its members' ids in order, reused ones (cache hits, which may
+    belong to an earlier group too) included, so ``app.group_result(id)`` finds them all."""
+    return {"id": gid, "members": [m.id for m in members], "task_name": name}
 
 
 def _status(value: Any, argument: str) -> str:

@@ -391,6 +391,7 @@ class Options:
     priority: int = 0
     cache: bool = False
     cache_ttl: float | None = None
+    cache_ignore: tuple[str, ...] = ()  # argument names left out of the cache key
     detach: bool = False
     expires: float | None = None  # epoch seconds
     eta: float | None = None  # epoch seconds

@@ -25,6 +25,7 @@ INHERITED = (
     "priority",
     "cache",
     "cache_ttl",
+    "cache_ignore",
     "detach",
 )
 #: The options a task takes at declaration and (all of them) per call.
@@ -74,6 +75,19 @@ def _exc_classes(value: Any, argument: str) -> tuple[type[BaseException], ...]:
         if not (isinstance(item, type) and issubclass(item, BaseException)):
             raise TypeError(f"{argument} must be exception classes, got {item!r}")
     return tuple(items)
+
+
+def names(value: Any, argument: str) -> tuple[str, ...]:
+    """Argument names (``cache_ignore``): one str or a tuple/list of them -> a tuple. Whether
+    each names a parameter is the task's to check (it knows its signature)."""
+    items = (value,) if isinstance(value, str) else value
+    if not isinstance(items, tuple | list | frozenset | set) or not all(
+        isinstance(item, str) and item for item in items
+    ):
+        raise TypeError(
+            f"{argument} must be argument names (a str or a tuple of str), got {value!r}"
+        )
+    return tuple(sorted(set(items)))
 
 
 def when(value: Any, argument: str, now: float) -> float:
@@ -126,6 +140,8 @@ def check_task_options(options: Mapping[str, Any], where: str = "task") -> dict[
         elif key == "expires":
             if not isinstance(value, datetime | timedelta):
                 seconds(value, key)
+        elif key == "cache_ignore":
+            value = names(value, key)
         elif key == "shadow_name" and not isinstance(value, str):
             raise TypeError(f"shadow_name must be a str, got {value!r}")
         out[key] = value

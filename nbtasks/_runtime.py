@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -24,10 +24,23 @@ from ._codec import args_repr, cache_key, unpicklable_argument
 from ._errors import StoreError, TaskCancelled, UnknownTaskId
 from ._model import FINISHED, Clock, Metadata, Request, TaskRecord, TaskStatus, to_datetime
 from ._supervisor import Supervisor
-from .store import Live, Store, new_id, owner_alive
+from .store import Live, Store, new_id
 
 if TYPE_CHECKING:
     from ._task import Task
+
+
+@dataclass(eq=False)
+class Done:
+    """A dependency that had succeeded when its dependents were submitted: a cache hit,
+    whose stored return value feeds the next link as a computed one would."""
+
+    id: str
+    value: Any
+
+
+#: What a cached submit reuses: a job in flight here, or a stored record (live or listed).
+Hit = Job | TaskRecord
 
 
 @dataclass(eq=False)
@@ -35,7 +48,7 @@ class Waiting:
     """A job that runs when its dependencies succeed (a chain link or a chord callback)."""
 
     job: Job
-    deps: list[Job]
+    deps: list[Job | Done]
     all_results: bool  # chord: the list of every dependency's value; chain: the one value
     immutable: bool
     remaining: set[str] = field(default_factory=set)
@@ -150,27 +163,72 @@ class Runtime:
 
     # ------------------------------------------------------------------ submitting
 
-    def cached(self, task: Task, job: Job) -> tuple[Job | None, str | None, str]:
-        """For a ``cache=True`` submit: the job or stored id to reuse, and the cache key."""
-        key = cache_key(task.name or "", task.code_hash, job.args, job.kwargs)
-        hit = self.inflight.get(key)
-        if hit is not None and not hit.live.finished:
-            return hit, None, key
-        tid = self.store.find_cached(key)
-        if tid is None:
-            return None, None, key
+    def key(
+        self,
+        task: Task,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        opts: Options,
+        *,
+        chunk: bool = False,
+    ) -> str | None:
+        """The cache key of a call: the task's name and code, and its arguments less those in
+        ``cache_ignore``. A chunk's key is its whole list of calls (a chunk of other items, or
+        of another size, is another key). None when the arguments cannot be hashed (they do
+        not pickle): such a call is not cached (a process task's submit then fails on them,
+        with the message that names the argument). Arguments that do not fit the signature
+        raise its TypeError (only checked here with ``cache_ignore``, which binds them)."""
+        ignore = opts.cache_ignore
+        if chunk and ignore:
+            args = ([dict(task.cache_arguments(tuple(i), {}, ignore)[1]) for i in args[0]],)
+        elif not chunk:
+            args, kwargs = task.cache_arguments(args, kwargs, ignore)
         try:
-            rec = self.store.get_record(tid)
-        except UnknownTaskId:
-            return None, None, key
-        status = rec["status"]
-        if status == TaskStatus.SUCCESSFUL:
-            ttl = job.options.cache_ttl
-            if ttl is None or self.clock.time() - (rec.get("finished_at") or 0) <= ttl:
-                return None, tid, key
-        elif status in (TaskStatus.READY, TaskStatus.RUNNING) and owner_alive(rec.get("owner")):
-            return None, tid, key
-        return None, None, key
+            return cache_key(task.name or "", task.code_hash, args, kwargs)
+        except TypeError:
+            return None
+
+    def lookup(self, keys: Sequence[str | None], ttls: Sequence[float | None]) -> list[Hit | None]:
+        """What each of these cache keys reuses (None: nothing, compute): a job in flight in
+        this process, else the task its ``k:`` entry names if it is SUCCESSFUL (and finished
+        within its ``cache_ttl``) or READY/RUNNING with a live owner. The store is read in
+        bulk: a few queries for all the keys, a few for the records of the hits."""
+        hits: list[Hit | None] = [None] * len(keys)
+        ask: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            if key is None:
+                continue
+            job = self.inflight.get(key)
+            if job is not None and not job.live.finished:
+                hits[i] = job
+            else:
+                ask.setdefault(key, []).append(i)
+        if not ask:
+            return hits
+        found = self.store.find_cached(list(ask))
+        reusable = self.store.reusable(found.values())
+        now = self.clock.time()
+        for key, tid in found.items():
+            rec = reusable.get(tid)
+            if rec is None:
+                continue
+            for i in ask[key]:
+                ttl = ttls[i]
+                if (
+                    ttl is None
+                    or rec["status"] != TaskStatus.SUCCESSFUL
+                    or now - (rec.get("finished_at") or 0) <= ttl
+                ):
+                    hits[i] = rec
+        return hits
+
+    def forget(self, keys: Iterable[str], name: str) -> None:
+        """After ``cache_clear``: later submits no longer join this task's jobs in flight."""
+        for key in keys:
+            self.inflight.pop(key, None)
+        for key, job in list(self.inflight.items()):
+            if job.request.task_name == name:
+                self.inflight.pop(key, None)
 
     def submit(
         self,
@@ -201,16 +259,35 @@ class Runtime:
             self.inflight[key] = job
         self.supervisor.start()  # cancel requests from other processes, from now on
         waiting_ids = {w.job.id for w in waiting}
+        ready: list[Waiting] = []
+        broken: list[tuple[Waiting, Job]] = []
         with self.lock:
             for job in jobs:
                 self.jobs[job.id] = job
             for w in waiting:
-                w.remaining = {d.id for d in w.deps}
+                # A dependency may be a cache hit: stored (Done), or a job in flight here
+                # that may have ended meanwhile (then its finished() ran, or will find no
+                # waiter: it is judged here, under the lock that finished() takes).
+                w.remaining = set()
                 for dep in w.deps:
-                    self.waiting.setdefault(dep.id, []).append(w)
+                    if isinstance(dep, Done):
+                        continue
+                    status = dep.live.rec["status"]
+                    if status not in FINISHED:
+                        w.remaining.add(dep.id)
+                        self.waiting.setdefault(dep.id, []).append(w)
+                    elif status != TaskStatus.SUCCESSFUL:
+                        broken.append((w, dep))
+                if not w.remaining and not any(b[0] is w for b in broken):
+                    ready.append(w)
         for job in jobs:
             if job.id not in waiting_ids:
                 self.dispatch(job)
+        for w, dep in broken:
+            w.job.chain_cause = f"task {dep.id} ({dep.request.task_name}) did not succeed"
+            self.cancel_job(w.job, w.job.chain_cause)
+        for w in ready:
+            self._release(w)
 
     def dispatch(self, job: Job) -> None:
         """Run the job now, or when its ETA comes."""
@@ -334,7 +411,7 @@ class Runtime:
     def _release(self, w: Waiting) -> None:
         job = w.job
         if not w.immutable:
-            values = [d.live.value for d in w.deps]
+            values = [d.value if isinstance(d, Done) else d.live.value for d in w.deps]
             first = values if w.all_results else values[0]
             job.args = (first, *job.args)
             job.request.args = list(job.args)
@@ -344,7 +421,21 @@ class Runtime:
                 enc = {"u": str(exc)}
             self.store.change(job.live, args=enc, args_repr=args_repr(job.args, job.kwargs))
             job.live.args = job.args
+            if job.options.cache:
+                self._keep(job)
         self.dispatch(job)
+
+    def _keep(self, job: Job) -> None:
+        """A cached link whose arguments came from its parent (known only now): its key goes
+        in the store with its next batch, so that later submits of the same call reuse it.
+        (It runs even if that call has a result already: its handle, given at submit, is its
+        own. A chain whose every parent hit is looked up whole at submit.)"""
+        key = self.key(job.task, job.args, job.kwargs, job.options)
+        if key is None:
+            return
+        self.store.change(job.live, cache_key=key)
+        self.store.put_extra("k:" + key, job.id)
+        self.inflight[key] = job
 
     def _link(self, job: Job, sig: Any, args: tuple[Any, ...]) -> None:
         try:

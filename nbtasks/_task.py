@@ -30,6 +30,7 @@ from ._options import (
     check_name,
     check_task_options,
     integer,
+    names,
     seconds,
     when,
 )
@@ -65,6 +66,7 @@ class Task:
     priority: int = _DEFAULTS.priority
     cache: bool = _DEFAULTS.cache
     cache_ttl: float | None = _DEFAULTS.cache_ttl
+    cache_ignore: tuple[str, ...] = _DEFAULTS.cache_ignore
     detach: bool = _DEFAULTS.detach
     expires: float | datetime | None = _DEFAULTS.expires
     shadow_name: str | None = None
@@ -106,6 +108,7 @@ class Task:
             )
         self._signature = _caller_signature(sig, drop)
         self._fast_check = _fast_check(params[drop:])
+        self.cache_ignore = self.ignored_names(self.cache_ignore)
         self._code_identity = None
         self._hooks = frozenset(
             name
@@ -181,6 +184,53 @@ class Task:
             raise TypeError(
                 f"arguments for task {self.name} do not match {self.name}{self._signature}: {exc}"
             ) from None
+
+    # ------------------------------------------------------------------ caching (SPEC 6)
+
+    def ignored_names(self, value: Any) -> tuple[str, ...]:
+        """``cache_ignore`` checked against this task's signature: a ValueError names an
+        argument that is not a parameter (a typo would silently key on everything)."""
+        ignored = names(value, "cache_ignore")
+        params = self._signature.parameters
+        unknown = [name for name in ignored if name not in params]
+        if unknown:
+            raise ValueError(
+                f"cache_ignore names {', '.join(map(repr, unknown))}, which task {self.name} "
+                f"does not take; its parameters are {', '.join(params) or 'none'}"
+            )
+        return ignored
+
+    def cache_arguments(
+        self, args: Sequence[Any], kwargs: Mapping[str, Any], ignore: tuple[str, ...]
+    ) -> tuple[Sequence[Any], Mapping[str, Any]]:
+        """What a call's cache key hashes: its arguments as given, or, with names to
+        ``ignore``, the call bound to the signature by name (positional arguments and defaults
+        included, so ``f(1)`` and ``f(x=1)`` are one key) with those names left out."""
+        if not ignore:
+            return args, kwargs
+        self.check_args(args, kwargs)  # the TypeError that names the task and its signature
+        bound = self._signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        params = self._signature.parameters
+        named = {
+            name: list(value) if params[name].kind is inspect.Parameter.VAR_POSITIONAL else value
+            for name, value in bound.arguments.items()
+            if name not in ignore
+        }
+        return (), named
+
+    def cache_clear(self) -> int:
+        """Forget this task's reusable results, for every version of its code: they stay in
+        the store as results (readable by id) but no submit reuses them again; a run of it in
+        flight in this process is not joined by later submits either. Returns how many cache
+        entries were forgotten (one transaction)."""
+        clear = getattr(self.app, "cache_clear", None)  # the App's; not a worker process's
+        if clear is None:
+            raise NbtasksError(
+                f"task {self.name}: cache_clear() runs where its App is (the notebook or "
+                "script), not inside a process task"
+            )
+        return int(clear(self))
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """The body of a class-based task."""
@@ -424,6 +474,8 @@ def _resolve(task: Task, call: Mapping[str, Any], now: float) -> tuple[Options, 
     expires = over.pop("expires", task.expires)
     over.pop("shadow_name", None)
     merged.update(over)
+    if "cache_ignore" in over:
+        merged["cache_ignore"] = task.ignored_names(over["cache_ignore"])
     if task._is_async and merged["executor"] == "thread":
         merged["executor"] = "aio"
     if merged["detach"] and merged["executor"] != "process":

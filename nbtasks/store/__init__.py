@@ -34,7 +34,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, NamedTuple, cast
 
@@ -68,6 +68,7 @@ from .owners import (
 )
 from .queries import CANCEL_REQUESTS, READ_LISTED, Reader
 from .records import (
+    LISTING_SQL,
     STATUS,
     Live,
     damaged,
@@ -142,6 +143,8 @@ def _parse_state_request(task_id: str, raw: Any) -> StateRequest | str:
 #: A pickle this long or longer goes to its own entry (its base64 would pass INLINE_LIMIT).
 _INLINE_PICKLE: Final = INLINE_LIMIT * 3 // 4 - 32
 _FINISHED_VALUES: Final = sorted(s.value for s in FINISHED)
+_UNFINISHED: Final = frozenset({TaskStatus.READY.value, TaskStatus.RUNNING.value})
+_REUSABLE: Final = _UNFINISHED | {TaskStatus.SUCCESSFUL.value}
 
 
 class Store:
@@ -297,14 +300,65 @@ class Store:
         self.flush()
         return self.reader.count(status, name)
 
-    def find_cached(self, key: str) -> str | None:
-        """The id of the task that computed a cached call, if any. An entry that is not one
-        nbtasks wrote (a task id) is a miss: the submit computes, and its entry replaces it."""
+    def find_cached(self, keys: Sequence[str]) -> dict[str, str]:
+        """The ids of the tasks that computed these cached calls (cache key -> task id), in a
+        few bulk queries. An entry that is not one nbtasks wrote (a task id) is a miss: the
+        submit computes, and its entry replaces it."""
+        rows = self.reader.many("key", ["k:" + key for key in keys])
+        found = {key[2:]: tid for key, tid in rows if isinstance(tid, str)}
+        for key in keys:  # an entry this process wrote that the next batch commits
+            staged = self.writer.staged("k:" + key)
+            if isinstance(staged, str):
+                found[key] = staged
+        return found
+
+    def reusable(self, ids: Iterable[str]) -> dict[str, TaskRecord]:
+        """Of these tasks, those a cached submit may reuse (SPEC 6), by id: SUCCESSFUL ones
+        (the caller judges their age against ``cache_ttl``), and READY or RUNNING ones whose
+        owner process is alive. This process's own tasks are read from the live table;
+        the others' listing rows in bulk, a record parsed only to read an unfinished task's
+        owner. The values are the live record, or the listing summary."""
+        out: dict[str, TaskRecord] = {}
+        ask: list[str] = []
+        for tid in ids:
+            live = self.live.get(tid)
+            if live is None:
+                ask.append(tid)
+            elif live.rec["status"] in _REUSABLE:
+                out[tid] = live.rec  # unfinished here: its owner (this process) is alive
+        for *fields, text in self.reader.many(LISTING_SQL, ["t:" + tid for tid in ask]):
+            rec = summary(fields)
+            if rec["status"] in _UNFINISHED:
+                try:
+                    owner = parse_task_record(text, fields[0], self.path).get("owner")
+                except StoreError:
+                    continue
+                if not owner_alive(owner):
+                    continue  # the sweep makes it INTERRUPTED: never reused
+            elif rec["status"] != TaskStatus.SUCCESSFUL.value:
+                continue
+            out[rec["id"]] = rec
+        return out
+
+    def cache_clear(self, name: str) -> list[str]:
+        """Delete the cache entries (``k:``) of the task ``name``, every code version, in one
+        transaction; its records stay. Returns the keys deleted. The keys are found through
+        the task's records (their ``cache_key``), by the name column of the listing index."""
+        self._writable()
+        self.flush()  # records submitted here are committed, so the query sees their keys
+        keys = sorted({key for _tid, key in self.reader.cache_keys(name)})
+        deleted: list[str] = []
         try:
-            tid = self.reader.get("k:" + key)
-        except StoreError:
-            return None
-        return tid if isinstance(tid, str) else None
+            with self.cache.transact():
+                for key in keys:
+                    if self.cache.delete("k:" + key):
+                        deleted.append(key)
+        except (diskcache.Timeout, sqlite3.Error) as exc:
+            raise StoreError(
+                f"clearing the cache of {name} in the store {self.path} failed, nothing was "
+                f"deleted: {explain(exc, self.path)}"
+            ) from exc
+        return deleted
 
     def cancel_requests(self) -> list[str]:
         """The ids of the tasks with a pending cancel request (written by any process)."""
@@ -513,13 +567,18 @@ class Store:
             return 0
         return sweep_dead_owners(self.reader, self.cache, self.path)
 
-    def purge(self, older_than: float | None = None, status: Iterable[str] | None = None) -> int:
-        """Delete finished records (finished before ``older_than``, an epoch time). A damaged
-        record is left alone: it is not known to be finished."""
+    def purge(
+        self,
+        older_than: float | None = None,
+        status: Iterable[str] | None = None,
+        name: str | None = None,
+    ) -> int:
+        """Delete finished records (finished before ``older_than``, an epoch time; of the task
+        ``name`` if given). A damaged record is left alone: it is not known to be finished."""
         self._writable()
         self.flush()
         statuses = list(status) if status is not None else _FINISHED_VALUES
-        return cleanup.purge(self.reader, self.cache, self.path, older_than, statuses)
+        return cleanup.purge(self.reader, self.cache, self.path, older_than, statuses, name)
 
     def vacuum(self, orphan_age: float = 3600.0) -> None:
         """Give the space of deleted records back to the file system (``cleanup.vacuum``)."""

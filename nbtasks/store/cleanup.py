@@ -15,21 +15,28 @@ import diskcache
 from .._errors import StoreError
 from .disk import explain
 from .files import remove_value
-from .queries import Reader
+from .queries import Reader, select
 from .records import parse_record
 
 
 def purge(
-    reader: Reader, cache: Any, path: Path, older_than: float | None, statuses: list[str]
+    reader: Reader,
+    cache: Any,
+    path: Path,
+    older_than: float | None,
+    statuses: list[str],
+    name: str | None = None,
 ) -> int:
     """Delete the records of these (finished) statuses, finished before ``older_than`` (an epoch
-    time), with their values, cancel requests and cache keys, in one transaction. A damaged
-    record is left alone: it is not known to be finished."""
-    marks = ",".join("?" * len(statuses))
-    rows = reader.rows(
-        f"SELECT key, value FROM Cache WHERE tag IN ({marks}) AND key >= 't:' AND key < 't;'",
-        statuses,
-    )
+    time), of the task ``name`` if given, with their values, cancel requests and cache keys, in
+    one transaction. A damaged record is left alone: it is not known to be finished.
+
+    A cache key is deleted only while it names the purged task: after ``cache_clear`` a newer
+    run of the same call may own it. Groups are never purged by themselves: a group record
+    goes when none of its members is left, so a member that a later group reused (a cache hit)
+    is deleted only by a purge that matches that task itself."""
+    sql, params = select("key, value", statuses, name, order=False)
+    rows = reader.rows(sql, params)
     n = 0
     try:
         with cache.transact():
@@ -49,7 +56,10 @@ def purge(
                 for what in ("args", "kwargs", "rv", "exc"):
                     cache.delete(f"v:{tid}:{what}")
                 if isinstance(rec.get("cache_key"), str):
-                    cache.delete("k:" + rec["cache_key"])
+                    ck = "k:" + rec["cache_key"]
+                    with contextlib.suppress(StoreError):  # not a task id: not ours to judge
+                        if reader.get(ck) == tid:
+                            cache.delete(ck)
                 n += 1
             if n:
                 _drop_empty_groups(reader, cache, path)

@@ -169,6 +169,7 @@ def swept_rows(reader: Reader, rows: list[tuple[Any, ...]], path: Path) -> list[
                 row = (row[0], DAMAGED, *row[2:])
             else:
                 if rec["status"] != row[1]:
-                    row = (row[0], rec["status"], *row[2:5], rec["finished_at"], row[6])
+                    # swept, or changed by its (live) owner since the listing row was read
+                    row = (row[0], rec["status"], *row[2:5], rec.get("finished_at"), row[6])
         out.append(row)
     return out

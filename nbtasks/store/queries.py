@@ -36,6 +36,8 @@ READ_LISTED: Final = f"SELECT {LISTING_SQL}, {STORED} FROM Cache WHERE key = ? A
 CANCEL_REQUESTS: Final = "SELECT key FROM Cache WHERE key >= 'x:' AND key < 'x;'"
 
 _SQL_INT_MAX: Final = 2**63 - 1
+#: Keys per ``IN (...)`` query of ``Reader.many`` (well under SQLite's 32,766 parameters).
+_MANY: Final = 500
 
 
 class Reader:
@@ -81,18 +83,44 @@ class Reader:
         the row's file name to the store and reads only regular files."""
         try:
             row = self.query(sql, (key,)).fetchone()
-            if row is None:
-                return None
-            *head, mode, expires, filename, value = row
-            if mode != diskcache.core.MODE_RAW or expires is not None:
-                if expires is not None and expires < time.time():
-                    return None  # expired, as diskcache would say (nbtasks sets no expiry)
-                value = fetch_value(str(self.path), mode, filename, value)
-            return (*head, value)
+            return None if row is None else self._value(row)
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"reading {key} from the store {self.path} failed: {explain(exc, self.path)}"
             ) from exc
+
+    def _value(self, row: Sequence[Any]) -> tuple[Any, ...] | None:
+        """A row of ``... STORED`` with its value as ``Cache.get`` gives it (None: expired)."""
+        *head, mode, expires, filename, value = row
+        if mode != diskcache.core.MODE_RAW or expires is not None:
+            if expires is not None and expires < time.time():
+                return None  # expired, as diskcache would say (nbtasks sets no expiry)
+            value = fetch_value(str(self.path), mode, filename, value)
+        return (*head, value)
+
+    def many(self, cols: str, keys: Sequence[str]) -> list[tuple[Any, ...]]:
+        """``SELECT cols, STORED`` of the entries of these keys (those that exist, in no given
+        order), each ending in its value as ``row`` gives it, or None for one that cannot be
+        read (a row naming a file that is not a regular one of the store): a few queries of
+        ``_MANY`` keys each, where ``row`` per key would cost one round trip each (a cached
+        ``map`` of 10,000 items looks up 10,000 keys)."""
+        out: list[tuple[Any, ...]] = []
+        for start in range(0, len(keys), _MANY):
+            part = keys[start : start + _MANY]
+            sql = (
+                f"SELECT {cols}, {STORED} FROM Cache"
+                f" WHERE key IN ({','.join('?' * len(part))}) AND raw = 1"
+            )
+            with no_gc():
+                rows = self.rows(sql, list(part))
+            for row in rows:
+                try:
+                    decoded = self._value(row)
+                except StoreError:
+                    decoded = (*row[:-4], None)
+                if decoded is not None:
+                    out.append(decoded)
+        return out
 
     def listing(
         self, status: Statuses, name: str | None, offset: int, limit: int | None
@@ -107,6 +135,15 @@ class Reader:
     def count(self, status: Statuses, name: str | None) -> int:
         sql, params = select("count(*)", status, name, order=False)
         return int(self.rows(sql, params)[0][0])
+
+    def cache_keys(self, name: str) -> list[tuple[str, str]]:
+        """(task id, cache key) of every record of the task ``name`` submitted with
+        ``cache``: one query on the listing index's name column, the keys read out of the
+        records by SQLite (``json_extract``), none parsed here. A record that is not JSON text
+        is skipped (``json_valid`` guards the extraction), so it names no key."""
+        sql, params = select("key, json_extract(value, '$.cache_key')", None, name, order=False)
+        sql += " AND raw = 1 AND typeof(value) = 'text' AND json_valid(value)"
+        return [(key[2:], ck) for key, ck in self.rows(sql, params) if isinstance(ck, str) and ck]
 
     def close(self) -> None:
         """Close the read-only connections (diskcache's are the cache's to close)."""

@@ -69,6 +69,8 @@ _UPSERT: Final = (
     " nb_started = excluded.nb_started, nb_finished = excluded.nb_finished,"
     " nb_progress = excluded.nb_progress"
 )
+#: The listing columns of a row that is not a task's (a cache key's): empty.
+_NO_LISTING: Final = (None, None, None, None, None)
 _CHUNKS: Final = (512, 64)  # rows per statement, then the rest in one
 #: A new record under an id given by the caller: an existing row is an error, not replaced.
 _INSERT: Final = _UPSERT[: _UPSERT.index(" ON CONFLICT")]
@@ -287,8 +289,15 @@ class Writer:
                             cache.set(key, value)
                     for g in groups:
                         cache.set("g:" + g["id"], json.dumps(g))
-                    for key, tid in cache_keys:
-                        cache.set("k:" + key, tid)
+                    # Cache keys as rows of the records' own multi-row statement: a 10,000-item
+                    # map's keys cost ~30 ms so, against ~270 ms through cache.set.
+                    upsert(
+                        cache._con,
+                        [
+                            ("k:" + key, now, now, None, tid, *_NO_LISTING)
+                            for key, tid in cache_keys
+                        ],
+                    )
                     _insert(cache._con, born)
                     upsert(cache._con, rows)
         except Exception as exc:  # disk full, I/O error, locked: keep the batch, retry later

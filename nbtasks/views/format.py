@@ -21,6 +21,7 @@ from .snapshot import (
     group_counts,
     group_status,
     is_group,
+    reused_count,
     snapshot,
 )
 
@@ -164,16 +165,21 @@ def group_line(group_id: str, snaps: Sequence[Snapshot]) -> str:
     counts, total, fraction = group_counts(snaps)
     done = sum(counts.get(s, 0) for s in TERMINAL)
     tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    reused = reused_count(snaps)
     return (
         f"<GroupResult {short_id(group_id)} {done}/{total} finished"
-        f" ({100 * fraction:.0f}%){': ' + tally if tally else ''}>"
+        f" ({100 * fraction:.0f}%){': ' + tally if tally else ''}"
+        f"{f' · {reused} reused' if reused else ''}>"
     )
 
 
-def counts_text(counts: Mapping[str, int], total: int) -> str:
+def counts_text(counts: Mapping[str, int], total: int, reused: int = 0) -> str:
+    """``12/12 finished · 12 SUCCESSFUL · 9 reused``: ``reused`` members were cache hits."""
     done = sum(counts.get(s, 0) for s in TERMINAL)
-    tally = " · ".join(f"{n} {s}" for s, n in counts.items() if n)
-    return f"{done}/{total} finished" + (f" · {tally}" if tally else "")
+    parts = [f"{done}/{total} finished", *(f"{n} {s}" for s, n in counts.items() if n)]
+    if reused:
+        parts.append(f"{reused} reused")
+    return " · ".join(parts)
 
 
 # ----------------------------------------------------------------------------- HTML pieces
@@ -248,13 +254,15 @@ def html_bar(fraction: float | None, status: str, width: str = "100%") -> str:
     )
 
 
-def counts_html(counts: Mapping[str, int], total: int) -> str:
+def counts_html(counts: Mapping[str, int], total: int, reused: int = 0) -> str:
     done = sum(counts.get(s, 0) for s in TERMINAL)
     chips = " ".join(
         f'<span class="nbtasks-count" data-status="{s}">{badge(s)} {n}</span>'
         for s, n in counts.items()
         if n
     )
+    if reused:
+        chips += f' <span class="nbtasks-reused">· {reused} reused</span>'
     return f"<b>{done}/{total}</b> finished {chips}"
 
 
@@ -311,7 +319,7 @@ def group_html(group_id: str, snaps: Sequence[Snapshot]) -> str:
         f'<div class="nbtasks-group-static"><b>group</b> <code>'
         f"{html.escape(short_id(group_id))}</code> "
         f"{html_bar(fraction, group_status(counts, total), '20em')} "
-        f"{html.escape(counts_text(counts, total))}</div>"
+        f"{html.escape(counts_text(counts, total, reused_count(snaps)))}</div>"
     )
 
 

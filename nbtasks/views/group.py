@@ -13,7 +13,7 @@ from .. import _kernel
 from .._text import short_id
 from . import widgets as ui
 from .format import badge, counts_html, group_html, group_line, members_html, now
-from .snapshot import UNFINISHED, group_counts, group_status, snapshot
+from .snapshot import UNFINISHED, group_counts, group_status, reused_count, snapshot
 from .widgets import BaseView, html_widget, set_traits
 
 __all__ = ["GroupView"]
@@ -38,7 +38,8 @@ class GroupView(BaseView):
         self._title = html_widget(self._title_html(status), ui.shared("grow"))
         self._cancel = ui.cancel_button("Cancel all", status in UNFINISHED, self._on_cancel)
         self._bar = ui.status_bar(fraction, status)
-        self._counts = html_widget(counts_html(counts, total), ui.shared("info"))
+        reused = reused_count(self._snaps)
+        self._counts = html_widget(counts_html(counts, total, reused), ui.shared("info"))
         self._counts.add_class("nbtasks-counts")
         self._table = html_widget("")
         self._expand = w.Accordion(
@@ -91,7 +92,7 @@ class GroupView(BaseView):
         status = group_status(counts, total)
         set_traits(self._title, value=self._title_html(status))
         ui.set_bar(self._bar, fraction, status)
-        set_traits(self._counts, value=counts_html(counts, total))
+        set_traits(self._counts, value=counts_html(counts, total, reused_count(self._snaps)))
         finished = status not in UNFINISHED
         if finished:
             ui.show(self._cancel, False)

@@ -54,6 +54,7 @@ class Snapshot:
     attempts: int = 0
     state: str | None = None
     reason: str | None = None  # why it was cancelled or interrupted
+    cached: bool = False  # a cache hit: an earlier run's result, reused (SPEC 6)
 
     @property
     def is_finished(self) -> bool:
@@ -152,6 +153,7 @@ def snapshot(obj: Any) -> Snapshot:
         attempts=attempts if isinstance(attempts, int) else 0,
         state=None if state is None else str(state),
         reason=None if reason is None else str(reason),
+        cached=getattr(obj, "cached", False) is True,
         **_progress_fields(getattr(obj, "progress", None)),
     )
 
@@ -188,6 +190,11 @@ def group_counts(snaps: Sequence[Snapshot]) -> tuple[dict[str, int], int, float]
             progress += snap.fraction
     total = len(snaps)
     return counts, total, (progress / total if total else 1.0)
+
+
+def reused_count(snaps: Sequence[Snapshot]) -> int:
+    """How many members are cache hits (reused, not run for this group)."""
+    return sum(1 for snap in snaps if snap.cached)
 
 
 def group_status(counts: Mapping[str, int], total: int) -> str:
