@@ -391,6 +391,7 @@ class Options:
     priority: int = 0
     cache: bool = False
     cache_ttl: float | None = None
+    cache_mmap: bool = False  # a handle maps the value's arrays (TaskResult.return_value)
     detach: bool = False
     expires: float | None = None  # epoch seconds
     eta: float | None = None  # epoch seconds

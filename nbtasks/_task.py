@@ -65,6 +65,7 @@ class Task:
     priority: int = _DEFAULTS.priority
     cache: bool = _DEFAULTS.cache
     cache_ttl: float | None = _DEFAULTS.cache_ttl
+    cache_mmap: bool = _DEFAULTS.cache_mmap
     detach: bool = _DEFAULTS.detach
     expires: float | datetime | None = _DEFAULTS.expires
     shadow_name: str | None = None
