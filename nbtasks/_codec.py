@@ -316,10 +316,18 @@ class Codec:
             return {"j": value}
         return {"p": base64.b64encode(self.signer.sign(dumps(value))).decode("ascii")}
 
-    def pickle(self, value: Any) -> tuple[bytes, list[memoryview]]:
+    def pickle(self, value: Any) -> tuple[bytes, bytes]:
+        """``(signature, pickle)`` of a value that is not plain JSON (TypeError if it cannot be
+        pickled), its buffers in the stream: a large value without out-of-band buffers is
+        stored as these bytes, apart from its record (what ``pickle_parts`` gives then too)."""
+        data = dumps(value)
+        return self.signer.digest(data), data
+
+    def pickle_parts(self, value: Any) -> tuple[bytes, list[memoryview]]:
         """``(pickle, buffers)`` of a value that is not plain JSON (TypeError if it cannot be
-        pickled): the stream, and its out-of-band buffers (views of the value's own memory,
-        none for a value without large contiguous buffers). Signed by ``signature``."""
+        pickled): the stream, and its out-of-band buffers (views of the value's own memory;
+        none for a value without large contiguous buffers, and then the stream is what
+        ``pickle`` gives). Signed by ``signature``."""
         return dumps_out_of_band(value)
 
     def signature(self, data: bytes, layout: Sequence[Sequence[int]] | None = None) -> bytes:

@@ -262,7 +262,7 @@ class Store:
         parts' layout (``"b"``), signed with the stream (docs/security.md)."""
         if _is_plain(value):
             return {"j": value}
-        data, buffers = self.codec.pickle(value)
+        data, buffers = self.codec.pickle_parts(value)
         key = f"v:{task_id}:{what}"
         if buffers:
             segments = Segments([data, *buffers])
