@@ -44,12 +44,12 @@ class Marker:
 
 
 def _mapped(arr: Any) -> bool:
-    """True if ``arr``'s memory is a read-only mapping of a file (its ``.base`` chain ends in
-    a view of an ``mmap.mmap``), not a copy."""
+    """True if ``arr``'s memory is a read-only mapping (its ``.base`` chain ends in a
+    read-only view of an ``mmap.mmap``), not a copy (a read gives writable memory)."""
     base = arr
     while isinstance(base, np.ndarray):
         base = base.base
-    return isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
+    return isinstance(base, memoryview) and base.readonly and isinstance(base.obj, mmap.mmap)
 
 
 def _value_file(app: nbtasks.App, key: str) -> Path:
@@ -138,11 +138,19 @@ def test_a_restart_reads_and_maps_and_a_cache_hit_maps(store_path: Path) -> None
         stored = app.result(first.id)
         read = stored.get(10, mmap=False)
         assert read.flags.writeable and np.array_equal(read, expected)
-        assert _mapped(stored.get(10, mmap=True))
+        mapped = stored.get(10, mmap=True)
+        assert _mapped(mapped) and not _mapped(read)
+        # The mapping is the file itself: a change written to it shows in the array.
+        rv = _rv(app, first.id)
+        with open(_value_file(app, rv["k"]), "r+b") as f:
+            f.seek(rv["b"][1][0])
+            f.write(np.float64(-1.0).tobytes())
+        assert mapped[0] == -1.0 and read[0] == expected[0]
         hit = define(app).delay(300_000)
         assert hit.cached and hit.id == first.id
         value = hit.return_value
-        assert _mapped(value) and not value.flags.writeable and np.array_equal(value, expected)
+        assert _mapped(value) and not value.flags.writeable
+        assert value[0] == -1.0 and np.array_equal(value[1:], expected[1:])  # the same file
         assert _mapped(hit.get(10))  # mmap=None: as the task declares
 
 

@@ -245,6 +245,8 @@ def read_value(directory: str, filename: object) -> bytes:
 #: any dtype needs).
 ALIGN: Final = 64
 _PADDING: Final = bytes(ALIGN)
+#: Parts at least this long are read into anonymous memory (``ValueFile.read``).
+_ANONYMOUS_MIN: Final = 1 << 20
 #: At most this many parts in a value (a layout read from a record is data: bounded).
 _MAX_PARTS: Final = 1 << 20
 
@@ -326,10 +328,14 @@ class ValueFile:
             )
         self._file: Any = io.FileIO(self.fd, "rb", closefd=False)
 
-    def read(self, offset: int, length: int) -> bytearray:
-        """``length`` bytes from ``offset``, read into a new (writable) bytearray: one copy,
-        from the file system's cache into the value's memory."""
-        out = bytearray(length)
+    def read(self, offset: int, length: int) -> bytearray | mmap.mmap:
+        """``length`` bytes from ``offset``, read into new writable memory: one copy, from the
+        file system's cache into the value's memory. A large part goes into anonymous memory
+        (``mmap(-1, n)``: the system hands out zeroed pages as they are first written, where a
+        bytearray is zero-filled first, which cost a 200 MB read 40 % more)."""
+        out: bytearray | mmap.mmap = (
+            mmap.mmap(-1, length) if length >= _ANONYMOUS_MIN else bytearray(length)
+        )
         with memoryview(out) as view:
             self._file.seek(offset)
             done = 0
