@@ -23,6 +23,7 @@ import inspect
 import io
 import json
 import marshal
+import mmap
 import pickle
 import reprlib
 import textwrap
@@ -79,7 +80,7 @@ class Signer:
                     self._base = hmac.new(self._key or load_key(), digestmod=hashlib.sha256)
         return self._base.copy()
 
-    def digest(self, data: bytes | bytearray | memoryview) -> bytes:
+    def digest(self, data: bytes | bytearray | memoryview | mmap.mmap) -> bytes:
         """The HMAC of ``data`` (a large value's signature is stored beside it, not prefixed:
         prefixing would copy the value once more)."""
         mac = self._mac()
@@ -90,7 +91,7 @@ class Signer:
         return self.digest(data) + data
 
     def digest_layout(
-        self, data: bytes | bytearray | memoryview, layout: Sequence[Sequence[int]]
+        self, data: bytes | bytearray | memoryview | mmap.mmap, layout: Sequence[Sequence[int]]
     ) -> bytes:
         """The HMAC of a stream whose buffers are out of band: a domain prefix, the layout
         (``[[offset, length], ...]`` of the stream then each buffer, as JSON: it holds no NUL),
@@ -104,7 +105,7 @@ class Signer:
 
     def check(
         self,
-        data: bytes | bytearray | memoryview,
+        data: bytes | bytearray | memoryview | mmap.mmap,
         signature: bytes | memoryview,
         where: str,
         trust: bool,
@@ -339,7 +340,7 @@ class Codec:
 
     def decode_layout(
         self,
-        data: bytes | bytearray | memoryview,
+        data: bytes | bytearray | memoryview | mmap.mmap,
         signature: object,
         layout: Sequence[Sequence[int]],
         buffers: Callable[[], list[Any]],
