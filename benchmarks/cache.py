@@ -42,7 +42,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from _common import Report, run_main, tempdir, try_import_nbtasks, verdict
+from _common import Report, report_errors, run_main, tempdir, try_import_nbtasks, verdict
 
 N = 25_000_000  # float64: 200 MB
 MAP_N = 10_000
@@ -305,11 +305,7 @@ def body(rep: Report) -> None:
     rep.line()
     rep.line("Targets (issue 16):")
     rep.table(["target", "measured", "verdict"], targets)
-    if errors:
-        rep.line("ERRORS:")
-        for e in errors:
-            for text in e.rstrip().splitlines():
-                rep.line("    " + text)
+    report_errors(rep, errors)
 
 
 if __name__ == "__main__":
