@@ -188,6 +188,15 @@ def run_main(name: str, body: Callable[[Report], None]) -> None:
         sys.exit(1)
 
 
+def report_errors(rep: Report, errors: Sequence[str]) -> None:
+    """The tracebacks of the parts that failed, under ``ERRORS:`` at the end of a report."""
+    if errors:
+        rep.line("ERRORS:")
+        for e in errors:
+            for text in e.rstrip().splitlines():
+                rep.line("    " + text)
+
+
 def mmm(values: Sequence[float]) -> tuple[float, float, float]:
     """min, median, max."""
     if not values:

@@ -4,6 +4,13 @@ JSON for everything listings read; cloudpickle (imported lazily) only for argume
 values and exceptions, and those pickles are signed with HMAC-SHA256 under a per-user key kept
 outside the store (SPEC §10). A value that is plain JSON (str, int, float, bool, None and lists
 or str-keyed dicts of them) is stored as JSON and never pickled: it is faster and safe to read.
+
+Large contiguous buffers (numpy arrays, and what holds them: a pandas frame's blocks) are
+pickled **out of band** (pickle protocol 5, ``buffer_callback``): the pickle stream only
+refers to them, and the store writes each straight from the value's own memory, never copied
+into the stream. The stream stays signed, with the layout of its buffers (their offsets and
+lengths in the value file); the buffers' bytes are not: they are memory handed to numpy, never
+code (docs/security.md says why that is safe, and what a changed buffer can do).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import hmac
 import io
 import json
 import marshal
+import mmap
 import pickle
 import reprlib
 import threading
@@ -29,6 +37,12 @@ from ._key import key_path as key_path
 from ._key import load_key
 
 _MAC_SIZE: Final = 32
+#: Contiguous buffers at least this long are pickled out of band (their own part of a value
+#: file, mappable); shorter ones stay in the stream, as they did before out-of-band pickling.
+OUT_OF_BAND_MIN: Final = 64 * 1024
+#: What a signature of a stream with out-of-band buffers starts with: such a signature never
+#: verifies a plain stream, nor the reverse (a record cannot be turned from one into the other).
+_LAYOUT_DOMAIN: Final = b"nbtasks out-of-band buffers 1\0"
 #: Encoded values at least this long are stored in their own store entry (a file, past
 #: diskcache's 32 KiB), not inline in the task's JSON record.
 INLINE_LIMIT: Final = 16 * 1024
@@ -64,7 +78,7 @@ class Signer:
                     self._base = hmac.new(self._key or load_key(), digestmod=hashlib.sha256)
         return self._base.copy()
 
-    def digest(self, data: bytes | memoryview) -> bytes:
+    def digest(self, data: bytes | bytearray | memoryview | mmap.mmap) -> bytes:
         """The HMAC of ``data`` (a large value's signature is stored beside it, not prefixed:
         prefixing would copy the value once more)."""
         mac = self._mac()
@@ -74,15 +88,33 @@ class Signer:
     def sign(self, data: bytes) -> bytes:
         return self.digest(data) + data
 
+    def digest_layout(
+        self, data: bytes | bytearray | memoryview | mmap.mmap, layout: Sequence[Sequence[int]]
+    ) -> bytes:
+        """The HMAC of a stream whose buffers are out of band: a domain prefix, the layout
+        (``[[offset, length], ...]`` of the stream then each buffer, as JSON: it holds no NUL),
+        then the stream. The buffers' bytes are not covered (docs/security.md)."""
+        mac = self._mac()
+        mac.update(_LAYOUT_DOMAIN)
+        mac.update(json.dumps(layout, separators=(",", ":")).encode("ascii"))
+        mac.update(b"\0")
+        mac.update(data)
+        return mac.digest()
+
     def check(
-        self, data: bytes | memoryview, signature: bytes | memoryview, where: str, trust: bool
+        self,
+        data: bytes | bytearray | memoryview | mmap.mmap,
+        signature: bytes | memoryview,
+        where: str,
+        trust: bool,
+        layout: Sequence[Sequence[int]] | None = None,
     ) -> None:
-        """Raise UntrustedValue unless ``signature`` is the HMAC of ``data`` under our key."""
+        """Raise UntrustedValue unless ``signature`` is the HMAC of ``data`` (with ``layout``,
+        for a stream whose buffers are out of band) under our key."""
         if trust:
             return
-        if len(signature) != _MAC_SIZE or not hmac.compare_digest(
-            self.digest(data), bytes(signature)
-        ):
+        mac = self.digest(data) if layout is None else self.digest_layout(data, layout)
+        if len(signature) != _MAC_SIZE or not hmac.compare_digest(mac, bytes(signature)):
             raise UntrustedValue(
                 f"{where} is signed by another key (another user's store, or a store copied "
                 "from elsewhere), so it was not unpickled: unpickling runs code. If you trust "
@@ -147,6 +179,33 @@ def dumps(value: Any) -> bytes:
         with io.BytesIO() as f:
             _code_keeping_pickler()(f, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
             return f.getvalue()
+    except Exception as exc:
+        raise TypeError(f"cannot be pickled: {exc}") from exc
+
+
+def dumps_out_of_band(value: Any) -> tuple[bytes, list[memoryview]]:
+    """cloudpickle ``value`` with protocol 5, its contiguous buffers of at least
+    ``OUT_OF_BAND_MIN`` bytes out of band: the stream, and those buffers as flat byte views
+    of the value's own memory (no copy; in the order the stream refers to them). Without such
+    buffers the stream is what ``dumps`` makes."""
+    buffers: list[memoryview] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            view = buffer.raw()
+        except BufferError:  # not contiguous: in the stream, as before
+            return True
+        if view.nbytes < OUT_OF_BAND_MIN:
+            return True
+        buffers.append(view)
+        return False
+
+    try:
+        with io.BytesIO() as f:
+            _code_keeping_pickler()(
+                f, protocol=pickle.HIGHEST_PROTOCOL, buffer_callback=out_of_band
+            ).dump(value)
+            return f.getvalue(), buffers
     except Exception as exc:
         raise TypeError(f"cannot be pickled: {exc}") from exc
 
@@ -258,9 +317,44 @@ class Codec:
 
     def pickle(self, value: Any) -> tuple[bytes, bytes]:
         """``(signature, pickle)`` of a value that is not plain JSON (TypeError if it cannot be
-        pickled): a large value is stored as these bytes, apart from its record."""
+        pickled), its buffers in the stream: a large value without out-of-band buffers is
+        stored as these bytes, apart from its record (what ``pickle_parts`` gives then too)."""
         data = dumps(value)
         return self.signer.digest(data), data
+
+    def pickle_parts(self, value: Any) -> tuple[bytes, list[memoryview]]:
+        """``(pickle, buffers)`` of a value that is not plain JSON (TypeError if it cannot be
+        pickled): the stream, and its out-of-band buffers (views of the value's own memory;
+        none for a value without large contiguous buffers, and then the stream is what
+        ``pickle`` gives). Signed by ``signature``."""
+        return dumps_out_of_band(value)
+
+    def signature(self, data: bytes, layout: Sequence[Sequence[int]] | None = None) -> bytes:
+        """The signature of a pickle stored apart from its record: of the stream alone, or,
+        with its out-of-band buffers' ``layout``, of both (``Signer.digest_layout``)."""
+        return (
+            self.signer.digest(data) if layout is None else self.signer.digest_layout(data, layout)
+        )
+
+    def decode_layout(
+        self,
+        data: bytes | bytearray | memoryview | mmap.mmap,
+        signature: object,
+        layout: Sequence[Sequence[int]],
+        buffers: Callable[[], list[Any]],
+        what: str,
+    ) -> Any:
+        """A value whose buffers are out of band: the stream is verified with its ``layout``
+        first (UntrustedValue, nothing read further, nothing unpickled), then ``buffers()``
+        gives the buffers (bytearrays read from the file, or read-only views of its mapping)
+        and the stream is unpickled over them: numpy builds its arrays on that memory."""
+        where = f"{what} in the store {self.store_name}"
+        try:
+            mac = bytes.fromhex(signature)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            mac = b""
+        self.signer.check(data, mac, where, self.trust, layout)
+        return pickle.loads(data, buffers=buffers())
 
     def inline(self, signature: bytes, data: bytes) -> dict[str, Any]:
         """A small signed pickle, held in its record: ``{"p": base64(signature + pickle)}``."""
@@ -342,7 +436,8 @@ _KEY_SCALARS: Final = frozenset({str, int, bool, type(None)})
 
 
 def cache_key(task_name: str, fn_hash: str, args: Any, kwargs: Any) -> str:
-    """The cache key of a call: task name, code hash and the encoded arguments."""
+    """The cache key of a call: task name, code hash and the encoded arguments (JSON when
+    plain; else the pickle stream, then each out-of-band buffer's length and bytes)."""
     h = hashlib.sha256()
     h.update(task_name.encode())
     h.update(b"\0")
@@ -353,6 +448,12 @@ def cache_key(task_name: str, fn_hash: str, args: Any, kwargs: Any) -> str:
         h.update(json.dumps([list(args), {}]).encode())
     elif _is_plain([list(args), kwargs]):
         h.update(json.dumps([list(args), kwargs], sort_keys=True).encode())
-    else:
-        h.update(dumps((tuple(args), sorted(kwargs.items()))))
+        return h.hexdigest()
+    data, buffers = dumps_out_of_band((tuple(args), sorted(kwargs.items())))
+    h.update(data)
+    # Large buffers are hashed where they are, never copied into the stream (a 200 MB array:
+    # one pass of SHA-256 over its memory). Without them, the key is what it always was.
+    for view in buffers:
+        h.update(b"\0%d\0" % view.nbytes)
+        h.update(view)
     return h.hexdigest()

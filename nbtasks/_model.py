@@ -392,6 +392,7 @@ class Options:
     cache: bool = False
     cache_ttl: float | None = None
     cache_ignore: tuple[str, ...] = ()  # argument names left out of the cache key
+    cache_mmap: bool = False  # a handle maps the value's arrays (TaskResult.return_value)
     detach: bool = False
     expires: float | None = None  # epoch seconds
     eta: float | None = None  # epoch seconds

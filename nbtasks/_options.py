@@ -29,9 +29,13 @@ INHERITED = (
     "detach",
 )
 #: The options a task takes at declaration and (all of them) per call.
-TASK_OPTIONS = frozenset({*INHERITED, "name", "bind", "max_retries", "expires", "shadow_name"})
+#: ``cache_mmap`` (how a handle reads the task's value: ``TaskResult.return_value``) is the
+#: task's only; per call, ``get(mmap=True)`` says it.
+TASK_OPTIONS = frozenset(
+    {*INHERITED, "name", "bind", "max_retries", "expires", "shadow_name", "cache_mmap"}
+)
 CALL_OPTIONS = frozenset(
-    TASK_OPTIONS - {"name", "bind"}
+    TASK_OPTIONS - {"name", "bind", "cache_mmap"}
     | {"countdown", "eta", "link", "link_error", "metadata", "task_id"}
 )
 
@@ -121,7 +125,7 @@ def check_task_options(options: Mapping[str, Any], where: str = "task") -> dict[
         if key == "name":
             if value is not None:
                 check_name(value)
-        elif key in ("bind", "cache", "detach"):
+        elif key in ("bind", "cache", "detach", "cache_mmap"):
             _bool(value, key)
         elif key == "executor":
             check_executor(value)

@@ -108,8 +108,9 @@ class Results(Protocol):
         sweep makes it (INTERRUPTED)."""
         ...
 
-    def decode(self, enc: dict[str, Any], what: str) -> Any:
-        """A pickled or JSON value of a record (arguments, return value, exception)."""
+    def decode(self, enc: dict[str, Any], what: str, mmap: bool = False) -> Any:
+        """A pickled or JSON value of a record (arguments, return value, exception); with
+        ``mmap``, its out-of-band arrays mapped read-only from the store."""
         ...
 
     def cancel(self, task_id: str) -> bool: ...

@@ -44,5 +44,5 @@ class StoreReader(Results):
     def read_listed(self, task_id: str) -> tuple[TaskRecord, str]:
         return self._store.read_listed(task_id)
 
-    def decode(self, enc: dict[str, Any], what: str) -> Any:
-        return self._store.decode_value(enc, what)
+    def decode(self, enc: dict[str, Any], what: str, mmap: bool = False) -> Any:
+        return self._store.decode_value(enc, what, mmap)

@@ -122,6 +122,7 @@ class TaskResult:
     cached: bool = False
     _parent: TaskResult | GroupResult | None = None
     _value: Any = MISSING
+    _mapped: Any = MISSING  # the return value, its arrays mapped from the store (get(mmap=True))
     _args: Any = MISSING
     _kwargs: Any = MISSING
 
@@ -318,7 +319,8 @@ class TaskResult:
     def return_value(self) -> Any:
         """The return value if SUCCESSFUL; else raises ResultNotReady, TaskFailed (the task's
         own exception as its ``__cause__`` where it can be restored), TaskCancelled or
-        TaskInterrupted (django-tasks)."""
+        TaskInterrupted (django-tasks). For a task declared with ``cache_mmap=True``, its
+        arrays are mapped read-only from the store, as ``get(mmap=True)`` gives them."""
         rec = self._now()
         if rec["status"] == TaskStatus.SUCCESSFUL:
             return self._return_value(rec)
@@ -326,7 +328,15 @@ class TaskResult:
             raise failed_error(self._label, rec) from self._exception(rec)
         raise not_returned_error(self._label, rec)
 
-    def _return_value(self, rec: TaskRecord) -> Any:
+    def _return_value(self, rec: TaskRecord, mmap: bool | None = None) -> Any:
+        if mmap is None:
+            task = self.task
+            mmap = task is not None and task.cache_mmap is True
+        if mmap:
+            # From the store even when this process holds the value: a mapping is of the file.
+            if self._mapped is MISSING:
+                self._mapped = self._decode("rv", rec, mmap=True)
+            return self._mapped
         if self._value is MISSING:
             live = self._live
             if live is not None and live.value is not MISSING:
@@ -339,7 +349,9 @@ class TaskResult:
     def _label(self) -> str:
         return f"task {self.task_name}[{self.id}]"
 
-    def _decode(self, field: Literal["args", "kwargs", "rv", "exc"], rec: TaskRecord) -> Any:
+    def _decode(
+        self, field: Literal["args", "kwargs", "rv", "exc"], rec: TaskRecord, mmap: bool = False
+    ) -> Any:
         enc = rec.get(field)
         if enc is None:
             return None
@@ -348,17 +360,17 @@ class TaskResult:
                 f"the {field} of task {self.task_name}[{self.id}] could not be pickled "
                 f"({enc['u']}), so only the process that ran it had it"
             )
-        return self._app.decode(enc, f"the {field} of task {self.id}")
+        return self._app.decode(enc, f"the {field} of task {self.id}", mmap)
 
     def _exception(self, rec: TaskRecord) -> BaseException | None:
         return restored_exception(self._app, self.id, rec)
 
-    def _outcome(self, propagate: bool) -> Any:
+    def _outcome(self, propagate: bool, mmap: bool | None = None) -> Any:
         """A finished task's return value, or what it raised (raised, or returned if not
         ``propagate``)."""
         rec = self._now()
         if rec["status"] == TaskStatus.SUCCESSFUL:
-            return self._return_value(rec)
+            return self._return_value(rec, mmap)
         error: BaseException
         if rec["status"] == TaskStatus.FAILED:
             restored = self._exception(rec)
@@ -393,12 +405,21 @@ class TaskResult:
             )
             delay = min(delay * 2, 0.1)
 
-    def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
+    def get(
+        self, timeout: float | None = None, propagate: bool = True, mmap: bool | None = None
+    ) -> Any:
         """``wait()``, then the return value. A failed task raises what it raised (restored,
         its traceback text as ``__cause__``), or ``TaskFailed`` where that cannot be restored;
         CANCELLED / INTERRUPTED raise ``TaskCancelled`` / ``TaskInterrupted``.
-        ``propagate=False`` returns the exception instead of raising it (Celery)."""
-        return self.wait(timeout)._outcome(propagate)
+        ``propagate=False`` returns the exception instead of raising it (Celery).
+
+        ``mmap=True``: the value's arrays (numpy's, and what holds them) are read-only
+        memory maps of the store's value file, as joblib's ``mmap_mode="r"`` gives them: no
+        read, no copy (a value without large arrays reads as usual). ``None``: as the task's
+        ``cache_mmap`` option says; ``False``: read into memory."""
+        if mmap is not None and not isinstance(mmap, bool):
+            raise TypeError(f"mmap must be True, False or None, got {mmap!r}")
+        return self.wait(timeout)._outcome(propagate, mmap)
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._await().__await__()

@@ -67,6 +67,7 @@ class Task:
     cache: bool = _DEFAULTS.cache
     cache_ttl: float | None = _DEFAULTS.cache_ttl
     cache_ignore: tuple[str, ...] = _DEFAULTS.cache_ignore
+    cache_mmap: bool = _DEFAULTS.cache_mmap
     detach: bool = _DEFAULTS.detach
     expires: float | datetime | None = _DEFAULTS.expires
     shadow_name: str | None = None

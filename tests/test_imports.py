@@ -75,6 +75,7 @@ ROWS: dict[str, set[str]] = {
         "_model",
         "store.cleanup",
         "store.disk",
+        "store.files",  # a value file of parts: written by the writer, read or mapped here
         "store.identity",
         "store.opening",
         "store.owners",

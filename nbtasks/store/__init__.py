@@ -8,7 +8,9 @@ Key layout (one diskcache ``Cache`` opened as a store, never as a cache)::
     t:<task id>         str   the task's JSON record, tagged with its status (tag index),
                               its listing fields copied into nbtasks' own columns
     g:<group id>        str   a group's JSON record (member ids)
-    v:<task id>:<what>  bytes a large signed pickle (arguments or return value)
+    v:<task id>:<what>  bytes a large signed pickle (arguments or return value); a value with
+                              out-of-band buffers is one file of parts (``files.Segments``:
+                              the stream, then each buffer, 64-byte aligned), mappable
     k:<cache key>       str   the id of the task that computed a cached call
     x:<task id>         str   a cancel request, written by anyone, acted on by the owner
     s:<task id>         str   an update_state request ({"state": ..., "meta": ...} JSON),
@@ -55,6 +57,7 @@ from .._model import (
 )
 from . import cleanup
 from .disk import explain
+from .files import Segments, ValueFile, check_layout
 from .identity import pid_alive, process_start_time
 from .opening import LOCK_TIMEOUT, SCHEMA, open_cache, open_reader
 from .owners import (
@@ -254,20 +257,83 @@ class Store:
         """Encode a value for a record: JSON, a small signed pickle inline, or a large pickle
         in its own entry (a file) written with the record's next batch (or at once by
         ``create``), its signature in the record. A large pickle is neither base64-ed nor
-        copied to be signed: while it is written it is held once, beside the value itself."""
+        copied to be signed: while it is written it is held once, beside the value itself.
+
+        A value with large contiguous buffers (numpy arrays) is pickled with them out of band:
+        its file holds the stream, then each buffer written straight from the array's memory
+        (``files.Segments``), so storing it holds no copy of the data. The record keeps the
+        parts' layout (``"b"``), signed with the stream (docs/security.md)."""
         if _is_plain(value):
             return {"j": value}
-        signature, data = self.codec.pickle(value)
+        data, buffers = self.codec.pickle_parts(value)
+        key = f"v:{task_id}:{what}"
+        if buffers:
+            segments = Segments([data, *buffers])
+            self.writer.stage(key, segments)
+            signature = self.codec.signature(data, segments.layout)
+            return {"k": key, "s": signature.hex(), "b": segments.layout}
+        signature = self.codec.signature(data)
         if len(data) < _INLINE_PICKLE:
             return self.codec.inline(signature, data)
-        key = f"v:{task_id}:{what}"
         self.writer.stage(key, data)
         return {"k": key, "s": signature.hex()}
 
-    def decode_value(self, enc: dict[str, Any], what: str) -> Any:
+    def decode_value(self, enc: dict[str, Any], what: str, mmap: bool = False) -> Any:
+        """A value of a record. ``mmap``: the arrays of a value stored with out-of-band
+        buffers are read-only views of its file, mapped, not read (other values read as
+        usual: they have nothing to map)."""
+        if "b" in enc:
+            return self._decode_parts(enc, what, mmap)
         if "k" in enc:
             return self.codec.decode_blob(self.get_blob(enc["k"]), enc.get("s"), what)
         return self.codec.decode(enc, what)
+
+    def _decode_parts(self, enc: dict[str, Any], what: str, mmap: bool) -> Any:
+        """A value file of parts (``encode_value``): its stream verified with the layout before
+        a buffer is read or anything unpickled; the buffers read into new memory (writable
+        arrays, as a pickle gives) or, with ``mmap``, views of the read-only mapped file."""
+        key = enc.get("k")
+        if not isinstance(key, str):
+            raise damaged(f"{what}", self.path, "its value has no entry key")
+        layout = check_layout(enc["b"], what, str(self.path))
+        (_, n), buffers = layout[0], layout[1:]
+        pending = self.writer.staged(key)
+        if isinstance(pending, Segments):
+            parts = pending.parts
+            if not mmap:  # not written yet: copies of the buffers, as a read would give
+                return self.codec.decode_layout(
+                    parts[0],
+                    enc.get("s"),
+                    enc["b"],
+                    lambda: [bytearray(p) for p in parts[1:]],
+                    what,
+                )
+            self.flush()  # a mapping is of the file: write it first
+        filename = self.reader.filename(key)
+        if filename is None:
+            # Staged, or in the batch the writer is committing: once flushed, it is in the file.
+            self.flush()
+            filename = self.reader.filename(key)
+        if filename is None:
+            raise StoreError(f"the value {key} is missing from the store {self.path}")
+        end = layout[-1][0] + layout[-1][1]
+        with ValueFile(str(self.path), filename, end) as file:
+            if mmap:
+                view = memoryview(file.map())
+                return self.codec.decode_layout(
+                    view[:n],
+                    enc.get("s"),
+                    enc["b"],
+                    lambda: [view[o : o + length] for o, length in buffers],
+                    what,
+                )
+            return self.codec.decode_layout(
+                file.read(0, n),
+                enc.get("s"),
+                enc["b"],
+                lambda: [file.read(o, length) for o, length in buffers],
+                what,
+            )
 
     # ------------------------------------------------------------------ queries
 

@@ -21,7 +21,7 @@ from typing import Any, Final
 import diskcache
 
 from .._errors import StoreError
-from .files import O_NOFOLLOW, make_value_dirs, read_value, remove_value
+from .files import O_NOFOLLOW, Segments, make_value_dirs, read_value, remove_value, write_all
 
 _log = logging.getLogger("nbtasks")
 
@@ -38,6 +38,8 @@ class _SafeDisk(diskcache.Disk):
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
         kind = type(value)
+        if kind is Segments:  # a value with out-of-band buffers: written from where they are
+            return value.size, diskcache.core.MODE_BINARY, self._write_file(value), None
         if kind not in (str, bytes, int, float) and not read:
             raise TypeError(
                 f"internal error: the store holds only JSON text and signed bytes, "
@@ -74,7 +76,7 @@ class _SafeDisk(diskcache.Disk):
         finally:
             self._written.files = None
 
-    def _write_file(self, data: bytes) -> str:
+    def _write_file(self, data: bytes | Segments) -> str:
         filename: str  # diskcache is not typed
         filename, full_path = self.filename()
         for attempt in range(10):
@@ -86,10 +88,10 @@ class _SafeDisk(diskcache.Disk):
                 if attempt == 9:
                     raise
         try:
-            with memoryview(data) as view:
-                done = 0
-                while done < len(view):
-                    done += os.write(fd, view[done:])
+            if isinstance(data, Segments):
+                data.write(fd)
+            else:
+                write_all(fd, data)
         except BaseException:
             os.close(fd)
             os.unlink(full_path)

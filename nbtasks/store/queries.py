@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 STORED: Final = "mode, expire_time, filename, value"
 #: One entry by a str key (diskcache keeps those raw).
 _GET: Final = f"SELECT {STORED} FROM Cache WHERE key = ? AND raw = 1"
+#: How an entry is stored (a value file of parts: binary, in a file).
+_FILE: Final = "SELECT mode, filename FROM Cache WHERE key = ? AND raw = 1"
 #: One task's listing row, then how its record is stored and the record (see ``Reader.row``).
 READ_LISTED: Final = f"SELECT {LISTING_SQL}, {STORED} FROM Cache WHERE key = ? AND raw = 1"
 #: The cancel requests' keys.
@@ -74,6 +76,26 @@ class Reader:
         """An entry's value, as ``Cache.get`` gives it; None if there is none."""
         row = self.row(_GET, key)
         return None if row is None else row[0]
+
+    def filename(self, key: str) -> str | None:
+        """The name of the value file an entry is stored in (as its row says: the caller
+        confines it with ``files.value_path``), None if there is no such entry; StoreError if
+        the entry is not a binary value file (a row nbtasks did not write)."""
+        try:
+            row = self.query(_FILE, (key,)).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"reading {key} from the store {self.path} failed: {explain(exc, self.path)}"
+            ) from exc
+        if row is None:
+            return None
+        mode, filename = row
+        if mode != diskcache.core.MODE_BINARY or not isinstance(filename, str):
+            raise StoreError(
+                f"the entry {key} of the store {self.path} is not a value file that nbtasks "
+                "wrote: it was not read. The store is damaged or was tampered with."
+            )
+        return filename
 
     def row(self, sql: str, key: str) -> tuple[Any, ...] | None:
         """The row of ``sql`` (whose last columns are ``STORED``) for ``key``, ending in the
