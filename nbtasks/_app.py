@@ -523,8 +523,13 @@ class App(StoreReader):
 
 def _group_record(gid: str, members: list[TaskResult], name: str | None) -> dict[str, Any]:
     """A group's stored record: its members' ids in order, reused ones (cache hits, which may
-    belong to an earlier group too) included, so ``app.group_result(id)`` finds them all."""
-    return {"id": gid, "members": [m.id for m in members], "task_name": name}
+    belong to an earlier group too) included, so ``app.group_result(id)`` finds them all, and
+    which of them were reused, so its view says so after a restart too."""
+    rec: dict[str, Any] = {"id": gid, "members": [m.id for m in members], "task_name": name}
+    reused = [m.id for m in members if m.cached]
+    if reused:
+        rec["reused"] = reused
+    return rec
 
 
 def _status(value: Any, argument: str) -> str:

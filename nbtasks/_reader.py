@@ -35,8 +35,9 @@ class StoreReader(Results):
         return TaskResult(task_id, self)
 
     def group_result(self, group_id: str) -> GroupResult:
-        members = self._store.group_members(group_id)
-        return GroupResult(self, group_id, [self.result(tid) for tid in members])
+        members, reused = self._store.group_record(group_id)
+        results = [TaskResult(tid, self, cached=tid in reused) for tid in members]
+        return GroupResult(self, group_id, results)
 
     def live(self, task_id: str) -> LiveTask | None:
         return self._store.live.get(task_id)

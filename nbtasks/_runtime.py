@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 from . import executors
 from ._attempt import Job, Options
 from ._codec import args_repr, cache_key, unpicklable_argument
-from ._errors import StoreError, TaskCancelled, UnknownTaskId
+from ._errors import NbtasksError, StoreError, TaskCancelled, UnknownTaskId
 from ._model import FINISHED, Clock, Metadata, Request, TaskRecord, TaskStatus, to_datetime
 from ._supervisor import Supervisor
 from .store import Live, Store, new_id
@@ -421,21 +421,50 @@ class Runtime:
                 enc = {"u": str(exc)}
             self.store.change(job.live, args=enc, args_repr=args_repr(job.args, job.kwargs))
             job.live.args = job.args
-            if job.options.cache:
-                self._keep(job)
+            if job.options.cache and self._reuse(job):
+                return
         self.dispatch(job)
 
-    def _keep(self, job: Job) -> None:
-        """A cached link whose arguments came from its parent (known only now): its key goes
-        in the store with its next batch, so that later submits of the same call reuse it.
-        (It runs even if that call has a result already: its handle, given at submit, is its
-        own. A chain whose every parent hit is looked up whole at submit.)"""
+    def _reuse(self, job: Job) -> bool:
+        """A cached link whose arguments came from its parent (known only now): if the call
+        has a SUCCESSFUL result (within ``cache_ttl``), the link ends SUCCESSFUL with that
+        value at once, without running (its handle, given at submit, keeps its own id; its
+        metadata names the task it reused as ``cached_from``). Otherwise its key goes in the
+        store, so later submits of the same call reuse it, and it runs (False)."""
         key = self.key(job.task, job.args, job.kwargs, job.options)
         if key is None:
-            return
+            return False
+        hit = self.lookup([key], [job.options.cache_ttl])[0]
+        if isinstance(hit, dict) and hit["status"] == TaskStatus.SUCCESSFUL:
+            try:
+                rv = self.store.get_record(hit["id"]).get("rv")
+                value = self.store.decode_value(rv, "a cached return value") if rv else None
+                enc = self.store.encode_value(job.id, "rv", value)
+            except (NbtasksError, TypeError, KeyError):
+                pass  # unreadable, untrusted or unpicklable here: compute it again
+            else:
+                live, now = job.live, self.clock.time()
+                metadata = {**live.rec.get("metadata", {}), "cached_from": hit["id"]}
+                with self.lock:
+                    if live.rec["status"] != TaskStatus.READY or job.cancel_reason is not None:
+                        return False  # cancelled meanwhile: dispatch ends it as usual
+                    state = TaskStatus.RUNNING.value
+                    self.store.change(live, TaskStatus.RUNNING, started_at=now, state=state)
+                    live.value = value
+                    self.store.change(
+                        live,
+                        TaskStatus.SUCCESSFUL,
+                        finished_at=now,
+                        state=TaskStatus.SUCCESSFUL.value,
+                        rv=enc,
+                        metadata=metadata,
+                    )
+                self.finished(job)
+                return True
         self.store.change(job.live, cache_key=key)
         self.store.put_extra("k:" + key, job.id)
         self.inflight[key] = job
+        return False
 
     def _link(self, job: Job, sig: Any, args: tuple[Any, ...]) -> None:
         try:

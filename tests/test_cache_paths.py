@@ -160,6 +160,39 @@ def test_a_chain_link_that_hits_feeds_the_next_link(app: nbtasks.App, calls: Cal
     assert calls.counts == Counter({("double", 3): 1, ("plus", 6, 1): 1, ("plus", 6, 100): 1})
 
 
+def test_a_link_known_only_when_its_parent_ends_reuses_a_stored_result(
+    app: nbtasks.App, calls: Calls
+) -> None:
+    """The parent is computed in this submit, so the link's call (its parent's value first) is
+    known only when the parent ends: it is looked up then, and ends SUCCESSFUL with the stored
+    value, without running; its handle keeps its own id and names the task it reused."""
+
+    @app.task(cache=True)
+    def inc(x: int) -> int:
+        calls.add(("inc", x))
+        return x + 1
+
+    @app.task(cache=True)
+    def square(x: int) -> int:
+        calls.add(("square", x))
+        return x * x
+
+    earlier = square.delay(5)
+    assert earlier.get(10) == 25
+    link = (inc.s(4) | square.s()).apply_async()  # inc(4) is new; square(5) was computed
+    assert link.get(10) == 25
+    assert not link.cached and link.id != earlier.id
+    assert link.status is TaskStatus.SUCCESSFUL
+    assert link.metadata["cached_from"] == earlier.id
+    assert calls.counts == Counter({("square", 5): 1, ("inc", 4): 1})
+    # A link whose call has no result yet runs, and is found by the next submit.
+    fresh = (inc.s(9) | square.s()).apply_async()
+    assert fresh.get(10) == 100 and "cached_from" not in fresh.metadata
+    again = square.delay(10)
+    assert again.cached and again.id == fresh.id
+    assert calls.counts[("square", 10)] == 1
+
+
 def test_a_chord_body_waits_for_hits_as_done(app: nbtasks.App, calls: Calls) -> None:
     @app.task(cache=True)
     def sq(x: int) -> int:
@@ -355,3 +388,15 @@ def test_the_group_view_says_how_many_were_reused(app: nbtasks.App) -> None:
     fresh = sq.map([10, 11])
     fresh.get(10)
     assert "reused" not in group_line(fresh.id, [snapshot(r) for r in fresh.results])
+    # After a restart: another App on the store reads which members the group reused.
+    app.store.flush()
+    later = nbtasks.App(store=app.store.path)
+    try:
+        reread = later.group_result(g.id)
+        assert [r.cached for r in reread.results] == [True, True, True, False]
+        assert group_line(g.id, [snapshot(r) for r in reread.results]).endswith(
+            ": 4 SUCCESSFUL · 3 reused>"
+        )
+        assert not any(r.cached for r in later.group_result(fresh.id).results)
+    finally:
+        later.shutdown()

@@ -235,12 +235,22 @@ class Store:
 
     def group_members(self, group_id: str) -> list[str]:
         """The ids of a group's tasks, in order (``group_id`` as the user gave it: checked)."""
+        return self.group_record(group_id)[0]
+
+    def group_record(self, group_id: str) -> tuple[list[str], set[str]]:
+        """A group's members' ids, in order, and those of them its submit reused (cache hits:
+        the group's view says how many). A ``reused`` field that is not a list of ids is read
+        as none: it only ever labels members."""
         key = "g:" + check_id(group_id, "group_id")
         text = self.reader.get(key)
         if text is None:
             raise UnknownTaskId(f"no group with id {group_id!r} in the store {self.path}")
-        members: list[str] = parse_record(text, key, self.path)["members"]
-        return members
+        rec = parse_record(text, key, self.path)
+        members: list[str] = rec["members"]
+        reused = rec.get("reused")
+        if not isinstance(reused, list) or not all(isinstance(r, str) for r in reused):
+            reused = []
+        return members, set(reused) & set(members)
 
     def get_blob(self, key: str) -> bytes:
         pending = self.writer.staged(key)
