@@ -30,11 +30,13 @@ import dis
 import functools
 import hashlib
 import inspect
+import io
 import os
 import site
 import sys
 import sysconfig
 import textwrap
+import tokenize
 from collections.abc import Iterator, Mapping
 from types import BuiltinFunctionType, CellType, CodeType, FunctionType, MethodType, ModuleType
 from typing import Any, Final
@@ -178,13 +180,28 @@ def _library_name(module: str) -> str:
 
 
 def _source_text(obj: Any) -> str | None:
-    """The normalised source of a function: dedented, trailing spaces and blank lines gone."""
+    """The normalised source of a function (``normalised``)."""
     try:
         source = inspect.getsource(obj)
     except (OSError, TypeError):
         return None
-    lines = [line.rstrip() for line in textwrap.dedent(source).splitlines()]
-    return "\n".join(line for line in lines if line)
+    return normalised(source)
+
+
+def normalised(source: str) -> str:
+    """Source as the key sees it: dedented, comments, trailing spaces and blank lines gone, so
+    that editing a comment or the layout of blank lines does not make a task compute again (a
+    docstring is code: it counts)."""
+    lines = textwrap.dedent(source).splitlines()
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO("\n".join(lines) + "\n").readline))
+    except (tokenize.TokenError, SyntaxError):
+        tokens = []  # not whole Python (a cell with magics left in): keep the comments
+    for tok in reversed(tokens):
+        if tok.type == tokenize.COMMENT:
+            row, col = tok.start
+            lines[row - 1] = lines[row - 1][:col]
+    return "\n".join(line.rstrip() for line in lines if line.strip())
 
 
 def _code_text(code: CodeType) -> str:
@@ -577,8 +594,7 @@ def code_identity(target: Any) -> str:
 def cell_identity(source: str, namespace: Mapping[str, Any], reads: list[str]) -> str:
     """The identity of a ``%%task --cache`` cell: its normalised source and the values of the
     names it ``reads`` from ``namespace`` (functions by code identity, values by content)."""
-    lines = [line.rstrip() for line in textwrap.dedent(source).splitlines()]
     walk = _Walk()
-    walk.token("cell", "\n".join(line for line in lines if line))
+    walk.token("cell", normalised(source))
     walk.names(namespace, tuple((name, ()) for name in reads), 0)
     return walk.digest()

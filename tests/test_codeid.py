@@ -295,8 +295,14 @@ def test_the_source_is_normalised(tmp_path: Path) -> None:
     a = load("mod_a", "def f(x):\n    return x + 1\n")
     b = load("mod_b", "\n\n\ndef f(x):   \n\n    return x + 1\n")  # other place, blank lines
     c = load("mod_c", "def f(x):\n    return x + 2\n")
+    # Comments are not code; a "#" in a string is.
+    d = load("mod_d", "def f(x):  # add one\n    # the answer\n    return x + 1  # here\n")
+    e = load("mod_e", "def f(x):\n    return x + 1, '# here'\n")
+    f = load("mod_f", "def f(x):\n    return x + 1, '# there'\n")
     assert code_identity(a) == code_identity(b)  # not the file path or the line number
+    assert code_identity(a) == code_identity(d)
     assert code_identity(a) != code_identity(c)
+    assert code_identity(e) != code_identity(f)
     assert len(code_identity(a)) == 32
 
 
