@@ -446,7 +446,8 @@ def cache_key(task_name: str, fn_hash: str, args: Any, kwargs: Any) -> str:
     if not kwargs and all(type(a) in _KEY_SCALARS for a in args):
         # A map's usual item (ints, strs): the JSON text below without walking it twice.
         h.update(json.dumps([list(args), {}]).encode())
-    elif _is_plain([list(args), kwargs]):
+        return h.hexdigest()
+    if _is_plain([list(args), kwargs]):
         h.update(json.dumps([list(args), kwargs], sort_keys=True).encode())
         return h.hexdigest()
     data, buffers = dumps_out_of_band((tuple(args), sorted(kwargs.items())))

@@ -386,6 +386,14 @@ def test_cache_keys_without_big_buffers_are_unchanged() -> None:
     for args in [((1, 2), b"x"), (np.arange(10),), (b"y" * 100_000,)]:
         assert _codec.cache_key("t", "h", args, {"k": 1}) == old_key("t", "h", args, {"k": 1})
 
+    def old_json_key(name: str, fn_hash: str, args: Any, kwargs: Any) -> str:
+        h = hashlib.sha256(f"{name}\0{fn_hash}\0".encode())
+        h.update(json.dumps([list(args), kwargs], sort_keys=True).encode())
+        return h.hexdigest()
+
+    for args, kwargs in [((1, "a", None, True), {}), ((1.5, [1, 2]), {"k": {"z": 1}}), ((), {})]:
+        assert _codec.cache_key("t", "h", args, kwargs) == old_json_key("t", "h", args, kwargs)
+
 
 def test_cache_mmap_is_a_checked_task_option(app: nbtasks.App) -> None:
     with pytest.raises(TypeError, match="cache_mmap must be True or False"):
