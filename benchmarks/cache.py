@@ -21,9 +21,9 @@
    ``resource``) minus its RSS before the array was made, over the array's size.
 4. **map with the cache**: ``t.map(range(10_000)).get()`` with ``cache=True`` vs the same map of
    a task without the cache (new inputs each: nothing hits), fresh Apps on temp stores; then a
-   second map of the same 10,000 inputs, all hits. The clock stops when ``get()`` returns (the
-   ``map()`` call alone, which commits the records and the cache keys, costs more than the
-   whole: ~2x the uncached call; the runs of the tasks then cost the same).
+   second map of the same 10,000 inputs, all hits. The clock stops when ``get()`` returns. (The
+   ``map()`` call alone, which commits the records and their cache keys, takes ~2x the
+   uncached call; running the tasks then costs the same with and without the cache.)
 
 Targets (issue 16): key ≤ 1.0x joblib.hash; hit ≤ 0.5x joblib.Memory; mapped hit ≤ 2x
 joblib's ``mmap_mode="r"``; peak while storing ≤ 1.2x the value; a cached map of new items ≤
