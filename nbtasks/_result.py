@@ -487,6 +487,13 @@ class TaskResult:
 
         return views.mimebundle(self, include, exclude)
 
+    def _ipython_display_(self) -> None:
+        """IPython's display (preferred to ``_repr_mimebundle_``): the widget as an output the
+        view updater can replace, so a saved notebook shows how the task ended."""
+        from . import views
+
+        views.display(self)
+
     def __reduce__(self) -> Any:
         """(app, id): the app pickles as a reference to its store (see ``_ports``)."""
         return (_restore_result, (self._app, self.id))
@@ -596,3 +603,9 @@ class GroupResult:
         from . import views
 
         return views.mimebundle(self, include, exclude)
+
+    def _ipython_display_(self) -> None:
+        """IPython's display: the group's widget as an output the updater can replace."""
+        from . import views
+
+        views.display(self)
