@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -287,16 +288,24 @@ def test_updater_error_is_shown_in_the_widget() -> None:
     assert view._problem.layout.display is None
 
 
+def segments(page: str) -> dict[str, float]:
+    """The stacked bar's segments in ``page``: status -> width in percent."""
+    found = re.findall(
+        r'class="nbtasks-segment" data-status="(\w+)"[^>]*style="width:([\d.]+)%', page
+    )
+    return {status: float(width) for status, width in found}
+
+
 def test_group_widget_aggregates_and_expands() -> None:
     members = [FakeResult(status="READY", started_at=None) for _ in range(4)]
     group = FakeGroup(members)
     view = views.GroupView(group)
-    assert view._bar.value == 0.0 and view.live
+    assert segments(view._bar.value) == {} and view.live  # all READY: the empty track
     assert "0/4</b> finished" in view._counts.value
     view._members[0].source.update(status="SUCCESSFUL", finished_at=T0)
     view._members[1].source.update(status="RUNNING", progress=progress(1, 2))
     view.poll()
-    assert view._bar.value == pytest.approx((1 + 0.5) / 4)
+    assert segments(view._bar.value) == {"SUCCESSFUL": 25.0, "RUNNING": 25.0}
     assert 'data-status="SUCCESSFUL"' in view._counts.value
     assert view._table.value == ""  # collapsed: members not rendered
     view._expand.selected_index = 0
@@ -305,7 +314,20 @@ def test_group_widget_aggregates_and_expands() -> None:
     for m in view._members:
         m.source.update(status="SUCCESSFUL", finished_at=T0)
     assert view.poll() is False
-    assert view._bar.bar_style == "success" and view._bar.value == 1.0
+    assert segments(view._bar.value) == {"SUCCESSFUL": 100.0}
+
+
+def test_group_bar_is_split_by_status_in_the_widget_and_the_static_fallback() -> None:
+    """21 failures in 2,000: a thin red segment beside the green, not a red bar."""
+    members = [
+        FakeResult(status="FAILED" if i < 21 else "SUCCESSFUL", finished_at=T0) for i in range(2000)
+    ]
+    view = views.GroupView(FakeGroup(members))
+    expected = {"SUCCESSFUL": 100 * 1979 / 2000, "FAILED": 100 * 21 / 2000}
+    for page in (view._bar.value, view.static_bundle()["text/html"]):
+        assert segments(page) == pytest.approx(expected, abs=0.001)
+        assert 'title="21 FAILED"' in page and "min-width:2px" in page
+    assert "21 FAILED" in view.static_bundle()["text/plain"]
 
 
 # ----------------------------------------------------------------------------- updater

@@ -6,7 +6,7 @@ it with the updater and returns the widget's bundle, which also carries text/pla
 text/html rendering for nbconvert and for frontends without the widget manager. Outside a
 kernel (terminal IPython, plain Python) it returns text and HTML and never imports ipywidgets.
 
-``display()`` (``TaskResult._ipython_display_``, which IPython prefers to
+``display_live()`` (``TaskResult._ipython_display_``, which IPython prefers to
 ``_repr_mimebundle_``) publishes the same bundle as a display_data output tagged with the
 view's ``display_id``: a saved notebook keeps that text/html and text/plain (the static
 fallback), and nbconvert, GitHub or a notebook reopened without its kernel show nothing else.
@@ -17,9 +17,10 @@ So the updater replaces it with the final state when the task or group finishes
 
 from __future__ import annotations
 
+import functools
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .. import _kernel
@@ -29,7 +30,7 @@ from .snapshot import is_group
 from .task import TaskView
 from .updater import updater
 
-__all__ = ["display", "mimebundle", "view_for"]
+__all__ = ["display_live", "live_displayer", "mimebundle", "view_for"]
 CELL_END_FLUSH = 1.0  # seconds a cell's end waits at most for the updater to catch up
 
 MAX_CACHED_VIEWS = 2000
@@ -58,7 +59,13 @@ def mimebundle(
     return filter_bundle(html_bundle(obj), include, exclude)
 
 
-def display(obj: Any) -> None:
+def live_displayer(obj: Any) -> Callable[[], None] | None:
+    """``TaskResult._ipython_display_``: ``display_live`` for ``obj`` in a kernel; None
+    elsewhere, where IPython then uses ``_repr_mimebundle_`` (text and HTML)."""
+    return functools.partial(display_live, obj) if _kernel.in_kernel() else None
+
+
+def display_live(obj: Any) -> None:
     """Show a TaskResult or GroupResult (``_ipython_display_``): in a kernel, its widget with
     the static fallback beside it, as an output the updater can replace (its
     ``display_id``); elsewhere its text and HTML."""
@@ -73,7 +80,7 @@ def display(obj: Any) -> None:
             _kernel.publish_display(view.bundle(), view.display_id)
             _kernel.on_cell_end(flush_at_cell_end)
             return
-    _kernel.publish_display(html_bundle(obj), f"nbtasks-{uuid.uuid4().hex}")
+    _kernel.publish_display(html_bundle(obj), f"nbtasks-{uuid.uuid4().hex}")  # no ipywidgets
 
 
 def flush_at_cell_end() -> None:

@@ -193,7 +193,7 @@ class BaseView:
 
     root: Any
     _problem: Any  # an HTML widget, hidden until a poll fails
-    display_id: str | None = None  # of the output showing it (``display.display``), if any
+    display_id: str | None = None  # of the output showing it (``display.display_live``), if any
 
     def __init__(self) -> None:
         self.live = True
