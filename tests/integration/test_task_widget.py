@@ -105,3 +105,71 @@ def test_a_saved_notebook_shows_how_tasks_and_groups_ended(
     assert 'class="nbtasks-status" data-status="SUCCESSFUL"' in page
     for page in (with_state, page):
         assert "READY" not in page and "RUNNING" not in page
+
+
+def widget_text(kernel: Any, dom_class: str, which: int = -1) -> str:
+    """The HTML value of the newest widget model with CSS class ``dom_class``, unescaped."""
+    import html
+
+    return html.unescape(str(kernel.models[kernel.find(dom_class=dom_class)[which]]["value"]))
+
+
+def test_a_failed_task_shows_its_error_as_ipython_would(kernel: Any) -> None:
+    """The message beside the class, the user's frames only, cells named ``Cell In[N]``."""
+    kernel.run(
+        "import nbtasks\n\n@nbtasks.task\ndef boom(x):\n    raise ValueError(f'bad input {x}')\n"
+    )
+    defined_in = kernel.value("get_ipython().execution_count") - 2  # this cell counts too
+    kernel.run("r = boom.delay(42)\nr.wait(30)\nr")
+    errors = widget_text(kernel, "nbtasks-errors")
+    assert "ValueError: bad input 42" in errors
+    traceback = errors.split("<pre", 1)[1]
+    assert f"Cell In[{defined_in}], line 5, in boom" in traceback
+    assert "nbtasks/" not in traceback and "ipykernel_" not in traceback
+    assert "nbtasks frames not shown" in traceback
+    header = widget_text(kernel, "nbtasks-header")
+    assert "FAILED" in header and "retry" not in header
+    bar = kernel.part(kernel.find(dom_class="nbtasks-task")[-1], "nbtasks-bar")
+    layout = kernel.models[kernel.models[bar]["layout"].removeprefix("IPY_MODEL_")]
+    assert layout["display"] == "none"  # no empty grey bar
+    # the stored record keeps every frame
+    assert "nbtasks" in kernel.value("r.errors[-1].traceback")
+
+    kernel.run("%load_ext nbtasks")
+    cell = kernel.run("%%task -o t\nx = 1\nraise KeyError('from a cell')")
+    kernel.run("t.wait(30)\nt")
+    errors = widget_text(kernel, "nbtasks-errors")
+    assert "KeyError: 'from a cell'" in errors
+    traceback = errors.split("<pre", 1)[1]
+    assert "nbtasks/" not in traceback and "line 2" in traceback
+    assert cell.reply["status"] == "ok"
+
+
+def test_widgets_say_the_kernel_stopped_when_it_does(kernel: Any) -> None:
+    """A widget outlives its kernel in the page: its last message says so and disables
+    Cancel, and the saved output (the static fallback) says it too."""
+    kernel.run(
+        "import time, nbtasks\n\n@nbtasks.task\ndef slow():\n"
+        "    for i in range(600):\n        nbtasks.current().progress(i, 600)\n"
+        "        time.sleep(0.1)\n"
+    )
+    cell = kernel.run("s = slow.delay()\ns")
+    (shown_data,) = cell.displays
+    kernel.drain(0.5)
+    button = kernel.find(dom_class="nbtasks-cancel")[-1]
+    assert kernel.models[button]["disabled"] is False
+    kernel.km.restart_kernel(now=False)
+    kernel.drain(2.0)
+    assert kernel.models[button]["disabled"] is True
+    assert "kernel stopped: state as of" in widget_text(kernel, "nbtasks-info")
+    updates = [
+        msg["content"]
+        for _, msg in kernel.msgs
+        if msg["msg_type"] == "update_display_data"
+    ]
+    assert updates, "no update_display_data before the kernel stopped"
+    last = updates[-1]
+    assert "kernel stopped: state as of" in last["data"]["text/plain"]
+    assert "RUNNING" in last["data"]["text/plain"]  # what it was doing, as of then
+    widget_view = "application/vnd.jupyter.widget-view+json"
+    assert last["data"][widget_view] == shown_data[widget_view]
