@@ -4,8 +4,6 @@ showing their last state, so the last state must say so). Real kernels, real fil
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -79,8 +77,9 @@ def test_a_saved_notebook_shows_how_tasks_and_groups_ended(
     (group,) = shown(nb.cells[2])
     assert "8/8 finished" in group["text/plain"] and "8 SUCCESSFUL" in group["text/plain"]
     assert "8/8 finished · 8 SUCCESSFUL" in group["text/html"]
-    assert 'data-status="SUCCESSFUL" title="8 SUCCESSFUL" style="width:100.000%' in (
-        group["text/html"]
+    assert (
+        'data-status="SUCCESSFUL" title="8 SUCCESSFUL" style="width:100.000%'
+        in (group["text/html"])
     )
 
     # nbconvert's HTML: with the widgets' saved state (their views, rendered from it) and
@@ -103,8 +102,8 @@ def test_a_saved_notebook_shows_how_tasks_and_groups_ended(
     assert "8/8 finished · 8 SUCCESSFUL" in page
     assert 'class="nbtasks-task-static"' in page  # the task's static view, with its badge
     assert 'class="nbtasks-status" data-status="SUCCESSFUL"' in page
-    for page in (with_state, page):
-        assert "READY" not in page and "RUNNING" not in page
+    for html_page in (with_state, page):
+        assert "READY" not in html_page and "RUNNING" not in html_page
 
 
 def widget_text(kernel: Any, dom_class: str, which: int = -1) -> str:
@@ -162,11 +161,7 @@ def test_widgets_say_the_kernel_stopped_when_it_does(kernel: Any) -> None:
     kernel.drain(2.0)
     assert kernel.models[button]["disabled"] is True
     assert "kernel stopped: state as of" in widget_text(kernel, "nbtasks-info")
-    updates = [
-        msg["content"]
-        for _, msg in kernel.msgs
-        if msg["msg_type"] == "update_display_data"
-    ]
+    updates = [msg["content"] for _, msg in kernel.msgs if msg["msg_type"] == "update_display_data"]
     assert updates, "no update_display_data before the kernel stopped"
     last = updates[-1]
     assert "kernel stopped: state as of" in last["data"]["text/plain"]
