@@ -235,8 +235,10 @@ def header_html(snap: Snapshot) -> str:
         )
     name = html.escape(snap.name)
     return (
+        # width 0 + min-width 100%: the line takes the width it is given, never its
+        # content's (the HTML widget around it would otherwise grow to the whole name)
         '<div class="nbtasks-title" style="display:flex;align-items:baseline;gap:0.4em;'
-        'min-width:0;white-space:nowrap">'
+        'width:0;min-width:100%;white-space:nowrap">'
         f'<b class="nbtasks-name" title="{name}" style="overflow:hidden;'
         f'text-overflow:ellipsis;min-width:0">{name}</b>'
         f'<code class="nbtasks-id" title="{html.escape(snap.id)}" style="opacity:0.7;flex:none">'
