@@ -25,6 +25,9 @@ Every message says what went wrong, why, and how to fix it::
 from __future__ import annotations
 
 import importlib
+import os
+import re
+from collections.abc import Callable
 from typing import Any
 
 
@@ -207,3 +210,44 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return f'\n"""\n{self.tb.rstrip()}\n"""'
+
+
+# ----------------------------------------------------------------------------- shown tracebacks
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_FRAME_LINE = re.compile(r'^  File "(?P<file>[^"]*)", line (?P<line>\d+)(?P<rest>.*)$')
+
+
+def shown_traceback(
+    tb: str, cell_label: Callable[[str], str | None] | None = None
+) -> tuple[str, int]:
+    """A recorded traceback as a widget shows it, and how many frames were left out.
+
+    nbtasks' own frames (the runner that called the task, a worker's loop, the ``%%task``
+    cell's wrapper) come before the user's code in every traceback and say nothing about the
+    failure, so they are left out here; the stored record (``TaskResult.errors``) keeps them.
+    ``cell_label`` maps a filename to IPython's name for it (``Cell In[7]``), as IPython's own
+    tracebacks show a notebook cell instead of ipykernel's temporary file. A traceback whose
+    frames are all nbtasks' (a bug in nbtasks itself) is shown whole.
+    """
+    out: list[str] = []
+    skipping = False
+    hidden = kept = 0
+    for line in tb.splitlines(keepends=True):
+        frame = _FRAME_LINE.match(line.rstrip("\n"))
+        if frame is not None:
+            skipping = frame["file"].startswith(_PACKAGE_DIR)
+            if skipping:
+                hidden += 1
+                continue
+            kept += 1
+            label = cell_label(frame["file"]) if cell_label is not None else None
+            if label:
+                line = f"  {label}, line {frame['line']}{frame['rest']}\n"
+        elif skipping and line.startswith("    "):
+            continue  # the hidden frame's source line and its ^^^ markers
+        else:
+            skipping = False
+        out.append(line)
+    if hidden and not kept:
+        return tb, 0
+    return "".join(out), hidden

@@ -27,11 +27,14 @@ import warnings
 from typing import Any
 
 __all__ = [
+    "cell_label",
     "cell_parent",
     "execution_count",
     "get_shell",
     "in_kernel",
     "ipykernel_version",
+    "on_cell_end",
+    "publish_display",
     "route_comm_to_helper_subshell",
     "thread_sends_supported",
     "warn_if_unsupported",
@@ -183,4 +186,56 @@ def route_comm_to_helper_subshell(comm: Any) -> bool:
     # An instance attribute, not ``_reply_subshell_id``: publish_msg() resets that one on
     # every state update sent from the main shell.
     comm._reply_subshell_for = _route
+    return True
+
+
+def cell_label(filename: str) -> str | None:
+    """IPython's name for the code of a cell (``Cell In[7]``) from the temporary file name
+    ipykernel compiled it under (``/tmp/ipykernel_1234/567.py``), as IPython's own tracebacks
+    show it; None for any other file or outside IPython."""
+    shell = get_shell()
+    compiler = getattr(shell, "compile", None) if shell is not None else None
+    format_code_name = getattr(compiler, "format_code_name", None)
+    if format_code_name is None:
+        return None
+    try:
+        named = format_code_name(filename)
+    except Exception:
+        return None
+    return " ".join(named) if named else None
+
+
+def publish_display(bundle: dict[str, Any], display_id: str, update: bool = False) -> bool:
+    """Show ``bundle`` as a display_data output tagged with ``display_id`` (``update``: replace
+    every output already shown with that id, an update_display_data message). Returns whether
+    it was sent; never raises (the kernel may be shutting down)."""
+    shell = get_shell()
+    publisher = getattr(shell, "display_pub", None) if shell is not None else None
+    if publisher is None:
+        return False
+    try:
+        publisher.publish(
+            data=bundle, metadata={}, transient={"display_id": display_id}, update=update
+        )
+    except Exception:
+        return False
+    return True
+
+
+def on_cell_end(callback: Any) -> bool:
+    """Call ``callback()`` at the end of every cell, while the cell is still the one running
+    (IPython's ``post_run_cell`` event): what it publishes goes to that cell, which is where
+    nbclient (``jupyter nbconvert --execute``) listens. Registered once per callback."""
+    shell = get_shell()
+    events = getattr(shell, "events", None) if shell is not None else None
+    if events is None:
+        return False
+    hooks = getattr(events, "callbacks", {}).get("post_run_cell", [])
+    if not any(getattr(hook, "nbtasks_callback", None) is callback for hook in hooks):
+
+        def _hook(_result: Any = None) -> None:  # IPython passes the cell's ExecutionResult
+            callback()
+
+        _hook.nbtasks_callback = callback  # type: ignore[attr-defined]
+        events.register("post_run_cell", _hook)
     return True

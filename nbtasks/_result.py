@@ -9,7 +9,7 @@ from the store (waits poll it, backing off from 5 ms to 0.1 s).
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
@@ -487,6 +487,15 @@ class TaskResult:
 
         return views.mimebundle(self, include, exclude)
 
+    @property
+    def _ipython_display_(self) -> Callable[[], None] | None:
+        """IPython's display (preferred to ``_repr_mimebundle_``), in a kernel only: the widget
+        as an output the view updater can replace, so a saved notebook shows how the task
+        ended. None elsewhere, so that IPython falls back to ``_repr_mimebundle_``."""
+        from . import views
+
+        return views.live_displayer(self)
+
     def __reduce__(self) -> Any:
         """(app, id): the app pickles as a reference to its store (see ``_ports``)."""
         return (_restore_result, (self._app, self.id))
@@ -596,3 +605,11 @@ class GroupResult:
         from . import views
 
         return views.mimebundle(self, include, exclude)
+
+    @property
+    def _ipython_display_(self) -> Callable[[], None] | None:
+        """IPython's display in a kernel: the group's widget as an output the updater can
+        replace (None elsewhere: ``_repr_mimebundle_``)."""
+        from . import views
+
+        return views.live_displayer(self)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -287,16 +288,24 @@ def test_updater_error_is_shown_in_the_widget() -> None:
     assert view._problem.layout.display is None
 
 
+def segments(page: str) -> dict[str, float]:
+    """The stacked bar's segments in ``page``: status -> width in percent."""
+    found = re.findall(
+        r'class="nbtasks-segment" data-status="(\w+)"[^>]*style="width:([\d.]+)%', page
+    )
+    return {status: float(width) for status, width in found}
+
+
 def test_group_widget_aggregates_and_expands() -> None:
     members = [FakeResult(status="READY", started_at=None) for _ in range(4)]
     group = FakeGroup(members)
     view = views.GroupView(group)
-    assert view._bar.value == 0.0 and view.live
+    assert segments(view._bar.value) == {} and view.live  # all READY: the empty track
     assert "0/4</b> finished" in view._counts.value
     view._members[0].source.update(status="SUCCESSFUL", finished_at=T0)
     view._members[1].source.update(status="RUNNING", progress=progress(1, 2))
     view.poll()
-    assert view._bar.value == pytest.approx((1 + 0.5) / 4)
+    assert segments(view._bar.value) == {"SUCCESSFUL": 25.0, "RUNNING": 25.0}
     assert 'data-status="SUCCESSFUL"' in view._counts.value
     assert view._table.value == ""  # collapsed: members not rendered
     view._expand.selected_index = 0
@@ -305,7 +314,20 @@ def test_group_widget_aggregates_and_expands() -> None:
     for m in view._members:
         m.source.update(status="SUCCESSFUL", finished_at=T0)
     assert view.poll() is False
-    assert view._bar.bar_style == "success" and view._bar.value == 1.0
+    assert segments(view._bar.value) == {"SUCCESSFUL": 100.0}
+
+
+def test_group_bar_is_split_by_status_in_the_widget_and_the_static_fallback() -> None:
+    """21 failures in 2,000: a thin red segment beside the green, not a red bar."""
+    members = [
+        FakeResult(status="FAILED" if i < 21 else "SUCCESSFUL", finished_at=T0) for i in range(2000)
+    ]
+    view = views.GroupView(FakeGroup(members))
+    expected = {"SUCCESSFUL": 100 * 1979 / 2000, "FAILED": 100 * 21 / 2000}
+    for page in (view._bar.value, view.static_bundle()["text/html"]):
+        assert segments(page) == pytest.approx(expected, abs=0.001)
+        assert 'title="21 FAILED"' in page and "min-width:2px" in page
+    assert "21 FAILED" in view.static_bundle()["text/plain"]
 
 
 # ----------------------------------------------------------------------------- updater
@@ -566,3 +588,128 @@ def test_dashboard_pages_through_a_store_of_100k_tasks(tmp_path: Path) -> None:
         assert "tasks 21-40 of 100000" in board._page.value
     finally:
         app.shutdown()
+
+
+# ----------------------------------------------------------------------------- what a task shows
+def test_a_failed_task_widget_reads_like_ipython(tmp_path: Path) -> None:
+    """ "ValueError: message", no nbtasks frames, no orange retry, no empty bar (real App)."""
+    import nbtasks
+
+    with nbtasks.App(store=tmp_path / "store", workers=1) as app:
+
+        @app.task(retries=2, retry_backoff=0)
+        def parse(text: str) -> int:
+            return int(text)
+
+        r = parse.delay("forty-two")
+        r.wait(30)
+        view = views.TaskView(r)
+    errors = view._error.value
+    assert "attempt 3: <code" in errors and "ValueError: invalid literal for int()" in errors
+    assert "builtins" not in errors.split("<pre", 1)[0].replace('title="builtins.', "")
+    shown_tb = errors.split("<pre", 1)[1]
+    assert "test_views.py" in shown_tb and "return int(text)" in shown_tb
+    assert "/nbtasks/" not in shown_tb and "nbtasks frames not shown" in shown_tb
+    assert "/nbtasks/" in r.errors[-1].traceback  # the record keeps them
+    assert "retry" not in view._header.value and "3 attempts" in view._header.value
+    assert view._bar.layout.display == "none"  # FAILED without progress: no empty grey bar
+    assert "var(--jp-error-color1" in errors  # the theme's error colour (dark theme too)
+    assert "retry" not in view.static_bundle()["text/html"]
+
+
+def test_shown_traceback_names_cells_and_keeps_a_traceback_of_nbtasks_itself() -> None:
+    from nbtasks import _errors
+
+    pkg = str(Path(_errors.__file__).parent)
+    tb = (
+        "Traceback (most recent call last):\n"
+        f'  File "{pkg}/_attempt.py", line 10, in run\n    value = fn()\n            ^^^^\n'
+        '  File "/tmp/ipykernel_77/123.py", line 3, in f\n    raise ValueError("x")\n'
+        "ValueError: x\n"
+    )
+    labels = {"/tmp/ipykernel_77/123.py": "Cell In[7]"}
+    shown, hidden = _errors.shown_traceback(tb, labels.get)
+    assert hidden == 1
+    assert shown == (
+        "Traceback (most recent call last):\n"
+        '  Cell In[7], line 3, in f\n    raise ValueError("x")\nValueError: x\n'
+    )
+    only_ours = f'Traceback:\n  File "{pkg}/_app.py", line 1, in x\n    y\nKeyError: 1\n'
+    assert _errors.shown_traceback(only_ours) == (only_ours, 0)
+
+
+def test_a_successful_task_shows_a_short_repr_of_its_value(tmp_path: Path) -> None:
+    import nbtasks
+
+    with nbtasks.App(store=tmp_path / "store", workers=1) as app:
+
+        @app.task
+        def fit() -> dict[str, Any]:
+            return {"loss": 0.25, "weights": list(range(1000))}
+
+        @app.task
+        def make_lock() -> Any:
+            return threading.Lock()  # not picklable: only this process has it
+
+        r, u = fit.delay(), make_lock.delay()
+        r.wait(30), u.wait(30)
+        info = views.TaskView(r)._info.value
+        value = info.split("<code>", 1)[1].split("</code>", 1)[0]
+        assert value.startswith("{&#x27;loss&#x27;: 0.25, &#x27;weights&#x27;: [0, 1, 2")
+        assert len(html_unescape(value)) <= 80
+        assert "_thread.lock object" in views.TaskView(u)._info.value  # in memory: its repr
+    later = nbtasks.App(store=tmp_path / "store")  # another process's view: from the store
+    try:
+        assert "(value not picklable)" in views.TaskView(later.result(u.id))._info.value
+        assert "&#x27;loss&#x27;: 0.25" in views.TaskView(later.result(r.id))._info.value
+    finally:
+        later.shutdown()
+
+
+def html_unescape(text: str) -> str:
+    import html
+
+    return html.unescape(text)
+
+
+def test_the_output_box_follows_the_end_and_says_what_it_does_not_show() -> None:
+    text = "".join(f"line {i}\n" for i in range(10_000))[-64 * 1024 :]  # the stored tail
+    r = FakeResult(output="")
+    view = views.TaskView(r)
+    r.source["output"] = text
+    view._last_reset = 0.0
+    view.poll()
+    shown = "".join(o["text"] for o in view._out.outputs)
+    assert shown.endswith("line 9999\n") and shown.startswith("line ")  # whole lines
+    hidden = text.count("\n") - shown.count("\n")
+    assert hidden > 0
+    assert f"… {hidden:,} earlier lines not shown" in view._out_note.value
+    assert view._out_note.layout.display is None
+    layout = view._out.layout
+    assert (layout.display, layout.flex_flow) == ("flex", "column-reverse")  # follows the end
+    page = view.static_bundle()["text/html"]  # what a saved notebook keeps
+    assert "earlier lines not shown" in page and page.rstrip().endswith("line 9999\n</pre></div>")
+
+
+def test_a_long_name_is_cut_with_an_ellipsis_not_the_cancel_button() -> None:
+    r = FakeResult(task_name="x" * 300)
+    view = views.TaskView(r)
+    assert f'title="{"x" * 300}"' in view._header.value
+    assert "text-overflow:ellipsis" in view._header.value
+    assert view._header.layout.min_width == "0"
+    assert view._cancel.layout.flex == "0 0 auto"
+
+
+def test_live_views_say_the_kernel_stopped_when_the_updater_stops() -> None:
+    r = FakeResult(progress=progress(1, 4))
+    view = views.TaskView(r)
+    group = views.GroupView(FakeGroup([FakeResult()]))
+    updater.updater().register(view)
+    updater.updater().register(group)
+    assert updater.updater().flush(5.0)  # both polled once: the updater is running
+    updater.updater().stop()
+    for shown in (view._info.value, group._counts.value):
+        assert "kernel stopped: state as of" in shown
+    assert view._cancel.disabled and group._cancel.disabled
+    assert "kernel stopped" in view.static_bundle()["text/plain"]
+    assert "kernel stopped" in group.static_bundle()["text/html"]

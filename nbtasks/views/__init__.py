@@ -11,14 +11,15 @@ The modules, in the order data flows through them:
 - ``format``: snapshots as text and static HTML;
 - ``widgets``: the ipywidgets toolkit and ``BaseView``; ``task``, ``group``, ``dashboard``:
   the three widget views;
-- ``display``: ``mimebundle`` and the view cache;
+- ``display``: ``display_live`` (an output the updater can replace), ``mimebundle`` and the view
+  cache;
 - ``updater``: the single thread that polls the live views and writes their traits.
 """
 
 from __future__ import annotations
 
 from .dashboard import Dashboard, dashboard_text, live_dashboard
-from .display import mimebundle, view_for
+from .display import display_live, live_displayer, mimebundle, view_for
 from .format import html_bundle, summary_line
 from .group import GroupView
 from .snapshot import TERMINAL, UNFINISHED, Snapshot
@@ -35,8 +36,10 @@ __all__ = [
     "Snapshot",
     "TaskView",
     "dashboard_text",
+    "display_live",
     "html_bundle",
     "live_dashboard",
+    "live_displayer",
     "mimebundle",
     "summary_line",
     "updater_stats",

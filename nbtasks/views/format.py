@@ -13,24 +13,28 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from .. import _kernel
+from .._errors import shown_traceback
 from .._model import TaskStatus
 from .._text import format_duration, short_id
 from .snapshot import (
     TERMINAL,
     Snapshot,
     group_counts,
-    group_status,
     is_group,
     reused_count,
     snapshot,
 )
 
 __all__ = [
+    "ERROR_COLOR",
     "STATUS_COLORS",
+    "TRACK_COLOR",
     "badge",
     "counts_html",
     "counts_text",
     "elapsed",
+    "error_line",
     "errors_html",
     "filter_bundle",
     "fmt_number",
@@ -39,6 +43,7 @@ __all__ = [
     "group_html",
     "group_line",
     "header_html",
+    "hidden_lines_html",
     "html_bar",
     "html_bundle",
     "info_html",
@@ -46,6 +51,8 @@ __all__ = [
     "metadata_html",
     "now",
     "progress_text",
+    "shows_bar",
+    "stacked_bar_html",
     "summary_line",
     "task_html",
     "task_line",
@@ -60,6 +67,20 @@ STATUS_COLORS: dict[str, str] = {
     TaskStatus.CANCELLED: "#e65100",
     TaskStatus.INTERRUPTED: "#6a1b9a",
 }
+# Theme colours: JupyterLab's CSS variables (light and dark themes alike), with the light
+# theme's value as the fallback where they are not defined (nbconvert's HTML, GitHub).
+# --jp-error-color1 is 4.98:1 on the light theme's white and 5.1:1 on the dark theme's #111.
+ERROR_COLOR = "var(--jp-error-color1, #c62828)"
+TRACK_COLOR = "var(--jp-border-color2, #e0e0e0)"  # an empty bar's track
+MESSAGE_CHARS = 300  # of an error's message on its line (the traceback has all of it)
+# Segments of a group's stacked bar, left to right; READY members are the empty track.
+BAR_ORDER = (
+    TaskStatus.SUCCESSFUL,
+    TaskStatus.FAILED,
+    TaskStatus.INTERRUPTED,
+    TaskStatus.CANCELLED,
+    TaskStatus.RUNNING,
+)
 METADATA_CHARS = 8_000
 TRACEBACK_CHARS = 20_000
 GROUP_TABLE_ROWS = 200
@@ -193,16 +214,36 @@ def badge(status: str) -> str:
 
 
 def header_html(snap: Snapshot) -> str:
+    """Name, short id, status badge (and the retries of an unfinished task) on one line.
+
+    A long name is cut with an ellipsis (the whole name is its tooltip) rather than pushing
+    the Cancel button beside it down to an unlabelled square: the name is the only item that
+    shrinks. A finished task's attempts are a plain note, not the orange "retry" of a task
+    that is still being retried.
+    """
     retries = ""
-    if snap.attempts > 1:
+    if snap.attempts > 1 and not snap.is_finished:
         retries = (
-            f' <span class="nbtasks-retries" title="attempts: {snap.attempts}" '
-            f'style="color:#e65100">retry {snap.attempts - 1}</span>'
+            f'<span class="nbtasks-retries" title="attempts: {snap.attempts}" '
+            f'style="color:var(--jp-warn-color0, #e65100);flex:none">'
+            f"retry {snap.attempts - 1}</span>"
         )
+    elif snap.attempts > 1:
+        retries = (
+            f'<span class="nbtasks-attempts" style="opacity:0.75;flex:none">'
+            f"{snap.attempts} attempts</span>"
+        )
+    name = html.escape(snap.name)
     return (
-        f'<b class="nbtasks-name">{html.escape(snap.name)}</b> '
-        f'<code class="nbtasks-id" title="{html.escape(snap.id)}" style="opacity:0.7">'
-        f"{html.escape(snap.short_id)}</code> {badge(snap.status)}{retries}"
+        # width 0 + min-width 100%: the line takes the width it is given, never its
+        # content's (the HTML widget around it would otherwise grow to the whole name)
+        '<div class="nbtasks-title" style="display:flex;align-items:baseline;gap:0.4em;'
+        'width:0;min-width:100%;white-space:nowrap">'
+        f'<b class="nbtasks-name" title="{name}" style="overflow:hidden;'
+        f'text-overflow:ellipsis;min-width:0">{name}</b>'
+        f'<code class="nbtasks-id" title="{html.escape(snap.id)}" style="opacity:0.7;flex:none">'
+        f'{html.escape(snap.short_id)}</code><span style="flex:none">{badge(snap.status)}</span>'
+        f"{retries}</div>"
     )
 
 
@@ -210,27 +251,55 @@ def info_html(snap: Snapshot, at: _dt.datetime | None = None) -> str:
     progress = html.escape(progress_text(snap))
     timing = html.escape(timing_text(snap, at))
     sep = " · " if progress and timing else ""
+    value = ""
+    if snap.value is not None and snap.status == TaskStatus.SUCCESSFUL:
+        value = (
+            f'<div class="nbtasks-value" title="the return value (result.result has it)">'
+            f"→ <code>{html.escape(snap.value)}</code></div>"
+        )
     return (
         f'<span class="nbtasks-progress-text">{progress}</span>{sep}'
-        f'<span class="nbtasks-timing" style="opacity:0.75">{timing}</span>'
+        f'<span class="nbtasks-timing" style="opacity:0.75">{timing}</span>{value}'
     )
 
 
+def error_line(path: str, message: str) -> str:
+    """``ValueError: bad input`` for an error as IPython shows one: the class's name (its
+    module only as a tooltip, and not for builtins) and the first line of its message."""
+    name = path.rsplit(".", 1)[-1] or "error"
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    if len(first) > MESSAGE_CHARS:
+        first = first[: MESSAGE_CHARS - 1] + "…"
+    text = f"{name}: {first}" if first else name
+    return f'<code title="{html.escape(path)}">{html.escape(text)}</code>'
+
+
 def errors_html(snap: Snapshot) -> str:
+    """Each attempt's error on a line, and the last one's traceback, as a user reads it:
+    nbtasks' own frames left out (``TaskResult.errors`` keeps them), a notebook cell named as
+    IPython names it (``Cell In[7]``)."""
     if not snap.errors:
         return ""
     rows = []
     for number, (path, _tb) in enumerate(snap.errors, 1):
-        rows.append(f"attempt {number}: <code>{html.escape(path)}</code>")
-    last_tb = snap.errors[-1][1]
+        message = snap.messages[number - 1] if number <= len(snap.messages) else ""
+        line = error_line(path, message)
+        rows.append(f"attempt {number}: {line}" if len(snap.errors) > 1 else line)
+    last_tb, hidden = shown_traceback(snap.errors[-1][1], _kernel.cell_label)
     if len(last_tb) > TRACEBACK_CHARS:
         last_tb = "…" + last_tb[-TRACEBACK_CHARS:]
+    note = ""
+    if hidden:
+        note = (
+            f'<div class="nbtasks-hidden-frames" style="opacity:0.75">{hidden} nbtasks frame'
+            f"{'s' if hidden != 1 else ''} not shown (result.errors[-1].traceback has them)</div>"
+        )
     opened = " open" if snap.status == TaskStatus.FAILED else ""
     return (
-        f'<div class="nbtasks-error" style="color:#c62828">{"<br>".join(rows)}</div>'
+        f'<div class="nbtasks-error" style="color:{ERROR_COLOR}">{"<br>".join(rows)}</div>'
         f"<details{opened}><summary>traceback</summary>"
         f'<pre class="nbtasks-traceback" style="font-size:0.85em;white-space:pre-wrap">'
-        f"{html.escape(last_tb)}</pre></details>"
+        f"{html.escape(last_tb)}</pre>{note}</details>"
     )
 
 
@@ -248,9 +317,47 @@ def html_bar(fraction: float | None, status: str, width: str = "100%") -> str:
     pct = 100.0 if status == TaskStatus.SUCCESSFUL else 100.0 * (fraction or 0.0)
     color = STATUS_COLORS.get(status, "#1565c0")
     return (
-        f'<div style="display:inline-block;width:{width};height:0.8em;background:#e0e0e0;'
+        f'<div style="display:inline-block;width:{width};height:0.8em;background:{TRACK_COLOR};'
         f'border-radius:2px;vertical-align:middle"><div style="width:{pct:.1f}%;height:100%;'
         f'background:{color};border-radius:2px"></div></div>'
+    )
+
+
+def shows_bar(snap: Snapshot) -> bool:
+    """Whether a task's bar says anything: not for a task that ended without a value and
+    without reporting progress (an empty grey bar beside FAILED tells nothing)."""
+    return not (snap.is_finished and snap.status != TaskStatus.SUCCESSFUL and snap.fraction is None)
+
+
+def stacked_bar_html(counts: Mapping[str, int], total: int, width: str = "100%") -> str:
+    """A group's bar: one segment per status, as wide as its share of the members (21
+    failures in 2,000 are a thin red sliver beside the green, not a red bar); READY members
+    are the empty track. A status with any member gets at least 2 px so it stays visible."""
+    segments = []
+    for status in BAR_ORDER:
+        n = counts.get(status, 0)
+        if not n or not total:
+            continue
+        segments.append(
+            f'<div class="nbtasks-segment" data-status="{status}" title="{n} {status}" '
+            f'style="width:{100.0 * n / total:.3f}%;min-width:2px;height:100%;'
+            f'background:{STATUS_COLORS[status]}"></div>'
+        )
+    return (
+        f'<div class="nbtasks-stacked" style="display:inline-flex;width:{width};height:0.8em;'
+        f'background:{TRACK_COLOR};border-radius:2px;overflow:hidden;vertical-align:middle">'
+        f"{''.join(segments)}</div>"
+    )
+
+
+def hidden_lines_html(hidden: int) -> str:
+    """The note above an output box that shows only the end of a task's output."""
+    if hidden <= 0:
+        return ""
+    return (
+        f'<div class="nbtasks-output-note" style="opacity:0.75;font-size:0.85em">… {hidden:,} '
+        f"earlier line{'s' if hidden != 1 else ''} not shown; <code>result.output</code> has "
+        "them</div>"
     )
 
 
@@ -298,15 +405,17 @@ def members_html(snaps: Sequence[Snapshot], at: _dt.datetime) -> str:
 # ----------------------------------------------------------------------------- static views
 def task_html(snap: Snapshot, at: _dt.datetime | None = None) -> str:
     """A static HTML rendering of a task (nbconvert, frontends without widgets)."""
-    body = [
-        f"<div>{header_html(snap)}</div>",
-        f"<div>{html_bar(snap.fraction, snap.status, '20em')} {info_html(snap, at)}</div>",
-    ]
+    bar = f"{html_bar(snap.fraction, snap.status, '20em')} " if shows_bar(snap) else ""
+    body = [f"<div>{header_html(snap)}</div>", f"<div>{bar}{info_html(snap, at)}</div>"]
     if snap.errors:
         body.append(errors_html(snap))
     if snap.output:
         tail = snap.output[-2000:]
+        cut = tail.find("\n") + 1 if len(tail) < len(snap.output) else 0
+        tail = tail[cut:] if 0 < cut < len(tail) else tail
+        hidden = snap.output[: len(snap.output) - len(tail)].count("\n")
         body.append(
+            f"{hidden_lines_html(hidden)}"
             f'<pre style="font-size:0.85em;max-height:12em;overflow:auto">{html.escape(tail)}</pre>'
         )
     return f'<div class="nbtasks-task-static">{"".join(body)}</div>'
@@ -314,11 +423,11 @@ def task_html(snap: Snapshot, at: _dt.datetime | None = None) -> str:
 
 def group_html(group_id: str, snaps: Sequence[Snapshot]) -> str:
     """A static HTML rendering of a group: its bar and counts."""
-    counts, total, fraction = group_counts(snaps)
+    counts, total, _ = group_counts(snaps)
     return (
         f'<div class="nbtasks-group-static"><b>group</b> <code>'
         f"{html.escape(short_id(group_id))}</code> "
-        f"{html_bar(fraction, group_status(counts, total), '20em')} "
+        f"{stacked_bar_html(counts, total, '20em')} "
         f"{html.escape(counts_text(counts, total, reused_count(snaps)))}</div>"
     )
 

@@ -1,5 +1,5 @@
-"""The live widget of a group: one aggregate bar with counts per status, expanding to a table
-of its members."""
+"""The live widget of a group: one bar split by status (a segment per status, as wide as its
+share of the members) with counts per status, expanding to a table of its members."""
 
 from __future__ import annotations
 
@@ -12,7 +12,16 @@ from typing import Any
 from .. import _kernel
 from .._text import short_id
 from . import widgets as ui
-from .format import badge, counts_html, group_html, group_line, members_html, now
+from .format import (
+    badge,
+    counts_html,
+    fmt_when,
+    group_html,
+    group_line,
+    members_html,
+    now,
+    stacked_bar_html,
+)
 from .snapshot import UNFINISHED, group_counts, group_status, reused_count, snapshot
 from .widgets import BaseView, html_widget, set_traits
 
@@ -22,7 +31,7 @@ TABLE_PERIOD = 0.5  # seconds between renderings of the members' table while it 
 
 
 class GroupView(BaseView):
-    """One aggregate bar with counts per status; expands to a table of its members."""
+    """One bar split by status, with counts per status; expands to a table of its members."""
 
     def __init__(self, obj: Any) -> None:
         super().__init__()
@@ -33,11 +42,12 @@ class GroupView(BaseView):
         # private copies of the members' handles: refreshing them leaves the user's alone
         self._members = [copy.copy(r) for r in obj.results]
         self._snaps = [snapshot(m) for m in self._members]
-        counts, total, fraction = group_counts(self._snaps)
+        counts, total, _ = group_counts(self._snaps)
         status = group_status(counts, total)
         self._title = html_widget(self._title_html(status), ui.shared("grow"))
         self._cancel = ui.cancel_button("Cancel all", status in UNFINISHED, self._on_cancel)
-        self._bar = ui.status_bar(fraction, status)
+        self._bar = html_widget(stacked_bar_html(counts, total), ui.shared("bar"))
+        self._bar.add_class("nbtasks-bar")
         reused = reused_count(self._snaps)
         self._counts = html_widget(counts_html(counts, total, reused), ui.shared("info"))
         self._counts.add_class("nbtasks-counts")
@@ -55,16 +65,31 @@ class GroupView(BaseView):
             self._problem,
         )
         self.live = status in UNFINISHED
+        self._final_shown = not self.live  # the displayed fallback shows the end already
+        self._stopped = ""
         self._table_due = 0.0
         _kernel.route_comm_to_helper_subshell(self._cancel.comm)
 
     def static_bundle(self) -> dict[str, Any]:
         """text/plain and text/html of the last snapshots, to go beside the widget."""
         snaps = list(self._snaps)
-        return {
-            "text/plain": group_line(self.group_id, snaps),
-            "text/html": group_html(self.group_id, snaps),
-        }
+        text, page = group_line(self.group_id, snaps), group_html(self.group_id, snaps)
+        if self._stopped:
+            text += f" ({self._stopped})"
+            page += f'<div class="nbtasks-stopped" style="opacity:0.75">{self._stopped}</div>'
+        return {"text/plain": text, "text/html": page}
+
+    def stopped(self) -> None:
+        """The kernel is shutting down: say the counts are as of now; no live Cancel."""
+        self._stopped = f"kernel stopped: state as of {fmt_when(now())}"
+        counts, total, _ = group_counts(self._snaps)
+        set_traits(
+            self._counts,
+            value=counts_html(counts, total, reused_count(self._snaps))
+            + f' · <span class="nbtasks-stopped" style="opacity:0.75">{self._stopped}</span>',
+        )
+        set_traits(self._cancel, disabled=True, tooltip="the kernel stopped")
+        self.update_fallback()
 
     def _title_html(self, status: str) -> str:
         return (
@@ -91,7 +116,7 @@ class GroupView(BaseView):
         counts, total, fraction = group_counts(self._snaps)
         status = group_status(counts, total)
         set_traits(self._title, value=self._title_html(status))
-        ui.set_bar(self._bar, fraction, status)
+        set_traits(self._bar, value=stacked_bar_html(counts, total))
         set_traits(self._counts, value=counts_html(counts, total, reused_count(self._snaps)))
         finished = status not in UNFINISHED
         if finished:
@@ -100,6 +125,9 @@ class GroupView(BaseView):
         if self._expand.selected_index is not None and (finished or moment >= self._table_due):
             set_traits(self._table, value=members_html(self._snaps, now()))
             self._table_due = moment + TABLE_PERIOD
+        if finished and not self._final_shown:
+            self._final_shown = True
+            self.update_fallback()  # what a saved notebook shows: the end, not the start
         self._ok()
         self._note((tuple(counts.values()), round(fraction, 3)))
         self.live = not finished

@@ -7,11 +7,14 @@ Views only render snapshots (DESIGN principle 8): everything else in ``views`` t
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._errors import StoreError, UntrustedValue
 from .._model import FINISHED, TaskStatus
 from .._text import short_id
 
@@ -25,11 +28,16 @@ __all__ = [
     "is_group",
     "snapshot",
     "summary_snapshot",
+    "value_text",
 ]
 
 STATUSES = tuple(s.value for s in TaskStatus)
 TERMINAL = frozenset(s.value for s in FINISHED)
 UNFINISHED = tuple(s for s in STATUSES if s not in TERMINAL)
+VALUE_CHARS = 80  # of a successful task's value repr, in its widget
+_VALUE_REPR = reprlib.Repr()  # Python 3.11's takes no arguments
+_VALUE_REPR.maxstring = _VALUE_REPR.maxother = VALUE_CHARS
+_VALUE_REPR.maxlevel = 2
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,8 @@ class Snapshot:
     state: str | None = None
     reason: str | None = None  # why it was cancelled or interrupted
     cached: bool = False  # a cache hit: an earlier run's result, reused (SPEC 6)
+    messages: tuple[str, ...] = ()  # each error's message (str(exc)), beside ``errors``
+    value: str | None = None  # a short repr of a SUCCESSFUL task's value (``value_text``)
 
     @property
     def is_finished(self) -> bool:
@@ -136,6 +146,9 @@ def snapshot(obj: Any) -> Snapshot:
         )
         for err in getattr(obj, "errors", None) or ()
     )
+    messages = tuple(
+        str(getattr(err, "message", "") or "") for err in getattr(obj, "errors", None) or ()
+    )
     metadata = getattr(obj, "metadata", None)
     attempts = getattr(obj, "attempts", 0)
     state = getattr(obj, "state", None)
@@ -150,12 +163,41 @@ def snapshot(obj: Any) -> Snapshot:
         metadata=dict(metadata) if isinstance(metadata, Mapping) else {},
         output=str(getattr(obj, "output", None) or ""),
         errors=errors,
+        messages=messages,
         attempts=attempts if isinstance(attempts, int) else 0,
         state=None if state is None else str(state),
         reason=None if reason is None else str(reason),
         cached=getattr(obj, "cached", False) is True,
         **_progress_fields(getattr(obj, "progress", None)),
     )
+
+
+def value_text(obj: Any) -> str:
+    """A short repr (at most ``VALUE_CHARS``) of a SUCCESSFUL task's return value, for its
+    widget.
+
+    Read once per view: from memory for this kernel's tasks, else decoded from the store
+    through the handle, which verifies the value's signature first (an unsigned or forged value
+    is never unpickled, SPEC 10). It reads through a copy of ``obj`` so that the view does not
+    keep a second reference to a big value.
+    """
+    handle = copy.copy(obj)
+    try:
+        value = handle.result
+    except UntrustedValue:
+        return "(value not shown: its signature does not verify)"
+    except StoreError as exc:
+        if "could not be pickled" in str(exc):  # a {"u": ...} record: only its process had it
+            return "(value not picklable)"
+        return "(value unavailable)"
+    except Exception as exc:  # its class is gone, a damaged entry: the widget says so
+        return f"(value unavailable: {type(exc).__name__})"
+    try:
+        text = _VALUE_REPR.repr(value)
+    except Exception as exc:
+        text = f"(repr failed: {type(exc).__name__})"
+    text = " ".join(text.split())  # one line
+    return text if len(text) <= VALUE_CHARS else text[: VALUE_CHARS - 1] + "…"
 
 
 def summary_snapshot(row: Mapping[str, Any]) -> Snapshot:

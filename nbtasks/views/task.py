@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as _dt
 import time
 from typing import Any
@@ -11,14 +12,17 @@ from .. import _kernel
 from .._model import TaskStatus
 from .format import (
     errors_html,
+    fmt_when,
     header_html,
+    hidden_lines_html,
     info_html,
     metadata_html,
     now,
+    shows_bar,
     task_html,
     task_line,
 )
-from .snapshot import Snapshot, snapshot
+from .snapshot import Snapshot, snapshot, value_text
 from .updater import updater_stats
 from .widgets import (
     BaseView,
@@ -51,11 +55,14 @@ class TaskView(BaseView):
         w = ipywidgets()
         _kernel.warn_if_unsupported()
         self._handle = copy.copy(obj)
-        snap = snapshot(obj)
+        self._value: str | None = None  # the value's repr, read once (``value_text``)
+        self._stopped = ""  # "kernel stopped: state as of HH:MM:SS" once the kernel went
+        snap = self._with_value(snapshot(obj))
         at = now()
         self.task_id = snap.id
         self.last = snap
-        self._header = html_widget(header_html(snap), shared("grow"))
+        self._final_shown = snap.is_finished  # the displayed fallback shows the end already
+        self._header = html_widget(header_html(snap), shared("title"))
         self._header.add_class("nbtasks-header")
         self._cancel = cancel_button(
             "Cancel",
@@ -65,25 +72,33 @@ class TaskView(BaseView):
             disabled=snap.is_finished,
         )
         self._bar = status_bar(self._bar_value(snap), snap.status)
+        if not shows_bar(snap):
+            self._bar.layout = shared("bar_hidden")
         self._info = html_widget(info_html(snap, at), shared("info"))
         self._info.add_class("nbtasks-info")
         self._error = html_widget(
             errors_html(snap), w.Layout(display=None if snap.errors else "none")
         )
         self._error.add_class("nbtasks-errors")
+        # column-reverse: the box starts scrolled to its end and follows new lines, as a
+        # terminal does (its one child, the output area, is what scrolls)
         self._out = w.Output(
             layout=w.Layout(
-                display=None if snap.output else "none",
+                display="flex" if snap.output else "none",
+                flex_flow="column-reverse",
                 max_height="14em",
                 overflow="auto",
-                border="1px solid #ddd",
+                border="1px solid var(--jp-border-color2, #ddd)",
             )
         )
         self._out.add_class("nbtasks-output")
+        self._out_note = html_widget("", shared("hidden"))
+        self._out_note.add_class("nbtasks-output-note")
         self._shown_output = ""
         self._appends = 0
         self._widget_chars = 0
         self._last_reset = 0.0
+        self._hidden_lines = 0  # lines of the output before what the Output widget holds
         self._write_output(snap.output, initial=True)
         self._meta_html = html_widget(metadata_html(snap.metadata))
         self._meta = w.Accordion(
@@ -99,6 +114,7 @@ class TaskView(BaseView):
             [self._header, self._cancel],
             [self._bar, self._info],
             self._error,
+            self._out_note,
             self._out,
             self._meta,
             self._problem,
@@ -108,7 +124,19 @@ class TaskView(BaseView):
 
     def static_bundle(self) -> dict[str, Any]:
         """text/plain and text/html of the last snapshot, to go beside the widget."""
-        return {"text/plain": task_line(self.last), "text/html": task_html(self.last)}
+        text, page = task_line(self.last), task_html(self.last)
+        if self._stopped:
+            text += f" ({self._stopped})"
+            page += f'<div class="nbtasks-stopped" style="opacity:0.75">{self._stopped}</div>'
+        return {"text/plain": text, "text/html": page}
+
+    def _with_value(self, snap: Snapshot) -> Snapshot:
+        """``snap`` with the short repr of its value, once the task succeeded (read once)."""
+        if snap.status != TaskStatus.SUCCESSFUL:
+            return snap
+        if self._value is None:
+            self._value = value_text(self._handle)
+        return dataclasses.replace(snap, value=self._value)
 
     @staticmethod
     def _meta_title(snap: Snapshot) -> str:
@@ -131,9 +159,12 @@ class TaskView(BaseView):
     # -- updater thread only ----------------------------------------------------------------
     def poll(self) -> bool:
         self._handle.refresh()
-        snap = snapshot(self._handle)
+        snap = self._with_value(snapshot(self._handle))
         self.last = snap
         self.render(snap)
+        if snap.is_finished and not self._final_shown:
+            self._final_shown = True
+            self.update_fallback()  # what a saved notebook shows: the end, not the start
         self._ok()
         self._note((snap.status, snap.current, snap.message, len(snap.output), snap.attempts))
         self.live = not snap.is_finished
@@ -143,6 +174,7 @@ class TaskView(BaseView):
         at = at or now()
         set_traits(self._header, value=header_html(snap))
         set_bar(self._bar, self._bar_value(snap), snap.status)
+        set_traits(self._bar, layout=shared("bar" if shows_bar(snap) else "bar_hidden"))
         set_traits(self._info, value=info_html(snap, at))
         if snap.errors:
             set_traits(self._error, value=errors_html(snap))
@@ -155,6 +187,19 @@ class TaskView(BaseView):
         if snap.is_finished:
             set_traits(self._cancel, disabled=True)
             show(self._cancel, False)
+
+    def stopped(self) -> None:
+        """The kernel is shutting down: the widget keeps showing this, so it says that this is
+        the state as of now and that nothing will change it any more (no live Cancel)."""
+        self._stopped = f"kernel stopped: state as of {fmt_when(now())}"
+        snap = self.last
+        set_traits(
+            self._info,
+            value=info_html(snap)
+            + f' · <span class="nbtasks-stopped" style="opacity:0.75">{self._stopped}</span>',
+        )
+        set_traits(self._cancel, disabled=True, tooltip="the kernel stopped")
+        self.update_fallback()
 
     def _write_output(self, text: str, initial: bool = False) -> None:
         """Append what is new in the task's output tail with ``Output.append_stdout``."""
@@ -178,6 +223,12 @@ class TaskView(BaseView):
                 return
             self._last_reset = moment
             tail = text[-(OUTPUT_WIDGET_CHARS // 2) :]
+            if len(tail) < len(text):  # start at a line's beginning
+                cut = tail.find("\n") + 1
+                tail = tail[cut:] if 0 < cut < len(tail) else tail
+            self._hidden_lines = text[: len(text) - len(tail)].count("\n")
+            note = hidden_lines_html(self._hidden_lines)
+            set_traits(self._out_note, value=note, layout=shared("plain" if note else "hidden"))
             self._out.outputs = ()
             if tail:
                 self._out.append_stdout(tail)
@@ -186,4 +237,4 @@ class TaskView(BaseView):
         self._shown_output = text
         updater_stats().messages += 1
         if not initial:
-            show(self._out, bool(text))
+            set_traits(self._out.layout, display="flex" if text else "none")

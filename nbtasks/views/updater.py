@@ -9,6 +9,11 @@ share a budget of ``MAX_POLLS_PER_SECOND`` (up to 20 live widgets get 10 updates
 50 get ~3.4), so the updater's CPU stays bounded: measured with 50 live task widgets, ~330
 widget updates a second for ~6-7 % of one core.
 
+When the kernel shuts down (``atexit``, which runs before ipykernel closes its sockets), the
+updater says goodbye: each view still live renders once more as of that moment, with its Cancel
+disabled (``View.stopped``), since a widget whose kernel is gone keeps showing its last
+state. ``flush()`` lets the end of a cell wait for one pass (``display.flush_at_cell_end``).
+
 It knows views only by the ``View`` protocol, so it imports no widget module.
 """
 
@@ -54,6 +59,10 @@ class View(Protocol):
         """Show that ``poll()`` raised ``exc``; return whether to keep polling."""
         ...
 
+    def stopped(self) -> None:
+        """The kernel is shutting down: render the last state as such, disable Cancel."""
+        ...
+
 
 @dataclass
 class UpdaterStats:
@@ -85,6 +94,10 @@ class Updater:
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._stopping = False
+        self._passes_begun = 0  # passes of this updater that started / ended (flush())
+        self._passes_ended = 0
+        self._ended = threading.Condition(self._lock)
+        self._farewell: list[View] = []
 
     @property
     def running(self) -> bool:
@@ -123,9 +136,30 @@ class Updater:
                     watcher.live = True
                     self.register(watcher)
 
-    def stop(self) -> None:
+    def flush(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` seconds) until every live view has been polled once after
+        this call; returns whether that happened. At once when no view is live."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            if self._thread is None or self._thread is threading.current_thread():
+                return True
+            for view in self._views:
+                view.next_due = 0.0
+            target = self._passes_begun + 1  # the next pass to begin sees next_due = 0
+            self._wake.set()
+            while self._passes_ended < target and self._thread is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._ended.wait(left)
+        return True
+
+    def stop(self, farewell: bool = True) -> None:
+        """Stop polling for good (at exit): each live view renders its last state as such
+        (``View.stopped``, in the updater thread) unless ``farewell`` is False."""
         with self._lock:
             self._stopping = True
+            self._farewell = list(self._views) if farewell else []
             self._views.clear()
             thread = self._thread
         self._wake.set()
@@ -139,9 +173,13 @@ class Updater:
                 start = time.monotonic()
                 with self._lock:
                     views = list(self._views)
-                    if not views or self._stopping:
+                    if self._stopping:
+                        farewell, self._farewell = self._farewell, []
+                        break
+                    if not views:
                         self._thread = None
                         return
+                    self._passes_begun += 1
                 done = []
                 share = len(views) / MAX_POLLS_PER_SECOND  # the budget's period per view
                 for view in views:
@@ -166,6 +204,8 @@ class Updater:
                 _stats.cpu_seconds += time.thread_time() - cpu0
                 cpu0 = time.thread_time()
                 with self._lock:
+                    self._passes_ended += 1
+                    self._ended.notify_all()
                     for view in done:
                         if not view.live:  # not re-armed by a handler meanwhile
                             self._views = [v for v in self._views if v is not view]
@@ -176,10 +216,17 @@ class Updater:
                 delay = start + PERIOD - time.monotonic()
                 if delay > 0:
                     self._wake.wait(delay)
+            for view in farewell:  # the kernel is going: the last thing each view says
+                try:
+                    view.stopped()
+                except Exception as exc:
+                    _stats.errors += 1
+                    _stats.last_error = repr(exc)
         finally:
             with self._lock:
                 if self._thread is threading.current_thread():
                     self._thread = None
+                self._ended.notify_all()
 
 
 _updater: Updater | None = None

@@ -24,6 +24,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from .. import _kernel
 from .._model import TaskStatus
 from .updater import PERIOD, updater, updater_stats
 
@@ -86,9 +87,13 @@ def shared(name: str) -> Any:
             "row": lambda: w.Layout(align_items="center"),
             "box": lambda: w.Layout(border="1px solid #e0e0e0", padding="2px 6px", margin="2px 0"),
             "grow": lambda: w.Layout(flex="1 1 auto"),
+            # a title that shrinks (its name cut with an ellipsis) before the button beside it
+            "title": lambda: w.Layout(flex="1 1 auto", min_width="0", overflow="hidden"),
             "bar": lambda: w.Layout(width="auto", flex="1 1 40%", min_width="8em"),
             "info": lambda: w.Layout(flex="1 1 60%"),
             "plain": lambda: w.Layout(),
+            "hidden": lambda: w.Layout(display="none"),
+            "bar_hidden": lambda: w.Layout(display="none"),
             "cell": lambda: w.Layout(flex="0 1 54em"),
         }
         widget = _shared_widgets[name] = factories[name]()
@@ -117,7 +122,8 @@ def cancel_button(
         icon="stop",
         button_style="warning",
         style=shared("button"),
-        layout=w.Layout(width="auto", display=None if visible else "none"),
+        # flex none: a long title beside it never squeezes it below its label's width
+        layout=w.Layout(width="auto", flex="0 0 auto", display=None if visible else "none"),
         **traits,
     )
     button.add_class("nbtasks-cancel")
@@ -187,6 +193,7 @@ class BaseView:
 
     root: Any
     _problem: Any  # an HTML widget, hidden until a poll fails
+    display_id: str | None = None  # of the output showing it (``display.display_live``), if any
 
     def __init__(self) -> None:
         self.live = True
@@ -199,6 +206,26 @@ class BaseView:
     def poll(self) -> bool:
         """Render the current state; return whether the view is still live (each view's own)."""
         raise NotImplementedError
+
+    def static_bundle(self) -> dict[str, Any]:
+        """text/plain and text/html of what the view shows now, to go beside the widget."""
+        raise NotImplementedError
+
+    def bundle(self) -> dict[str, Any]:
+        """The output that shows this view: the widget, and its static fallback beside it."""
+        bundle = dict(self.root._repr_mimebundle_() or {})
+        bundle.update(self.static_bundle())
+        return bundle
+
+    def update_fallback(self) -> None:
+        """(Updater thread.) Replace the output showing this view with its current bundle,
+        so that a saved notebook's static fallback shows how the task ended."""
+        if self.display_id is not None:
+            _kernel.publish_display(self.bundle(), self.display_id, update=True)
+
+    def stopped(self) -> None:
+        """(Updater thread, at kernel shutdown.) Each view says what it can."""
+        self.update_fallback()
 
     def wake(self) -> None:
         """Poll again at once, even a finished view (a click, a filter, an opened table)."""

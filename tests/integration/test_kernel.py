@@ -263,9 +263,12 @@ def test_group_widget_aggregates_its_members(kernel: KernelDriver) -> None:
     root = kernel.find("nbtasks-group")[-1]
     bar = kernel.part(root, "nbtasks-bar")
     counts = kernel.part(root, "nbtasks-counts")
-    wait_for(kernel, lambda: kernel.models[bar]["value"] == 1.0, timeout=10)
-    values = [v for _, v in kernel.values(bar)]
-    assert len(values) >= 5 and nondecreasing(values), values
+    # the bar is split by status: the SUCCESSFUL segment grows to the whole width
+    done = 'data-status="SUCCESSFUL" title="4 SUCCESSFUL" style="width:100.000%'
+    wait_for(kernel, lambda: done in kernel.models[bar]["value"], timeout=10)
+    shares = [re.findall(r'title="(\d+) SUCCESSFUL"', v) for _, v in kernel.values(bar)]
+    successful = [int(found[0]) if found else 0 for found in shares]
+    assert len(successful) >= 3 and nondecreasing(successful) and successful[-1] == 4, successful
     final = kernel.models[counts]["value"]
     assert "4/4</b> finished" in final and 'data-status="SUCCESSFUL"' in final
 
