@@ -314,7 +314,7 @@ def test_detached_process_task_is_live_after_restart(kernel: KernelDriver) -> No
         "        time.sleep(dt)\n"
         "        ctx.progress(i + 1, n, f'step {i + 1}')\n"
         "    return n\n"
-        "r = far.delay(40, 0.1)\n"
+        "r = far.delay(100, 0.1)\n"  # 10 s: still running once a loaded machine restarted
         "r"
     )
     bar = kernel.part(last_task_widget(kernel), "nbtasks-bar")
@@ -327,10 +327,10 @@ def test_detached_process_task_is_live_after_restart(kernel: KernelDriver) -> No
     root = last_task_widget(kernel)
     bar = kernel.part(root, "nbtasks-bar")
     assert status_of(kernel, root) == "RUNNING"
-    wait_for(kernel, lambda: status_of(kernel, root) == "SUCCESSFUL", timeout=20)
+    wait_for(kernel, lambda: status_of(kernel, root) == "SUCCESSFUL", timeout=40)
     values = [v for _, v in kernel.values(bar)]
     assert len(values) >= 5 and nondecreasing(values) and values[-1] == 1.0, values
-    assert kernel.value(f"nbtasks.AsyncResult({task_id!r}).return_value") == 40
+    assert kernel.value(f"nbtasks.AsyncResult({task_id!r}).return_value") == 100
 
 
 @pytest.mark.timeout(60)
