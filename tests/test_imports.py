@@ -32,7 +32,16 @@ from helpers import REPO, run_python
 PACKAGE = REPO / "nbtasks"
 
 _LOW = {"_errors"}
-_EXECUTORS_ROW = {"_attempt", "_supervisor", "store", "_codec", "_model", "_errors", "executors"}
+_EXECUTORS_ROW = {
+    "_attempt",
+    "_supervisor",
+    "store",
+    "_codec",
+    "_model",
+    "_errors",
+    "_text",  # text for the user (usage.oom_hint's memory sizes)
+    "executors",
+}
 _VIEWS_ROW = {"_model", "_text", "_kernel", "_errors", "views"}
 _VIEWS_MODULES = [
     "__init__",

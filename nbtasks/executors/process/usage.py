@@ -24,6 +24,8 @@ import sys
 import time
 from typing import Any, Final
 
+from ..._text import format_bytes
+
 try:
     import resource
 except ImportError:  # Windows
@@ -32,7 +34,6 @@ except ImportError:  # Windows
 __all__ = [
     "OOM_SHARE",
     "REPORT_STEP",
-    "format_bytes",
     "memory_limit",
     "oom_hint",
     "peak_rss",
@@ -106,15 +107,6 @@ def memory_limit() -> int | None:
                 limits.append(int(text))
     limits = [n for n in limits if n > 0]
     return min(limits) if limits else None
-
-
-def format_bytes(n: float) -> str:
-    """``230 MB``, ``1.9 GB``: decimal units, as the widget and the CLI show them."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000:
-            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.3g} TB"
 
 
 def oom_hint(peak: int | None, limit: int | None = None, share: float | None = None) -> str:
