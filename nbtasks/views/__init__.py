@@ -12,6 +12,7 @@ The modules, in the order data flows through them:
 - ``widgets``: the ipywidgets toolkit and ``BaseView``; ``task``, ``group``, ``dashboard``:
   the three widget views;
 - ``display``: ``mimebundle`` and the view cache;
+- ``timeline``: the live timeline chart (``app.timeline()``);
 - ``updater``: the single thread that polls the live views and writes their traits.
 """
 
@@ -23,6 +24,7 @@ from .format import html_bundle, summary_line
 from .group import GroupView
 from .snapshot import TERMINAL, UNFINISHED, Snapshot
 from .task import TaskView
+from .timeline import TimelineView, timeline_bundle
 from .updater import updater_stats
 
 # Not re-exported: ``snapshot.snapshot()`` and ``updater.updater()``, whose names would hide
@@ -34,11 +36,13 @@ __all__ = [
     "GroupView",
     "Snapshot",
     "TaskView",
+    "TimelineView",
     "dashboard_text",
     "html_bundle",
     "live_dashboard",
     "mimebundle",
     "summary_line",
+    "timeline_bundle",
     "updater_stats",
     "view_for",
 ]
