@@ -34,8 +34,8 @@ from ._options import check_task_options
 from ._reader import StoreReader
 from ._result import GroupResult, TaskResult
 from ._runtime import Done, Hit, Runtime, Waiting
-from ._timeline import Timeline
 from ._task import Task, resolve_options
+from ._timeline import Timeline
 from .store import (
     LOCK_TIMEOUT,
     Store,

@@ -321,7 +321,8 @@ class Timeline:
     def __repr__(self) -> str:
         spans = self.spans()
         lanes = len({s.lane for s in spans})
-        return f"<Timeline {self.title}{' ' if self.title else ''}{len(spans)} attempts, {lanes} workers>"
+        title = f"{self.title} " if self.title else ""
+        return f"<Timeline {title}{len(spans)} attempts, {lanes} workers>"
 
     def _repr_svg_(self) -> str:
         return self.svg()

@@ -396,7 +396,7 @@ class Store:
                 if row[-1]:
                     for field, value in zip(paths, row[7:-1], strict=True):
                         if value is not None:
-                            rec[field] = json.loads(value) if field != paths[-1] else value
+                            rec[field] = json.loads(value) if field != paths[-1] else value  # type: ignore[literal-required]
                 else:  # kept in a file, or not JSON that SQLite reads: the whole record
                     try:
                         full = self.read_record(rec["id"])

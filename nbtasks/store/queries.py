@@ -166,9 +166,7 @@ class Reader:
         text) and whether they could be read (0 for a record kept in a file, as diskcache
         keeps a large one, or not JSON: the caller reads that one whole)."""
         readable = "(raw = 1 AND typeof(value) = 'text' AND json_valid(value))"
-        extracts = "".join(
-            f", CASE WHEN {readable} THEN json_extract(value, ?) END" for _ in paths
-        )
+        extracts = "".join(f", CASE WHEN {readable} THEN json_extract(value, ?) END" for _ in paths)
         sql, params = select(f"{LISTING_SQL}{extracts}, {readable}", status, name)
         params = [*paths, *params]
         sql += " LIMIT ? OFFSET ?"

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .._model import TaskStatus
-from .._text import format_duration, short_id
+from .._text import format_duration, format_usage, short_id
 from .snapshot import (
     TERMINAL,
     Snapshot,
@@ -210,9 +210,12 @@ def info_html(snap: Snapshot, at: _dt.datetime | None = None) -> str:
     progress = html.escape(progress_text(snap))
     timing = html.escape(timing_text(snap, at))
     sep = " · " if progress and timing else ""
+    usage = html.escape(format_usage(snap.usage))  # recorded when an attempt ends
+    if usage:
+        usage = f'{" · " if progress or timing else ""}<span class="nbtasks-usage">{usage}</span>'
     return (
         f'<span class="nbtasks-progress-text">{progress}</span>{sep}'
-        f'<span class="nbtasks-timing" style="opacity:0.75">{timing}</span>'
+        f'<span class="nbtasks-timing" style="opacity:0.75">{timing}{usage}</span>'
     )
 
 

@@ -55,6 +55,7 @@ class Snapshot:
     state: str | None = None
     reason: str | None = None  # why it was cancelled or interrupted
     cached: bool = False  # a cache hit: an earlier run's result, reused (SPEC 6)
+    usage: Mapping[str, Any] | None = None  # the last attempt's CPU and peak memory (SPEC 4)
 
     @property
     def is_finished(self) -> bool:
@@ -154,8 +155,13 @@ def snapshot(obj: Any) -> Snapshot:
         state=None if state is None else str(state),
         reason=None if reason is None else str(reason),
         cached=getattr(obj, "cached", False) is True,
+        usage=_usage(getattr(obj, "usage", None)),
         **_progress_fields(getattr(obj, "progress", None)),
     )
+
+
+def _usage(value: Any) -> Mapping[str, Any] | None:
+    return dict(value) if isinstance(value, Mapping) else None
 
 
 def summary_snapshot(row: Mapping[str, Any]) -> Snapshot:
@@ -167,6 +173,7 @@ def summary_snapshot(row: Mapping[str, Any]) -> Snapshot:
         enqueued_at=_to_datetime(row.get("enqueued_at")),
         started_at=_to_datetime(row.get("started_at")),
         finished_at=_to_datetime(row.get("finished_at")),
+        usage=_usage(row.get("usage")),
         **_progress_fields(row.get("progress")),
     )
 

@@ -89,7 +89,7 @@ def shared(name: str) -> Any:
             "bar": lambda: w.Layout(width="auto", flex="1 1 40%", min_width="8em"),
             "info": lambda: w.Layout(flex="1 1 60%"),
             "plain": lambda: w.Layout(),
-            "cell": lambda: w.Layout(flex="0 1 54em"),
+            "cell": lambda: w.Layout(flex="0 1 66em"),
         }
         widget = _shared_widgets[name] = factories[name]()
     return widget

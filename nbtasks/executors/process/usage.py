@@ -26,10 +26,11 @@ from typing import Any, Final
 
 from ..._text import format_bytes
 
+resource: Any
 try:
     import resource
 except ImportError:  # Windows
-    resource = None  # type: ignore[assignment]
+    resource = None
 
 __all__ = [
     "OOM_SHARE",
@@ -63,7 +64,7 @@ def process_cpu() -> float:
     """Seconds of CPU (user + system) this process has used so far."""
     if resource is not None:
         ru = resource.getrusage(resource.RUSAGE_SELF)
-        return ru.ru_utime + ru.ru_stime
+        return float(ru.ru_utime + ru.ru_stime)
     proc = _psutil_process()
     if proc is not None:
         times = proc.cpu_times()
