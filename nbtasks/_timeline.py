@@ -172,7 +172,7 @@ def render_svg(spans: Sequence[Span], now: float | None = None) -> str:
         label = html.escape(_clip(names[lane], LABELS - 6))
         parts.append(
             f'<text class="nbtasks-lane" x="{LABELS - 6}" y="{y + 13}" text-anchor="end" '
-            f'fill="#616161"><title>{html.escape(lane)}</title>{label}</text>'
+            f'fill="#616161">{label}<title>{html.escape(lane)}</title></text>'
             f'<rect x="{LABELS}" y="{y + 1}" width="{plot}" height="{LANE - 2}" '
             'fill="#9e9e9e" fill-opacity="0.08"/>'
         )

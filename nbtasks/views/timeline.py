@@ -42,7 +42,7 @@ class TimelineView(BaseView):
         self._timeline = timeline
         self.min_period = REDRAW_PERIOD
         self.last_svg = timeline.svg()  # drawn in the cell thread, before it is displayed
-        self._chart = html_widget(self.last_svg, w.Layout(overflow_x="auto"))
+        self._chart = html_widget(self.last_svg, w.Layout(overflow="auto"))
         self._chart.add_class("nbtasks-timeline-chart")
         self._problem = html_widget("", w.Layout(display="none"))
         self.root = w.VBox([self._chart, self._problem])
