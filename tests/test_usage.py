@@ -110,9 +110,7 @@ def test_usage_is_none_until_an_attempt_ends_and_for_the_last_attempt_only(
 
 
 @pytest.mark.timeout(90)
-def test_a_process_task_records_its_cpu_and_peak_memory(
-    app: nbtasks.App, store_path: Path
-) -> None:
+def test_a_process_task_records_its_cpu_and_peak_memory(app: nbtasks.App, store_path: Path) -> None:
     filler = app.task(fill, name="usage.fill", executor="process")
     burner = app.task(spin, name="usage.spin", executor="process")
     r = filler.delay(ARRAY)
@@ -262,9 +260,7 @@ def test_a_running_attempt_reaches_now_and_the_live_view_stops_when_none_runs(
     wait_until(lambda: app.store.read_record(r.id)["status"] == "RUNNING")  # committed
     view = views.TimelineView(app.timeline())
     assert view.live and view.min_period >= 0.5  # redrawn at most twice a second
-    [bar] = [
-        e for e in _parse(view.last_svg).iter(f"{SVG}rect") if e.get("class") == "nbtasks-bar"
-    ]
+    [bar] = [e for e in _parse(view.last_svg).iter(f"{SVG}rect") if e.get("class") == "nbtasks-bar"]
     assert bar.get("fill") == _timeline.COLORS["RUNNING"]
     gate.set()
     r.get(timeout=20)
