@@ -16,6 +16,7 @@ from typing import Any
 from ._model import TaskStatus
 
 __all__ = [
+    "STATUS_COLORS",
     "format_bytes",
     "format_duration",
     "format_usage",
@@ -24,6 +25,16 @@ __all__ = [
     "parse_status",
     "short_id",
 ]
+
+#: A status's colour, the same in every view (badges, bars, the timeline).
+STATUS_COLORS: dict[str, str] = {
+    TaskStatus.READY: "#757575",
+    TaskStatus.RUNNING: "#1565c0",
+    TaskStatus.SUCCESSFUL: "#2e7d32",
+    TaskStatus.FAILED: "#c62828",
+    TaskStatus.CANCELLED: "#e65100",
+    TaskStatus.INTERRUPTED: "#6a1b9a",
+}
 
 _UNITS = {
     "": 1.0,

@@ -29,19 +29,12 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ._model import FINISHED, TaskRecord, TaskStatus
-from ._text import format_duration, short_id
+from ._text import STATUS_COLORS, format_duration, short_id
 
 __all__ = ["COLORS", "Span", "Timeline", "render_svg", "spans_of"]
 
 #: A status's colour (the widgets' badges use the same ones).
-COLORS: Final[dict[str, str]] = {
-    TaskStatus.READY: "#757575",
-    TaskStatus.RUNNING: "#1565c0",
-    TaskStatus.SUCCESSFUL: "#2e7d32",
-    TaskStatus.FAILED: "#c62828",
-    TaskStatus.CANCELLED: "#e65100",
-    TaskStatus.INTERRUPTED: "#6a1b9a",
-}
+COLORS: Final = STATUS_COLORS
 WIDTH: Final = 900  # px, the whole chart
 LABELS: Final = 170  # px, the lanes' names on the left
 LANE: Final = 18  # px per lane

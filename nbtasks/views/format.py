@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .._model import TaskStatus
-from .._text import format_duration, format_usage, short_id
+from .._text import STATUS_COLORS, format_duration, format_usage, short_id
 from .snapshot import (
     TERMINAL,
     Snapshot,
@@ -52,14 +52,6 @@ __all__ = [
     "timing_text",
 ]
 
-STATUS_COLORS: dict[str, str] = {
-    TaskStatus.READY: "#757575",
-    TaskStatus.RUNNING: "#1565c0",
-    TaskStatus.SUCCESSFUL: "#2e7d32",
-    TaskStatus.FAILED: "#c62828",
-    TaskStatus.CANCELLED: "#e65100",
-    TaskStatus.INTERRUPTED: "#6a1b9a",
-}
 METADATA_CHARS = 8_000
 TRACEBACK_CHARS = 20_000
 GROUP_TABLE_ROWS = 200
