@@ -35,6 +35,7 @@ from ._reader import StoreReader
 from ._result import GroupResult, TaskResult
 from ._runtime import Done, Hit, Runtime, Waiting
 from ._task import Task, resolve_options
+from ._timeline import Timeline
 from .store import (
     LOCK_TIMEOUT,
     Store,
@@ -433,17 +434,27 @@ class App(StoreReader):
         limit: int | None = None,
     ) -> list[TaskResult]:
         """Stored results, newest first (read as JSON: nothing is unpickled)."""
-        if status is not None:
-            status = _status(status, "status")
-        if task_name is not None:
-            check_id(task_name, "task_name")
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
-        ):
-            raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+        status = _listing_filters(status, task_name, limit)
         rows = self._store.listing(status=status, name=task_name, limit=limit)
         with no_gc():  # 100k handles: the collector would walk them over and over (2.4x)
             return [TaskResult.from_summary(self, summary(row)) for row in rows]
+
+    def timeline(
+        self,
+        limit: int | None = None,
+        status: str | TaskStatus | None = None,
+        task_name: str | None = None,
+    ) -> Timeline:
+        """What ran when: a Gantt chart of the newest ``limit`` tasks (by ``status`` and
+        ``task_name`` as ``results()`` selects them), one lane per worker and one bar per
+        attempt (``_timeline``). Drawn from the store each time it is shown; in a notebook a
+        live widget redrawn while its tasks run. Nothing is unpickled."""
+        status = _listing_filters(status, task_name, limit)
+        store = self._store
+        title = " ".join(
+            f"{k}={v}" for k, v in (("task_name", task_name), ("status", status)) if v is not None
+        )
+        return Timeline(lambda: store.attempt_records(status, task_name, limit), title)
 
     def purge(
         self,
@@ -539,6 +550,15 @@ def _status(value: Any, argument: str) -> str:
             f"{argument}={value!r} is not a status; use one of {', '.join(_STATUS_NAMES)}"
         )
     return str(name)
+
+
+def _listing_filters(status: Any, task_name: str | None, limit: int | None) -> str | None:
+    """``results()``'s and ``timeline()``'s selection checked: the status's name, or None."""
+    if task_name is not None:
+        check_id(task_name, "task_name")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+    return None if status is None else _status(status, "status")
 
 
 # --------------------------------------------------------------------------- the default app

@@ -24,6 +24,7 @@ from __future__ import annotations
 import inspect
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -123,6 +124,12 @@ class AttemptCore:
     #: Run an ``async def`` task's coroutine on an event loop of its own (worker processes;
     #: in the notebook's process such tasks go to the asyncio executor instead).
     runs_coroutines = False
+    #: Measure the attempt's CPU time here (``usage``): False where the attempt runs elsewhere
+    #: and its worker reports its usage (the Dask client's attempts).
+    measures_usage = True
+    #: The CPU clock of an attempt: the calling thread's (a thread task shares its process with
+    #: others); a worker process counts the whole process instead.
+    cpu_clock = staticmethod(time.thread_time)
 
     def __init__(self, job: Job) -> None:
         self.job = job
@@ -132,6 +139,8 @@ class AttemptCore:
         self.in_user_code = False
         self._async_lock = threading.Lock()
         self.no_more_retries = False
+        self.cpu_start: float | None = None  # cpu_clock() when the attempt started
+        self.reported_usage: dict[str, Any] | None = None  # from the worker that ran it
 
     def new_context(self) -> Context:
         return Context(self)  # type: ignore[arg-type]
@@ -149,6 +158,25 @@ class AttemptCore:
             self.soft_deadline = monotonic + opts.soft_timeout
         install_capture()
         install_tqdm_bridge()
+        if self.measures_usage:
+            self.cpu_start = self.cpu_clock()
+
+    def usage(self) -> dict[str, Any] | None:
+        """``TaskResult.usage`` of this attempt: its CPU seconds and peak resident memory
+        (None where unknown), read when it ends; None for an attempt that never started here
+        (its worker died, or it was never sent) unless its worker reported it. Two clock reads:
+        no store write of its own, it rides on the attempt's final record."""
+        if self.reported_usage is not None:
+            return self.reported_usage
+        if self.cpu_start is None:
+            return None
+        cpu = max(self.cpu_clock() - self.cpu_start, 0.0)
+        return {"cpu_time": round(cpu, 6), "max_rss": self.peak_rss()}
+
+    def peak_rss(self) -> int | None:
+        """The attempt's peak resident memory in bytes: unknown for a thread (its process's
+        memory is every thread's); a worker process knows its own."""
+        return None
 
     # ------------------------------------------------------------------ the call
 
@@ -333,6 +361,7 @@ class Attempt(AttemptCore):
         value, error = self.unchecked_stop(value, error)
         fields = ctx.snapshot(now) or {}
         fields["metadata"] = self._merged_metadata()
+        self._attempt_fields(live.rec, fields, now)
         einfo: TaskError | None = None
         if error is None:
             status = TaskStatus.SUCCESSFUL
@@ -360,6 +389,19 @@ class Attempt(AttemptCore):
         self._hooks(status, value, error, einfo)
         self.runtime.finished(job)
         self.release()
+
+    def _attempt_fields(self, rec: Any, fields: dict[str, Any], now: float) -> None:
+        """What the attempt's end adds to its final record, in the same write: its usage
+        (``TaskResult.usage``) and its start and end times (``attempt_times``, one pair per
+        entry of ``worker_ids``, which the timeline draws; the record's other times are the
+        first start and the last end only)."""
+        usage = self.usage()
+        if usage is not None or rec.get("usage") is not None:
+            fields["usage"] = usage
+        times = list(rec.get("attempt_times") or ())
+        if len(times) < len(rec.get("worker_ids") or ()):  # else it never claimed a worker
+            start = rec.get("last_attempted_at") or rec.get("started_at") or now
+            fields["attempt_times"] = [*times, [start, now]]
 
     def release(self) -> None:
         """The attempt is over: break its reference cycles (job <-> attempt <-> context) so

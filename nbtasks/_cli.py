@@ -19,7 +19,7 @@ from ._app import App
 from ._errors import NbtasksError
 from ._model import Progress, TaskStatus, to_datetime
 from ._result import TaskResult
-from ._text import format_duration, match_ids, parse_duration, parse_status
+from ._text import format_duration, format_usage, match_ids, parse_duration, parse_status
 
 
 def _duration_arg(text: str) -> float:
@@ -156,6 +156,7 @@ def cmd_show(app: App, text: str) -> int:
         ("started", _when(r.started_at)),
         ("finished", _when(r.finished_at)),
         ("attempts", str(r.attempts)),
+        ("usage", format_usage(r.usage) or "-"),  # the last attempt's CPU and peak memory
         ("progress", str(r.progress) if r.progress else "-"),
         ("metadata", json.dumps(r.metadata)),
         ("backend", r.backend),

@@ -19,6 +19,8 @@
 ``%tasks [--status S] [--name NAME] [--page-size N]``
     A live dashboard of the store: one row per task, newest first, with filters, paging and a
     cancel button per unfinished task.
+``%tasks --timeline [--status S] [--name NAME] [--limit N]``
+    What ran when: ``app.timeline()`` of the default app, live while its tasks run.
 ``%tasks cancel ID``
     Cancel a task; ``ID`` is a full id, the start of one, or the short id shown in widgets (its
     last 8 hex digits): ``_text.match_ids``.
@@ -78,6 +80,8 @@ def _tasks_parser() -> _Parser:
     parser.add_argument("--status", "-s", default=None)
     parser.add_argument("--name", "-n", default=None)
     parser.add_argument("--page-size", type=int, default=20)
+    parser.add_argument("--timeline", action="store_true")  # app.timeline() instead
+    parser.add_argument("--limit", type=int, default=None)  # the timeline's newest N tasks
     return parser
 
 
@@ -285,6 +289,13 @@ class NbtasksMagics(Magics):
             args = _tasks_parser().parse_args(argv)
             status = _status(args.status).value if args.status else None
             app = _default_app()
+            if args.timeline:
+                try:
+                    timeline = app.timeline(limit=args.limit, status=status, task_name=args.name)
+                except ValueError as exc:
+                    raise UsageError(f"%tasks --timeline: {exc}") from None
+                display(timeline)  # a live widget in a kernel, SVG elsewhere
+                return
             if not _kernel.in_kernel():  # terminal IPython: text, no widget machinery
                 print(
                     views.dashboard_text(app, status=status, name=args.name, limit=args.page_size)

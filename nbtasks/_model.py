@@ -132,6 +132,8 @@ class TaskRecord(TypedDict, total=False):
     reason: str  # why it was CANCELLED or INTERRUPTED
     rv: dict[str, Any]  # the return value, encoded
     exc: dict[str, Any]  # the exception, encoded
+    usage: dict[str, Any] | None  # the last attempt's {"cpu_time": s, "max_rss": bytes|None}
+    attempt_times: list[list[float]]  # [start, end] of each ended attempt (worker_ids' order)
     # only in a listing's summary of a row that is not a record nbtasks wrote: why
     damaged: str
 

@@ -291,6 +291,17 @@ class TaskResult:
         return self._now().get("output") or ""
 
     @property
+    def usage(self) -> dict[str, Any] | None:
+        """The last attempt's resource usage, recorded when it ended: ``{"cpu_time": seconds,
+        "max_rss": bytes or None}``. ``cpu_time`` is the CPU time of the task's thread (thread,
+        ``async def`` and Dask tasks: for ``async def`` the event loop's thread while the attempt
+        ran) or of its worker process (process tasks); ``max_rss`` the worker process's peak
+        resident memory, None for a thread (it shares its process). None until an attempt ends,
+        and for an attempt whose worker died (``WorkerLost`` says the peak memory it saw)."""
+        usage = self._now().get("usage")
+        return dict(usage) if isinstance(usage, dict) else None
+
+    @property
     def reason(self) -> str | None:
         """Why the task was cancelled or interrupted, if it was."""
         return self._full.get("reason")

@@ -15,7 +15,26 @@ from typing import Any
 
 from ._model import TaskStatus
 
-__all__ = ["format_duration", "match_ids", "parse_duration", "parse_status", "short_id"]
+__all__ = [
+    "STATUS_COLORS",
+    "format_bytes",
+    "format_duration",
+    "format_usage",
+    "match_ids",
+    "parse_duration",
+    "parse_status",
+    "short_id",
+]
+
+#: A status's colour, the same in every view (badges, bars, the timeline).
+STATUS_COLORS: dict[str, str] = {
+    TaskStatus.READY: "#757575",
+    TaskStatus.RUNNING: "#1565c0",
+    TaskStatus.SUCCESSFUL: "#2e7d32",
+    TaskStatus.FAILED: "#c62828",
+    TaskStatus.CANCELLED: "#e65100",
+    TaskStatus.INTERRUPTED: "#6a1b9a",
+}
 
 _UNITS = {
     "": 1.0,
@@ -110,3 +129,28 @@ def format_duration(seconds: float | None, *, precise: bool = False) -> str:
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def format_bytes(n: float) -> str:
+    """``230 MB``, ``1.9 GB``: decimal units, three significant digits (memory as users read
+    it; the exact number of bytes is in ``TaskResult.usage``)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{int(n)} B" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"
+
+
+def format_usage(usage: Any) -> str:
+    """``CPU 1.2 s · peak 230 MB`` for a ``TaskResult.usage`` (the widget's timing line,
+    ``%tasks``, ``nbtasks show``); '' when there is none. Read from a record, so anything that
+    is not a number is left out rather than trusted."""
+    if not isinstance(usage, dict):
+        return ""
+    parts = []
+    cpu, rss = usage.get("cpu_time"), usage.get("max_rss")
+    if isinstance(cpu, int | float) and not isinstance(cpu, bool) and cpu >= 0:
+        parts.append(f"CPU {format_duration(float(cpu))}")
+    if isinstance(rss, int | float) and not isinstance(rss, bool) and rss > 0:
+        parts.append(f"peak {format_bytes(rss)}")
+    return " · ".join(parts)

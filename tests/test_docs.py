@@ -487,6 +487,40 @@ def _segfault(env: Env) -> str:
     return raised(lambda: r.return_value)
 
 
+@trigger(
+    "TaskFailed: … failed: nbtasks.WorkerLost: the worker process … was killed by SIGKILL (Killed);"
+    " it was using … (peak) when it died: the system's out-of-memory killer likely ended it"
+)
+def _oom_killed(env: Env) -> str:
+    """The OOM killer cannot be summoned here: the worker fills 50 MB, the threshold is lowered
+    below that, and the trigger sends the SIGKILL the OOM killer would."""
+    from nbtasks.executors.process import usage
+
+    ns = notebook(
+        """
+        import time
+        def f():
+            block = bytearray(b"\\x01") * 50_000_000
+            time.sleep(60)
+        """
+    )
+    app = env.app(process_workers=1)
+    r = app.task(name="f", executor="process")(ns["f"]).delay()
+    pool = app._runtime._executors["process"]
+    [proc] = wait_until(
+        lambda: [p for p in pool._procs.values() if p.jobs and (p.peak_rss or 0) >= 50_000_000],
+        timeout=60,
+    )
+    saved = usage.OOM_SHARE
+    usage.OOM_SHARE = 40_000_000 / (usage.memory_limit() or 1)  # type: ignore[misc]
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        r.wait(timeout=60)
+    finally:
+        usage.OOM_SHARE = saved  # type: ignore[misc]
+    return raised(lambda: r.return_value)
+
+
 @trigger("TypeError: argument 'value' of task f is a _thread.lock, which cannot be pickled")
 def _unpicklable_argument(env: Env) -> str:
     ns = notebook("def f(value):\n    return 1\n")

@@ -32,7 +32,16 @@ from helpers import REPO, run_python
 PACKAGE = REPO / "nbtasks"
 
 _LOW = {"_errors"}
-_EXECUTORS_ROW = {"_attempt", "_supervisor", "store", "_codec", "_model", "_errors", "executors"}
+_EXECUTORS_ROW = {
+    "_attempt",
+    "_supervisor",
+    "store",
+    "_codec",
+    "_model",
+    "_errors",
+    "_text",  # text for the user (usage.oom_hint's memory sizes)
+    "executors",
+}
 _VIEWS_ROW = {"_model", "_text", "_kernel", "_errors", "views"}
 _VIEWS_MODULES = [
     "__init__",
@@ -44,6 +53,7 @@ _VIEWS_MODULES = [
     "dashboard",
     "display",
     "updater",
+    "timeline",
 ]
 ROWS: dict[str, set[str]] = {
     "__init__": {"_app", "_context", "_errors", "_model", "_result", "store", "_task", "_canvas"},
@@ -113,15 +123,17 @@ ROWS: dict[str, set[str]] = {
         "_result",
         "_reader",
         "_runtime",
+        "_timeline",
     },
     "_kernel": {"_errors"},
     "_text": {"_model", "_errors"},  # pure text helpers of the front ends
+    "_timeline": {"_model", "_text", "_errors"},  # app.timeline(): the SVG chart (pure)
     **{("views" if m == "__init__" else f"views.{m}"): _VIEWS_ROW for m in _VIEWS_MODULES},
     "_magics": {"_app", "_task", "_result", "views", "_kernel", "_text", "_codeid"},
     "_cli": {"_app", "store", "_result", "_model", "_text"},
     "__main__": {"_cli"},  # `python -m nbtasks`
 }
-LAZY_ALLOWED = {("_result", "views"), ("__init__", "_magics")}
+LAZY_ALLOWED = {("_result", "views"), ("_timeline", "views"), ("__init__", "_magics")}
 NEVER_FROM_APP = {"views", "_kernel", "_magics"}
 
 THIRD_PARTY_HOMES: dict[str, set[str]] = {

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -409,6 +409,10 @@ class FakeStore:
         ][::-1]
         self.queries = 0
         self.limits: list[int | None] = []  # the limit of every summaries() call
+
+    def usages(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The finished tasks' usage, as ``Store.usages`` reads it from their records."""
+        return {tid: {"cpu_time": 0.5, "max_rss": None} for tid in ids}
 
     def _match(self, status: Any, name: str | None) -> list[dict[str, Any]]:
         statuses = (

@@ -71,6 +71,7 @@ from .owners import (
 )
 from .queries import CANCEL_REQUESTS, READ_LISTED, Reader
 from .records import (
+    DAMAGED,
     LISTING_SQL,
     STATUS,
     Live,
@@ -148,6 +149,11 @@ _INLINE_PICKLE: Final = INLINE_LIMIT * 3 // 4 - 32
 _FINISHED_VALUES: Final = sorted(s.value for s in FINISHED)
 _UNFINISHED: Final = frozenset({TaskStatus.READY.value, TaskStatus.RUNNING.value})
 _REUSABLE: Final = _UNFINISHED | {TaskStatus.SUCCESSFUL.value}
+
+
+#: The record fields a timeline reads besides the listing's (``Store.attempt_records``); the
+#: last one is a number, the others lists.
+_ATTEMPT_FIELDS: Final = ("worker_ids", "attempt_times", "last_attempted_at")
 
 
 class Store:
@@ -371,6 +377,56 @@ class Store:
         rows = self.listing(status, name, offset, limit)
         with no_gc():
             return [summary(row) for row in rows]
+
+    def attempt_records(
+        self, status: Statuses = None, name: str | None = None, limit: int | None = None
+    ) -> list[TaskRecord]:
+        """What a timeline draws of each committed task, newest first: the listing fields plus
+        ``worker_ids``, ``attempt_times`` and ``last_attempted_at`` (partial records). Read by
+        SQLite from the records (no record parsed here but one kept in a file); a damaged one
+        is left out."""
+        self.flush()
+        paths = _ATTEMPT_FIELDS
+        out: list[TaskRecord] = []
+        with no_gc():
+            for row in self.reader.attempt_rows(status, name, limit, [f"$.{f}" for f in paths]):
+                rec = summary(row[:7])
+                if rec["status"] == DAMAGED:
+                    continue
+                if row[-1]:
+                    for field, value in zip(paths, row[7:-1], strict=True):
+                        if value is not None:
+                            rec[field] = json.loads(value) if field != paths[-1] else value  # type: ignore[literal-required]
+                else:  # kept in a file, or not JSON that SQLite reads: the whole record
+                    try:
+                        full = self.read_record(rec["id"])
+                    except StoreError:
+                        continue
+                    for field in paths:
+                        if full.get(field) is not None:
+                            rec[field] = full[field]  # type: ignore[literal-required]
+                out.append(as_swept(rec["id"], rec) if self.read_only else rec)
+        return out
+
+    def usages(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """``TaskResult.usage`` of these tasks (those that have one), by id: this process's
+        from memory, the others' records in a few bulk reads (a dashboard's page)."""
+        out: dict[str, dict[str, Any]] = {}
+        ask = []
+        for tid in ids:
+            live = self.live.get(tid)
+            if live is None:
+                ask.append(tid)
+            elif isinstance(live.rec.get("usage"), dict):
+                out[tid] = live.rec["usage"]  # type: ignore[assignment]
+        for key, text in self.reader.many("key", ["t:" + tid for tid in ask]):
+            try:
+                usage = parse_task_record(text, key, self.path).get("usage")
+            except StoreError:
+                continue
+            if isinstance(usage, dict):
+                out[key[2:]] = usage
+        return out
 
     def count(self, status: Statuses = None, name: str | None = None) -> int:
         self.flush()

@@ -158,6 +158,22 @@ class Reader:
         sql, params = select("count(*)", status, name, order=False)
         return int(self.rows(sql, params)[0][0])
 
+    def attempt_rows(
+        self, status: Statuses, name: str | None, limit: int | None, paths: Sequence[str]
+    ) -> list[tuple[Any, ...]]:
+        """Committed tasks, newest first, as ``LISTING_SQL`` rows followed by the record's
+        fields at these JSON ``paths`` (SQLite's ``json_extract``: arrays come back as JSON
+        text) and whether they could be read (0 for a record kept in a file, as diskcache
+        keeps a large one, or not JSON: the caller reads that one whole)."""
+        readable = "(raw = 1 AND typeof(value) = 'text' AND json_valid(value))"
+        extracts = "".join(f", CASE WHEN {readable} THEN json_extract(value, ?) END" for _ in paths)
+        sql, params = select(f"{LISTING_SQL}{extracts}, {readable}", status, name)
+        params = [*paths, *params]
+        sql += " LIMIT ? OFFSET ?"
+        params += _limits(limit, 0)
+        with no_gc():
+            return self.rows(sql, params)
+
     def cache_keys(self, name: str) -> list[tuple[str, str]]:
         """(task id, cache key) of every record of the task ``name`` submitted with
         ``cache``: one query on the listing index's name column, the keys read out of the

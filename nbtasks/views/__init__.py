@@ -13,6 +13,7 @@ The modules, in the order data flows through them:
   the three widget views;
 - ``display``: ``display_live`` (an output the updater can replace), ``mimebundle`` and the view
   cache;
+- ``timeline``: the live timeline chart (``app.timeline()``);
 - ``updater``: the single thread that polls the live views and writes their traits.
 """
 
@@ -24,6 +25,7 @@ from .format import html_bundle, summary_line
 from .group import GroupView
 from .snapshot import TERMINAL, UNFINISHED, Snapshot
 from .task import TaskView
+from .timeline import TimelineView, timeline_bundle
 from .updater import updater_stats
 
 # Not re-exported: ``snapshot.snapshot()`` and ``updater.updater()``, whose names would hide
@@ -35,6 +37,7 @@ __all__ = [
     "GroupView",
     "Snapshot",
     "TaskView",
+    "TimelineView",
     "dashboard_text",
     "display_live",
     "html_bundle",
@@ -42,6 +45,7 @@ __all__ = [
     "live_displayer",
     "mimebundle",
     "summary_line",
+    "timeline_bundle",
     "updater_stats",
     "view_for",
 ]

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from .. import _kernel
 from .._model import Statuses, TaskStatus
-from .._text import format_duration
+from .._text import format_duration, format_usage
 from .format import badge, elapsed, filter_bundle, fmt_when, html_bar, now
 from .snapshot import STATUSES, UNFINISHED, Snapshot, summary_snapshot
 from .updater import updater
@@ -29,6 +29,8 @@ class _Summaries(Protocol):
     ) -> list[dict[str, Any]]: ...
 
     def count(self, status: Statuses, name: str | None) -> int: ...
+
+    def usages(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
 
 
 class _Cancellable(Protocol):
@@ -131,7 +133,7 @@ class Dashboard(BaseView):
         name = (self._name.value or "").strip() or None
         store = self._app.store
         rows = store.summaries(status=status, name=name, offset=self.offset, limit=self.page_size)
-        return [summary_snapshot(r) for r in rows], store.count(status=status, name=name)
+        return _with_usage(store, rows), store.count(status=status, name=name)
 
     # -- handlers (comm threads) ----------------------------------------------------------------
     def _on_filter(self, _change: Any = None) -> None:
@@ -199,10 +201,10 @@ class Dashboard(BaseView):
 
 def row_html(snap: Snapshot | None, at: _dt.datetime | None = None) -> str:
     """One row of the dashboard's grid (the header row for None)."""
-    cols = "grid-template-columns:minmax(6em,14em) 6em 8em 11em 6em 5em"
-    style = f'style="display:grid;{cols};gap:0 8px;align-items:center;max-width:54em"'
+    cols = "grid-template-columns:minmax(6em,14em) 6em 8em 11em 6em 5em 11em"
+    style = f'style="display:grid;{cols};gap:0 8px;align-items:center;max-width:66em"'
     if snap is None:
-        heads = ("task", "id", "status", "progress", "started", "duration")
+        heads = ("task", "id", "status", "progress", "started", "duration", "usage")
         cells = "".join(f"<b>{h}</b>" for h in heads)
         return f'<div class="nbtasks-row-head" {style}>{cells}</div>'
     at = at or now()
@@ -218,21 +220,25 @@ def row_html(snap: Snapshot | None, at: _dt.datetime | None = None) -> str:
         f"<span>{badge(snap.status)}</span>"
         f"<span>{html_bar(snap.fraction, snap.status, '7em')}{pct}</span>"
         f"<span>{html.escape(fmt_when(snap.started_at, at))}</span>"
-        f"<span>{html.escape(format_duration(spent))}</span></div>"
+        f"<span>{html.escape(format_duration(spent))}</span>"
+        f'<span class="nbtasks-usage">{html.escape(format_usage(snap.usage))}</span></div>'
     )
 
 
 def table_text(rows: Sequence[Snapshot], total: int) -> str:
     """The dashboard's page as a text table."""
     at = now()
-    lines = [f"{'task':24} {'id':8}  {'status':11} {'progress':>8}  {'started':16} duration"]
+    lines = [
+        f"{'task':24} {'id':8}  {'status':11} {'progress':>8}  {'started':16} {'duration':8} usage"
+    ]
     for snap in rows:
         pct = "" if snap.fraction is None else f"{100 * snap.fraction:.0f}%"
         if snap.status == TaskStatus.SUCCESSFUL:
             pct = "100%"
         lines.append(
             f"{snap.name[:24]:24} {snap.short_id:8}  {snap.status:11} {pct:>8}  "
-            f"{fmt_when(snap.started_at, at):16} {format_duration(elapsed(snap, at))}"
+            f"{fmt_when(snap.started_at, at):16} {format_duration(elapsed(snap, at)):8} "
+            f"{format_usage(snap.usage)}".rstrip()
         )
     lines.append(f"({len(rows)} of {total} tasks)")
     return "\n".join(lines)
@@ -243,9 +249,15 @@ def dashboard_text(
 ) -> str:
     """``%tasks`` outside a kernel: the newest ``limit`` tasks as a text table."""
     rows = app.store.summaries(status=status, name=name, offset=0, limit=limit)
-    return table_text(
-        [summary_snapshot(r) for r in rows], app.store.count(status=status, name=name)
-    )
+    return table_text(_with_usage(app.store, rows), app.store.count(status=status, name=name))
+
+
+def _with_usage(store: _Summaries, rows: Sequence[dict[str, Any]]) -> list[Snapshot]:
+    """A page's snapshots with the finished tasks' usage (the usage column): their records
+    read in one bulk query, as the listing's columns do not hold it."""
+    ids = [str(r["id"]) for r in rows if r.get("finished_at") is not None]
+    usages = store.usages(ids) if ids else {}
+    return [summary_snapshot({**r, "usage": usages.get(str(r["id"]))}) for r in rows]
 
 
 def live_dashboard(

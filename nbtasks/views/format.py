@@ -16,7 +16,7 @@ from typing import Any
 from .. import _kernel
 from .._errors import shown_traceback
 from .._model import TaskStatus
-from .._text import format_duration, short_id
+from .._text import STATUS_COLORS, format_duration, format_usage, short_id
 from .snapshot import (
     TERMINAL,
     Snapshot,
@@ -59,14 +59,6 @@ __all__ = [
     "timing_text",
 ]
 
-STATUS_COLORS: dict[str, str] = {
-    TaskStatus.READY: "#757575",
-    TaskStatus.RUNNING: "#1565c0",
-    TaskStatus.SUCCESSFUL: "#2e7d32",
-    TaskStatus.FAILED: "#c62828",
-    TaskStatus.CANCELLED: "#e65100",
-    TaskStatus.INTERRUPTED: "#6a1b9a",
-}
 # Theme colours: JupyterLab's CSS variables (light and dark themes alike), with the light
 # theme's value as the fallback where they are not defined (nbconvert's HTML, GitHub).
 # --jp-error-color1 is 4.98:1 on the light theme's white and 5.1:1 on the dark theme's #111.
@@ -257,9 +249,12 @@ def info_html(snap: Snapshot, at: _dt.datetime | None = None) -> str:
             f'<div class="nbtasks-value" title="the return value (result.result has it)">'
             f"→ <code>{html.escape(snap.value)}</code></div>"
         )
+    usage = html.escape(format_usage(snap.usage))  # recorded when an attempt ends
+    if usage:
+        usage = f'{" · " if progress or timing else ""}<span class="nbtasks-usage">{usage}</span>'
     return (
         f'<span class="nbtasks-progress-text">{progress}</span>{sep}'
-        f'<span class="nbtasks-timing" style="opacity:0.75">{timing}</span>{value}'
+        f'<span class="nbtasks-timing" style="opacity:0.75">{timing}{usage}</span>{value}'
     )
 
 

@@ -65,6 +65,7 @@ class Snapshot:
     cached: bool = False  # a cache hit: an earlier run's result, reused (SPEC 6)
     messages: tuple[str, ...] = ()  # each error's message (str(exc)), beside ``errors``
     value: str | None = None  # a short repr of a SUCCESSFUL task's value (``value_text``)
+    usage: Mapping[str, Any] | None = None  # the last attempt's CPU and peak memory (SPEC 4)
 
     @property
     def is_finished(self) -> bool:
@@ -168,6 +169,7 @@ def snapshot(obj: Any) -> Snapshot:
         state=None if state is None else str(state),
         reason=None if reason is None else str(reason),
         cached=getattr(obj, "cached", False) is True,
+        usage=_usage(getattr(obj, "usage", None)),
         **_progress_fields(getattr(obj, "progress", None)),
     )
 
@@ -200,6 +202,10 @@ def value_text(obj: Any) -> str:
     return text if len(text) <= VALUE_CHARS else text[: VALUE_CHARS - 1] + "…"
 
 
+def _usage(value: Any) -> Mapping[str, Any] | None:
+    return dict(value) if isinstance(value, Mapping) else None
+
+
 def summary_snapshot(row: Mapping[str, Any]) -> Snapshot:
     """A Snapshot from one row of ``Store.summaries()`` (nothing loaded or unpickled)."""
     return Snapshot(
@@ -209,6 +215,7 @@ def summary_snapshot(row: Mapping[str, Any]) -> Snapshot:
         enqueued_at=_to_datetime(row.get("enqueued_at")),
         started_at=_to_datetime(row.get("started_at")),
         finished_at=_to_datetime(row.get("finished_at")),
+        usage=_usage(row.get("usage")),
         **_progress_fields(row.get("progress")),
     )
 

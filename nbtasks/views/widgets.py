@@ -94,7 +94,7 @@ def shared(name: str) -> Any:
             "plain": lambda: w.Layout(),
             "hidden": lambda: w.Layout(display="none"),
             "bar_hidden": lambda: w.Layout(display="none"),
-            "cell": lambda: w.Layout(flex="0 1 54em"),
+            "cell": lambda: w.Layout(flex="0 1 66em"),
         }
         widget = _shared_widgets[name] = factories[name]()
     return widget

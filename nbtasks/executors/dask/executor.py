@@ -125,7 +125,9 @@ class DaskExecutor:
         except TypeError as exc:
             self._fail_unsent(job, exc)
             return
-        flight = _Flight(job, Attempt(job, self.runtime), key)
+        attempt = Attempt(job, self.runtime)
+        attempt.measures_usage = False  # it runs on a worker, which reports its usage
+        flight = _Flight(job, attempt, key)
         with self._lock:
             self._flights[key] = flight
             self._by_id[job.id] = flight
@@ -346,6 +348,8 @@ class DaskExecutor:
         fields: dict[str, Any] = {}
         if "p" in msg:
             ctx.set_reported(*msg["p"])
+        if msg.get("u") is not None:  # the final event: the attempt's usage on the worker
+            flight.attempt.reported_usage = msg["u"]
         if "ot" in msg:
             ctx.write_output(msg["o"], total=msg["ot"])
         flush = "m" in msg
@@ -541,6 +545,7 @@ class DaskExecutor:
     def _fail_unsent(self, job: Job, exc: BaseException) -> None:
         """It cannot be sent at all: the attempt fails (and may retry, like any failure)."""
         attempt = Attempt(job, self.runtime)
+        attempt.measures_usage = False  # it never ran
         if attempt.claim():
             attempt.end(MISSING, exc)
 

@@ -242,6 +242,7 @@ def run(payload: bytes) -> Any:
         with _lock:
             _active.pop(key, None)
             info.update(attempt._fields())
+    info["u"] = attempt.usage()  # the task thread's CPU time (SPEC §4 usage)
     value, error = attempt.unchecked_stop(value, error)  # a stop the last tick asked for
     meta = dict(attempt.request.metadata)
     if meta:

@@ -21,6 +21,7 @@ from ..._attempt import Attempt, Job, clear_async_exc, limit_text, raise_in_thre
 from ..._errors import SoftTimeLimitExceeded
 from ..._model import SYSTEM_CLOCK, Clock
 from ..._supervisor import Supervisor
+from .usage import peak_rss, process_cpu, reset_peak
 
 if TYPE_CHECKING:
     from .child import Worker
@@ -120,6 +121,11 @@ class WorkerAttempt(Attempt):
         self.posted = False  # the watchdog posted the soft limit; not delivered yet
 
     runs_coroutines = True
+    #: The worker runs one task at a time: the process's CPU time is the attempt's (usage.py).
+    cpu_clock = staticmethod(process_cpu)
+
+    def peak_rss(self) -> int | None:
+        return peak_rss()
 
     def claim(self) -> bool:
         if not super().claim():
@@ -129,6 +135,7 @@ class WorkerAttempt(Attempt):
         return True
 
     def start(self, monotonic: float) -> None:
+        reset_peak()  # the attempt's own peak memory, where the system allows it
         super().start(monotonic)
         self.soft_deadline = None  # SIGALRM raises it here (see _call), not a tick
 

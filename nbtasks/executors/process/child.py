@@ -46,6 +46,7 @@ from .calls import CALLS
 from .channel import Channel
 from .child_app import _ChildApp
 from .output import Output, redirect_stdio
+from .usage import REPORT_STEP, peak_rss
 
 HEARTBEAT: Final = 5.0  # seconds between heartbeats written to a running task's record
 MONITOR: Final = 0.2  # seconds between the monitor thread's checks
@@ -366,12 +367,21 @@ class Worker:
         """Heartbeats; and for a worker whose parent is gone (or a detached one): cancel
         requests and the hard timeout, enforced by recording the outcome and exiting."""
         last_beat = time.monotonic()
+        reported: tuple[WorkerAttempt | None, int] = (None, 0)  # the peak sent, per attempt
         while True:
             self._wake.wait(MONITOR)
             self._wake.clear()
             attempt = self.attempt
             if attempt is None or attempt.ended:
                 continue
+            # Its peak memory, to the parent (one getrusage, a message only when it grew): a
+            # worker killed by SIGKILL cannot say it afterwards (usage.oom_hint).
+            peak = peak_rss()
+            if peak is not None and (
+                reported[0] is not attempt or peak >= reported[1] + REPORT_STEP
+            ):
+                reported = (attempt, peak)
+                self.send(("rss", peak))
             now = time.monotonic()
             if not self.orphaned and self._parent_gone():
                 self.orphaned = True

@@ -10,6 +10,7 @@ terminated: ``TaskTimeout``, ``TaskCancelled``), retries included.
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -18,6 +19,7 @@ from ..._attempt import Job, Runtime, format_worker_id, record_outcome, replace_
 from ..._errors import TaskCancelled, TaskTimeout, WorkerLost
 from ..._model import FINISHED, MISSING, TaskRecord, TaskStatus
 from ...store import HOST
+from . import usage
 
 if TYPE_CHECKING:
     from .procs import WorkerProcess
@@ -27,6 +29,8 @@ _BY_WORKER: Final = frozenset({TaskStatus.SUCCESSFUL, TaskStatus.FAILED, TaskSta
 #: Seconds after which a reported final record is surely committed by the worker's writer (it
 #: commits at every tick, 0.1 s): older ones are not read back when the worker dies.
 COMMITTED_AFTER: Final = 0.5
+#: The exit code of a worker killed by SIGKILL (none on Windows).
+_KILLED: Final = -int(getattr(signal, "SIGKILL", 9))
 
 
 class Outcomes:
@@ -186,4 +190,6 @@ def _death(proc: WorkerProcess, job: Job, fault: str) -> str:
     """The WorkerLost message: which process, how it ended, and what faulthandler saw."""
     name = f"{job.request.task_name}[{job.id}]"
     text = f"the worker process {proc.pid} running task {name} {proc.how()}"
+    if proc.code == _KILLED and proc.signalled is None:  # not by us: maybe the OOM killer
+        text += usage.oom_hint(proc.peak_rss)
     return f"{text}\n{fault}" if fault else text

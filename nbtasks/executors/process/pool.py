@@ -419,6 +419,9 @@ class ProcessExecutor(SubmitServer):
                 daemon=True,
             ).start()
             return
+        if kind == "rss":  # the running task's peak memory (usage.oom_hint, if it dies)
+            proc.peak_rss = message[1]
+            return
         if kind == "ready":
             with self._lock:
                 proc.pid, proc.start, proc.owner = message[1], message[2], message[3]
@@ -442,6 +445,7 @@ class ProcessExecutor(SubmitServer):
             if job is not None and self._running.get(job.id) is proc:
                 del self._running[job.id]
             proc.nested = False
+            proc.peak_rss = None  # the next task's own
             if proc.jobs:
                 self._started(proc)
                 # Cancelled while queued: the worker may have started it before it read the

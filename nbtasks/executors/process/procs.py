@@ -46,6 +46,7 @@ class WorkerProcess:
         self.code: int | None = None
         self.code_known = False
         self.nested = False  # its running task submitted tasks: queue nothing behind it
+        self.peak_rss: int | None = None  # the running task's peak memory, as it reported
 
     def __repr__(self) -> str:
         kind = "detached " if self.detached else ""
