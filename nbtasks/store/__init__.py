@@ -353,11 +353,14 @@ class Store:
         name: str | None = None,
         offset: int = 0,
         limit: int | None = None,
+        *,
+        name_part: str | None = None,
     ) -> list[tuple[Any, ...]]:
         """Committed tasks, newest first, as rows of ``records.LISTING_SQL`` (nothing parsed
-        or unpickled); a read-only store's as the sweep would leave them."""
+        or unpickled); a read-only store's as the sweep would leave them. ``name_part``: only
+        names containing it, in any case."""
         self.flush()
-        rows = self.reader.listing(status, name, offset, limit)
+        rows = self.reader.listing(status, name, offset, limit, name_part=name_part)
         return swept_rows(self.reader, rows, self.path) if self.read_only else rows
 
     def summaries(
@@ -366,15 +369,19 @@ class Store:
         name: str | None = None,
         offset: int = 0,
         limit: int | None = 50,
+        *,
+        name_part: str | None = None,
     ) -> list[TaskRecord]:
         """The fields a dashboard shows, as dicts (``listing()`` rows, named)."""
-        rows = self.listing(status, name, offset, limit)
+        rows = self.listing(status, name, offset, limit, name_part=name_part)
         with no_gc():
             return [summary(row) for row in rows]
 
-    def count(self, status: Statuses = None, name: str | None = None) -> int:
+    def count(
+        self, status: Statuses = None, name: str | None = None, *, name_part: str | None = None
+    ) -> int:
         self.flush()
-        return self.reader.count(status, name)
+        return self.reader.count(status, name, name_part=name_part)
 
     def find_cached(self, keys: Sequence[str]) -> dict[str, str]:
         """The ids of the tasks that computed these cached calls (cache key -> task id), in a
