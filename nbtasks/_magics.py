@@ -328,7 +328,7 @@ class NbtasksMagics(Magics):
         wanted = argv[0]
         try:
             result = app.result(wanted)
-        except KeyError:
+        except (KeyError, ValueError):  # unknown, or names several: an unfinished one of them?
             matches = _find_unfinished(app, wanted)
             if not matches:
                 raise UsageError(

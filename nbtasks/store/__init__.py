@@ -227,6 +227,25 @@ class Store:
         *fields, text = row
         return summary(fields), text
 
+    def ids_named(self, text: str, limit: int = 3) -> list[str]:
+        """Up to ``limit`` ids of committed tasks (newest first) that ``text`` names as
+        ``_text.match_ids`` reads it: the start of the id or its end (the short id views
+        show), dashes and case ignored. One query over the task keys: only for a partial id
+        (a full one is a key lookup); ``text`` is compared, never a pattern."""
+        needle = text.replace("-", "").lower()
+        if not needle:
+            return []
+        self.flush()
+        compact = "replace(lower(substr(key, 3)), '-', '')"
+        sql = (
+            "SELECT substr(key, 3) FROM Cache WHERE key >= 't:' AND key < 't;' AND raw = 1"
+            f" AND (substr({compact}, 1, ?) = ? OR substr({compact}, -?) = ?)"
+            " ORDER BY key DESC LIMIT ?"
+        )
+        n = len(needle)
+        rows = self.reader.rows(sql, [n, needle, n, needle, max(limit, 0)])
+        return [str(key) for (key,) in rows]
+
     def _unknown(self, task_id: str) -> UnknownTaskId:
         return UnknownTaskId(
             f"no task with id {task_id!r} in the store {self.path}; "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -74,8 +75,13 @@ class Dashboard(BaseView):
         self.offset = 0
         self.min_period = 1.0
         self._dirty = False
+        # _dirty and live change together under it: a keystroke handled while a poll runs
+        # must not be lost to that poll's "nothing unfinished: quiet" (the updater would drop
+        # the view with the new filter never applied)
+        self._live_lock = threading.Lock()
         self._last: tuple[list[Snapshot], int] = ([], 0)
         self._row_ids: list[str | None] = [None] * page_size
+        self._requested: set[str] = set()  # tasks whose Cancel was clicked (until they end)
         self._status = w.Dropdown(
             options=[("all", "")] + [(s, s) for s in STATUSES],
             value=(status or "").upper(),
@@ -113,7 +119,7 @@ class Dashboard(BaseView):
                 description="Cancel",
                 button_style="warning",
                 style=shared("button"),
-                layout=w.Layout(width="6em", visibility="hidden"),
+                layout=w.Layout(width="7em", visibility="hidden"),
             )
             button.add_class("nbtasks-row-cancel")
             button.on_click(lambda _b, i=i: self._cancel_row(i))
@@ -162,7 +168,9 @@ class Dashboard(BaseView):
         self._rearm()
 
     def _rearm(self) -> None:
-        self._dirty = True
+        with self._live_lock:
+            self._dirty = True
+            self.live = True
         self.wake()
 
     def _cancel_row(self, i: int) -> None:
@@ -170,7 +178,8 @@ class Dashboard(BaseView):
         if task_id is None:
             return
         try:
-            self._app.result(task_id).cancel()
+            if self._app.result(task_id).cancel():
+                self._requested.add(task_id)  # the updater renders it on the row's button
         finally:
             self._rearm()
 
@@ -199,6 +208,14 @@ class Dashboard(BaseView):
                 continue
             set_traits(self._cells[i], value=row_html(snap, at))
             can_cancel = snap.status in UNFINISHED
+            if not can_cancel:
+                self._requested.discard(snap.id)
+            requested = snap.id in self._requested
+            set_traits(
+                self._buttons[i],
+                disabled=requested,
+                description="requested" if requested else "Cancel",
+            )
             set_traits(self._buttons[i].layout, visibility="visible" if can_cancel else "hidden")
             show(self._rows[i], True)
         first = self.offset + 1 if snaps else self.offset
@@ -209,11 +226,9 @@ class Dashboard(BaseView):
         set_traits(self._next, disabled=last >= total)
         self._ok()
         page_live = any(s.status in UNFINISHED for s in snaps)
-        self.live = (
-            self._dirty
-            or page_live
-            or bool(self._app.store.count(status=list(UNFINISHED), name=None))
-        )
+        busy = page_live or bool(self._app.store.count(status=list(UNFINISHED), name=None))
+        with self._live_lock:
+            self.live = self._dirty or busy
         return self.live
 
 

@@ -29,6 +29,7 @@ from .updater import PERIOD, updater, updater_stats
 
 __all__ = [
     "BAR_STYLES",
+    "SCROLL_HEIGHT",
     "BaseView",
     "cancel_button",
     "card",
@@ -43,6 +44,7 @@ __all__ = [
 
 SLOW_PERIOD = 1.0  # for views whose snapshot has not changed for IDLE_AFTER seconds
 IDLE_AFTER = 10.0
+SCROLL_HEIGHT = "22em"  # the most an expanded table (metadata, members) takes before it scrolls
 MAX_POLL_FAILURES = 20  # consecutive failed polls before a view gives up (the error is shown)
 BAR_STYLES: dict[str, str] = {  # a FloatProgress's bar_style per status
     TaskStatus.READY: "info",
@@ -90,6 +92,9 @@ def shared(name: str) -> Any:
             "info": lambda: w.Layout(flex="1 1 60%"),
             "plain": lambda: w.Layout(),
             "cell": lambda: w.Layout(flex="0 1 54em"),
+            # expanded metadata and a group's members: 40 keys made a cell 12,400 px tall,
+            # 200 members 6,800 px; at most SCROLL_HEIGHT, then a scroll bar
+            "scroll": lambda: w.Layout(max_height=SCROLL_HEIGHT, overflow="auto"),
         }
         widget = _shared_widgets[name] = factories[name]()
     return widget
