@@ -320,10 +320,7 @@ def notebook_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
     yield from _jupyter_server(
         tmp_path_factory.mktemp("nb7"),
         "notebook",
-        [
-            "--JupyterNotebookApp.expose_app_in_browser=True",
-            "--JupyterNotebookApp.news_url=",
-        ],
+        ["--JupyterNotebookApp.expose_app_in_browser=True"],  # it has no news_url
     )
 
 
