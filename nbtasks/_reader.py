@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 FULL_ID_HEX = 32  # hex digits in a full id (a UUID's 128 bits): a full id is looked up as is
 
+
 class StoreReader(Results):
     """``Results`` over ``self._store``: handles, the live table, listed rows, decoding."""
 
