@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_browser import setup_cell as browser_setup
 from test_browser import shut_down_kernels, write_notebook
 
 pytestmark = pytest.mark.browser
@@ -21,12 +22,10 @@ LIGHT = "JupyterLab Light"
 
 
 def setup_cell(store: Path) -> str:
-    return f"""
-%load_ext nbtasks
-import time
-import nbtasks
-nbtasks.configure(store={str(store)!r})
-
+    """test_browser's setup, then 5 tasks: 3 "quick" ones, a "slow" one and a "meta" one."""
+    return (
+        browser_setup(store)
+        + """
 @nbtasks.task(name="quick")
 def quick(x):
     return x
@@ -40,13 +39,14 @@ def slow(n):
 
 @nbtasks.task(name="meta")
 def meta():
-    nbtasks.current().set_metadata(**{{f"key{{i}}": i for i in range(40)}})
+    nbtasks.current().set_metadata(**{f"key{i}": i for i in range(40)})
 
 quick.map(range(3)).wait(30)
 r = slow.delay(600)
 m = meta.delay()
 m.wait(30)
 """
+    )
 
 
 def server_for(request: pytest.FixtureRequest, frontend: str) -> dict[str, Any]:
