@@ -47,8 +47,9 @@ class StoreReader(Results):
         found = self._store.ids_named(text, limit=3)
         if not found:
             raise UnknownTaskId(
-                f"no task id in the store {self._store.path} starts or ends with {text!r}; "
-                "check the id, or open the store the task was submitted to"
+                f"no task with id {text!r} in the store {self._store.path}, nor one whose id "
+                "starts or ends with it; check the id, or open the store the task was "
+                "submitted to"
             )
         if len(found) > 1:
             some = ", ".join(found[:2]) + (", ..." if len(found) > 2 else "")
