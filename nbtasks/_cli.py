@@ -130,7 +130,7 @@ def _find(app: App, text: str) -> TaskResult:
     """The task ``text`` names: its id, else the one id ``match_ids`` finds for it."""
     try:
         return app.result(text)
-    except KeyError:
+    except (KeyError, ValueError):  # unknown, or the start of several ids: said below
         pass
     hits = match_ids((row["id"] for row in app.store.summaries(limit=None)), text)
     if len(hits) != 1:

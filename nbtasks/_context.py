@@ -71,6 +71,7 @@ class Context:
         self._rate_base: tuple[float, float] | None = None
         self.thread_id: int | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._bars: list[Any] = []  # the task's open tqdm bars, outermost (first made) first
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -496,28 +497,61 @@ def _patch_tqdm(std: Any) -> None:
         return
     _tqdm_patched = True
     cls = std.tqdm
+    original_init = cls.__init__
     original_update = cls.update
     original_close = cls.close
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        ctx = _current.get()
+        if ctx is not None and not getattr(self, "disable", False):
+            ctx._bars.append(self)  # made in this order: an inner loop's bar comes later
 
     def update(self: Any, n: float | None = 1) -> Any:
         out = original_update(self, n)
         ctx = _current.get()
         if ctx is not None:
-            ctx._cur, ctx._total = self.n, self.total
-            if self.desc:
-                ctx._msg = self.desc.rstrip(": ")
+            _tqdm_progress(ctx, self)
         return out
 
     def close(self: Any) -> Any:
         ctx = _current.get()
         if ctx is not None and not getattr(self, "disable", False):
-            ctx._cur, ctx._total = self.n, self.total
-            if self.desc:
-                ctx._msg = self.desc.rstrip(": ")
+            _tqdm_progress(ctx, self)
+            bars = ctx._bars
+            if self in bars:
+                bars.remove(self)
+                if bars and self is not bars[0]:
+                    _tqdm_progress(ctx, bars[0])  # the message without the closed inner bar
         return original_close(self)
 
+    cls.__init__ = init
     cls.update = update
     cls.close = close
+
+
+def _tqdm_progress(ctx: Context, bar: Any) -> None:
+    """A tqdm bar moved (tqdm calls ``update`` at its display rate, not per item).
+
+    Nested bars in one task (epochs, then batches) used to overwrite each other's progress.
+    The outermost open bar drives the task's progress; the inner ones are named after it in
+    the message ("epochs · batch 30/100"), which the widget, ``%tasks`` and the static HTML
+    all show. A bar made before nbtasks saw it (outside the task) drives it as before."""
+    bars = ctx._bars
+    outer = bars[0] if bar in bars else bar
+    ctx._cur, ctx._total = outer.n, outer.total
+    words = [_bar_text(b, b is outer) for b in (bars if bar in bars else [bar])]
+    message = " · ".join(w for w in words if w)
+    if message:
+        ctx._msg = message
+
+
+def _bar_text(bar: Any, outer: bool) -> str:
+    desc = str(bar.desc or "").rstrip(": ")
+    if outer:
+        return desc
+    count = f"{bar.n:g}" if bar.total is None else f"{bar.n:g}/{bar.total:g}"
+    return f"{desc} {count}" if desc else count
 
 
 def raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> None:

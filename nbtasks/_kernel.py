@@ -122,8 +122,17 @@ def cell_parent() -> dict[str, Any]:
 
 
 def execution_count() -> int | None:
-    """The shell's execution counter (the ``In [n]`` of the running cell), if any."""
+    """The ``In [n]`` of the running cell, if any.
+
+    The shell's own counter is no use here: IPython (9.x) advances it *before* running the
+    cell, so in the cell prompted ``[9]`` it already reads 10. The running cell's
+    ``ExecutionResult``, which IPython hands the display hook before running the code, holds
+    the cell's own number; outside a running cell the counter is read as it is."""
     shell = get_shell()
+    running = getattr(getattr(shell, "displayhook", None), "exec_result", None)
+    count = getattr(running, "execution_count", None)
+    if isinstance(count, int):
+        return count
     count = getattr(shell, "execution_count", None)
     return count if isinstance(count, int) else None
 

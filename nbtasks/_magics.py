@@ -53,18 +53,33 @@ if TYPE_CHECKING:
 __all__ = ["NbtasksMagics", "build_cell_function", "cell_reads", "load_ipython_extension"]
 
 
+class _HelpShown(Exception):
+    """``--help`` printed the help: the magic stops there, without an error."""
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises IPython's UsageError instead of exiting the kernel."""
+    """argparse that raises IPython's UsageError instead of exiting the kernel; ``--help``
+    prints the help (argparse's exit with status 0, caught by ``_parse``)."""
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}\n{self.format_usage().strip()}")
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if status == 0:
+            raise _HelpShown
         raise UsageError(message or self.format_help())
 
 
+def _parse(parser: _Parser, argv: Sequence[str]) -> argparse.Namespace | None:
+    """The parsed arguments, or None when ``--help`` printed the help instead."""
+    try:
+        return parser.parse_args(list(argv))
+    except _HelpShown:
+        return None
+
+
 def _task_parser() -> _Parser:
-    parser = _Parser(prog="%%task", add_help=False)
+    parser = _Parser(prog="%%task", description="Run this cell as a background task.")
     parser.add_argument("--name", "-n", default=None, help="task name (default: cell[N])")
     parser.add_argument("-o", "--output", default=None, help="store the TaskResult in this name")
     parser.add_argument(
@@ -76,17 +91,28 @@ def _task_parser() -> _Parser:
 
 
 def _tasks_parser() -> _Parser:
-    parser = _Parser(prog="%tasks", add_help=False)
-    parser.add_argument("--status", "-s", default=None)
-    parser.add_argument("--name", "-n", default=None)
-    parser.add_argument("--page-size", type=int, default=20)
-    parser.add_argument("--timeline", action="store_true")  # app.timeline() instead
-    parser.add_argument("--limit", type=int, default=None)  # the timeline's newest N tasks
+    parser = _Parser(
+        prog="%tasks",
+        description="A live table of the store's tasks, newest first.",
+        epilog="Also: %tasks cancel ID (a full id, its start, or the short id shown); "
+        "%tasks purge [--status S] [--older-than D] (D: 90s, 10m, 2h, 7d, 1w).",
+    )
+    parser.add_argument("--status", "-s", default=None, help="only tasks with this status")
+    parser.add_argument(
+        "--name", "-n", default=None, help="only tasks whose name contains this (any case)"
+    )
+    parser.add_argument("--page-size", type=int, default=20, help="rows per page (20)")
+    parser.add_argument(
+        "--timeline", action="store_true", help="the timeline of the tasks (app.timeline())"
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, help="the timeline's newest N tasks (all)"
+    )
     return parser
 
 
 def _purge_parser() -> _Parser:
-    parser = _Parser(prog="%tasks purge", add_help=False)
+    parser = _Parser(prog="%tasks purge", description="Delete finished results.")
     parser.add_argument("--status", "-s", action="append", default=None)
     parser.add_argument("--older-than", default=None)
     return parser
@@ -254,7 +280,9 @@ class NbtasksMagics(Magics):
     @cell_magic
     def task(self, line: str, cell: str) -> None:
         """Run this cell as a background task; see ``nbtasks._magics``."""
-        args = _task_parser().parse_args(shlex.split(line))
+        args = _parse(_task_parser(), shlex.split(line))
+        if args is None:
+            return
         shell = self.shell
         assert shell is not None
         count = _kernel.execution_count()
@@ -286,7 +314,9 @@ class NbtasksMagics(Magics):
         elif argv and argv[0] == "purge":
             self._purge(argv[1:])
         else:
-            args = _tasks_parser().parse_args(argv)
+            args = _parse(_tasks_parser(), argv)
+            if args is None:
+                return
             status = _status(args.status).value if args.status else None
             app = _default_app()
             if args.timeline:
@@ -313,7 +343,7 @@ class NbtasksMagics(Magics):
         wanted = argv[0]
         try:
             result = app.result(wanted)
-        except KeyError:
+        except (KeyError, ValueError):  # unknown, or names several: an unfinished one of them?
             matches = _find_unfinished(app, wanted)
             if not matches:
                 raise UsageError(
@@ -332,7 +362,9 @@ class NbtasksMagics(Magics):
             print(f"not cancelled: {label} is already {result.status.value}")
 
     def _purge(self, argv: Sequence[str]) -> None:
-        args = _purge_parser().parse_args(list(argv))
+        args = _parse(_purge_parser(), argv)
+        if args is None:
+            return
         statuses = None
         if args.status:
             statuses = [_status(s) for part in args.status for s in part.split(",")]

@@ -121,6 +121,10 @@ class Results(Protocol):
 
     def result(self, task_id: str) -> TaskResult: ...
 
+    def resolve_id(self, text: str) -> str:
+        """The full id of the one task ``text`` names (a full id, its start or its end)."""
+        ...
+
     def group_result(self, group_id: str) -> GroupResult: ...
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._errors import UnknownTaskId
 from ._ports import Results
 from ._result import GroupResult, TaskResult
 
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from ._model import TaskRecord
     from ._ports import LiveTask
     from .store import Store
+
+FULL_ID_HEX = 32  # hex digits in a full id (a UUID's 128 bits): a full id is looked up as is
 
 
 class StoreReader(Results):
@@ -31,8 +34,29 @@ class StoreReader(Results):
         return self._store.path
 
     def result(self, task_id: str) -> TaskResult:
-        """The stored TaskResult of any task, also one from an earlier kernel."""
+        """The stored TaskResult of any task, also one from an earlier kernel (``task_id``: a
+        full id, its start, or the short id views show: ``resolve_id``)."""
         return TaskResult(task_id, self)
+
+    def resolve_id(self, text: str) -> str:
+        """The full id of the one task ``text`` names: a full id as it is (no query), else the
+        task whose id starts or ends with it (the short id ``%tasks`` and the widgets show).
+        Unknown: UnknownTaskId; more than one: ValueError listing some of them."""
+        if len(text.replace("-", "")) >= FULL_ID_HEX:
+            return text
+        found = self._store.ids_named(text, limit=3)
+        if not found:
+            raise UnknownTaskId(
+                f"no task with id {text!r} in the store {self._store.path}, nor one whose id "
+                "starts or ends with it; check the id, or open the store the task was "
+                "submitted to"
+            )
+        if len(found) > 1:
+            some = ", ".join(found[:2]) + (", ..." if len(found) > 2 else "")
+            raise ValueError(
+                f"task_id={text!r} names more than one task ({some}); give more of the id"
+            )
+        return found[0]
 
     def group_result(self, group_id: str) -> GroupResult:
         members, reused = self._store.group_record(group_id)

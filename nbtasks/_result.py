@@ -90,6 +90,10 @@ class TaskResult:
         if rec is None:
             check_id(task_id, "task_id")  # a str that UTF-8 can hold: the store's keys are
             live = live or app.live(task_id)
+            if live is None:  # a short id (as views show it) or the start of one: a full id
+                full = app.resolve_id(task_id)  # is returned as it is, without a query
+                if full != task_id:
+                    task_id, live = full, app.live(full)
             if live is not None:
                 rec = live.rec
         self._app = app

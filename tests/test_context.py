@@ -918,3 +918,32 @@ def test_the_context_of_an_ended_attempt_refuses_changes(app: nbtasks.App) -> No
             call()
     r.refresh()
     assert r.metadata == {} and r.state == "SUCCESSFUL"
+
+
+def test_nested_tqdm_bars_the_outer_drives_progress_the_inner_ones_are_named(
+    app: nbtasks.App,
+) -> None:
+    """Issue 17: two nested bars overwrote each other's progress (the inner loop's 100/100
+    then the outer 1/3 ...). The outermost bar drives the task's progress; an open inner bar
+    is named in the message, and gone from it once closed."""
+    from tqdm import tqdm
+
+    seen: list[tuple[Any, ...]] = []
+
+    @app.task
+    def train(ctx: nbtasks.Context) -> None:
+        for _epoch in tqdm(range(3), desc="epochs", mininterval=0):
+            for _batch in tqdm(range(50), desc="batch", mininterval=0, leave=False):
+                seen.append(ctx.reported)
+            seen.append(ctx.reported)
+
+    r = train.delay()
+    r.get(10)
+    inner = [rep for rep in seen if rep[2] and "batch" in rep[2]]
+    assert inner, seen[:5]
+    assert all(total == 3 for _cur, total, _msg in inner)  # never the inner bar's 50
+    assert inner[-1][2] == "epochs · batch 49/50"  # tqdm counts an item when the next starts
+    assert seen[-1][2] == "epochs"  # after the inner bar closed
+    assert seen[-1][:2] in ((2, 3), (3, 3))
+    p = r.refresh().progress
+    assert p is not None and (p.current, p.total, p.message) == (3, 3, "epochs")

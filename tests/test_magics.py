@@ -48,8 +48,11 @@ def test_cancel_by_short_id_or_start_of_the_id(magics: Any, pending: nbtasks.Tas
     out = tasks(magics, f"cancel {short_id(pending.id).upper()}")
     assert out == f"cancelled magic.later {short_id(pending.id)}\n"
     assert pending.refresh().status is TaskStatus.CANCELLED
+    # finished: the short id still names it (AsyncResult resolves short ids), and says so
+    again = tasks(magics, f"cancel {short_id(pending.id)}")
+    assert again == f"not cancelled: magic.later {short_id(pending.id)} is already CANCELLED\n"
     with pytest.raises(UsageError, match="no unfinished task"):
-        tasks(magics, f"cancel {short_id(pending.id)}")  # finished: not unfinished any more
+        tasks(magics, "cancel ffffffff")
     assert tasks(magics, f"cancel {other.id[:30]}").startswith("cancelled magic.later")
 
 
@@ -77,3 +80,12 @@ def test_listing_outside_a_kernel_is_a_text_table(magics: Any, pending: nbtasks.
     text = tasks(magics, "--status ready")
     assert "magic.later" in text and short_id(pending.id) in text
     assert text.strip().endswith("(1 of 1 tasks)")
+
+
+def test_help_prints_the_help_instead_of_an_error(magics: Any) -> None:
+    """Issue 17: ``%tasks --help`` was a UsageError (argparse's exit after printing)."""
+    text = tasks(magics, "--help")
+    assert text.startswith("usage: %tasks") and "--name" in text and "any case" in text
+    assert tasks(magics, "purge -h").startswith("usage: %tasks purge")
+    with pytest.raises(UsageError, match="unrecognized arguments"):
+        tasks(magics, "--nope")

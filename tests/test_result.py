@@ -606,3 +606,41 @@ def test_listing_reads_json_only(app: nbtasks.App, store_path: Path) -> None:
     assert rec["args_repr"] == "(1, 'two')"
     listed = app.results()[0]
     assert listed.id == r.id and listed.status is TaskStatus.SUCCESSFUL
+
+
+def test_a_short_id_or_the_start_of_one_names_the_task(
+    make_app: AppFactory, default_store: Path
+) -> None:
+    """Issue 17: ``%tasks cancel 98f23400`` took the short id the dashboard shows, and
+    ``nbtasks.AsyncResult("98f23400")`` did not. Both forms (its end, as views show it, and
+    its start) work, in this kernel and in a new one; a full id is looked up as is."""
+    from nbtasks._text import short_id
+    from nbtasks.views import Snapshot
+
+    app = nbtasks.default_app()
+
+    @app.task(name="short.ids")
+    def ident(x: int) -> int:
+        return x
+
+    done = ident.delay(1)
+    assert done.get(timeout=10) == 1
+    pending = ident.apply_async((2,), countdown=3600)
+    shown = Snapshot(id=done.id, name="short.ids", status="SUCCESSFUL").short_id
+    assert shown == short_id(done.id)
+    for text in (shown, shown.upper(), done.id[:13], done.id.replace("-", "")[:20]):
+        assert nbtasks.AsyncResult(text).id == done.id, text
+        assert app.result(text).get(timeout=1) == 1
+    live = app.result(short_id(pending.id))  # a task this process runs: its live state
+    assert live.id == pending.id and live.status is TaskStatus.READY
+    other = make_app(store=default_store)  # a second process's view: the store only
+    assert other.result(short_id(done.id)).get(timeout=1) == 1
+    with pytest.raises(nbtasks.UnknownTaskId, match="nor one whose id starts or ends with it"):
+        other.result("ffffffff")
+    common = done.id[:8]  # the millisecond timestamp both ids start with
+    assert pending.id.startswith(common)
+    with pytest.raises(ValueError, match="names more than one task"):
+        other.result(common)
+    with pytest.raises(nbtasks.UnknownTaskId):  # full length: a key lookup, no search
+        other.result(done.id[:-1] + ("0" if done.id[-1] != "0" else "1"))
+    pending.cancel()

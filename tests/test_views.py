@@ -330,6 +330,20 @@ def test_group_bar_is_split_by_status_in_the_widget_and_the_static_fallback() ->
     assert "21 FAILED" in view.static_bundle()["text/plain"]
 
 
+def test_expanded_metadata_and_members_get_a_max_height_and_a_scroll() -> None:
+    """Issue 17: 40 metadata keys made a cell 12,400 px tall, 200 members 6,800 px. The
+    browser test measures the rendered height; here, the layout that bounds it."""
+    from nbtasks.views.widgets import SCROLL_HEIGHT
+
+    view = views.TaskView(FakeResult(metadata={f"key{i}": i for i in range(40)}))
+    assert view._meta_html.layout.max_height == SCROLL_HEIGHT
+    assert view._meta_html.layout.overflow == "auto"
+    members = [FakeResult(id=f"0190a1b2-c3d4-7e5f-8a9b-{i:012x}") for i in range(200)]
+    group = views.GroupView(FakeGroup(members))
+    assert group._table.layout.max_height == SCROLL_HEIGHT
+    assert group._table.layout.overflow == "auto"
+
+
 # ----------------------------------------------------------------------------- updater
 class CountingView:
     def __init__(self, polls_until_done: int) -> None:
@@ -414,7 +428,7 @@ class FakeStore:
         """The finished tasks' usage, as ``Store.usages`` reads it from their records."""
         return {tid: {"cpu_time": 0.5, "max_rss": None} for tid in ids}
 
-    def _match(self, status: Any, name: str | None) -> list[dict[str, Any]]:
+    def _match(self, status: Any, name: str | None, part: str | None) -> list[dict[str, Any]]:
         statuses = (
             None if status is None else ({status} if isinstance(status, str) else set(status))
         )
@@ -423,18 +437,27 @@ class FakeStore:
             for r in self.rows
             if (statuses is None or r["status"] in statuses)
             and (name is None or r["task_name"] == name)
+            and (part is None or part.lower() in r["task_name"].lower())
         ]
 
     def summaries(
-        self, status: Any = None, name: str | None = None, offset: int = 0, limit: int | None = 50
+        self,
+        status: Any = None,
+        name: str | None = None,
+        offset: int = 0,
+        limit: int | None = 50,
+        *,
+        name_part: str | None = None,
     ) -> list[dict[str, Any]]:
         self.queries += 1
         self.limits.append(limit)
-        rows = self._match(status, name)[offset:]
+        rows = self._match(status, name, name_part)[offset:]
         return rows if limit is None else rows[:limit]
 
-    def count(self, status: Any = None, name: str | None = None) -> int:
-        return len(self._match(status, name))
+    def count(
+        self, status: Any = None, name: str | None = None, *, name_part: str | None = None
+    ) -> int:
+        return len(self._match(status, name, name_part))
 
 
 class FakeApp:
@@ -520,6 +543,61 @@ def test_dashboard_on_a_big_store_reads_one_page_at_a_time() -> None:
     board.poll()
     assert "tasks 21-40 of 100000" in board._page.value
     assert app.store.limits and all(limit is not None and limit <= 20 for limit in app.store.limits)
+
+
+def test_dashboard_filters_as_you_type_by_part_of_the_name_in_any_case(tmp_path: Path) -> None:
+    """Issue 17: "qui" and "Quick" found nothing among "quick" tasks, and an empty page was a
+    blank area. A real store: the filter is its query (``name_part``)."""
+    import nbtasks
+
+    with nbtasks.App(store=tmp_path / "store", workers=2) as app:
+
+        @app.task(name="quick")
+        def quick(x: int) -> int:
+            return x
+
+        @app.task(name="Slow.Step")
+        def slow(x: int) -> int:
+            return x
+
+        quick.map(range(25)).wait(30)
+        slow.map(range(3)).wait(30)
+        board = views.Dashboard(app, page_size=20)
+        assert board._name.continuous_update  # each keystroke reaches the kernel
+        assert board._empty.layout.display == "none"
+        for typed, total in (("qui", 25), ("Quick", 25), ("UICK", 25), ("step", 3), ("", 28)):
+            board._name.value = typed  # what a keystroke does; the updater runs the query
+            wait_until(lambda total=total: f"of {total}" in board._page.value, timeout=5)
+            assert board._empty.layout.display == "none"
+        board._name.value = "quick"
+        wait_until(lambda: "tasks 1-20 of 25" in board._page.value, timeout=5)
+        assert all(">quick<" in text for text in _row_texts(board))
+        board._name.value = "nothing-like-it"
+        wait_until(lambda: "of 0" in board._page.value, timeout=5)
+        assert _row_texts(board) == []
+        assert board._empty.layout.display != "none"
+        assert "no matching tasks" in board._empty.value
+        assert "no matching tasks" in board._repr_mimebundle_()["text/plain"]
+        assert "of 3" in views.dashboard_text(app, name="STEP")
+
+
+def test_dashboard_header_is_not_stretched_by_the_rows_flex_basis() -> None:
+    """The header once shared the rows' cell layout (``flex: 0 1 54em``): in the dashboard's
+    vertical box that basis is a height, ~700 px of blank space (the browser test measures
+    it). No direct child of the VBox may carry a flex basis."""
+    board = views.Dashboard(FakeApp(3), page_size=5)
+    for child in board.root.children:
+        assert not child.layout.flex, child
+
+
+def test_started_column_has_the_date_when_not_today() -> None:
+    at = dt.datetime(2026, 3, 10, 12, 0, tzinfo=dt.UTC)
+    assert fmt.fmt_when(at, at) == at.astimezone().strftime("%H:%M:%S")
+    earlier = dt.datetime(2026, 3, 5, 12, 3, tzinfo=dt.UTC)
+    local = earlier.astimezone()
+    assert fmt.fmt_when(earlier, at) == f"Mar {local.day} {local:%H:%M}"
+    last_year = dt.datetime(2025, 6, 15, 12, 0, tzinfo=dt.UTC)
+    assert fmt.fmt_when(last_year, at) == "Jun 15 2025"
 
 
 # ----------------------------------------------------------------------------- real core

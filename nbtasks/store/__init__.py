@@ -233,6 +233,25 @@ class Store:
         *fields, text = row
         return summary(fields), text
 
+    def ids_named(self, text: str, limit: int = 3) -> list[str]:
+        """Up to ``limit`` ids of committed tasks (newest first) that ``text`` names as
+        ``_text.match_ids`` reads it: the start of the id or its end (the short id views
+        show), dashes and case ignored. One query over the task keys: only for a partial id
+        (a full one is a key lookup); ``text`` is compared, never a pattern."""
+        needle = text.replace("-", "").lower()
+        if not needle:
+            return []
+        self.flush()
+        compact = "replace(lower(substr(key, 3)), '-', '')"
+        sql = (
+            "SELECT substr(key, 3) FROM Cache WHERE key >= 't:' AND key < 't;' AND raw = 1"
+            f" AND (substr({compact}, 1, ?) = ? OR substr({compact}, -?) = ?)"
+            " ORDER BY key DESC LIMIT ?"
+        )
+        n = len(needle)
+        rows = self.reader.rows(sql, [n, needle, n, needle, max(limit, 0)])
+        return [str(key) for (key,) in rows]
+
     def _unknown(self, task_id: str) -> UnknownTaskId:
         return UnknownTaskId(
             f"no task with id {task_id!r} in the store {self.path}; "
@@ -359,11 +378,14 @@ class Store:
         name: str | None = None,
         offset: int = 0,
         limit: int | None = None,
+        *,
+        name_part: str | None = None,
     ) -> list[tuple[Any, ...]]:
         """Committed tasks, newest first, as rows of ``records.LISTING_SQL`` (nothing parsed
-        or unpickled); a read-only store's as the sweep would leave them."""
+        or unpickled); a read-only store's as the sweep would leave them. ``name_part``: only
+        names containing it, in any case."""
         self.flush()
-        rows = self.reader.listing(status, name, offset, limit)
+        rows = self.reader.listing(status, name, offset, limit, name_part=name_part)
         return swept_rows(self.reader, rows, self.path) if self.read_only else rows
 
     def summaries(
@@ -372,9 +394,11 @@ class Store:
         name: str | None = None,
         offset: int = 0,
         limit: int | None = 50,
+        *,
+        name_part: str | None = None,
     ) -> list[TaskRecord]:
         """The fields a dashboard shows, as dicts (``listing()`` rows, named)."""
-        rows = self.listing(status, name, offset, limit)
+        rows = self.listing(status, name, offset, limit, name_part=name_part)
         with no_gc():
             return [summary(row) for row in rows]
 
@@ -428,9 +452,11 @@ class Store:
                 out[key[2:]] = usage
         return out
 
-    def count(self, status: Statuses = None, name: str | None = None) -> int:
+    def count(
+        self, status: Statuses = None, name: str | None = None, *, name_part: str | None = None
+    ) -> int:
         self.flush()
-        return self.reader.count(status, name)
+        return self.reader.count(status, name, name_part=name_part)
 
     def find_cached(self, keys: Sequence[str]) -> dict[str, str]:
         """The ids of the tasks that computed these cached calls (cache key -> task id), in a

@@ -145,17 +145,23 @@ class Reader:
         return out
 
     def listing(
-        self, status: Statuses, name: str | None, offset: int, limit: int | None
+        self,
+        status: Statuses,
+        name: str | None,
+        offset: int,
+        limit: int | None,
+        *,
+        name_part: str | None = None,
     ) -> list[tuple[Any, ...]]:
         """Committed tasks, newest first, as rows of ``LISTING_SQL``."""
-        sql, params = select(LISTING_SQL, status, name)
+        sql, params = select(LISTING_SQL, status, name, name_part=name_part)
         sql += " LIMIT ? OFFSET ?"
         params += _limits(limit, offset)
         with no_gc():  # 100,000 row tuples: ~130 collector passes (one full) while fetched
             return self.rows(sql, params)
 
-    def count(self, status: Statuses, name: str | None) -> int:
-        sql, params = select("count(*)", status, name, order=False)
+    def count(self, status: Statuses, name: str | None, *, name_part: str | None = None) -> int:
+        sql, params = select("count(*)", status, name, order=False, name_part=name_part)
         return int(self.rows(sql, params)[0][0])
 
     def attempt_rows(
@@ -191,9 +197,17 @@ class Reader:
 
 
 def select(
-    cols: str, status: Statuses, name: str | None, order: bool = True
+    cols: str,
+    status: Statuses,
+    name: str | None,
+    order: bool = True,
+    *,
+    name_part: str | None = None,
 ) -> tuple[str, list[Any]]:
-    """A query of the task rows (by status and name, when given) and its parameters."""
+    """A query of the task rows (by status and name, when given) and its parameters.
+
+    ``name_part``: names that contain it, in any case (``%tasks``' filter as you type). SQLite's
+    ``lower()`` folds ASCII only, so the text is also looked for as typed: "Élan" finds "Élan"."""
     params: list[Any] = []
     if status is None:
         sql = f"SELECT {cols} FROM Cache WHERE key >= 't:' AND key < 't;'"
@@ -205,6 +219,9 @@ def select(
     if name is not None:
         sql += " AND nb_name = ?"
         params.append(name)
+    if name_part:
+        sql += " AND (instr(lower(nb_name), ?) > 0 OR instr(nb_name, ?) > 0)"
+        params += [name_part.lower(), name_part]
     if order:
         sql += " ORDER BY key DESC"
     return sql, params

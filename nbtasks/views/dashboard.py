@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -25,10 +26,16 @@ __all__ = ["Dashboard", "TaskSource", "dashboard_text", "live_dashboard", "row_h
 
 class _Summaries(Protocol):
     def summaries(
-        self, status: Statuses, name: str | None, offset: int, limit: int | None
+        self,
+        status: Statuses,
+        name: str | None,
+        offset: int,
+        limit: int | None,
+        *,
+        name_part: str | None = None,
     ) -> list[dict[str, Any]]: ...
 
-    def count(self, status: Statuses, name: str | None) -> int: ...
+    def count(self, status: Statuses, name: str | None, *, name_part: str | None = None) -> int: ...
 
     def usages(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
 
@@ -51,7 +58,9 @@ class Dashboard(BaseView):
 
     It refreshes about once a second while the store holds unfinished tasks and goes quiet
     when none is left; a filter, a page button, the refresh button or a newly displayed task
-    wakes it again.
+    wakes it again. The name filter applies as the user types (``continuous_update``: each
+    keystroke only marks the view dirty; the updater runs the query) and finds the names that
+    contain the text, in any case.
     """
 
     def __init__(
@@ -68,8 +77,13 @@ class Dashboard(BaseView):
         self.offset = 0
         self.min_period = 1.0
         self._dirty = False
+        # _dirty and live change together under it: a keystroke handled while a poll runs
+        # must not be lost to that poll's "nothing unfinished: quiet" (the updater would drop
+        # the view with the new filter never applied)
+        self._live_lock = threading.Lock()
         self._last: tuple[list[Snapshot], int] = ([], 0)
         self._row_ids: list[str | None] = [None] * page_size
+        self._requested: set[str] = set()  # tasks whose Cancel was clicked (until they end)
         self._status = w.Dropdown(
             options=[("all", "")] + [(s, s) for s in STATUSES],
             value=(status or "").upper(),
@@ -79,7 +93,7 @@ class Dashboard(BaseView):
         self._name = w.Text(
             value=name or "",
             placeholder="task name",
-            continuous_update=False,
+            continuous_update=True,
             layout=w.Layout(width="16em"),
         )
         self._prev = w.Button(description="◀", tooltip="newer", layout=w.Layout(width="3em"))
@@ -94,7 +108,10 @@ class Dashboard(BaseView):
         self._prev.on_click(lambda _b: self._move(-1))
         self._next.on_click(lambda _b: self._move(+1))
         self._refresh_btn.on_click(lambda _b: self._rearm())
-        header = html_widget(row_html(None), shared("cell"))
+        # Not the rows' "cell" layout: its flex basis (54em) is a width in a row's HBox but a
+        # height in the dashboard's VBox, which left ~700 px between the header and the rows.
+        header = html_widget(row_html(None))
+        header.add_class("nbtasks-dashboard-head")
         self._cells: list[Any] = []
         self._buttons: list[Any] = []
         self._rows: list[Any] = []
@@ -104,7 +121,7 @@ class Dashboard(BaseView):
                 description="Cancel",
                 button_style="warning",
                 style=shared("button"),
-                layout=w.Layout(width="6em", visibility="hidden"),
+                layout=w.Layout(width="7em", visibility="hidden"),
             )
             button.add_class("nbtasks-row-cancel")
             button.on_click(lambda _b, i=i: self._cancel_row(i))
@@ -113,12 +130,16 @@ class Dashboard(BaseView):
             self._cells.append(cell)
             self._buttons.append(button)
             self._rows.append(row)
+        self._empty = html_widget(
+            '<i style="opacity:0.7">no matching tasks</i>', w.Layout(display="none")
+        )
+        self._empty.add_class("nbtasks-empty")
         self._problem = html_widget("", w.Layout(display="none"))
         controls = w.HBox(
             [self._status, self._name, self._prev, self._next, self._refresh_btn, self._page],
             layout=w.Layout(align_items="center"),
         )
-        self.root = w.VBox([controls, header, *self._rows, self._problem])
+        self.root = w.VBox([controls, header, *self._rows, self._empty, self._problem])
         self.root.add_class("nbtasks-dashboard")
         for control in (self._status, self._name, self._prev, self._next, self._refresh_btn):
             _kernel.route_comm_to_helper_subshell(control.comm)
@@ -130,10 +151,12 @@ class Dashboard(BaseView):
     # -- store queries ------------------------------------------------------------------------
     def _query(self) -> tuple[list[Snapshot], int]:
         status = self._status.value or None
-        name = (self._name.value or "").strip() or None
+        part = (self._name.value or "").strip() or None
         store = self._app.store
-        rows = store.summaries(status=status, name=name, offset=self.offset, limit=self.page_size)
-        return _with_usage(store, rows), store.count(status=status, name=name)
+        rows = store.summaries(
+            status=status, name=None, offset=self.offset, limit=self.page_size, name_part=part
+        )
+        return _with_usage(store, rows), store.count(status=status, name=None, name_part=part)
 
     # -- handlers (comm threads) ----------------------------------------------------------------
     def _on_filter(self, _change: Any = None) -> None:
@@ -145,7 +168,9 @@ class Dashboard(BaseView):
         self._rearm()
 
     def _rearm(self) -> None:
-        self._dirty = True
+        with self._live_lock:
+            self._dirty = True
+            self.live = True
         self.wake()
 
     def _cancel_row(self, i: int) -> None:
@@ -153,7 +178,8 @@ class Dashboard(BaseView):
         if task_id is None:
             return
         try:
-            self._app.result(task_id).cancel()
+            if self._app.result(task_id).cancel():
+                self._requested.add(task_id)  # the updater renders it on the row's button
         finally:
             self._rearm()
 
@@ -182,27 +208,34 @@ class Dashboard(BaseView):
                 continue
             set_traits(self._cells[i], value=row_html(snap, at))
             can_cancel = snap.status in UNFINISHED
+            if not can_cancel:
+                self._requested.discard(snap.id)
+            requested = snap.id in self._requested
+            set_traits(
+                self._buttons[i],
+                disabled=requested,
+                description="requested" if requested else "Cancel",
+            )
             set_traits(self._buttons[i].layout, visibility="visible" if can_cancel else "hidden")
             show(self._rows[i], True)
         first = self.offset + 1 if snaps else self.offset
         last = self.offset + len(snaps)
         set_traits(self._page, value=f"tasks {first}-{last} of {total}")
+        show(self._empty, not snaps)
         set_traits(self._prev, disabled=self.offset == 0)
         set_traits(self._next, disabled=last >= total)
         self._ok()
         page_live = any(s.status in UNFINISHED for s in snaps)
-        self.live = (
-            self._dirty
-            or page_live
-            or bool(self._app.store.count(status=list(UNFINISHED), name=None))
-        )
+        busy = page_live or bool(self._app.store.count(status=list(UNFINISHED), name=None))
+        with self._live_lock:
+            self.live = self._dirty or busy
         return self.live
 
 
 def row_html(snap: Snapshot | None, at: _dt.datetime | None = None) -> str:
     """One row of the dashboard's grid (the header row for None)."""
-    cols = "grid-template-columns:minmax(6em,14em) 6em 8em 11em 6em 5em 11em"
-    style = f'style="display:grid;{cols};gap:0 8px;align-items:center;max-width:66em"'
+    cols = "grid-template-columns:minmax(6em,14em) 6em 8em 11em 7em 5em 11em"
+    style = f'style="display:grid;{cols};gap:0 8px;align-items:center;max-width:67em"'
     if snap is None:
         heads = ("task", "id", "status", "progress", "started", "duration", "usage")
         cells = "".join(f"<b>{h}</b>" for h in heads)
@@ -229,7 +262,7 @@ def table_text(rows: Sequence[Snapshot], total: int) -> str:
     """The dashboard's page as a text table."""
     at = now()
     lines = [
-        f"{'task':24} {'id':8}  {'status':11} {'progress':>8}  {'started':16} {'duration':8} usage"
+        f"{'task':24} {'id':8}  {'status':11} {'progress':>8}  {'started':12} {'duration':8} usage"
     ]
     for snap in rows:
         pct = "" if snap.fraction is None else f"{100 * snap.fraction:.0f}%"
@@ -237,9 +270,11 @@ def table_text(rows: Sequence[Snapshot], total: int) -> str:
             pct = "100%"
         lines.append(
             f"{snap.name[:24]:24} {snap.short_id:8}  {snap.status:11} {pct:>8}  "
-            f"{fmt_when(snap.started_at, at):16} {format_duration(elapsed(snap, at)):8} "
+            f"{fmt_when(snap.started_at, at):12} {format_duration(elapsed(snap, at)):8} "
             f"{format_usage(snap.usage)}".rstrip()
         )
+    if not rows:
+        lines.append("no matching tasks")
     lines.append(f"({len(rows)} of {total} tasks)")
     return "\n".join(lines)
 
@@ -247,9 +282,14 @@ def table_text(rows: Sequence[Snapshot], total: int) -> str:
 def dashboard_text(
     app: TaskSource, status: str | None = None, name: str | None = None, limit: int = 20
 ) -> str:
-    """``%tasks`` outside a kernel: the newest ``limit`` tasks as a text table."""
-    rows = app.store.summaries(status=status, name=name, offset=0, limit=limit)
-    return table_text(_with_usage(app.store, rows), app.store.count(status=status, name=name))
+    """``%tasks`` outside a kernel: the newest ``limit`` tasks as a text table (``name``: the
+    names containing it, in any case, as the widget's filter)."""
+    part = (name or "").strip() or None
+    store = app.store
+    rows = store.summaries(status=status, name=None, offset=0, limit=limit, name_part=part)
+    return table_text(
+        _with_usage(store, rows), store.count(status=status, name=None, name_part=part)
+    )
 
 
 def _with_usage(store: _Summaries, rows: Sequence[dict[str, Any]]) -> list[Snapshot]:

@@ -92,16 +92,18 @@ def fmt_number(value: float | None) -> str:
 
 
 def fmt_when(when: _dt.datetime | None, now: _dt.datetime | None = None) -> str:
-    """Local time of day for today, else the date and time."""
+    """Local time of day for today, else the day and time ("Dec 5 14:03"), with the year for
+    another year: the store keeps tasks for days, and a bare time of day would read as today."""
     if when is None:
         return ""
     local = when.astimezone()
     now = (now or _dt.datetime.now(_dt.UTC)).astimezone()
-    return (
-        local.strftime("%H:%M:%S")
-        if local.date() == now.date()
-        else local.strftime("%Y-%m-%d %H:%M")
-    )
+    if local.date() == now.date():
+        return local.strftime("%H:%M:%S")
+    day = f"{local.strftime('%b')} {local.day}"  # no %-d: it is not portable (Windows)
+    if local.year == now.year:
+        return f"{day} {local.strftime('%H:%M')}"
+    return f"{day} {local.year}"
 
 
 def now() -> _dt.datetime:

@@ -51,7 +51,8 @@ class GroupView(BaseView):
         reused = reused_count(self._snaps)
         self._counts = html_widget(counts_html(counts, total, reused), ui.shared("info"))
         self._counts.add_class("nbtasks-counts")
-        self._table = html_widget("")
+        self._table = html_widget("", ui.shared("scroll"))
+        self._table.add_class("nbtasks-members-box")
         self._expand = w.Accordion(
             children=[self._table], titles=(f"members ({total})",), selected_index=None
         )

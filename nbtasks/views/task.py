@@ -37,7 +37,9 @@ from .widgets import (
     status_bar,
 )
 
-__all__ = ["OUTPUT_MAX_APPENDS", "OUTPUT_WIDGET_CHARS", "TaskView"]
+__all__ = ["CANCEL_REQUESTED", "OUTPUT_MAX_APPENDS", "OUTPUT_WIDGET_CHARS", "TaskView"]
+
+CANCEL_REQUESTED = "cancel requested"  # a Cancel button's label once clicked, until the end
 
 OUTPUT_WIDGET_CHARS = 16_000  # tail kept in an Output widget before it is compacted
 OUTPUT_MAX_APPENDS = 200  # appends before compacting the Output widget's outputs
@@ -100,7 +102,7 @@ class TaskView(BaseView):
         self._last_reset = 0.0
         self._hidden_lines = 0  # lines of the output before what the Output widget holds
         self._write_output(snap.output, initial=True)
-        self._meta_html = html_widget(metadata_html(snap.metadata))
+        self._meta_html = html_widget(metadata_html(snap.metadata), shared("scroll"))
         self._meta = w.Accordion(
             children=[self._meta_html],
             titles=(self._meta_title(snap),),
@@ -151,8 +153,18 @@ class TaskView(BaseView):
 
     # -- handlers (run in the comm's thread: a helper subshell or the main shell) --------------
     def _on_cancel(self, _button: Any = None) -> None:
+        """Ask the task to stop and say so on the button at once: a thread task stops only at
+        its next ``progress()``/``check_cancelled()``, and until then it stays RUNNING. The
+        button's traits are set here, in the comm handler (never a task's thread), because a
+        click must show it was taken even when the updater has nothing else to render."""
         try:
-            self._handle.cancel()
+            if self._handle.cancel():
+                set_traits(
+                    self._cancel,
+                    disabled=True,
+                    description=CANCEL_REQUESTED,
+                    tooltip="Cancel requested: the task stops at its next progress() or check",
+                )
         finally:
             self.wake()
 

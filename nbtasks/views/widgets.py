@@ -30,6 +30,7 @@ from .updater import PERIOD, updater, updater_stats
 
 __all__ = [
     "BAR_STYLES",
+    "SCROLL_HEIGHT",
     "BaseView",
     "cancel_button",
     "card",
@@ -44,6 +45,7 @@ __all__ = [
 
 SLOW_PERIOD = 1.0  # for views whose snapshot has not changed for IDLE_AFTER seconds
 IDLE_AFTER = 10.0
+SCROLL_HEIGHT = "22em"  # the most an expanded table (metadata, members) takes before it scrolls
 MAX_POLL_FAILURES = 20  # consecutive failed polls before a view gives up (the error is shown)
 BAR_STYLES: dict[str, str] = {  # a FloatProgress's bar_style per status
     TaskStatus.READY: "info",
@@ -94,7 +96,10 @@ def shared(name: str) -> Any:
             "plain": lambda: w.Layout(),
             "hidden": lambda: w.Layout(display="none"),
             "bar_hidden": lambda: w.Layout(display="none"),
-            "cell": lambda: w.Layout(flex="0 1 66em"),
+            "cell": lambda: w.Layout(flex="0 1 67em"),
+            # expanded metadata and a group's members: 40 keys made a cell 12,400 px tall,
+            # 200 members 6,800 px; at most SCROLL_HEIGHT, then a scroll bar
+            "scroll": lambda: w.Layout(max_height=SCROLL_HEIGHT, overflow="auto"),
         }
         widget = _shared_widgets[name] = factories[name]()
     return widget

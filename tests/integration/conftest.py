@@ -4,7 +4,8 @@
                ``KernelDriver``: run cells, record every iopub message with its arrival time,
                keep the state of every widget model (comm_open + comm_msg updates), send
                comm messages (button clicks) like a frontend would
-  lab_server   one ``jupyter lab`` per session on 127.0.0.1:<free port> with a token
+  lab_server   one ``jupyter lab`` per module on 127.0.0.1:<free port> with a token
+  notebook_server  the same with Notebook 7 (``jupyter notebook``)
   browser      Playwright's sync API driving Debian's /usr/bin/chromium (never
                ``playwright install``); skipped on a machine without chromium, but under
                ``CI=true`` a missing chromium fails
@@ -299,7 +300,33 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """``jupyter lab`` on 127.0.0.1 with a token, isolated config, no news toast."""
-    root = tmp_path_factory.mktemp("lab")
+    yield from _jupyter_server(
+        tmp_path_factory.mktemp("lab"),
+        "jupyterlab",
+        [
+            "--LabApp.news_url=",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--LabApp.expose_app_in_browser=True",
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def notebook_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """``jupyter notebook`` (Notebook 7: jupyter_server with the notebook extension) on
+    127.0.0.1, set up as ``lab_server``; notebooks open at ``/notebooks/<name>.ipynb``. Its
+    cells are JupyterLab's components: the same selectors work in both."""
+    pytest.importorskip("notebook", minversion="7")
+    yield from _jupyter_server(
+        tmp_path_factory.mktemp("nb7"),
+        "notebook",
+        ["--JupyterNotebookApp.expose_app_in_browser=True"],  # it has no news_url
+    )
+
+
+def _jupyter_server(root: Path, module: str, extra: list[str]) -> Iterator[dict[str, Any]]:
+    """Run ``python -m <module>`` (jupyterlab or notebook) in ``root`` until the module's
+    tests end; stop it, and the kernels it started, by PID."""
     port, token = _free_port(), uuid.uuid4().hex
     settings = root / ".settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
@@ -316,19 +343,19 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
     cmd = [
         sys.executable,
         "-m",
-        "jupyterlab",
+        module,
         "--no-browser",
         "--ip=127.0.0.1",
         f"--port={port}",
         "--port-retries=0",
         f"--IdentityProvider.token={token}",
         f"--ServerApp.root_dir={root}",
-        "--LabApp.news_url=",
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        *extra,
     ]
     if os.geteuid() == 0:
         cmd.append("--allow-root")
-    log = open(root / "lab.log", "w")  # noqa: SIM115 - closed below
+    log_path = root / f"{module}.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
     )
@@ -343,11 +370,11 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
                 proc.kill()
                 log.close()
                 raise RuntimeError(
-                    "jupyter lab did not start: " + (root / "lab.log").read_text()[-2000:]
+                    f"{module} did not start: " + log_path.read_text()[-2000:]
                 ) from None
             time.sleep(0.2)
     try:
-        yield {"url": url, "token": token, "root": root, "log": root / "lab.log"}
+        yield {"url": url, "token": token, "root": root, "log": log_path, "app": module}
     finally:
         try:
             kids = psutil.Process(proc.pid).children(recursive=True)  # kernels it started
