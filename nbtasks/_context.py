@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, TextIO, TypeVar
 
+from ._rich import install_display_capture
 from ._errors import Retry, SoftTimeLimitExceeded, TaskCancelled, TaskTimeout
 from ._model import (
     CURRENT,
@@ -41,6 +42,8 @@ T = TypeVar("T")
 _current = CURRENT  # the ContextVar behind current(); it lives with the data model
 
 OUTPUT_LIMIT: Final = 64 * 1024  # characters of output kept per task (the tail)
+DISPLAY_LIMIT: Final = 50  # displayed bundles kept per task (the newest)
+DISPLAY_BYTES: Final = 4 * 1024 * 1024  # characters of their data kept in all (the newest)
 _NUMBER: Final = frozenset({int, float})
 
 
@@ -67,7 +70,17 @@ class Context:
         self._out: list[str] = []
         self._out_len = 0
         self._out_total = 0
-        self._flushed: tuple[Any, ...] = (None, None, None, 0)
+        self._flushed: tuple[Any, ...] = (None, None, None, 0, 0)
+        # displayed bundles (SPEC §4 rich output): kept newest first out, bounded; a change
+        # bumps _disp_version, which the supervisor's sample compares, as it does output_total
+        self._disp: list[dict[str, Any]] = []
+        self._disp_sizes: list[int] = []
+        self._disp_bytes = 0
+        self._disp_total = 0  # bundles displayed in all (the kept ones are the last of them)
+        self._disp_dropped = 0  # left out by the bound
+        self._disp_version = 0
+        self._disp_clear_pending = False  # clear_output(wait=True): clear at the next display
+        self._disp_lock = threading.Lock()
         self._rate_base: tuple[float, float] | None = None
         self.thread_id: int | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -254,6 +267,51 @@ class Context:
             self._out = [tail]
             self._out_len = len(tail)
 
+    def add_display(self, bundle: dict[str, Any]) -> None:
+        """Keep a bundle the task displayed (``_rich`` made it, in the task's thread). The
+        newest ``DISPLAY_LIMIT`` are kept, within ``DISPLAY_BYTES``; the others are counted."""
+        size = sum(len(v) if isinstance(v, str) else 64 for v in bundle.values())
+        with self._disp_lock:
+            if self._disp_clear_pending:
+                self._clear_display()
+            self._disp.append(bundle)
+            self._disp_sizes.append(size)
+            self._disp_bytes += size
+            self._disp_total += 1
+            while len(self._disp) > 1 and (
+                len(self._disp) > DISPLAY_LIMIT or self._disp_bytes > DISPLAY_BYTES
+            ):
+                del self._disp[0]
+                self._disp_bytes -= self._disp_sizes.pop(0)
+                self._disp_dropped += 1
+            self._disp_version += 1
+
+    def clear_display(self, wait: bool = False) -> None:
+        """``clear_output()`` in the task: what it displayed so far is no longer shown (with
+        ``wait``, at its next display, so that a live plot never flickers empty)."""
+        with self._disp_lock:
+            if wait:
+                self._disp_clear_pending = True
+            else:
+                self._clear_display()
+                self._disp_version += 1
+
+    def _clear_display(self) -> None:
+        self._disp_clear_pending = False
+        self._disp = []
+        self._disp_sizes = []
+        self._disp_bytes = 0
+
+    def display_fields(self) -> dict[str, Any]:
+        """The displayed bundles as record fields: ``displayed`` (a new list: the record's
+        own), ``displayed_total`` and ``displayed_dropped``."""
+        with self._disp_lock:
+            return {
+                "displayed": list(self._disp),
+                "displayed_total": self._disp_total,
+                "displayed_dropped": self._disp_dropped,
+            }
+
     @property
     def reported(self) -> tuple[float | None, float | None, str | None]:
         """The progress reported so far: (current, total, message)."""
@@ -276,7 +334,8 @@ class Context:
     def snapshot(self, now: float) -> dict[str, Any] | None:
         """What changed since the last flush, as record fields (None if nothing did)."""
         cur, total, msg, out_total = self._cur, self._total, self._msg, self._out_total
-        if (cur, total, msg, out_total) == self._flushed:
+        version = self._disp_version
+        if (cur, total, msg, out_total, version) == self._flushed:
             return None
         fields: dict[str, Any] = {}
         if cur is not None and (cur, total, msg) != self._flushed[:3]:
@@ -297,7 +356,9 @@ class Context:
         if out_total != self._flushed[3]:
             fields["output"] = self.output()
             fields["output_total"] = out_total
-        self._flushed = (cur, total, msg, out_total)
+        if version != self._flushed[4]:
+            fields.update(self.display_fields())
+        self._flushed = (cur, total, msg, out_total, version)
         return fields
 
 
@@ -396,7 +457,9 @@ _install_lock = threading.Lock()
 
 def install_capture() -> None:
     """Put the stream proxies in place (again, if something replaced them) and route
-    StreamHandlers that write to the standard streams (basicConfig's included)."""
+    StreamHandlers that write to the standard streams (basicConfig's included); route the
+    displays of tasks to them (``_rich``, once)."""
+    install_display_capture()
     if isinstance(sys.stdout, _TaskStream) and isinstance(sys.stderr, _TaskStream):
         return
     with _install_lock:

@@ -33,6 +33,7 @@ PACKAGE = REPO / "nbtasks"
 
 _LOW = {"_errors"}
 _EXECUTORS_ROW = {"_attempt", "_supervisor", "store", "_codec", "_model", "_errors", "executors"}
+_EXECUTORS_ROW |= {"_rich"}  # workers route displays to their tasks before unpickling any
 _VIEWS_ROW = {"_model", "_text", "_kernel", "_errors", "views"}
 _VIEWS_MODULES = [
     "__init__",
@@ -83,7 +84,8 @@ ROWS: dict[str, set[str]] = {
         "store.records",
         "store.writer",
     },
-    "_context": {"store", "_codec", "_model", "_errors"},
+    "_context": {"store", "_codec", "_model", "_errors", "_rich"},
+    "_rich": {"_model", "_kernel", "_errors"},  # display() and figures of tasks, as bundles
     "_attempt": {"_context", "store", "_codec", "_model", "_errors", "_retry"},
     "_retry": {"_codec", "_model", "_errors"},  # what ctx.retry() asks for (checked, built)
     "_supervisor": set(),  # types only (TYPE_CHECKING): the clock, attempts and the store

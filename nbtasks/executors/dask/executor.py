@@ -348,6 +348,11 @@ class DaskExecutor:
             ctx.set_reported(*msg["p"])
         if "ot" in msg:
             ctx.write_output(msg["o"], total=msg["ot"])
+        for op in msg.get("d") or ():  # displays, in order: added, or cleared
+            if op[0] == "a":
+                ctx.add_display(op[1])
+            else:
+                ctx.clear_display(bool(op[1]))
         flush = "m" in msg
         if flush or "rm" in msg:
             merged = dict(rec.get("metadata") or {})
