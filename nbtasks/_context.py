@@ -18,7 +18,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, TextIO, TypeVar
 
-from ._rich import install_display_capture
 from ._errors import Retry, SoftTimeLimitExceeded, TaskCancelled, TaskTimeout
 from ._model import (
     CURRENT,
@@ -31,6 +30,7 @@ from ._model import (
     check_metadata_key,
     check_text,
 )
+from ._rich import install_display_capture
 
 if TYPE_CHECKING:
     import asyncio

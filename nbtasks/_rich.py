@@ -153,9 +153,7 @@ _ours: list[Callable[..., Any]] = []  # the wrappers put in place (a module relo
 def install_display_capture() -> None:
     """Route the displays of running tasks to their Context (once per process; see above)."""
     global _installed, _hook
-    if _installed:
-        return
-    with _lock:
+    with _lock:  # once per attempt start: an uncontended lock costs next to nothing
         if _installed:
             return
         _installed = True
@@ -222,9 +220,9 @@ def _patch_display_functions(module: Any) -> None:
     for name in ("IPython.display", "IPython.core.display", "IPython"):
         other = sys.modules.get(name)  # already bound the originals
         if other is not None and getattr(other, "display", None) is original_display:
-            other.display = display
+            setattr(other, "display", display)  # noqa: B010  (a module ModuleType types)
         if other is not None and getattr(other, "clear_output", None) is original_clear:
-            other.clear_output = clear_output
+            setattr(other, "clear_output", clear_output)  # noqa: B010
 
 
 def _patch_pyplot(pyplot: Any) -> None:

@@ -45,6 +45,7 @@ _VIEWS_MODULES = [
     "dashboard",
     "display",
     "updater",
+    "rich",
 ]
 ROWS: dict[str, set[str]] = {
     "__init__": {"_app", "_context", "_errors", "_model", "_result", "store", "_task", "_canvas"},

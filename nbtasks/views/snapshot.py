@@ -55,6 +55,9 @@ class Snapshot:
     state: str | None = None
     reason: str | None = None  # why it was cancelled or interrupted
     cached: bool = False  # a cache hit: an earlier run's result, reused (SPEC 6)
+    displayed: tuple[Mapping[str, Any], ...] = ()  # the kept bundles it displayed (SPEC 4)
+    displayed_total: int = 0  # bundles displayed in all (the kept ones are the last)
+    displayed_dropped: int = 0  # left out by the bound
 
     @property
     def is_finished(self) -> bool:
@@ -140,6 +143,7 @@ def snapshot(obj: Any) -> Snapshot:
     attempts = getattr(obj, "attempts", 0)
     state = getattr(obj, "state", None)
     reason = getattr(obj, "reason", None)
+    displayed = getattr(obj, "displayed", None) or []
     return Snapshot(
         id=str(getattr(obj, "id", "?")),
         name=str(getattr(obj, "task_name", None) or "?"),
@@ -154,6 +158,9 @@ def snapshot(obj: Any) -> Snapshot:
         state=None if state is None else str(state),
         reason=None if reason is None else str(reason),
         cached=getattr(obj, "cached", False) is True,
+        displayed=tuple(displayed),
+        displayed_total=getattr(displayed, "total", len(displayed)),
+        displayed_dropped=getattr(displayed, "dropped", 0),
         **_progress_fields(getattr(obj, "progress", None)),
     )
 

@@ -18,6 +18,7 @@ from .format import (
     task_html,
     task_line,
 )
+from .rich import DisplayArea
 from .snapshot import Snapshot, snapshot
 from .updater import updater_stats
 from .widgets import (
@@ -85,6 +86,7 @@ class TaskView(BaseView):
         self._widget_chars = 0
         self._last_reset = 0.0
         self._write_output(snap.output, initial=True)
+        self._displayed = DisplayArea(snap)  # what the task displayed, beside its output
         self._meta_html = html_widget(metadata_html(snap.metadata))
         self._meta = w.Accordion(
             children=[self._meta_html],
@@ -100,6 +102,7 @@ class TaskView(BaseView):
             [self._bar, self._info],
             self._error,
             self._out,
+            self._displayed.root,
             self._meta,
             self._problem,
         )
@@ -135,7 +138,12 @@ class TaskView(BaseView):
         self.last = snap
         self.render(snap)
         self._ok()
-        self._note((snap.status, snap.current, snap.message, len(snap.output), snap.attempts))
+        self._note(
+            (
+                (snap.status, snap.current, snap.message, len(snap.output), snap.attempts),
+                (snap.displayed_total, len(snap.displayed)),
+            )
+        )
         self.live = not snap.is_finished
         return self.live
 
@@ -148,6 +156,7 @@ class TaskView(BaseView):
             set_traits(self._error, value=errors_html(snap))
         show(self._error, bool(snap.errors))
         self._write_output(snap.output)
+        self._displayed.render(snap)
         if snap.metadata or self._meta.layout.display != "none":
             set_traits(self._meta_html, value=metadata_html(snap.metadata))
             set_traits(self._meta, titles=(self._meta_title(snap),))
