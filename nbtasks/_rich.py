@@ -35,7 +35,6 @@ import threading
 from collections.abc import Callable
 from typing import Any, Final
 
-from . import _kernel
 from ._model import CURRENT
 
 __all__ = ["MIME_TYPES", "figure_bundle", "install_display_capture", "mime_bundle"]
@@ -157,8 +156,11 @@ def install_display_capture() -> None:
         if _installed:
             return
         _installed = True
-        if _kernel.route_task_displays(_take_published, _format_extra):
-            return  # a shell: its publisher is routed (inline figures included)
+        if "IPython" in sys.modules:  # a shell needs IPython: no _kernel import without it
+            from . import _kernel
+
+            if _kernel.route_task_displays(_take_published, _format_extra):
+                return  # a shell: its publisher is routed (inline figures included)
         if os.environ.get("MPLBACKEND") == _INLINE_BACKEND and "matplotlib" not in sys.modules:
             os.environ["MPLBACKEND"] = "Agg"  # inherited from a kernel; needs one to show
         for name, patch in _PATCHES.items():
