@@ -49,7 +49,7 @@ def show_four() -> str:
     display(Page())
     display(Picture())
     display({"loss": 0.5, "epochs": [1, 2]})
-    fig, ax = plt.subplots(figsize=(2, 1.5), dpi=50)
+    _fig, ax = plt.subplots(figsize=(2, 1.5), dpi=50)
     ax.plot([3, 1, 2])
     plt.show()  # Agg: nbtasks' show hook keeps the open figures and closes them
     print("shown")

@@ -16,7 +16,7 @@ from typing import Any
 
 from .snapshot import Snapshot
 from .updater import updater_stats
-from .widgets import html_widget, ipywidgets, set_traits, show
+from .widgets import html_widget, ipywidgets, set_traits, shared, show
 
 __all__ = ["DisplayArea", "dropped_note"]
 
@@ -74,6 +74,11 @@ class DisplayArea:
 
 def _bundle_widget(bundle: Mapping[str, Any]) -> Any:
     w = ipywidgets()
-    out = w.Output(outputs=({"output_type": "display_data", "data": bundle, "metadata": {}},))
+    # the shared layout: a widget of its own per bundle would be a second comm to open (and
+    # one left behind when the bundle's widget is closed)
+    out = w.Output(
+        outputs=({"output_type": "display_data", "data": bundle, "metadata": {}},),
+        layout=shared("plain"),
+    )
     out.add_class("nbtasks-display")
     return out
