@@ -8,7 +8,6 @@ always written when the attempt ends. The same supervisor enforces time limits.
 
 from __future__ import annotations
 
-import importlib.abc
 import json
 import logging
 import math
@@ -30,7 +29,7 @@ from ._model import (
     check_metadata_key,
     check_text,
 )
-from ._rich import install_display_capture
+from ._rich import install_display_capture, patch_on_import
 
 if TYPE_CHECKING:
     import asyncio
@@ -508,49 +507,13 @@ def _is_std_stream(stream: Any) -> bool:
 # --------------------------------------------------------------------------- tqdm bridge
 
 _tqdm_patched = False
-_tqdm_hook_installed = False
 
 
 def install_tqdm_bridge() -> None:
     """Make tqdm bars drive the running task's progress: now if tqdm is loaded, else as soon
     as it is imported (a task may import it itself)."""
-    global _tqdm_hook_installed
-    if _tqdm_patched:
-        return
-    std = sys.modules.get("tqdm.std")
-    if std is not None:
-        _patch_tqdm(std)
-    elif not _tqdm_hook_installed:
-        _tqdm_hook_installed = True
-        sys.meta_path.insert(0, _TqdmImportHook())
-
-
-class _TqdmImportHook(importlib.abc.MetaPathFinder):
-    """Patches ``tqdm.std`` right after it is imported (and does nothing else)."""
-
-    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != "tqdm.std" or _tqdm_patched:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(name, path, target)
-            if spec is not None and spec.loader is not None:
-                spec.loader = _PatchingLoader(spec.loader)
-                return spec
-        return None
-
-
-class _PatchingLoader(importlib.abc.Loader):
-    def __init__(self, loader: Any) -> None:
-        self._loader = loader
-
-    def create_module(self, spec: Any) -> Any:
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module: Any) -> None:
-        self._loader.exec_module(module)
-        _patch_tqdm(module)
+    if not _tqdm_patched:
+        patch_on_import("tqdm.std", _patch_tqdm)
 
 
 def _patch_tqdm(std: Any) -> None:

@@ -37,7 +37,13 @@ from typing import Any, Final
 
 from ._model import CURRENT
 
-__all__ = ["MIME_TYPES", "figure_bundle", "install_display_capture", "mime_bundle"]
+__all__ = [
+    "MIME_TYPES",
+    "figure_bundle",
+    "install_display_capture",
+    "mime_bundle",
+    "patch_on_import",
+]
 
 #: The MIME types a bundle keeps (SPEC §4), in the order Jupyter prefers them.
 MIME_TYPES: Final = (
@@ -151,7 +157,7 @@ _ours: list[Callable[..., Any]] = []  # the wrappers put in place (a module relo
 
 def install_display_capture() -> None:
     """Route the displays of running tasks to their Context (once per process; see above)."""
-    global _installed, _hook
+    global _installed
     with _lock:  # once per attempt start: an uncontended lock costs next to nothing
         if _installed:
             return
@@ -163,12 +169,8 @@ def install_display_capture() -> None:
                 return  # a shell: its publisher is routed (inline figures included)
         if os.environ.get("MPLBACKEND") == _INLINE_BACKEND and "matplotlib" not in sys.modules:
             os.environ["MPLBACKEND"] = "Agg"  # inherited from a kernel; needs one to show
-        for name, patch in _PATCHES.items():
-            module = sys.modules.get(name)
-            if module is not None:
-                patch(module)
-        _hook = _ImportHook()
-        sys.meta_path.insert(0, _hook)
+        patch_on_import("IPython.core.display_functions", _patch_display_functions)
+        patch_on_import("matplotlib.pyplot", _patch_pyplot)
 
 
 def _take_published(data: dict[str, Any] | None, clear: bool, wait: bool) -> bool:
@@ -247,10 +249,22 @@ def _patch_pyplot(pyplot: Any) -> None:
     pyplot.show = show
 
 
-_PATCHES: Final[dict[str, Callable[[Any], None]]] = {
-    "IPython.core.display_functions": _patch_display_functions,
-    "matplotlib.pyplot": _patch_pyplot,
-}
+_PATCHES: dict[str, Callable[[Any], None]] = {}  # module name -> its patch, once imported
+
+
+def patch_on_import(name: str, patch: Callable[[Any], None]) -> None:
+    """Call ``patch(module)`` on module ``name``: now if it is loaded, else right after it is
+    imported (one import hook for all; the tqdm bridge uses it too). ``patch`` must be
+    idempotent: a module already loaded is patched at once, and again by a later call."""
+    global _hook
+    module = sys.modules.get(name)
+    if module is not None:
+        patch(module)
+        return
+    _PATCHES[name] = patch
+    if _hook is None:
+        _hook = _ImportHook()
+        sys.meta_path.insert(0, _hook)
 
 
 class _ImportHook(importlib.abc.MetaPathFinder):
