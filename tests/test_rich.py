@@ -159,8 +159,12 @@ def test_the_widget_shows_each_bundle_once_as_an_output(app: nbtasks.App) -> Non
     r = app.task(name="rich.stepped")(stepped).delay(gate, step)
     assert step.wait(10)
     view = views.TaskView(r)
-    wait_until(lambda: view.poll() and len(view._displayed.root.children) == 2, 5)
+    assert view._displayed is None or view._displayed.root in view.root.children
+    wait_until(lambda: view.poll() and view._displayed is not None, 5)  # made at the first
+    assert view._displayed is not None
     area = view._displayed.root
+    assert area in view.root.children
+    assert len(area.children) == 2  # the (hidden) note, the picture
     first = area.children[1]
     assert area.layout.display is None  # shown
     assert first.outputs[0]["data"]["image/png"] == base64.b64encode(PNG).decode()

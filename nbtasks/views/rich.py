@@ -11,6 +11,7 @@ bundles were encoded in the task's thread or process (``_rich``): the updater on
 from __future__ import annotations
 
 import html
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,7 +19,13 @@ from .snapshot import Snapshot
 from .updater import updater_stats
 from .widgets import html_widget, ipywidgets, set_traits, shared, show
 
-__all__ = ["DisplayArea", "dropped_note"]
+__all__ = ["RETIRE_AFTER", "DisplayArea", "dropped_note"]
+
+#: Seconds a bundle's widget stays open after it left the area (cleared, dropped). A page that
+#: reloads lists the kernel's widgets, then fetches each one: a widget closed in between fails
+#: to load and takes its parent's view with it (an error box in place of the area), so a live
+#: plot that replaces its figure several times a second must not close them at once.
+RETIRE_AFTER = 10.0
 
 
 def dropped_note(dropped: int) -> str:
@@ -43,6 +50,7 @@ class DisplayArea:
         self.root.add_class("nbtasks-displayed")
         self._shown: dict[int, Any] = {}  # the bundle's number (0 = the task's first) -> widget
         self._key: tuple[int, int, int] = (0, 0, 0)
+        self._retired: list[tuple[float, Any]] = []  # (when it left, widget), oldest first
         self.render(snap)
 
     def render(self, snap: Snapshot) -> int:
@@ -58,8 +66,10 @@ class DisplayArea:
             number = first + k
             widget = self._shown.pop(number, None)
             shown[number] = widget if widget is not None else _bundle_widget(bundle)
-        for widget in self._shown.values():
-            widget.close()
+        moment = time.monotonic()
+        self._retired.extend((moment, widget) for widget in self._shown.values())
+        while self._retired and moment - self._retired[0][0] > RETIRE_AFTER:
+            self._retired.pop(0)[1].close()
         self._shown = shown
         if snap.displayed_dropped:
             set_traits(

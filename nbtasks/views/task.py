@@ -86,7 +86,7 @@ class TaskView(BaseView):
         self._widget_chars = 0
         self._last_reset = 0.0
         self._write_output(snap.output, initial=True)
-        self._displayed = DisplayArea(snap)  # what the task displayed, beside its output
+        self._displayed: DisplayArea | None = None  # made at the task's first display
         self._meta_html = html_widget(metadata_html(snap.metadata))
         self._meta = w.Accordion(
             children=[self._meta_html],
@@ -102,10 +102,10 @@ class TaskView(BaseView):
             [self._bar, self._info],
             self._error,
             self._out,
-            self._displayed.root,
             self._meta,
             self._problem,
         )
+        self._render_displayed(snap)
         self.live = not snap.is_finished
         self._cancel_routed = _kernel.route_comm_to_helper_subshell(self._cancel.comm)
 
@@ -156,7 +156,7 @@ class TaskView(BaseView):
             set_traits(self._error, value=errors_html(snap))
         show(self._error, bool(snap.errors))
         self._write_output(snap.output)
-        self._displayed.render(snap)
+        self._render_displayed(snap)
         if snap.metadata or self._meta.layout.display != "none":
             set_traits(self._meta_html, value=metadata_html(snap.metadata))
             set_traits(self._meta, titles=(self._meta_title(snap),))
@@ -164,6 +164,20 @@ class TaskView(BaseView):
         if snap.is_finished:
             set_traits(self._cancel, disabled=True)
             show(self._cancel, False)
+
+    def _render_displayed(self, snap: Snapshot) -> None:
+        """What the task displayed, in an area after its output: made (and put in the card) at
+        its first display, so that a task that displays nothing costs no more comms."""
+        area = self._displayed
+        if area is None:
+            if not snap.displayed_total:
+                return
+            area = self._displayed = DisplayArea(snap)
+            children = list(self.root.children)
+            children.insert(children.index(self._out) + 1, area.root)
+            set_traits(self.root, children=tuple(children))
+        else:
+            area.render(snap)
 
     def _write_output(self, text: str, initial: bool = False) -> None:
         """Append what is new in the task's output tail with ``Output.append_stdout``."""

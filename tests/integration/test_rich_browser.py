@@ -81,7 +81,12 @@ def test_a_displayed_figure_shows_in_the_widget_while_running_and_after_reload(
         page.wait_for_function("() => !document.querySelector('.jp-mod-dirty')", timeout=10_000)
         page.reload()
         page.wait_for_selector(WIDGET, timeout=60_000)
-        reloaded = image_inside_widget(page)
+        try:
+            reloaded = image_inside_widget(page)
+        except Exception:  # what the page showed instead, for whoever reads the failure
+            page.locator(WIDGET).first.scroll_into_view_if_needed()
+            page.screenshot(path=str(tmp_path / "reload-failed.png"))
+            raise
         assert reloaded["count"] == 1 and reloaded["status"] == "RUNNING"
         page.wait_for_selector(
             f'{WIDGET} .nbtasks-status[data-status="SUCCESSFUL"]', timeout=30_000
