@@ -174,3 +174,28 @@ def test_the_widget_shows_each_bundle_once_as_an_output(app: nbtasks.App) -> Non
     assert area.children[1] is first  # kept, not sent again
     assert area.children[2].outputs[0]["data"]["text/html"] == "<b>page</b>"
     assert area.children[0].layout.display == "none"  # nothing dropped: no note
+
+
+@pytest.mark.timeout(120)
+def test_dask_task_displays_reach_its_record(store_path: Path) -> None:
+    """A Dask worker process sends its task's bundles with its output events (SPEC §4)."""
+    import logging
+
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            processes=True,
+            n_workers=1,
+            threads_per_worker=1,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as client,
+        nbtasks.App(store=store_path, dask=client) as app,
+    ):
+        r = app.task(name="rich.four_dask", executor="dask")(show_four).delay()
+        assert r.get(timeout=60) == "ok"
+        check_four(r.displayed)
+        task_id = r.id
+    with nbtasks.App(store=store_path) as again:
+        check_four(again.result(task_id).displayed)
