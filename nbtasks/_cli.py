@@ -18,7 +18,7 @@ from typing import Any
 from ._app import App
 from ._errors import NbtasksError
 from ._model import Progress, TaskStatus, to_datetime
-from ._result import TaskResult
+from ._result import Displayed, TaskResult
 from ._text import format_duration, format_usage, match_ids, parse_duration, parse_status
 
 
@@ -161,6 +161,7 @@ def cmd_show(app: App, text: str) -> int:
         ("metadata", json.dumps(r.metadata)),
         ("backend", r.backend),
     ]
+    lines.append(("displayed", _displayed_line(r.displayed)))
     width = max(len(k) for k, _ in lines)
     for k, v in lines:
         print(f"{k:>{width}}: {v}")
@@ -169,6 +170,24 @@ def cmd_show(app: App, text: str) -> int:
     if r.output:
         print(f"\n--- output (tail)\n{r.output.rstrip()}")
     return 0
+
+
+_TIMES = "\N{MULTIPLICATION SIGN}"
+
+
+def _displayed_line(displayed: Displayed) -> str:
+    """What a task displayed, by type, and how many the bound left out: ``3 (image/png
+    \N{MULTIPLICATION SIGN}2, text/html \N{MULTIPLICATION SIGN}1)``."""
+    if not displayed.total:
+        return "-"
+    kinds = ", ".join(f"{mime} {_TIMES}{n}" for mime, n in displayed.by_type().items())
+    line = f"{len(displayed)}" + (f" ({kinds})" if kinds else "")
+    if displayed.dropped:
+        line += f", {displayed.dropped} earlier not kept"
+    cleared = displayed.total - len(displayed) - displayed.dropped
+    if cleared > 0:
+        line += f", {cleared} cleared"
+    return line
 
 
 # --------------------------------------------------------------------------- the demo

@@ -8,7 +8,6 @@ always written when the attempt ends. The same supervisor enforces time limits.
 
 from __future__ import annotations
 
-import importlib.abc
 import json
 import logging
 import math
@@ -30,6 +29,7 @@ from ._model import (
     check_metadata_key,
     check_text,
 )
+from ._rich import install_display_capture, patch_on_import
 
 if TYPE_CHECKING:
     import asyncio
@@ -41,6 +41,8 @@ T = TypeVar("T")
 _current = CURRENT  # the ContextVar behind current(); it lives with the data model
 
 OUTPUT_LIMIT: Final = 64 * 1024  # characters of output kept per task (the tail)
+DISPLAY_LIMIT: Final = 50  # displayed bundles kept per task (the newest)
+DISPLAY_BYTES: Final = 4 * 1024 * 1024  # characters of their data kept in all (the newest)
 _NUMBER: Final = frozenset({int, float})
 
 
@@ -67,7 +69,17 @@ class Context:
         self._out: list[str] = []
         self._out_len = 0
         self._out_total = 0
-        self._flushed: tuple[Any, ...] = (None, None, None, 0)
+        self._flushed: tuple[Any, ...] = (None, None, None, 0, 0)
+        # displayed bundles (SPEC §4 rich output): kept newest first out, bounded; a change
+        # bumps _disp_version, which the supervisor's sample compares, as it does output_total
+        self._disp: list[dict[str, Any]] = []
+        self._disp_sizes: list[int] = []
+        self._disp_bytes = 0
+        self._disp_total = 0  # bundles displayed in all (the kept ones are the last of them)
+        self._disp_dropped = 0  # left out by the bound
+        self._disp_version = 0
+        self._disp_clear_pending = False  # clear_output(wait=True): clear at the next display
+        self._disp_lock = threading.Lock()
         self._rate_base: tuple[float, float] | None = None
         self.thread_id: int | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -255,6 +267,51 @@ class Context:
             self._out = [tail]
             self._out_len = len(tail)
 
+    def add_display(self, bundle: dict[str, Any]) -> None:
+        """Keep a bundle the task displayed (``_rich`` made it, in the task's thread). The
+        newest ``DISPLAY_LIMIT`` are kept, within ``DISPLAY_BYTES``; the others are counted."""
+        size = sum(len(v) if isinstance(v, str) else 64 for v in bundle.values())
+        with self._disp_lock:
+            if self._disp_clear_pending:
+                self._clear_display()
+            self._disp.append(bundle)
+            self._disp_sizes.append(size)
+            self._disp_bytes += size
+            self._disp_total += 1
+            while len(self._disp) > 1 and (
+                len(self._disp) > DISPLAY_LIMIT or self._disp_bytes > DISPLAY_BYTES
+            ):
+                del self._disp[0]
+                self._disp_bytes -= self._disp_sizes.pop(0)
+                self._disp_dropped += 1
+            self._disp_version += 1
+
+    def clear_display(self, wait: bool = False) -> None:
+        """``clear_output()`` in the task: what it displayed so far is no longer shown (with
+        ``wait``, at its next display, so that a live plot never flickers empty)."""
+        with self._disp_lock:
+            if wait:
+                self._disp_clear_pending = True
+            else:
+                self._clear_display()
+                self._disp_version += 1
+
+    def _clear_display(self) -> None:
+        self._disp_clear_pending = False
+        self._disp = []
+        self._disp_sizes = []
+        self._disp_bytes = 0
+
+    def display_fields(self) -> dict[str, Any]:
+        """The displayed bundles as record fields: ``displayed`` (a new list: the record's
+        own), ``displayed_total`` and ``displayed_dropped``."""
+        with self._disp_lock:
+            return {
+                "displayed": list(self._disp),
+                "displayed_total": self._disp_total,
+                "displayed_dropped": self._disp_dropped,
+            }
+
     @property
     def reported(self) -> tuple[float | None, float | None, str | None]:
         """The progress reported so far: (current, total, message)."""
@@ -277,7 +334,8 @@ class Context:
     def snapshot(self, now: float) -> dict[str, Any] | None:
         """What changed since the last flush, as record fields (None if nothing did)."""
         cur, total, msg, out_total = self._cur, self._total, self._msg, self._out_total
-        if (cur, total, msg, out_total) == self._flushed:
+        version = self._disp_version
+        if (cur, total, msg, out_total, version) == self._flushed:
             return None
         fields: dict[str, Any] = {}
         if cur is not None and (cur, total, msg) != self._flushed[:3]:
@@ -298,7 +356,9 @@ class Context:
         if out_total != self._flushed[3]:
             fields["output"] = self.output()
             fields["output_total"] = out_total
-        self._flushed = (cur, total, msg, out_total)
+        if version != self._flushed[4]:
+            fields.update(self.display_fields())
+        self._flushed = (cur, total, msg, out_total, version)
         return fields
 
 
@@ -397,7 +457,9 @@ _install_lock = threading.Lock()
 
 def install_capture() -> None:
     """Put the stream proxies in place (again, if something replaced them) and route
-    StreamHandlers that write to the standard streams (basicConfig's included)."""
+    StreamHandlers that write to the standard streams (basicConfig's included); route the
+    displays of tasks to them (``_rich``, once)."""
+    install_display_capture()
     if isinstance(sys.stdout, _TaskStream) and isinstance(sys.stderr, _TaskStream):
         return
     with _install_lock:
@@ -446,49 +508,13 @@ def _is_std_stream(stream: Any) -> bool:
 # --------------------------------------------------------------------------- tqdm bridge
 
 _tqdm_patched = False
-_tqdm_hook_installed = False
 
 
 def install_tqdm_bridge() -> None:
     """Make tqdm bars drive the running task's progress: now if tqdm is loaded, else as soon
     as it is imported (a task may import it itself)."""
-    global _tqdm_hook_installed
-    if _tqdm_patched:
-        return
-    std = sys.modules.get("tqdm.std")
-    if std is not None:
-        _patch_tqdm(std)
-    elif not _tqdm_hook_installed:
-        _tqdm_hook_installed = True
-        sys.meta_path.insert(0, _TqdmImportHook())
-
-
-class _TqdmImportHook(importlib.abc.MetaPathFinder):
-    """Patches ``tqdm.std`` right after it is imported (and does nothing else)."""
-
-    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != "tqdm.std" or _tqdm_patched:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(name, path, target)
-            if spec is not None and spec.loader is not None:
-                spec.loader = _PatchingLoader(spec.loader)
-                return spec
-        return None
-
-
-class _PatchingLoader(importlib.abc.Loader):
-    def __init__(self, loader: Any) -> None:
-        self._loader = loader
-
-    def create_module(self, spec: Any) -> Any:
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module: Any) -> None:
-        self._loader.exec_module(module)
-        _patch_tqdm(module)
+    if not _tqdm_patched:
+        patch_on_import("tqdm.std", _patch_tqdm)
 
 
 def _patch_tqdm(std: Any) -> None:

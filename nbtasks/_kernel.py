@@ -24,6 +24,7 @@ from __future__ import annotations
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "on_cell_end",
     "publish_display",
     "route_comm_to_helper_subshell",
+    "route_task_displays",
     "thread_sends_supported",
     "warn_if_unsupported",
 ]
@@ -44,6 +46,7 @@ _lock = threading.Lock()
 _helper_subshell_id: str | None = None
 _helper_subshell_failed = False
 _warned = False
+_routed_pub: Any = None  # the display publisher whose displays route_task_displays routes
 
 
 def get_shell() -> Any | None:
@@ -247,4 +250,48 @@ def on_cell_end(callback: Any) -> bool:
 
         _hook.nbtasks_callback = callback  # type: ignore[attr-defined]
         events.register("post_run_cell", _hook)
+    return True
+
+
+def route_task_displays(
+    take: Callable[[dict[str, Any] | None, bool, bool], bool],
+    extra: Callable[[Any, dict[str, Any]], dict[str, Any]],
+) -> bool:
+    """Wrap the shell's display publisher and formatter so that a running task's displays go
+    to the task (``_rich``), not to whichever cell runs now. Returns False without a shell.
+
+    ``display()`` called from any thread formats with ``shell.display_formatter.format`` and
+    publishes with ``shell.display_pub.publish`` (``clear_output`` with its ``clear_output``),
+    and ipykernel sends that to the cell being executed. ``take(data, clear, wait)`` is asked
+    first and returns whether a task took it; ``extra(obj, data)`` completes a bundle formatted
+    in a task's thread. The wrappers are instance attributes, set once per shell.
+    """
+    shell = get_shell()
+    pub = getattr(shell, "display_pub", None)
+    formatter = getattr(shell, "display_formatter", None)
+    if pub is None or formatter is None:
+        return False
+    global _routed_pub
+    if _routed_pub is pub:
+        return True
+    publish, clear_output, fmt = pub.publish, pub.clear_output, formatter.format
+
+    def routed_publish(data: dict[str, Any], metadata: Any = None, *args: Any, **kw: Any) -> Any:
+        if take(data, False, False):
+            return None
+        return publish(data, metadata, *args, **kw)
+
+    def routed_clear(wait: bool = False) -> Any:
+        if take(None, True, wait):
+            return None
+        return clear_output(wait)
+
+    def routed_format(obj: Any, *args: Any, **kw: Any) -> Any:
+        data, metadata = fmt(obj, *args, **kw)
+        return extra(obj, data), metadata
+
+    pub.publish = routed_publish
+    pub.clear_output = routed_clear
+    formatter.format = routed_format
+    _routed_pub = pub
     return True

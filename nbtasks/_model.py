@@ -123,6 +123,9 @@ class TaskRecord(TypedDict, total=False):
     progress: list[Any] | None  # Progress.to_json()
     output: str  # the bounded tail of what it printed or logged
     output_total: int  # characters written in all (the tail may hold fewer)
+    displayed: list[dict[str, Any]]  # the newest MIME bundles it displayed (SPEC §4)
+    displayed_total: int  # bundles displayed in all
+    displayed_dropped: int  # bundles the bound left out (the oldest)
     metadata: dict[str, Any]
     heartbeat: float  # a detached worker's last sign of life
     # at the end

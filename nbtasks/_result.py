@@ -63,6 +63,33 @@ class _When:
         return to_datetime(cast("float | None", rec.get(self.field)))
 
 
+class Displayed(list[dict[str, Any]]):
+    """``TaskResult.displayed``: the kept bundles, with how many were displayed in all
+    (``total``) and how many the bound left out (``dropped``, the oldest)."""
+
+    def __init__(self, bundles: Any = (), *, total: int = 0, dropped: int = 0) -> None:
+        super().__init__(bundles)
+        self.total = max(total, len(self))
+        self.dropped = dropped
+
+    def by_type(self) -> dict[str, int]:
+        """The bundles counted by their richest type (an image before HTML before Markdown
+        before JSON; text/plain when that is all), most first: ``{"image/png": 2, ...}``."""
+        counts: dict[str, int] = {}
+        for bundle in self:
+            mime = next((m for m in _RICHEST if m in bundle), "text/plain")
+            counts[mime] = counts.get(mime, 0) + 1
+        return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+_RICHEST = ("image/png", "image/svg+xml", "text/html", "text/markdown", "application/json")
+
+
+def _count(value: Any) -> int:
+    """A count the store holds (a record is data: anything else reads as 0)."""
+    return value if type(value) is int and value >= 0 else 0
+
+
 class TaskResult:
     """The state and outcome of one task (django-tasks' TaskResult, with Celery's extras).
 
@@ -304,6 +331,20 @@ class TaskResult:
         and for an attempt whose worker died (``WorkerLost`` says the peak memory it saw)."""
         usage = self._now().get("usage")
         return dict(usage) if isinstance(usage, dict) else None
+
+    @property
+    def displayed(self) -> Displayed:
+        """The MIME bundles the task displayed (``display(...)``, matplotlib figures), in
+        order: a list of ``{mime type: data}`` dicts, binary data as base64 text (nbformat's
+        form). Bounded: the newest are kept; ``.dropped`` counts those left out, ``.total``
+        all it displayed (a ``clear_output()`` in the task empties the list)."""
+        rec = self._now()
+        bundles = rec.get("displayed") or []
+        return Displayed(
+            (dict(b) for b in bundles if isinstance(b, dict)),
+            total=_count(rec.get("displayed_total")),
+            dropped=_count(rec.get("displayed_dropped")),
+        )
 
     @property
     def reason(self) -> str | None:

@@ -42,6 +42,7 @@ _EXECUTORS_ROW = {
     "_text",  # text for the user (usage.oom_hint's memory sizes)
     "executors",
 }
+_EXECUTORS_ROW |= {"_rich"}  # workers route displays to their tasks before unpickling any
 _VIEWS_ROW = {"_model", "_text", "_kernel", "_errors", "views"}
 _VIEWS_MODULES = [
     "__init__",
@@ -54,6 +55,7 @@ _VIEWS_MODULES = [
     "display",
     "updater",
     "timeline",
+    "rich",
 ]
 ROWS: dict[str, set[str]] = {
     "__init__": {"_app", "_context", "_errors", "_model", "_result", "store", "_task", "_canvas"},
@@ -93,7 +95,8 @@ ROWS: dict[str, set[str]] = {
         "store.records",
         "store.writer",
     },
-    "_context": {"store", "_codec", "_model", "_errors"},
+    "_context": {"store", "_codec", "_model", "_errors", "_rich"},
+    "_rich": {"_model", "_kernel", "_errors"},  # display() and figures of tasks, as bundles
     "_attempt": {"_context", "store", "_codec", "_model", "_errors", "_retry"},
     "_retry": {"_codec", "_model", "_errors"},  # what ctx.retry() asks for (checked, built)
     "_supervisor": set(),  # types only (TYPE_CHECKING): the clock, attempts and the store

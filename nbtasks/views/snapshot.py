@@ -66,6 +66,9 @@ class Snapshot:
     messages: tuple[str, ...] = ()  # each error's message (str(exc)), beside ``errors``
     value: str | None = None  # a short repr of a SUCCESSFUL task's value (``value_text``)
     usage: Mapping[str, Any] | None = None  # the last attempt's CPU and peak memory (SPEC 4)
+    displayed: tuple[Mapping[str, Any], ...] = ()  # the kept bundles it displayed (SPEC 4)
+    displayed_total: int = 0  # bundles displayed in all (the kept ones are the last)
+    displayed_dropped: int = 0  # left out by the bound
 
     @property
     def is_finished(self) -> bool:
@@ -154,6 +157,7 @@ def snapshot(obj: Any) -> Snapshot:
     attempts = getattr(obj, "attempts", 0)
     state = getattr(obj, "state", None)
     reason = getattr(obj, "reason", None)
+    displayed = getattr(obj, "displayed", None) or []
     return Snapshot(
         id=str(getattr(obj, "id", "?")),
         name=str(getattr(obj, "task_name", None) or "?"),
@@ -170,6 +174,9 @@ def snapshot(obj: Any) -> Snapshot:
         reason=None if reason is None else str(reason),
         cached=getattr(obj, "cached", False) is True,
         usage=_usage(getattr(obj, "usage", None)),
+        displayed=tuple(displayed),
+        displayed_total=getattr(displayed, "total", len(displayed)),
+        displayed_dropped=getattr(displayed, "dropped", 0),
         **_progress_fields(getattr(obj, "progress", None)),
     )
 

@@ -22,6 +22,7 @@ from .format import (
     task_html,
     task_line,
 )
+from .rich import DisplayArea
 from .snapshot import Snapshot, snapshot, value_text
 from .updater import updater_stats
 from .widgets import (
@@ -102,6 +103,7 @@ class TaskView(BaseView):
         self._last_reset = 0.0
         self._hidden_lines = 0  # lines of the output before what the Output widget holds
         self._write_output(snap.output, initial=True)
+        self._displayed: DisplayArea | None = None  # made at the task's first display
         self._meta_html = html_widget(metadata_html(snap.metadata), shared("scroll"))
         self._meta = w.Accordion(
             children=[self._meta_html],
@@ -121,6 +123,7 @@ class TaskView(BaseView):
             self._meta,
             self._problem,
         )
+        self._render_displayed(snap)
         self.live = not snap.is_finished
         self._cancel_routed = _kernel.route_comm_to_helper_subshell(self._cancel.comm)
 
@@ -178,7 +181,12 @@ class TaskView(BaseView):
             self._final_shown = True
             self.update_fallback()  # what a saved notebook shows: the end, not the start
         self._ok()
-        self._note((snap.status, snap.current, snap.message, len(snap.output), snap.attempts))
+        self._note(
+            (
+                (snap.status, snap.current, snap.message, len(snap.output), snap.attempts),
+                (snap.displayed_total, len(snap.displayed)),
+            )
+        )
         self.live = not snap.is_finished
         return self.live
 
@@ -192,6 +200,7 @@ class TaskView(BaseView):
             set_traits(self._error, value=errors_html(snap))
         show(self._error, bool(snap.errors))
         self._write_output(snap.output)
+        self._render_displayed(snap)
         if snap.metadata or self._meta.layout.display != "none":
             set_traits(self._meta_html, value=metadata_html(snap.metadata))
             set_traits(self._meta, titles=(self._meta_title(snap),))
@@ -212,6 +221,20 @@ class TaskView(BaseView):
         )
         set_traits(self._cancel, disabled=True, tooltip="the kernel stopped")
         self.update_fallback()
+
+    def _render_displayed(self, snap: Snapshot) -> None:
+        """What the task displayed, in an area after its output: made (and put in the card) at
+        its first display, so that a task that displays nothing costs no more comms."""
+        area = self._displayed
+        if area is None:
+            if not snap.displayed_total:
+                return
+            area = self._displayed = DisplayArea(snap)
+            children = list(self.root.children)
+            children.insert(children.index(self._out) + 1, area.root)
+            set_traits(self.root, children=tuple(children))
+        else:
+            area.render(snap)
 
     def _write_output(self, text: str, initial: bool = False) -> None:
         """Append what is new in the task's output tail with ``Output.append_stdout``."""

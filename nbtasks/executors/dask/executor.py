@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import queue
 import sys
 import threading
@@ -352,6 +353,11 @@ class DaskExecutor:
             flight.attempt.reported_usage = msg["u"]
         if "ot" in msg:
             ctx.write_output(msg["o"], total=msg["ot"])
+        for op in msg.get("d") or ():  # displays, in order: added, or cleared
+            if op[0] == "a":
+                ctx.add_display(_json_bundle(op[1]))
+            else:
+                ctx.clear_display(bool(op[1]))
         flush = "m" in msg
         if flush or "rm" in msg:
             merged = dict(rec.get("metadata") or {})
@@ -583,3 +589,11 @@ def _result_or_error(future: Any) -> Any:
         return future.result(timeout=60)
     except BaseException as exc:
         return _Failure(exc)
+
+
+def _json_bundle(bundle: dict[str, Any]) -> dict[str, Any]:
+    """A bundle as it left the task: Dask's events carry a JSON value's lists as tuples."""
+    data = bundle.get("application/json")
+    if data is None:
+        return bundle
+    return {**bundle, "application/json": json.loads(json.dumps(data))}

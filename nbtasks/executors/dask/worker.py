@@ -31,6 +31,7 @@ from collections import OrderedDict
 from typing import Any, Final
 
 # The core's Context, reached through _attempt (the executors' row of DESIGN's table).
+from ... import _rich
 from ..._attempt import AttemptCore, Context, Job, Options, worker_id
 from ..._codec import dumps, loads
 from ..._errors import TaskCancelled
@@ -77,6 +78,22 @@ class RemoteContext(Context):
         super().__init__(attempt)
         self._outbox: list[str] = []
         self._outlock = threading.Lock()
+        # displays, sent as they came: ["a", bundle] or ["c", wait] (clear_output); the
+        # client's Context keeps and bounds them as a local task's does
+        self.display_ops: list[list[Any]] = []
+
+    def add_display(self, bundle: dict[str, Any]) -> None:
+        with self._outlock:
+            self.display_ops.append(["a", bundle])
+
+    def clear_display(self, wait: bool = False) -> None:
+        with self._outlock:
+            self.display_ops.append(["c", wait])
+
+    def drain_displays(self) -> list[list[Any]]:
+        with self._outlock:
+            ops, self.display_ops = self.display_ops, []
+        return ops
 
     def write_output(self, text: str, total: int | None = None) -> None:
         with self._outlock:
@@ -140,6 +157,9 @@ class RemoteAttempt(AttemptCore):
         if cur is not None and (cur, total, msg) != self.sent:
             out["p"] = [cur, total, msg]
             self.sent = (cur, total, msg)
+        ops = ctx.drain_displays()
+        if ops:
+            out["d"] = ops
         text = ctx._drain()
         if text:
             self.out_total += len(text)
@@ -152,7 +172,7 @@ class RemoteAttempt(AttemptCore):
 
     def _changed(self) -> bool:
         ctx = self.ctx
-        return bool(self.pending or ctx._outbox) or ctx.reported != self.sent
+        return bool(self.pending or ctx._outbox or ctx.display_ops) or ctx.reported != self.sent
 
     def _send(self) -> None:
         msg = self._fields()
@@ -214,6 +234,7 @@ def run(payload: bytes) -> Any:
     not carry it (or went missing)."""
     from distributed.worker import get_worker, thread_state
 
+    _rich.install_display_capture()  # before the task is unpickled (see process/child.py)
     blob, head, args, kwargs = loads(payload)
 
     worker = get_worker()

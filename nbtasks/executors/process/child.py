@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from ... import _codec
+from ... import _codec, _rich
 from ..._attempt import Attempt, Job, Options, limit_text, record_interrupted
 from ..._errors import NbtasksError, SoftTimeLimitExceeded, TaskCancelled, TaskTimeout
 from ..._model import MISSING, Request, TaskRecord
@@ -68,6 +68,9 @@ HAS_ALARM: Final = hasattr(signal, "setitimer") and hasattr(signal, "SIGALRM")
 def worker_main(sock: socket.socket, config: dict[str, Any], detached: bool) -> None:
     """Serve the pool over ``sock`` (a detached worker is in a session of its own already)."""
     out_r, out_w, keep_err = redirect_stdio(detached)
+    # Before any payload is unpickled: a task that refers to IPython's display gets the one
+    # that keeps its bundles (a module imported by the unpickling is patched as it loads).
+    _rich.install_display_capture()
     Worker(Channel(sock), config, detached, Output(out_r, out_w, keep_err)).serve()
 
 
