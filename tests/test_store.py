@@ -1069,3 +1069,27 @@ def test_store_defaults_to_nbtasks_store_then_dot_nbtasks(
     with nbtasks.App() as b:
         assert b.store.path == tmp_path / ".nbtasks"
     assert (tmp_path / ".nbtasks" / "cache.db").exists()
+
+
+def test_a_side_entry_stays_staged_while_it_is_committed(
+    app: nbtasks.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader finds a side entry (a cache key a released chain link puts, a value) either
+    staged or committed, never in neither place: while the writer writes it, it is still
+    staged. (A chain submitted again right after the first ended missed its cached link.)"""
+    store = app.store
+    seen: list[tuple[str, Any]] = []
+    real_set = store.cache.set
+
+    def spy(key: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append((key, store.writer.staged(key)))
+        return real_set(key, value, *args, **kwargs)
+
+    monkeypatch.setattr(store.cache, "set", spy)
+    store.put_extra("k:abc", "some-task-id")
+    assert store.find_cached(["abc"]) == {"abc": "some-task-id"}  # staged
+    store.flush()
+    assert ("k:abc", "some-task-id") in seen  # still staged while it was written
+    monkeypatch.undo()
+    assert store.writer.staged("k:abc") is writer.MISSING  # committed: read from the store
+    assert store.find_cached(["abc"]) == {"abc": "some-task-id"}

@@ -121,6 +121,10 @@ class Writer:
         self._failing = False  # commits fail (and the log has said so)
         self._dirty: dict[str, Live] = {}
         self._extra: dict[str, Any] = {}  # key -> value (None deletes), written with the batch
+        # The side entries of the batch being committed: still "staged" until the commit ends,
+        # so a reader never finds an entry in neither place (a cache key put by a released
+        # chain link, a value file) while the writer writes it.
+        self._committing: dict[str, Any] = {}
         self._dirty_lock = threading.Lock()
         # One write transaction at a time in this process: SQLite's busy handler sleeps for
         # milliseconds when two connections of one process collide; a lock hands over at once.
@@ -166,7 +170,8 @@ class Writer:
     def staged(self, key: str) -> Any:
         """A side entry waiting for the next batch, or MISSING."""
         with self._dirty_lock:
-            return self._extra.get(key, MISSING)
+            value = self._extra.get(key, MISSING)
+            return self._committing.get(key, MISSING) if value is MISSING else value
 
     def put_extra(self, key: str, value: Any) -> None:
         """Write (or, with None, delete) a side entry with the next batch."""
@@ -256,6 +261,26 @@ class Writer:
         with self._dirty_lock:
             batch, self._dirty = self._dirty, {}
             extra, self._extra = self._extra, {}
+            self._committing = extra
+        try:
+            return self._commit_taken(
+                batch, extra, new, groups, cache_keys, fresh_ids, writer, left
+            )
+        finally:
+            with self._dirty_lock:
+                self._committing = {}
+
+    def _commit_taken(
+        self,
+        batch: dict[str, Live],
+        extra: dict[str, Any],
+        new: list[tuple[str, Live]],
+        groups: list[dict[str, Any]],
+        cache_keys: list[tuple[str, str]],
+        fresh_ids: bool,
+        writer: bool,
+        left: float | None,
+    ) -> int:
         if not batch and not extra and not new:
             return 0
         cache = self.cache
