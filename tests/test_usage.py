@@ -223,7 +223,8 @@ def test_the_timeline_draws_one_bar_per_attempt_in_one_lane_per_worker(
         by_task.setdefault(bar.get("data-task-id") or "", []).append(bar)
     colors = _timeline.COLORS
     for r in results:
-        [*earlier, last] = by_task[r.id]
+        # In time order (the SVG lists bars lane by lane: a retry may run in an earlier lane).
+        [*earlier, last] = sorted(by_task[r.id], key=lambda b: float(b.get("x") or 0))
         assert last.get("fill") == colors[r.status.value]
         assert all(b.get("fill") == colors["FAILED"] for b in earlier)  # the retried attempt
         title = last.find(f"{SVG}title")
