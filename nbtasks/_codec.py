@@ -43,6 +43,7 @@ OUT_OF_BAND_MIN: Final = 64 * 1024
 #: What a signature of a stream with out-of-band buffers starts with: such a signature never
 #: verifies a plain stream, nor the reverse (a record cannot be turned from one into the other).
 _LAYOUT_DOMAIN: Final = b"nbtasks out-of-band buffers 1\0"
+_BUNDLE_DOMAIN: Final = b"nbtasks displayed bundle 1\0"
 #: Encoded values at least this long are stored in their own store entry (a file, past
 #: diskcache's 32 KiB), not inline in the task's JSON record.
 INLINE_LIMIT: Final = 16 * 1024
@@ -87,6 +88,20 @@ class Signer:
 
     def sign(self, data: bytes) -> bytes:
         return self.digest(data) + data
+
+    def bundle_digest(self, bundle: Mapping[str, Any]) -> str:
+        """The HMAC (hex) of a MIME bundle a task displayed, over its canonical JSON: its HTML,
+        SVG and JavaScript reach the notebook's page, so a bundle read from a store is shown
+        rich only if we wrote it (SPEC 10: a store is data, never instructions)."""
+        mac = self._mac()
+        mac.update(_BUNDLE_DOMAIN)
+        mac.update(json.dumps(bundle, sort_keys=True, separators=(",", ":")).encode())
+        return mac.hexdigest()
+
+    def bundle_verifies(self, bundle: Mapping[str, Any], signature: object) -> bool:
+        return isinstance(signature, str) and hmac.compare_digest(
+            self.bundle_digest(bundle), signature
+        )
 
     def digest_layout(
         self, data: bytes | bytearray | memoryview | mmap.mmap, layout: Sequence[Sequence[int]]

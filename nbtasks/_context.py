@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, TextIO, TypeVar
 
+from ._codec import Signer
 from ._errors import Retry, SoftTimeLimitExceeded, TaskCancelled, TaskTimeout
 from ._model import (
     CURRENT,
@@ -51,6 +52,16 @@ def current() -> Context | None:
     return _current.get()
 
 
+_SIGNER: list[Signer] = []  # the signer of displayed bundles, made on a task's first display
+
+
+def _signer() -> Signer:
+    """The HMAC signer of this user's key (the one every store of this process uses)."""
+    if not _SIGNER:
+        _SIGNER.append(Signer())
+    return _SIGNER[0]
+
+
 class Context:
     """The running attempt of a task: its Request, progress, metadata, state, cancellation.
 
@@ -74,6 +85,7 @@ class Context:
         # bumps _disp_version, which the supervisor's sample compares, as it does output_total
         self._disp: list[dict[str, Any]] = []
         self._disp_sizes: list[int] = []
+        self._disp_sigs: list[str] = []  # each kept bundle's HMAC (Signer.bundle_digest)
         self._disp_bytes = 0
         self._disp_total = 0  # bundles displayed in all (the kept ones are the last of them)
         self._disp_dropped = 0  # left out by the bound
@@ -271,10 +283,12 @@ class Context:
         """Keep a bundle the task displayed (``_rich`` made it, in the task's thread). The
         newest ``DISPLAY_LIMIT`` are kept, within ``DISPLAY_BYTES``; the others are counted."""
         size = sum(len(v) if isinstance(v, str) else 64 for v in bundle.values())
+        sig = _signer().bundle_digest(bundle)  # here, in the task's thread or process
         with self._disp_lock:
             if self._disp_clear_pending:
                 self._clear_display()
             self._disp.append(bundle)
+            self._disp_sigs.append(sig)
             self._disp_sizes.append(size)
             self._disp_bytes += size
             self._disp_total += 1
@@ -282,6 +296,7 @@ class Context:
                 len(self._disp) > DISPLAY_LIMIT or self._disp_bytes > DISPLAY_BYTES
             ):
                 del self._disp[0]
+                del self._disp_sigs[0]
                 self._disp_bytes -= self._disp_sizes.pop(0)
                 self._disp_dropped += 1
             self._disp_version += 1
@@ -299,15 +314,18 @@ class Context:
     def _clear_display(self) -> None:
         self._disp_clear_pending = False
         self._disp = []
+        self._disp_sigs = []
         self._disp_sizes = []
         self._disp_bytes = 0
 
     def display_fields(self) -> dict[str, Any]:
         """The displayed bundles as record fields: ``displayed`` (a new list: the record's
-        own), ``displayed_total`` and ``displayed_dropped``."""
+        own), their signatures ``displayed_sigs``, ``displayed_total`` and
+        ``displayed_dropped``."""
         with self._disp_lock:
             return {
                 "displayed": list(self._disp),
+                "displayed_sigs": list(self._disp_sigs),
                 "displayed_total": self._disp_total,
                 "displayed_dropped": self._disp_dropped,
             }

@@ -113,6 +113,12 @@ class Results(Protocol):
         ``mmap``, its out-of-band arrays mapped read-only from the store."""
         ...
 
+    def trusted_displays(self, bundles: list[Any], signatures: Any) -> list[dict[str, Any]]:
+        """The bundles a record says its task displayed, as they may be shown: each whose
+        signature verifies as it is; any other as its text/plain alone (its HTML, SVG or
+        script would reach the page: SPEC 10)."""
+        ...
+
     def cancel(self, task_id: str) -> bool: ...
 
     def registered(self, name: str) -> Task | None:

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 FULL_ID_HEX = 32  # hex digits in a full id (a UUID's 128 bits): a full id is looked up as is
 
 
+#: What a display whose signature does not verify, and that has no text of its own, shows.
+UNVERIFIED_DISPLAY = "(a display whose signature does not verify: not shown)"
+
+
 class StoreReader(Results):
     """``Results`` over ``self._store``: handles, the live table, listed rows, decoding."""
 
@@ -71,3 +75,18 @@ class StoreReader(Results):
 
     def decode(self, enc: dict[str, Any], what: str, mmap: bool = False) -> Any:
         return self._store.decode_value(enc, what, mmap)
+
+    def trusted_displays(self, bundles: list[Any], signatures: Any) -> list[dict[str, Any]]:
+        codec = self._store.codec
+        sigs = signatures if isinstance(signatures, list) else []
+        out: list[dict[str, Any]] = []
+        for i, bundle in enumerate(bundles):
+            if not isinstance(bundle, dict):
+                continue
+            sig = sigs[i] if i < len(sigs) else None
+            if codec.trust or codec.signer.bundle_verifies(bundle, sig):
+                out.append(dict(bundle))
+                continue
+            text = bundle.get("text/plain")
+            out.append({"text/plain": text if isinstance(text, str) else UNVERIFIED_DISPLAY})
+        return out

@@ -337,11 +337,19 @@ class TaskResult:
         """The MIME bundles the task displayed (``display(...)``, matplotlib figures), in
         order: a list of ``{mime type: data}`` dicts, binary data as base64 text (nbformat's
         form). Bounded: the newest are kept; ``.dropped`` counts those left out, ``.total``
-        all it displayed (a ``clear_output()`` in the task empties the list)."""
+        all it displayed (a ``clear_output()`` in the task empties the list). A bundle whose
+        signature does not verify (a store is data, SPEC 10) comes as its text/plain alone."""
         rec = self._now()
-        bundles = rec.get("displayed") or []
+        bundles = rec.get("displayed")
+        bundles = bundles if isinstance(bundles, list) else []
+        if self._app is not None:
+            shown = self._app.trusted_displays(bundles, rec.get("displayed_sigs"))
+        else:  # no store to verify against: text only
+            shown = [
+                {"text/plain": str(b.get("text/plain", ""))} for b in bundles if isinstance(b, dict)
+            ]
         return Displayed(
-            (dict(b) for b in bundles if isinstance(b, dict)),
+            shown,
             total=_count(rec.get("displayed_total")),
             dropped=_count(rec.get("displayed_dropped")),
         )

@@ -199,3 +199,52 @@ def test_dask_task_displays_reach_its_record(store_path: Path) -> None:
         task_id = r.id
     with nbtasks.App(store=store_path) as again:
         check_four(again.result(task_id).displayed)
+
+
+def show_page() -> str:
+    from IPython.display import display
+
+    display(Page())
+    return "ok"
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_a_display_changed_in_the_store_is_shown_as_text_only(
+    store_path: Path, executor: str
+) -> None:
+    """A store is data (SPEC §10): a bundle's HTML reaches the notebook's page, so each bundle
+    is signed where the task displayed it, and one whose signature does not verify (changed in
+    the store by anyone but this user's nbtasks) comes back as its text/plain alone."""
+    import json
+    import sqlite3
+
+    with nbtasks.App(store=store_path, workers=1) as app:
+        task = app.task(name=f"rich.page_{executor}", executor=executor)(show_page)
+        r = task.delay()
+        assert r.get(timeout=60) == "ok"
+        assert r.displayed[0]["text/html"] == "<b>page</b>"  # signed and verified
+        task_id = r.id
+    con = sqlite3.connect(store_path / "cache.db")
+    try:
+        with con:
+            (text,) = con.execute(
+                "SELECT value FROM Cache WHERE key = ?", ("t:" + task_id,)
+            ).fetchone()
+    finally:
+        con.close()
+    rec = json.loads(text)
+    assert len(rec["displayed_sigs"]) == len(rec["displayed"]) == 1
+    rec["displayed"][0]["text/html"] = "<script>alert('planted')</script>"
+    con = sqlite3.connect(store_path / "cache.db")
+    try:
+        with con:
+            con.execute(
+                "UPDATE Cache SET value = ? WHERE key = ?", (json.dumps(rec), "t:" + task_id)
+            )
+    finally:
+        con.close()
+    with nbtasks.App(store=store_path) as again:
+        shown = again.result(task_id).displayed
+        seen_by_widget = views.snapshot.snapshot(again.result(task_id)).displayed
+    assert shown == [{"text/plain": "Page()"}]
+    assert seen_by_widget == ({"text/plain": "Page()"},)  # what the task's widget renders
