@@ -71,7 +71,7 @@ def test_displays_of_tasks_reach_their_widgets_never_the_busy_cell(kernel: Kerne
     assert busy.displays == []  # nothing the tasks displayed landed in the running cell
     kernel.run("t.wait(30); p.wait(30)")
     for root in (thread_root, process_root):
-        wait_for(kernel, lambda root=root: len(shown_bundles(kernel, root)) == 13, timeout=10)
+        wait_for(kernel, lambda root=root: len(shown_bundles(kernel, root)) == 13, timeout=30)
         shown = shown_bundles(kernel, root)
         assert all("image/png" in b for b in shown[0:12:2])
         assert [b["application/json"]["epoch"] for b in shown[1:12:2]] == list(range(6))
