@@ -80,7 +80,7 @@ class Context:
         self._out: list[str] = []
         self._out_len = 0
         self._out_total = 0
-        self._flushed: tuple[Any, ...] = (None, None, None, 0, 0)
+        self._flushed: tuple[Any, ...] = (None, None, None, 0, 0, ())
         # displayed bundles (SPEC §4 rich output): kept newest first out, bounded; a change
         # bumps _disp_version, which the supervisor's sample compares, as it does output_total
         self._disp: list[dict[str, Any]] = []
@@ -96,6 +96,8 @@ class Context:
         self.thread_id: int | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._bars: list[Any] = []  # the task's open tqdm bars, outermost (first made) first
+        # the open inner bars, as the record's ``bars`` field: (desc, n, total), outermost first
+        self._inner: tuple[tuple[str, float, float | None], ...] = ()
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -352,8 +354,8 @@ class Context:
     def snapshot(self, now: float) -> dict[str, Any] | None:
         """What changed since the last flush, as record fields (None if nothing did)."""
         cur, total, msg, out_total = self._cur, self._total, self._msg, self._out_total
-        version = self._disp_version
-        if (cur, total, msg, out_total, version) == self._flushed:
+        version, inner = self._disp_version, self._inner
+        if (cur, total, msg, out_total, version, inner) == self._flushed:
             return None
         fields: dict[str, Any] = {}
         if cur is not None and (cur, total, msg) != self._flushed[:3]:
@@ -376,7 +378,9 @@ class Context:
             fields["output_total"] = out_total
         if version != self._flushed[4]:
             fields.update(self.display_fields())
-        self._flushed = (cur, total, msg, out_total, version)
+        if inner != self._flushed[5]:
+            fields["bars"] = [list(b) for b in inner]
+        self._flushed = (cur, total, msg, out_total, version, inner)
         return fields
 
 
@@ -565,8 +569,10 @@ def _patch_tqdm(std: Any) -> None:
             bars = ctx._bars
             if self in bars:
                 bars.remove(self)
-                if bars and self is not bars[0]:
+                if bars:
                     _tqdm_progress(ctx, bars[0])  # the message without the closed inner bar
+                else:
+                    ctx._inner = ()
         return original_close(self)
 
     cls.__init__ = init
@@ -580,14 +586,32 @@ def _tqdm_progress(ctx: Context, bar: Any) -> None:
     Nested bars in one task (epochs, then batches) used to overwrite each other's progress.
     The outermost open bar drives the task's progress; the inner ones are named after it in
     the message ("epochs · batch 30/100"), which the widget, ``%tasks`` and the static HTML
-    all show. A bar made before nbtasks saw it (outside the task) drives it as before."""
+    all show, and kept as the record's ``bars`` (``TaskResult.inner_bars``), which the widget
+    draws as sub-bars under the task's own. A bar made before nbtasks saw it (outside the
+    task) drives it as before."""
     bars = ctx._bars
     outer = bars[0] if bar in bars else bar
     ctx._cur, ctx._total = outer.n, outer.total
+    ctx._inner = tuple(_bar_row(b) for b in bars[1:]) if bar in bars else ()
     words = [_bar_text(b, b is outer) for b in (bars if bar in bars else [bar])]
     message = " · ".join(w for w in words if w)
     if message:
         ctx._msg = message
+
+
+def _bar_row(bar: Any) -> tuple[str, float, float | None]:
+    """An inner bar as the record keeps it: (its description, n, total or None)."""
+    n, total = _finite(bar.n), _finite(bar.total)
+    return (str(bar.desc or "").rstrip(": ")[:200], n or 0.0, total)
+
+
+def _finite(value: Any) -> float | None:
+    """A bar's count as JSON can hold it (a record holds no NaN or infinity), else None."""
+    try:
+        number = float(_storable(value))
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _bar_text(bar: Any, outer: bool) -> str:

@@ -124,6 +124,7 @@ class TaskRecord(TypedDict, total=False):
     output: str  # the bounded tail of what it printed or logged
     output_total: int  # characters written in all (the tail may hold fewer)
     displayed: list[dict[str, Any]]  # the newest MIME bundles it displayed (SPEC §4)
+    bars: list[list[Any]]  # its open inner tqdm bars: [desc, n, total or None], outermost first
     displayed_sigs: list[str]  # each kept bundle's HMAC (Signer.bundle_digest)
     displayed_total: int  # bundles displayed in all
     displayed_dropped: int  # bundles the bound left out (the oldest)

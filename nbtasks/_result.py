@@ -333,6 +333,25 @@ class TaskResult:
         return dict(usage) if isinstance(usage, dict) else None
 
     @property
+    def inner_bars(self) -> list[tuple[str, float, float | None]]:
+        """The task's open inner tqdm bars while it runs (a loop over batches inside a loop
+        over epochs): ``(description, n, total or None)``, outermost first. The outermost bar
+        is the task's own progress; these are drawn as sub-bars under it. A record is data:
+        an entry that is not such a triple is left out."""
+        bars = self._now().get("bars")
+        out: list[tuple[str, float, float | None]] = []
+        for bar in bars if isinstance(bars, list) else []:
+            if (
+                isinstance(bar, list)
+                and len(bar) == 3
+                and isinstance(bar[0], str)
+                and type(bar[1]) in (int, float)
+                and (bar[2] is None or type(bar[2]) in (int, float))
+            ):
+                out.append((bar[0], float(bar[1]), None if bar[2] is None else float(bar[2])))
+        return out
+
+    @property
     def displayed(self) -> Displayed:
         """The MIME bundles the task displayed (``display(...)``, matplotlib figures), in
         order: a list of ``{mime type: data}`` dicts, binary data as base64 text (nbformat's

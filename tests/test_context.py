@@ -947,3 +947,36 @@ def test_nested_tqdm_bars_the_outer_drives_progress_the_inner_ones_are_named(
     assert seen[-1][:2] in ((2, 3), (3, 3))
     p = r.refresh().progress
     assert p is not None and (p.current, p.total, p.message) == (3, 3, "epochs")
+
+
+def test_nested_tqdm_inner_bars_are_kept_and_drawn_as_sub_bars(app: nbtasks.App) -> None:
+    """The inner bars of a running task are its record's ``bars`` (``inner_bars``), which the
+    widget's HTML draws as small bars under the task's own; none once they close."""
+    from tqdm import tqdm
+
+    from nbtasks.views.format import info_html
+    from nbtasks.views.snapshot import snapshot
+
+    inside = threading.Event()
+    go_on = threading.Event()
+
+    @app.task
+    def train() -> None:
+        for _epoch in tqdm(range(2), desc="epochs", mininterval=0):
+            for batch in tqdm(range(10), desc="batch", mininterval=0, leave=False):
+                if batch == 4 and not inside.is_set():
+                    inside.set()
+                    go_on.wait(10)
+
+    r = train.delay()
+    assert inside.wait(10)
+    try:
+        wait_until(lambda: r.refresh().inner_bars == [("batch", 4.0, 10.0)])
+        html = info_html(snapshot(r))
+        assert html.count('class="nbtasks-subbar"') == 1
+        assert "batch 4/10" in html and "width:40.0%" in html  # a bar 4/10 full
+    finally:
+        go_on.set()
+    r.get(10)
+    assert r.refresh().inner_bars == []
+    assert 'class="nbtasks-subbar"' not in info_html(snapshot(r))

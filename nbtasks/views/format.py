@@ -53,6 +53,7 @@ __all__ = [
     "progress_text",
     "shows_bar",
     "stacked_bar_html",
+    "sub_bars_html",
     "summary_line",
     "task_html",
     "task_line",
@@ -256,8 +257,27 @@ def info_html(snap: Snapshot, at: _dt.datetime | None = None) -> str:
         usage = f'{" · " if progress or timing else ""}<span class="nbtasks-usage">{usage}</span>'
     return (
         f'<span class="nbtasks-progress-text">{progress}</span>{sep}'
-        f'<span class="nbtasks-timing" style="opacity:0.75">{timing}{usage}</span>{value}'
+        f'<span class="nbtasks-timing" style="opacity:0.75">{timing}{usage}</span>'
+        f"{sub_bars_html(snap)}{value}"
     )
+
+
+def sub_bars_html(snap: Snapshot) -> str:
+    """A running task's open inner tqdm bars, each a small bar under the task's own (whose
+    progress is the outermost bar's): ``batch 30/100`` and its bar."""
+    if snap.status != TaskStatus.RUNNING or not snap.bars:
+        return ""
+    rows = []
+    for desc, n, total in snap.bars:
+        count = f"{n:g}" if total is None else f"{n:g}/{total:g}"
+        fraction = n / total if total else None
+        label = html.escape(f"{desc} {count}" if desc else count)
+        rows.append(
+            f'<div class="nbtasks-subbar" style="display:flex;gap:6px;align-items:center;'
+            f'font-size:0.9em">{html_bar(fraction, TaskStatus.RUNNING, "12em")}'
+            f"<span>{label}</span></div>"
+        )
+    return "".join(rows)
 
 
 def error_line(path: str, message: str) -> str:

@@ -67,6 +67,7 @@ class Snapshot:
     value: str | None = None  # a short repr of a SUCCESSFUL task's value (``value_text``)
     usage: Mapping[str, Any] | None = None  # the last attempt's CPU and peak memory (SPEC 4)
     displayed: tuple[Mapping[str, Any], ...] = ()  # the kept bundles it displayed (SPEC 4)
+    bars: tuple[tuple[str, float, float | None], ...] = ()  # open inner tqdm bars (sub-bars)
     displayed_total: int = 0  # bundles displayed in all (the kept ones are the last)
     displayed_dropped: int = 0  # left out by the bound
 
@@ -175,6 +176,7 @@ def snapshot(obj: Any) -> Snapshot:
         cached=getattr(obj, "cached", False) is True,
         usage=_usage(getattr(obj, "usage", None)),
         displayed=tuple(displayed),
+        bars=tuple(getattr(obj, "inner_bars", None) or ()),
         displayed_total=getattr(displayed, "total", len(displayed)),
         displayed_dropped=getattr(displayed, "dropped", 0),
         **_progress_fields(getattr(obj, "progress", None)),
