@@ -1,4 +1,5 @@
-"""The timeline (``%tasks --timeline``, SPEC §8) in a REAL browser: JupyterLab + chromium.
+"""The timeline (``%tasks --timeline``, SPEC §8) in a REAL browser: JupyterLab and Notebook 7
+with chromium.
 
 A ``map`` is submitted and its timeline shown in the same cell while it runs: the page must show
 an inline SVG chart with one bar per task, laid out in lanes inside the chart, and the view
@@ -11,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_browser import open_notebook, run_cell, setup_cell, shut_down_kernels, write_notebook
+from test_browser import setup_cell, shut_down_kernels, write_notebook
+from test_dashboard_browser import open_in, run_and_wait, server_for
 
 pytestmark = pytest.mark.browser
 
@@ -19,20 +21,22 @@ CHART = ".nbtasks-timeline svg.nbtasks-timeline"
 BARS = f"{CHART} rect.nbtasks-bar"
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("frontend", ["lab", "notebook"])
 def test_the_timeline_renders_as_svg_with_one_bar_per_task_and_redraws_live(
-    lab_server: dict[str, Any], page: Any, tmp_path: Path
+    request: pytest.FixtureRequest, page: Any, tmp_path: Path, frontend: str
 ) -> None:
+    server = server_for(request, frontend)
     store = tmp_path / "store"
     name = write_notebook(
-        lab_server,
-        "timeline.ipynb",
+        server,
+        f"timeline-{frontend}.ipynb",
         [setup_cell(store), "g = steps.starmap([(10, 0.1)] * 6)\n%tasks --timeline"],
     )
     try:
-        open_notebook(page, lab_server, name)
-        run_cell(page, 0)
-        run_cell(page, 1)
+        open_in(page, server, name)
+        run_and_wait(page, 0)
+        run_and_wait(page, 1)
         page.wait_for_selector(CHART, timeout=30_000)
         # Drawn while the map runs: some bars are RUNNING at first ...
         page.wait_for_function(
@@ -71,4 +75,4 @@ def test_the_timeline_renders_as_svg_with_one_bar_per_task_and_redraws_live(
         titles = [bars.nth(i).locator("title").text_content() for i in range(6)]
         assert all(t and t.startswith("steps ") and "SUCCESSFUL" in t for t in titles)
     finally:
-        shut_down_kernels(lab_server)
+        shut_down_kernels(server)

@@ -1,5 +1,6 @@
-"""A task's displayed figure in a REAL browser (JupyterLab + chromium, SPEC §4 rich output):
-an ``<img>`` inside the task's widget while the task runs, and again after a page reload."""
+"""A task's displayed figure in a REAL browser (JupyterLab and Notebook 7 + chromium, SPEC §4
+rich output): an ``<img>`` inside the task's widget while the task runs, and again after a page
+reload."""
 
 from __future__ import annotations
 
@@ -7,15 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_browser import (
-    WIDGET,
-    kernel_status_is,
-    open_notebook,
-    run_cell,
-    setup_cell,
-    shut_down_kernels,
-    write_notebook,
-)
+from test_browser import WIDGET, setup_cell, shut_down_kernels, write_notebook
+from test_dashboard_browser import open_in, run_and_wait, server_for
 
 pytestmark = pytest.mark.browser
 
@@ -43,37 +37,47 @@ r
 
 
 def image_inside_widget(page: Any) -> dict[str, Any]:
-    """The figure as the user sees it: a decoded image, drawn inside the task's box."""
-    page.wait_for_function(
-        "(sel) => { const i = document.querySelector(sel); return i && i.naturalWidth > 0; }",
-        arg=IMG,
+    """The figure as the user sees it: a decoded image, drawn inside the task's box. Measured in
+    the page in one step: a live plot replaces its figure five times a second, so an image
+    found by one call may be gone by the next."""
+    seen = page.wait_for_function(
+        """([imgSel, widgetSel]) => {
+            const img = document.querySelector(imgSel);
+            const widget = document.querySelector(widgetSel);
+            if (!img || !widget || !(img.naturalWidth > 0)) return null;
+            const b = img.getBoundingClientRect(), w = widget.getBoundingClientRect();
+            if (b.width === 0) return null;
+            return {box: [b.x, b.y, b.width, b.height], widget: [w.x, w.y, w.width, w.height],
+                    src: img.getAttribute('src') || '',
+                    count: document.querySelectorAll(imgSel).length};
+        }""",
+        arg=[IMG, WIDGET],
         timeout=30_000,
-    )
-    img = page.locator(IMG).first
-    box, widget = img.bounding_box(), page.locator(WIDGET).first.bounding_box()
-    assert box is not None and widget is not None
-    assert box["width"] > 50 and box["height"] > 30
-    assert widget["x"] <= box["x"] and box["x"] + box["width"] <= widget["x"] + widget["width"]
-    assert widget["y"] <= box["y"] and box["y"] + box["height"] <= widget["y"] + widget["height"]
-    src = str(img.get_attribute("src") or "")
+    ).json_value()
+    (x, y, width, height), (wx, wy, wwidth, wheight) = seen["box"], seen["widget"]
+    assert width > 50 and height > 30, seen
+    assert wx <= x and x + width <= wx + wwidth, seen
+    assert wy <= y and y + height <= wy + wheight, seen
+    src = str(seen["src"])
     assert src.startswith("data:image/png;base64,") or src.startswith("blob:")
-    return {"count": page.locator(IMG).count(), "status": status(page)}
+    return {"count": seen["count"], "status": status(page)}
 
 
 def status(page: Any) -> str:
     return str(page.locator(f"{WIDGET} .nbtasks-status").first.get_attribute("data-status"))
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("frontend", ["lab", "notebook"])
 def test_a_displayed_figure_shows_in_the_widget_while_running_and_after_reload(
-    lab_server: dict[str, Any], page: Any, tmp_path: Path
+    request: pytest.FixtureRequest, page: Any, tmp_path: Path, frontend: str
 ) -> None:
-    name = write_notebook(lab_server, "rich.ipynb", [setup_cell(tmp_path / "store"), PLOT])
+    server = server_for(request, frontend)
+    name = write_notebook(server, f"rich-{frontend}.ipynb", [setup_cell(tmp_path / "store"), PLOT])
     try:
-        open_notebook(page, lab_server, name)
-        run_cell(page, 0)
-        kernel_status_is(page, "Idle")
-        run_cell(page, 1)
+        open_in(page, server, name)
+        run_and_wait(page, 0)
+        run_and_wait(page, 1)
         running = image_inside_widget(page)
         assert running == {"count": 1, "status": "RUNNING"}  # one live figure, replaced
         page.screenshot(path=str(tmp_path / "running.png"))
@@ -94,4 +98,4 @@ def test_a_displayed_figure_shows_in_the_widget_while_running_and_after_reload(
         assert image_inside_widget(page)["count"] == 1
         page.screenshot(path=str(tmp_path / "finished.png"))
     finally:
-        shut_down_kernels(lab_server)
+        shut_down_kernels(server)
