@@ -263,112 +263,97 @@ class Writer:
             extra, self._extra = self._extra, {}
             self._committing = extra
         try:
-            return self._commit_taken(
-                batch, extra, new, groups, cache_keys, fresh_ids, writer, left
-            )
+            if not batch and not extra and not new:
+                return 0
+            cache = self.cache
+            now = time.time()
+            born: list[tuple[Any, ...]] = []
+            try:
+                born = [record_row(tid, live.rec, now) for tid, live in new]
+                rows = [record_row(tid, live.rec, now) for tid, live in batch.items()]
+                if not fresh_ids:
+                    born, rows = [], born + rows
+                if not extra and not groups and not cache_keys and len(rows) <= _CHUNKS[0]:
+                    # One statement is one transaction in autocommit mode: the common case
+                    # (a submit carrying the pending changes) releases the GIL once, not 3+
+                    # times, and each release costs 20-40 µs to win back under load.
+                    con = self.connection(writer)
+                    with _NO_WAIT_CUT if left is None else self._waiting_at_most(con, left):
+                        _insert(con, born)
+                        upsert(con, rows)
+                else:
+                    if writer:
+                        self._short_waits()
+                    with (
+                        _NO_WAIT_CUT if left is None else self._waiting_at_most(cache._con, left),
+                        cache._disk.undo_files(),
+                        cache.transact(),
+                    ):
+                        for key, value in extra.items():
+                            if value is None:
+                                cache.delete(key)
+                            else:
+                                cache.set(key, value)
+                        for g in groups:
+                            cache.set("g:" + g["id"], json.dumps(g))
+                        # Cache keys as rows of the records' own multi-row statement: a 10,000-item
+                        # map's keys cost ~30 ms so, against ~270 ms through cache.set.
+                        upsert(
+                            cache._con,
+                            [
+                                ("k:" + key, now, now, None, tid, *_NO_LISTING)
+                                for key, tid in cache_keys
+                            ],
+                        )
+                        _insert(cache._con, born)
+                        upsert(cache._con, rows)
+            except Exception as exc:  # disk full, I/O error, locked: keep the batch, retry later
+                # A failed COMMIT may leave the transaction open (SQLite: "it is recommended
+                # that applications respond to SQLITE_FULL ... by issuing a ROLLBACK"); the
+                # next BEGIN would fail.
+                with contextlib.suppress(sqlite3.Error):
+                    if cache._con.in_transaction:
+                        cache._con.execute("ROLLBACK")
+                taken = isinstance(exc, sqlite3.IntegrityError) and born
+                if not new and not self._failing:
+                    self._failing = True
+                    _log.warning(
+                        "nbtasks could not write to the store %s (%s); %d change(s) are kept "
+                        "in memory and written when it works again (retried every %gs)",
+                        self.path,
+                        explain(exc, self.path),
+                        len(batch) + len(extra),
+                        TICK,
+                    )
+                if not taken:
+                    self.error = exc
+                # The failed submit's own values go with it; everyone else's are kept.
+                unborn = {tid for tid, _ in new}
+                with self._dirty_lock:
+                    for tid, live in batch.items():
+                        self._dirty.setdefault(tid, live)
+                    for key, value in extra.items():
+                        if not (key.startswith("v:") and key.split(":", 2)[1] in unborn):
+                            self._extra.setdefault(key, value)
+                if taken:
+                    ids = ", ".join(repr(tid) for tid in unborn)
+                    raise ValueError(
+                        f"task_id={ids} is already used in this store; pick a new id"
+                    ) from None
+                return -1
+            if self._failing:
+                self._failing = False
+                _log.warning("nbtasks writes to the store %s again", self.path)
+            self.error = None
+            self._uncheckpointed += 1
+            self._last_commit = time.monotonic()
+            for tid, live in batch.items():
+                if live.finished and self.live.get(tid) is live and tid not in self._dirty:
+                    del self.live[tid]  # committed: readers find it in the store now
+            return len(batch) + len(new)
         finally:
             with self._dirty_lock:
                 self._committing = {}
-
-    def _commit_taken(
-        self,
-        batch: dict[str, Live],
-        extra: dict[str, Any],
-        new: list[tuple[str, Live]],
-        groups: list[dict[str, Any]],
-        cache_keys: list[tuple[str, str]],
-        fresh_ids: bool,
-        writer: bool,
-        left: float | None,
-    ) -> int:
-        if not batch and not extra and not new:
-            return 0
-        cache = self.cache
-        now = time.time()
-        born: list[tuple[Any, ...]] = []
-        try:
-            born = [record_row(tid, live.rec, now) for tid, live in new]
-            rows = [record_row(tid, live.rec, now) for tid, live in batch.items()]
-            if not fresh_ids:
-                born, rows = [], born + rows
-            if not extra and not groups and not cache_keys and len(rows) <= _CHUNKS[0]:
-                # One statement is one transaction in autocommit mode: the common case
-                # (a submit carrying the pending changes) releases the GIL once, not 3+
-                # times, and each release costs 20-40 µs to win back under load.
-                con = self.connection(writer)
-                with _NO_WAIT_CUT if left is None else self._waiting_at_most(con, left):
-                    _insert(con, born)
-                    upsert(con, rows)
-            else:
-                if writer:
-                    self._short_waits()
-                with (
-                    _NO_WAIT_CUT if left is None else self._waiting_at_most(cache._con, left),
-                    cache._disk.undo_files(),
-                    cache.transact(),
-                ):
-                    for key, value in extra.items():
-                        if value is None:
-                            cache.delete(key)
-                        else:
-                            cache.set(key, value)
-                    for g in groups:
-                        cache.set("g:" + g["id"], json.dumps(g))
-                    # Cache keys as rows of the records' own multi-row statement: a 10,000-item
-                    # map's keys cost ~30 ms so, against ~270 ms through cache.set.
-                    upsert(
-                        cache._con,
-                        [
-                            ("k:" + key, now, now, None, tid, *_NO_LISTING)
-                            for key, tid in cache_keys
-                        ],
-                    )
-                    _insert(cache._con, born)
-                    upsert(cache._con, rows)
-        except Exception as exc:  # disk full, I/O error, locked: keep the batch, retry later
-            # A failed COMMIT may leave the transaction open (SQLite: "it is recommended
-            # that applications respond to SQLITE_FULL ... by issuing a ROLLBACK"); the
-            # next BEGIN would fail.
-            with contextlib.suppress(sqlite3.Error):
-                if cache._con.in_transaction:
-                    cache._con.execute("ROLLBACK")
-            taken = isinstance(exc, sqlite3.IntegrityError) and born
-            if not new and not self._failing:
-                self._failing = True
-                _log.warning(
-                    "nbtasks could not write to the store %s (%s); %d change(s) are kept "
-                    "in memory and written when it works again (retried every %gs)",
-                    self.path,
-                    explain(exc, self.path),
-                    len(batch) + len(extra),
-                    TICK,
-                )
-            if not taken:
-                self.error = exc
-            # The failed submit's own values go with it; everyone else's are kept.
-            unborn = {tid for tid, _ in new}
-            with self._dirty_lock:
-                for tid, live in batch.items():
-                    self._dirty.setdefault(tid, live)
-                for key, value in extra.items():
-                    if not (key.startswith("v:") and key.split(":", 2)[1] in unborn):
-                        self._extra.setdefault(key, value)
-            if taken:
-                ids = ", ".join(repr(tid) for tid in unborn)
-                raise ValueError(
-                    f"task_id={ids} is already used in this store; pick a new id"
-                ) from None
-            return -1
-        if self._failing:
-            self._failing = False
-            _log.warning("nbtasks writes to the store %s again", self.path)
-        self.error = None
-        self._uncheckpointed += 1
-        self._last_commit = time.monotonic()
-        for tid, live in batch.items():
-            if live.finished and self.live.get(tid) is live and tid not in self._dirty:
-                del self.live[tid]  # committed: readers find it in the store now
-        return len(batch) + len(new)
 
     @contextlib.contextmanager
     def _waiting_at_most(self, con: sqlite3.Connection, seconds: float) -> Iterator[None]:
